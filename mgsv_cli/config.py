@@ -1,0 +1,131 @@
+"""Frozen configs for the network and its training, read from ``models/*.toml``.
+
+A model variant is one TOML file with a ``[model]`` table (architecture) and a
+``[train]`` table (recipe). ``load_config("made")`` finds the shipped file by
+name; any other argument is read as a path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """MaDe's architecture. Defaults are the paper's model (spec section 4)."""
+
+    video_dim: int = 512  # CLIP ViT-B/32 image embedding
+    music_dim: int = 768  # AST pooled output
+    n_frames: int = 50  # video tokens (1 fps, at most 50 s)
+    n_windows: int = 96  # music tokens (2.5 s hop over 240 s)
+    max_music_seconds: float = 240.0  # spans are normalised by this
+    d_model: int = 256
+    n_heads: int = 8
+    ffn_dim: int = 1024
+    enhance_dropout: float = 0.8
+    xpool_dropout: float = 0.3
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 6
+    detect_dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe. Defaults are the reference run (spec section 4, Training)."""
+
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 3e-4
+    warmup_fraction: float = 0.02
+    grad_clip: float = 1.0
+    l1_weight: float = 4.0
+    giou_weight: float = 1.0
+    logit_scale_init: float = 1.0 / 0.03
+    mask_same_track_negatives: bool = False
+    precision: str = "auto"  # auto | fp32 | bf16
+    seed: int = 0
+    eval_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One model variant: its name, architecture and training recipe."""
+
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        return cls(**table)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def variant_from_dict(name: str, data: dict[str, Any], where: str = "config") -> VariantConfig:
+    """Build a variant from a parsed TOML/JSON mapping with ``model``/``train`` tables."""
+    model = _build(ModelConfig, dict(data.get("model", {})), f"{where} [model]")
+    train = _build(TrainConfig, dict(data.get("train", {})), f"{where} [train]")
+    return VariantConfig(name=str(data.get("name", name)), model=model, train=train)
+
+
+def variant_to_dict(variant: VariantConfig) -> dict[str, Any]:
+    """Inverse of :func:`variant_from_dict` (JSON-serialisable)."""
+    return {
+        "name": variant.name,
+        "model": dataclasses.asdict(variant.model),
+        "train": dataclasses.asdict(variant.train),
+    }
+
+
+def shipped_variants() -> dict[str, Path]:
+    """Names and paths of the model variants shipped with mgsv (``models/*.toml``)."""
+    found: dict[str, Path] = {}
+    for folder in _model_folders():
+        for path in sorted(folder.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def _model_folders() -> list[Path]:
+    folders = []
+    try:
+        folders.append(Path(str(resources.files("mgsv_cli.models"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    # A source checkout that is not installed keeps them at the repository root.
+    folders.append(Path(__file__).resolve().parent.parent / "models")
+    return [f for f in folders if f.is_dir()]
+
+
+def load_config(name_or_path: str = "made") -> VariantConfig:
+    """Load a variant by shipped name (``made``, ``tiny``) or from a TOML file path."""
+    path = Path(name_or_path).expanduser()
+    if not (path.suffix == ".toml" and path.is_file()):
+        shipped = shipped_variants()
+        if name_or_path not in shipped:
+            names = ", ".join(sorted(shipped)) or "none"
+            raise ConfigError(f"no model config '{name_or_path}' (shipped: {names}; or give a .toml path)")
+        path = shipped[name_or_path]
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read model config {path}: {exc}") from None
+    return variant_from_dict(path.stem, data, where=str(path))
+
+
+def replace_train(variant: VariantConfig, **changes: Any) -> VariantConfig:
+    """Return ``variant`` with the given training fields changed (``None`` values ignored)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(variant, train=dataclasses.replace(variant.train, **changes))

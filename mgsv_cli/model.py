@@ -1,0 +1,393 @@
+"""MaDe: the music grounding network (spec section 4).
+
+Three modules, each a class below:
+
+- :class:`Enhancer` (one per modality): frozen-encoder tokens -> d-dim tokens + pooled vector.
+- :class:`XPool`: video-conditioned attention pooling over a track's segments.
+- :class:`Detector`: DETR-style encoder over [video; music] tokens and a decoder with one
+  query whose content is the pooled video, regressing a normalised (centre, width).
+
+Relevance of a track to a video is ``p_s = cos(h(v), h0(M)) + cos(h(v), h1(M))`` where
+``h0`` is the track's mean-pooled tokens and ``h1`` the X-Pool output for that pair.
+
+The X-Pool projections are folded so that scoring one video against many tracks only
+needs each track's layer-normalised tokens (``MusicTokens.keys``), which callers can
+cache: q.(W_k x + b_k) = (W_k^T q).x + q.b_k, and because attention weights sum to one,
+W_o(W_v(sum a_i x_i) + b_v) + b_o equals the attention-weighted sum of projected values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+
+# ----------------------------------------------------------------------------- token bundles
+
+
+@dataclass
+class VideoTokens:
+    """Enhanced video: ``tokens`` [B, F, d], ``mask`` [B, F] bool (True = frame), ``pooled`` [B, d]."""
+
+    tokens: Tensor
+    mask: Tensor
+    pooled: Tensor
+
+    def take(self, index: Tensor) -> "VideoTokens":
+        """Rows ``index`` (LongTensor [K]) of the batch."""
+        return VideoTokens(self.tokens[index], self.mask[index], self.pooled[index])
+
+    def repeat(self, n: int) -> "VideoTokens":
+        """A one-video batch repeated ``n`` times (to pair it with ``n`` tracks)."""
+        return VideoTokens(
+            self.tokens.expand(n, -1, -1), self.mask.expand(n, -1), self.pooled.expand(n, -1)
+        )
+
+
+@dataclass
+class MusicTokens:
+    """Enhanced tracks.
+
+    ``tokens`` [N, S, d] (None when only scoring is needed), ``mask`` [N, S] bool,
+    ``pooled`` [N, d] (h0 before normalisation), ``keys`` [N, S, d]: the tokens after the
+    X-Pool layer norm, all that :meth:`MaDe.score_pairs` needs (and what a cache keeps).
+    """
+
+    tokens: Tensor | None
+    mask: Tensor
+    pooled: Tensor
+    keys: Tensor
+
+    def take(self, index: Tensor) -> "MusicTokens":
+        tokens = None if self.tokens is None else self.tokens[index]
+        return MusicTokens(tokens, self.mask[index], self.pooled[index], self.keys[index])
+
+    def for_scoring(self) -> "MusicTokens":
+        """Drop the detection tokens: what an index cache needs to keep."""
+        return replace(self, tokens=None)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def sinusoid_table(n_positions: int, dim: int) -> Tensor:
+    """Fixed transformer positions [n_positions, dim]: sin on even, cos on odd channels."""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate)
+    return table
+
+
+def cumulative_sine_positions(mask: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """DETR sine encoding of the cumulative valid-token index, normalised to (0, 2*pi].
+
+    mask [B, L] bool -> positions [B, L, dim].
+    """
+    index = mask.float().cumsum(1)
+    index = index / (index[:, -1:] + 1e-6) * (2 * math.pi)
+    channel = torch.arange(dim, dtype=torch.float32, device=mask.device)
+    freq = temperature ** (2 * torch.div(channel, 2, rounding_mode="floor") / dim)
+    angle = index[:, :, None] / freq
+    return torch.stack((angle[:, :, 0::2].sin(), angle[:, :, 1::2].cos()), dim=3).flatten(2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention (packed q/k/v projection + output projection) on SDPA.
+
+    ``key_mask`` [B, Lk] bool marks keys that may be attended to.
+    """
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None) -> Tensor:
+        w_q, w_k, w_v = self.in_proj.weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj.bias.chunk(3)
+        q = self._heads(F.linear(query, w_q, b_q))
+        k = self._heads(F.linear(key, w_k, b_k))
+        v = self._heads(F.linear(value, w_v, b_v))
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        batch, _, length, head_dim = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.n_heads * head_dim))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, dim = x.shape
+        return x.view(batch, length, self.n_heads, dim // self.n_heads).transpose(1, 2)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float, activation: str):
+        super().__init__()
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = F.gelu if activation == "gelu" else F.relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.dropout(self.activation(self.up(x))))
+
+
+# ----------------------------------------------------------------------------- unimodal enhancement
+
+
+class EnhanceBlock(nn.Module):
+    """The reference's pre-norm block, whose residual is added to the *normalised* input."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.enhance_dropout)
+        self.norm_ffn = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.enhance_dropout, "gelu")
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = self.norm_attn(x)
+        x = x + self.attn(x, x, x, mask)
+        x = self.norm_ffn(x)
+        return x + self.ffn(x)
+
+
+class Enhancer(nn.Module):
+    """Frozen-encoder tokens [B, L, in_dim] + mask [B, L] -> tokens [B, L, d], pooled [B, d]."""
+
+    def __init__(self, in_dim: int, n_positions: int, cfg: ModelConfig):
+        super().__init__()
+        self.project = nn.Linear(in_dim, cfg.d_model)
+        self.register_buffer("positions", sinusoid_table(n_positions, cfg.d_model), persistent=False)
+        self.block = EnhanceBlock(cfg)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        keep = mask[:, :, None].to(x.dtype)
+        x = self.project(x * keep) + self.positions[: x.shape[1]]
+        x = self.out(self.block(x, mask)) * keep
+        pooled = x.sum(1) / keep.sum(1).clamp(min=1.0)
+        return x, pooled
+
+
+# ----------------------------------------------------------------------------- X-Pool matching
+
+
+class XPool(nn.Module):
+    """Single-head attention of the video's pooled vector over a track's segment tokens.
+
+    Projections start as the identity with zero bias, as in the reference.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dim = cfg.d_model
+        self.norm_in = nn.LayerNorm(dim)  # shared by the video query and the segment keys
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.linear = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(cfg.xpool_dropout)
+        self.norm_out = nn.LayerNorm(dim)
+        for layer in (self.q, self.k, self.v, self.o, self.linear):
+            nn.init.eye_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def keys(self, tokens: Tensor) -> Tensor:
+        """Per-track part of the computation, cacheable: [N, S, d] -> [N, S, d]."""
+        return self.norm_in(tokens)
+
+    def forward(self, video_pooled: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """video_pooled [B, d], keys [N, S, d], mask [N, S] -> h1 for every pair [N, B, d]."""
+        query = self.q(self.norm_in(video_pooled))  # [B, d]
+        query_in_key_space = query @ self.k.weight  # [B, d]
+        logits = torch.einsum("bd,nsd->nbs", query_in_key_space, keys)
+        logits = (logits + (query @ self.k.bias)[None, :, None]) / math.sqrt(keys.shape[-1])
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+        weights = logits.softmax(-1).to(keys.dtype)
+        pooled = torch.einsum("nbs,nsd->nbd", weights, keys)
+        pooled = self.o(self.v(pooled))
+        pooled = self.norm_attn(pooled)
+        pooled = pooled + self.dropout(self.linear(pooled))
+        return self.norm_out(pooled)
+
+
+# ----------------------------------------------------------------------------- moment detection
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm DETR encoder layer; positions are added to queries and keys."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.detect_dropout)
+        self.norm_attn = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.detect_dropout, "relu")
+        self.norm_ffn = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.detect_dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
+        qk = x + pos
+        x = self.norm_attn(x + self.dropout(self.attn(qk, qk, x, mask)))
+        return self.norm_ffn(x + self.dropout(self.ffn(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm DETR decoder layer: self-attention, cross-attention, FFN."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.detect_dropout)
+        self.norm_self = nn.LayerNorm(cfg.d_model)
+        self.cross_attn = Attention(cfg.d_model, cfg.n_heads, cfg.detect_dropout)
+        self.norm_cross = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.detect_dropout, "relu")
+        self.norm_ffn = nn.LayerNorm(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.detect_dropout)
+
+    def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, mask: Tensor) -> Tensor:
+        qk = query + query_pos
+        query = self.norm_self(query + self.dropout(self.self_attn(qk, qk, query, None)))
+        attended = self.cross_attn(query + query_pos, memory + memory_pos, memory, mask)
+        query = self.norm_cross(query + self.dropout(attended))
+        return self.norm_ffn(query + self.dropout(self.ffn(query)))
+
+
+class Detector(nn.Module):
+    """[video; music] tokens -> normalised (centre, width) after every decoder layer [L, B, 2]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dim = cfg.d_model
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.decoder_norm = nn.LayerNorm(dim)
+        self.query_pos = nn.Embedding(1, dim)
+        self.head = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 2)
+        )
+
+    def forward(self, video: VideoTokens, music: MusicTokens) -> Tensor:
+        memory = torch.cat([video.tokens, music.tokens], dim=1)
+        mask = torch.cat([video.mask, music.mask], dim=1)
+        pos = cumulative_sine_positions(mask, memory.shape[-1]).to(memory.dtype)
+        for layer in self.encoder:
+            memory = layer(memory, pos, mask)
+        query = video.pooled[:, None, :]
+        query_pos = self.query_pos.weight[None].expand(query.shape[0], -1, -1)
+        outputs = []
+        for layer in self.decoder:
+            query = layer(query, query_pos, memory, pos, mask)
+            outputs.append(self.decoder_norm(query)[:, 0])
+        return self.head(torch.stack(outputs)).sigmoid()
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class MaDe(nn.Module):
+    """Music grounding network: relevance of tracks to a video and the moment to cut.
+
+    Inputs are frozen-encoder features: frames [B, F, video_dim] and windows [N, S, music_dim]
+    with 0/1 masks. See the module docstring for the parts.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.video_enhancer = Enhancer(cfg.video_dim, cfg.n_frames, cfg)
+        self.music_enhancer = Enhancer(cfg.music_dim, cfg.n_windows, cfg)
+        self.xpool = XPool(cfg)
+        self.detector = Detector(cfg)
+        # Temperature of the matching losses (learned, stored as a log); train.py sets its start.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.03)))
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> VideoTokens:
+        """frames [B, F, video_dim], frame_mask [B, F] -> :class:`VideoTokens`."""
+        mask = frame_mask.bool()
+        tokens, pooled = self.video_enhancer(frames, mask)
+        return VideoTokens(tokens, mask, pooled)
+
+    def encode_music(self, windows: Tensor, window_mask: Tensor) -> MusicTokens:
+        """windows [N, S, music_dim], window_mask [N, S] -> :class:`MusicTokens`."""
+        mask = window_mask.bool()
+        tokens, pooled = self.music_enhancer(windows, mask)
+        return MusicTokens(tokens, mask, pooled, self.xpool.keys(tokens))
+
+    # -- matching ---------------------------------------------------------------------------
+
+    def similarities(self, video: VideoTokens, music: MusicTokens) -> tuple[Tensor, Tensor]:
+        """Cosine similarities [N, B]: to the mean-pooled track, and to the X-Pooled track."""
+        v = F.normalize(video.pooled.float(), dim=-1)
+        mean_sim = F.normalize(music.pooled.float(), dim=-1) @ v.T
+        h1 = self.xpool(video.pooled, music.keys, music.mask)
+        xpool_sim = (F.normalize(h1.float(), dim=-1) * v[None]).sum(-1)
+        return mean_sim, xpool_sim
+
+    def score_pairs(self, video: VideoTokens, music: MusicTokens) -> Tensor:
+        """Relevance p_s of every (track, video) pair in one pass: [N, B]."""
+        mean_sim, xpool_sim = self.similarities(video, music)
+        return mean_sim + xpool_sim
+
+    # -- detection --------------------------------------------------------------------------
+
+    def detect_all_layers(self, video: VideoTokens, music: MusicTokens) -> Tensor:
+        """One-to-one pairs (B == N) -> normalised (centre, width) after every decoder layer [L, B, 2]."""
+        if music.tokens is None:
+            raise ValueError("detection needs the music tokens; encode the tracks with encode_music")
+        return self.detector(video, music).float()
+
+    def detect(self, video: VideoTokens, music: MusicTokens) -> Tensor:
+        """One-to-one pairs (B == N) -> normalised (centre, width) of the final layer [B, 2]."""
+        return self.detect_all_layers(video, music)[-1]
+
+    def spans_to_seconds(self, spans: Tensor, track_durations: Tensor) -> Tensor:
+        """(centre, width) [B, 2] normalised by max_music_seconds -> (start, end) seconds [B, 2],
+        clamped to [0, track duration]."""
+        scale = self.cfg.max_music_seconds
+        centre, width = spans[:, 0] * scale, spans[:, 1] * scale
+        limit = track_durations.to(spans.dtype)
+        start = torch.minimum((centre - width / 2).clamp(min=0.0), limit)
+        end = torch.minimum((centre + width / 2).clamp(min=0.0), limit)
+        return torch.stack([start, end], dim=-1)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def forward(self, frames: Tensor, frame_mask: Tensor, windows: Tensor, window_mask: Tensor) -> dict[str, Tensor]:
+        """A training batch of B matched pairs.
+
+        Returns ``mean_sim`` and ``xpool_sim`` [B_music, B_video] over all pairs of the batch
+        and ``spans`` [L, B, 2], the moment of each matched pair after every decoder layer.
+        """
+        video = self.encode_video(frames, frame_mask)
+        music = self.encode_music(windows, window_mask)
+        mean_sim, xpool_sim = self.similarities(video, music)
+        return {"mean_sim": mean_sim, "xpool_sim": xpool_sim, "spans": self.detect_all_layers(video, music)}
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per module: enhancement, matching, detection, total."""
+        def count(*modules: nn.Module) -> int:
+            return sum(p.numel() for m in modules for p in m.parameters())
+
+        counts = {
+            "enhancement": count(self.video_enhancer, self.music_enhancer),
+            "matching": count(self.xpool),
+            "detection": count(self.detector),
+        }
+        counts["total"] = sum(counts.values())
+        return counts

@@ -1,0 +1,61 @@
+"""Where mgsv keeps things on disk.
+
+Every location lives under the platformdirs user directories unless ``MGSV_HOME``
+is set, in which case everything (data, cache, config) goes below that one folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+APP_NAME = "mgsv"
+
+
+def _home() -> Path | None:
+    value = os.environ.get("MGSV_HOME")
+    return Path(value).expanduser() if value else None
+
+
+def data_dir() -> Path:
+    """Runs, the music index and remembered suggestions."""
+    home = _home()
+    if home is not None:
+        return home / "data"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def cache_dir() -> Path:
+    """Packed dataset caches and per-checkpoint token caches (safe to delete)."""
+    home = _home()
+    if home is not None:
+        return home / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir(APP_NAME))
+
+
+def config_dir() -> Path:
+    """The user's settings file (``config.toml``)."""
+    home = _home()
+    if home is not None:
+        return home / "config"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def runs_dir() -> Path:
+    """Default parent of training run folders."""
+    return data_dir() / "runs"
+
+
+def default_index_path() -> Path:
+    """Default SQLite music index."""
+    return data_dir() / "index.sqlite"
+
+
+def suggestions_dir() -> Path:
+    """Where the last suggestion per video is remembered for ``mgsv render``."""
+    return data_dir() / "suggestions"
