@@ -60,3 +60,27 @@ def compute_dtype(device, precision: str = "auto"):
     if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def tune_malloc_for_training() -> None:
+    """Keep freed memory inside the process during training (glibc only; no-op elsewhere).
+
+    On CPU much of a training step otherwise goes to the kernel handing the same large
+    activation buffers back and forth; this is what MALLOC_ARENA_MAX=1 and large
+    MALLOC_MMAP_THRESHOLD_/TRIM_THRESHOLD_/TOP_PAD_ do, applied from inside the process.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold, m_arena_max = -1, -2, -3, -8
+    big = 1 << 30
+    for option, value in ((m_arena_max, 1), (m_mmap_threshold, 1 << 25), (m_trim_threshold, big), (m_top_pad, 1 << 28)):
+        mallopt(option, value)

@@ -75,6 +75,19 @@ class MusicTokens:
 # ----------------------------------------------------------------------------- building blocks
 
 
+def trim_padding(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop trailing slots that are padding in every row: [B, L, D], [B, L] -> [B, L', D], [B, L'].
+
+    Exact for this network: padded slots are never attended to, are zeroed after
+    enhancement, and positions count only valid tokens or the slot index from the start.
+    """
+    valid_slots = mask.any(0).nonzero()
+    length = int(valid_slots.max()) + 1 if len(valid_slots) else 1
+    if length == mask.shape[1]:
+        return tokens, mask
+    return tokens[:, :length], mask[:, :length]
+
+
 def sinusoid_table(n_positions: int, dim: int) -> Tensor:
     """Fixed transformer positions [n_positions, dim]: sin on even, cos on odd channels."""
     position = torch.arange(n_positions, dtype=torch.float32)[:, None]
@@ -210,15 +223,17 @@ class XPool(nn.Module):
 
     def forward(self, video_pooled: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """video_pooled [B, d], keys [N, S, d], mask [N, S] -> h1 for every pair [N, B, d]."""
-        query = self.q(self.norm_in(video_pooled))  # [B, d]
-        query_in_key_space = query @ self.k.weight  # [B, d]
-        logits = torch.einsum("bd,nsd->nbs", query_in_key_space, keys)
-        logits = (logits + (query @ self.k.bias)[None, :, None]) / math.sqrt(keys.shape[-1])
-        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
-        weights = logits.softmax(-1).to(keys.dtype)
-        pooled = torch.einsum("nbs,nsd->nbd", weights, keys)
-        pooled = self.o(self.v(pooled))
-        pooled = self.norm_attn(pooled)
+        n_tracks = keys.shape[0]
+        query = self.q(self.norm_in(video_pooled.to(keys.dtype)))  # [B, d]
+        # q.(W_k x + b_k): the bias term is the same for every segment, so the softmax ignores it.
+        query = (query @ self.k.weight)[None, None].expand(n_tracks, 1, -1, -1)
+        pooled = F.scaled_dot_product_attention(
+            query, keys[:, None], keys[:, None], attn_mask=mask[:, None, None, :], scale=keys.shape[-1] ** -0.5
+        )[:, 0]  # one fused pass over the segment tokens: [N, B, d]
+        # o(v(x)) as one matrix: it runs once per (track, video) pair.
+        weight = self.o.weight @ self.v.weight
+        bias = self.o.weight @ self.v.bias + self.o.bias
+        pooled = self.norm_attn(F.linear(pooled, weight, bias))
         pooled = pooled + self.dropout(self.linear(pooled))
         return self.norm_out(pooled)
 
@@ -316,16 +331,27 @@ class MaDe(nn.Module):
     # -- encoding ---------------------------------------------------------------------------
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> VideoTokens:
-        """frames [B, F, video_dim], frame_mask [B, F] -> :class:`VideoTokens`."""
-        mask = frame_mask.bool()
-        tokens, pooled = self.video_enhancer(frames, mask)
+        """frames [B, F, video_dim], frame_mask [B, F] -> :class:`VideoTokens`.
+
+        Tokens come back trimmed to the batch's last valid frame (F' <= F).
+        """
+        frames, mask = trim_padding(frames, frame_mask.bool())
+        tokens, pooled = self.video_enhancer(frames.to(self.dtype), mask)
         return VideoTokens(tokens, mask, pooled)
 
     def encode_music(self, windows: Tensor, window_mask: Tensor) -> MusicTokens:
-        """windows [N, S, music_dim], window_mask [N, S] -> :class:`MusicTokens`."""
-        mask = window_mask.bool()
-        tokens, pooled = self.music_enhancer(windows, mask)
+        """windows [N, S, music_dim], window_mask [N, S] -> :class:`MusicTokens`.
+
+        Tokens come back trimmed to the batch's last valid window (S' <= S).
+        """
+        windows, mask = trim_padding(windows, window_mask.bool())
+        tokens, pooled = self.music_enhancer(windows.to(self.dtype), mask)
         return MusicTokens(tokens, mask, pooled, self.xpool.keys(tokens))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype; inputs are cast to it (bf16 inference casts the model once)."""
+        return self.video_enhancer.project.weight.dtype
 
     # -- matching ---------------------------------------------------------------------------
 

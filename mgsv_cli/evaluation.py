@@ -1,0 +1,255 @@
+"""``mgsv eval``: the MGSV benchmark protocol on an MGSV-EC split (spec section 1).
+
+- SmG: one moment per video, detected on its ground-truth track; spans to seconds
+  clamped to [0, track duration]; mIoU against [music_start, music_end].
+- V2MR: every video scored against every distinct track of the split (the split's own
+  candidate set) with ``model.score_pairs``; R@k counts 0-based rank < k, ties count
+  against the ground truth (:func:`mgsv_cli.metrics.gt_ranks`).
+- MsG: MoR@k = GT track ranked < k AND IoU of the moment on the GT track > 0.7.
+- ``*_cut``: the same moments turned into cuts exactly as long as the video
+  (:func:`mgsv_cli.metrics.duration_exact_cut`), the way ``mgsv suggest`` cuts music.
+  The video duration is ``video_segment_duration``: in the release it equals the GT
+  moment length, while ``video_total_duration`` can be up to 100 s longer.
+
+mIoU is a fraction, every other number a percentage.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from . import metrics
+from .data import ProgressFn, SplitData, load_split, read_split_csv
+
+METRIC_KEYS = ("miou", "r1", "r5", "r10", "mor1", "mor10", "mor100")
+CUT_KEYS = ("miou_cut", "mor1_cut", "mor10_cut", "mor100_cut")
+RESULT_KEYS = ("split", "n") + METRIC_KEYS + CUT_KEYS
+RECALL_KS = (1, 5, 10)
+MOMENT_RECALL_KS = (1, 10, 100)
+IOU_THRESHOLD = 0.7
+
+# MaDe as published (ICCV 2025), MGSV-EC test split.
+PUBLISHED_MADE_TEST = {"miou": 0.722, "r1": 8.8, "r5": 16.3, "r10": 19.8,
+                       "mor1": 8.3, "mor10": 17.6, "mor100": 30.7}
+
+
+def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, dtype=None,
+                   progress: Optional[ProgressFn] = None) -> dict[str, Any]:
+    """Run the full protocol of ``model`` (a MaDe) on one loaded split.
+
+    Every distinct track is encoded once and kept on ``device``; every video is encoded
+    once, scored against all tracks in blocks of ``batch_size`` tracks (one
+    ``score_pairs`` call per block of videos x block of tracks), and its moment detected
+    on its GT track. ``dtype`` (e.g. ``torch.bfloat16``) turns on autocast;
+    ``None`` runs in float32. Returns the keys of :data:`RESULT_KEYS` (plus ``n_tracks``).
+    """
+    import torch
+
+    device = torch.device(device)
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _autocast(device, dtype):
+            tracks = _EncodedTracks(model, split_data, device, batch_size, progress)
+            ranks, moments = _score_and_detect(model, split_data, tracks, device, batch_size, progress)
+    finally:
+        model.train(was_training)
+    return _protocol_metrics(split_data, ranks, moments)
+
+
+def _autocast(device, dtype):
+    import torch
+
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _EncodedTracks:
+    """Every distinct track of a split encoded once, stored longest first.
+
+    Sorting by length lets each block of tracks be trimmed to its own last valid window,
+    so short tracks do not pay for the longest one. ``order[p]`` is the split track at
+    stored position ``p``; ``position[t]`` the stored position of split track ``t``.
+    """
+
+    def __init__(self, model, split_data: SplitData, device, batch_size: int, progress: Optional[ProgressFn]):
+        import torch
+
+        n_valid = np.asarray(split_data.track_masks).sum(axis=1)
+        self.order = np.argsort(-n_valid, kind="stable")
+        self.position = np.empty_like(self.order)
+        self.position[self.order] = np.arange(self.order.size)
+        self.device = device
+        parts = []
+        for begin in range(0, self.order.size, batch_size):
+            chunk = self.order[begin:begin + batch_size]
+            windows = torch.from_numpy(np.take(split_data.track_feats, chunk, axis=0).astype(np.float32))
+            mask = torch.from_numpy(np.take(split_data.track_masks, chunk, axis=0).astype(bool))
+            parts.append(model.encode_music(windows.to(device), mask.to(device)))
+            if progress:
+                progress("encoding music", begin + chunk.size, self.order.size)
+        self.tokens = _concat_padded(parts)
+
+    def __len__(self) -> int:
+        return int(self.order.size)
+
+    def block(self, begin: int, stop: int):
+        """Tokens of stored positions [begin, stop), trimmed to their longest track."""
+        import torch
+
+        return _trim(self.tokens.take(torch.arange(begin, stop, device=self.device)))
+
+    def of_tracks(self, track_index: np.ndarray):
+        """Tokens of the given split tracks (in that order), trimmed."""
+        import torch
+
+        return _trim(self.tokens.take(torch.from_numpy(self.position[track_index]).to(self.device)))
+
+
+_PER_SLOT_FIELDS = ("tokens", "mask", "keys")  # MusicTokens fields with one entry per window
+
+
+def _concat_padded(parts: list):
+    """Join MusicTokens batches along the batch dim, padding the window dim (mask False)."""
+    import dataclasses
+
+    import torch
+
+    if len(parts) == 1:
+        return parts[0]
+    length = max(p.mask.shape[1] for p in parts)
+    joined = {}
+    for field in dataclasses.fields(parts[0]):
+        values = [getattr(p, field.name) for p in parts]
+        if any(v is None for v in values):
+            joined[field.name] = None
+            continue
+        if field.name in _PER_SLOT_FIELDS:
+            values = [_pad_dim1(v, length) for v in values]
+        joined[field.name] = torch.cat(values, dim=0)
+    return type(parts[0])(**joined)
+
+
+def _pad_dim1(tensor, length: int):
+    import torch
+
+    missing = length - tensor.shape[1]
+    if missing == 0:
+        return tensor
+    pad = torch.zeros((tensor.shape[0], missing, *tensor.shape[2:]), dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([tensor, pad], dim=1)
+
+
+def _trim(music):
+    """Drop window slots that are padding in every track of ``music`` (exact: they are masked)."""
+    import dataclasses
+
+    valid = music.mask.any(0).nonzero()
+    length = int(valid.max()) + 1 if valid.numel() else 1
+    if length == music.mask.shape[1]:
+        return music
+    changes = {name: getattr(music, name)[:, :length] for name in _PER_SLOT_FIELDS
+               if getattr(music, name, None) is not None}
+    return dataclasses.replace(music, **changes)
+
+
+def _score_and_detect(model, split_data: SplitData, tracks: _EncodedTracks, device, batch_size: int,
+                      progress: Optional[ProgressFn]) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of the GT track [n] and moments on the GT track [n, 2] (seconds)."""
+    import torch
+
+    n, n_tracks = split_data.n, len(tracks)
+    ranks = np.empty(n, dtype=np.int64)
+    moments = np.empty((n, 2), dtype=np.float64)
+    durations = split_data.labels.music_total_duration
+    for begin in range(0, n, batch_size):
+        rows = np.arange(begin, min(n, begin + batch_size))
+        videos = split_data.video_index[rows]
+        frames = torch.from_numpy(np.take(split_data.video_feats, videos, axis=0).astype(np.float32))
+        frame_mask = torch.from_numpy(np.take(split_data.video_masks, videos, axis=0).astype(bool))
+        video_tokens = model.encode_video(frames.to(device), frame_mask.to(device))
+        scores = np.empty((rows.size, n_tracks), dtype=np.float32)
+        for t_begin in range(0, n_tracks, batch_size):
+            t_stop = min(n_tracks, t_begin + batch_size)
+            block = model.score_pairs(video_tokens, tracks.block(t_begin, t_stop))  # [tracks, videos]
+            scores[:, tracks.order[t_begin:t_stop]] = block.float().t().cpu().numpy()
+        gt_tracks = split_data.track_index[rows]
+        ranks[rows] = metrics.gt_ranks(scores, gt_tracks)
+        spans = model.detect(video_tokens, tracks.of_tracks(gt_tracks)).float()
+        seconds = model.spans_to_seconds(spans, torch.from_numpy(durations[rows]).float().to(device))
+        moments[rows] = seconds.float().cpu().numpy()
+        if progress:
+            progress("scoring videos", int(rows[-1]) + 1, n)
+    return ranks, moments
+
+
+def _protocol_metrics(split_data: SplitData, ranks: np.ndarray, moments: np.ndarray) -> dict[str, Any]:
+    labels = split_data.labels
+    ious = metrics.temporal_iou(moments, labels.moments)
+    cut = np.stack(metrics.duration_exact_cut(moments[:, 0], moments[:, 1], labels.video_duration,
+                                              labels.music_total_duration), axis=1)
+    cut_ious = metrics.temporal_iou(cut, labels.moments)
+    recall = metrics.recall_at_k(ranks, RECALL_KS)
+    moment_recall = metrics.moment_recall_at_k(ranks, ious, MOMENT_RECALL_KS, IOU_THRESHOLD)
+    moment_recall_cut = metrics.moment_recall_at_k(ranks, cut_ious, MOMENT_RECALL_KS, IOU_THRESHOLD)
+    result: dict[str, Any] = {"split": split_data.split, "n": split_data.n, "n_tracks": split_data.n_tracks,
+                              "miou": float(ious.mean())}
+    result.update({f"r{k}": v for k, v in recall.items()})
+    result.update({f"mor{k}": v for k, v in moment_recall.items()})
+    result["miou_cut"] = float(cut_ious.mean())
+    result.update({f"mor{k}_cut": v for k, v in moment_recall_cut.items()})
+    return result
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters per top-level module plus ``total`` (or the model's own ``parameter_counts()``)."""
+    own = getattr(model, "parameter_counts", None)
+    if callable(own):
+        return {str(k): int(v) for k, v in dict(own()).items()}
+    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.PathLike] = None,
+             device: str = "auto", batch_size: int = 256, precision: str = "fp32",
+             progress: Optional[ProgressFn] = None) -> dict[str, Any]:
+    """Load ``split`` under ``root`` and a trained model, and run :func:`evaluate_model`.
+
+    ``checkpoint``: None (latest run), a run folder or a ``.safetensors`` file.
+    Adds ``params`` (per-module counts), ``checkpoint`` (path) and ``checkpoint_id``.
+    """
+    from .checkpoint import load_model
+    from .device import compute_dtype, resolve_device
+
+    torch_device = resolve_device(device)
+    dtype = compute_dtype(torch_device, precision)
+    model, _variant, meta = load_model(checkpoint, device=torch_device)  # first: fails fast, packing is slow
+    split_data = load_split(root, split, progress=progress)
+    result = evaluate_model(model, split_data, torch_device, batch_size=batch_size, dtype=dtype, progress=progress)
+    result["params"] = parameter_counts(model)
+    result["checkpoint"] = str(meta.get("path", "")) if meta else None
+    result["checkpoint_id"] = meta.get("checkpoint_id") if meta else None
+    return result
+
+
+def evaluate_prior(root: str | os.PathLike, split: str) -> dict[str, Any]:
+    """The content-free baseline: moment = [0, video duration] on the GT track (CSV only).
+
+    Ranking metrics are None (the prior cannot rank tracks); ``miou_cut`` equals ``miou``
+    since the prior is already exactly as long as the video.
+    """
+    labels = read_split_csv(root, split)
+    end = np.minimum(labels.video_duration, labels.music_total_duration)
+    prior = np.stack([np.zeros(labels.n), end], axis=1)
+    miou = metrics.mean_iou(prior, labels.moments)
+    result: dict[str, Any] = {"split": split, "n": labels.n, "baseline": "prior"}
+    result.update({key: None for key in METRIC_KEYS + CUT_KEYS})
+    result["miou"] = result["miou_cut"] = miou
+    return result

@@ -1,0 +1,498 @@
+"""Mixdown: lay the chosen music moment under a video with ffmpeg, the video stream copied.
+
+The music is cut from ``start`` to exactly the video's length, faded in and out, and
+normalised to an EBU R128 integrated loudness in two passes: ``ebur128`` measures, then
+a plain gain applies the difference when the true peak stays under -1.5 dBTP (as
+``loudnorm``'s linear mode would), else ``loudnorm`` rides the gain under that ceiling. Then it replaces the
+video's own audio, is mixed with it, or is ducked under it (a sidechain compressor keyed
+by the video's audio). The video packets are copied, never re-encoded. The output is
+written to a hidden temporary file next to its destination and moved into place only
+when complete, so an interrupted render leaves nothing half-written behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import MediaError, MgsvError, OutputExistsError, UsageError
+
+MIX_MODES = ("replace", "original", "duck")
+MIN_VIDEO_SECONDS = 1.0
+AUDIO_RATE = 48000
+TRUE_PEAK_DB = -1.5
+SILENT_LUFS = -60.0  # quieter than this counts as no signal: nothing to normalise or duck under
+MAX_VOICE_BOOST_DB = 20.0  # a quiet recording is lifted at most this much before mixing
+OUTPUT_FORMATS = {  # extension -> (ffmpeg muxer, audio codec options)
+    ".mp4": ("mp4", ["-c:a", "aac", "-b:a", "192k"]),
+    ".m4v": ("mp4", ["-c:a", "aac", "-b:a", "192k"]),
+    ".mov": ("mov", ["-c:a", "aac", "-b:a", "192k"]),
+    ".mkv": ("matroska", ["-c:a", "aac", "-b:a", "192k"]),
+    ".webm": ("webm", ["-c:a", "libopus", "-b:a", "160k"]),
+}
+OUTPUT_TAG = ".mgsv"  # default outputs are named <stem>.mgsv.<ext>
+_NO_PTS = -(2 ** 63)  # how framemd5 prints a missing timestamp
+# Ducking: the music drops by roughly 12-15 dB while the video's voice (normalised to the
+# target loudness for detection) is above about -30 dBFS, and comes back within ~0.3 s.
+DUCK_FILTER = "sidechaincompress=threshold=0.03:ratio=8:attack=15:release=300:knee=2:makeup=1"
+
+
+@dataclass
+class RenderResult:
+    """What :func:`render` wrote and how the music was fitted (all times in seconds)."""
+
+    out_path: Path
+    video: Path
+    track: Path
+    duration: float  # the output's length: the video stream's duration
+    start: float  # where the music starts in the track, after any shift
+    end: float  # where the music ends in the track
+    requested_start: float
+    mix: str  # the mix actually made
+    requested_mix: str
+    fade_in: float
+    fade_out: float
+    loudness_target: float
+    loudness: float | None  # integrated loudness of the mixed audio (LUFS), None if silent
+    padded_seconds: float = 0.0  # silence after the music when the track is shorter than the video
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for key in ("out_path", "video", "track"):
+            data[key] = str(Path(data[key]).absolute())
+        for key, value in data.items():
+            if isinstance(value, float):
+                data[key] = round(value, 3)
+        return data
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The part of a track that plays: ``seconds`` of music from ``start``, then ``padded`` of silence."""
+
+    start: float
+    seconds: float
+    padded: float
+    warnings: tuple[str, ...] = ()
+
+
+def fit_cut(start: float, video_seconds: float, track_seconds: float) -> Cut:
+    """Place a cut of ``video_seconds`` at ``start`` inside a track of ``track_seconds``.
+
+    A cut that runs past the track end is moved back to end with the track; a track
+    shorter than the video plays whole from 0 and silence fills the rest.
+    """
+    if not math.isfinite(start) or start < 0:
+        raise UsageError(f"start {start} s: must be 0 or more")
+    if start >= track_seconds:
+        raise UsageError(f"start {start:.2f} s is past the end of the track ({track_seconds:.2f} s)")
+    if track_seconds < video_seconds:
+        padded = video_seconds - track_seconds
+        notes = [f"track ({track_seconds:.2f} s) is shorter than the video ({video_seconds:.2f} s): "
+                 f"it plays whole, then {padded:.2f} s of silence"]
+        if start > 0:
+            notes.insert(0, f"start moved from {start:.2f} s to 0 s to use the whole track")
+        return Cut(0.0, track_seconds, padded, tuple(notes))
+    if start + video_seconds > track_seconds:
+        moved = track_seconds - video_seconds
+        return Cut(moved, video_seconds, 0.0,
+                   (f"start moved back from {start:.2f} s to {moved:.2f} s so the music lasts the whole video",))
+    return Cut(start, video_seconds, 0.0)
+
+
+def fit_fades(fade_in: float, fade_out: float, music_seconds: float) -> tuple[float, float, list[str]]:
+    """Fade lengths that fit in ``music_seconds`` (both shrunk in proportion when they overlap)."""
+    for name, value in (("fade-in", fade_in), ("fade-out", fade_out)):
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{name} {value} s: must be 0 or more")
+    total = fade_in + fade_out
+    if total <= music_seconds:
+        return fade_in, fade_out, []
+    scale = music_seconds / total
+    fade_in, fade_out = fade_in * scale, fade_out * scale
+    return fade_in, fade_out, [f"fades shortened to {fade_in:.2f} s in / {fade_out:.2f} s out to fit the music"]
+
+
+def default_output_path(video: str | os.PathLike) -> Path:
+    """``clip.mov`` -> ``clip.mgsv.mov`` beside it (containers mgsv cannot write become ``.mkv``)."""
+    video = Path(video)
+    suffix = video.suffix.lower() if video.suffix.lower() in OUTPUT_FORMATS else ".mkv"
+    return video.with_name(f"{video.stem}{OUTPUT_TAG}{suffix}")
+
+
+# ---------------------------------------------------------------- ffmpeg
+
+
+def _ffmpeg(args: list[str], what: str) -> str:
+    """Run ffmpeg with ``args``; return its stderr (where filters print); MediaError on failure."""
+    from .media import run_ffmpeg
+
+    return run_ffmpeg(["-nostats", *args], what).stderr.decode("utf-8", "replace")
+
+
+def video_stream_seconds(path: Path) -> float | None:
+    """Exact length of the first video stream: first packet's pts to last packet's pts + duration.
+
+    Read from the packets themselves (no decoding), since a container's duration covers
+    its longest stream and audio often runs a little past the picture. None when the
+    packets carry no timestamps.
+    """
+    from .media import run_ffmpeg
+
+    proc = run_ffmpeg(["-i", str(path), "-map", "0:V:0", "-c", "copy", "-f", "framemd5", "-"],
+                      f"reading the video stream of {path}")
+    time_base, stamps = None, []
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        if line.startswith("#tb 0:"):
+            num, den = line.split(":", 1)[1].strip().split("/")
+            time_base = int(num) / int(den)
+        elif line and line[0].isdigit():
+            fields = [f.strip() for f in line.split(",")]
+            pts, duration = int(fields[2]), int(fields[3])
+            if pts != _NO_PTS:
+                stamps.append((pts, duration))
+    if time_base is None or not stamps:
+        return None
+    stamps.sort()
+    # Some containers leave packet durations out; the typical frame spacing stands in.
+    gaps = sorted(b[0] - a[0] for a, b in zip(stamps, stamps[1:])) or [0]
+    last_pts, last_duration = stamps[-1]
+    end = last_pts + (last_duration if last_duration > 0 else gaps[len(gaps) // 2])
+    return (end - stamps[0][0]) * time_base
+
+
+@dataclass(frozen=True)
+class Loudness:
+    """EBU R128 statistics of a signal, as ffmpeg's ``ebur128=peak=true`` reports them."""
+
+    integrated: float  # LUFS; -inf when everything is gated out (silence)
+    threshold: float  # LUFS, the relative gate of the integrated measurement
+    lra: float  # loudness range, LU
+    true_peak: float  # dBTP; -inf for digital silence
+
+    @property
+    def silent(self) -> bool:
+        return self.integrated < SILENT_LUFS
+
+
+_EBUR128_SUMMARY = re.compile(r"\[Parsed_ebur128_(\d+) @ [^\]]*\] Summary:(.*?)(?=\n\[|\Z)", re.DOTALL)
+
+
+def _number(pattern: str, text: str, default: float) -> float:
+    match = re.search(pattern, text)
+    if not match:
+        return default
+    value = float(match.group(1))  # "-inf" parses too
+    return value if math.isfinite(value) else -math.inf
+
+
+def _ebur128_summaries(stderr: str) -> list[Loudness]:
+    """Every ``ebur128`` summary in ``stderr``, in filter-graph order."""
+    found = sorted(((int(index), body) for index, body in _EBUR128_SUMMARY.findall(stderr)), key=lambda x: x[0])
+    if not found:
+        raise MediaError("ffmpeg's ebur128 filter printed no loudness summary")
+    summaries = []
+    for _, body in found:
+        integrated = _number(r"I:\s+(\S+) LUFS", body, -math.inf)
+        summaries.append(Loudness(
+            integrated=integrated if integrated > -70.0 else -math.inf,  # -70 is ebur128's "all gated"
+            threshold=_number(r"I:.*?Threshold:\s+(\S+) LUFS", body.replace("\n", " "), -70.0),
+            lra=_number(r"LRA:\s+(\S+) LU", body, 0.0),
+            true_peak=_number(r"Peak:\s+(\S+) dBFS", body, -math.inf),
+        ))
+    return summaries
+
+
+# ---------------------------------------------------------------- the filter graph
+
+
+@dataclass(frozen=True)
+class _Plan:
+    video: Path
+    track: Path
+    duration: float
+    cut: Cut
+    fade_in: float
+    fade_out: float
+    mix: str
+    loudness: float
+
+
+def _music_chain(plan: _Plan, source: str, gain_db: float | None) -> str:
+    """Filters turning the trimmed track input into exactly ``duration`` s of faded music."""
+    fade_out_start = max(0.0, plan.cut.seconds - plan.fade_out)
+    parts = [f"[{source}]aresample={AUDIO_RATE}", "aformat=sample_fmts=fltp:channel_layouts=stereo",
+             "asetpts=PTS-STARTPTS", f"atrim=duration={plan.cut.seconds:.6f}"]
+    if plan.fade_in > 0:
+        parts.append(f"afade=t=in:st=0:d={plan.fade_in:.6f}")
+    if plan.fade_out > 0:
+        parts.append(f"afade=t=out:st={fade_out_start:.6f}:d={plan.fade_out:.6f}")
+    parts += [f"apad=whole_dur={plan.duration:.6f}", f"atrim=duration={plan.duration:.6f}"]
+    if gain_db is not None:
+        parts.append(f"volume={gain_db:.3f}dB")
+    return ",".join(parts)
+
+
+def _voice_chain(plan: _Plan, source: str, gain_db: float | None) -> str:
+    """Filters making the video's own audio the same length and format as the music."""
+    parts = [f"[{source}]aresample={AUDIO_RATE}", "aformat=sample_fmts=fltp:channel_layouts=stereo",
+             "asetpts=PTS-STARTPTS", f"apad=whole_dur={plan.duration:.6f}", f"atrim=duration={plan.duration:.6f}"]
+    if gain_db is not None:
+        parts.append(f"volume={gain_db:.3f}dB")
+    return ",".join(parts)
+
+
+def _mix_graph(plan: _Plan, music_gain: float | None, voice_gain: float | None, label: str = "mix") -> str:
+    """Graph from inputs 0 (video) and 1 (track) to the unnormalised mix, output ``[label]``."""
+    music = _music_chain(plan, "1:a:0", music_gain)
+    voice = _voice_chain(plan, "0:a:0", voice_gain)
+    mixer = f"amix=inputs=2:duration=first:normalize=0[{label}]"
+    if plan.mix == "replace":
+        return f"{music}[{label}]"
+    if plan.mix == "original":
+        return f"{music}[music];{voice}[voice];[music][voice]{mixer}"
+    return f"{music}[music];{voice},asplit=2[key][voice];[music][key]{DUCK_FILTER}[ducked];[ducked][voice]{mixer}"
+
+
+def _normaliser(plan: _Plan, graph: str, measured: Loudness) -> str:
+    """Filters bringing ``graph``'s ``[mix]``, ``measured`` in a first pass, to the target loudness.
+
+    A plain gain when the true peak stays under the ceiling afterwards (what loudnorm's
+    linear mode would do, without its 192 kHz processing). Otherwise loudnorm has to ride
+    the gain to hold the peaks down; it is then given its own first-pass statistics
+    (one more pass over the audio), whose ``target_offset`` corrects its dynamic mode.
+    """
+    gain = plan.loudness - measured.integrated
+    if measured.true_peak + gain <= TRUE_PEAK_DB:
+        return f"volume={gain:.3f}dB"
+    first = f"loudnorm=I={plan.loudness}:TP={TRUE_PEAK_DB}:LRA=11:print_format=json"
+    stderr = _ffmpeg([*_inputs(plan), "-filter_complex", f"{graph};[mix]{first}[s]", "-map", "[s]", "-f", "null",
+                      "-"], f"measuring the loudness of the mix for {plan.video}")
+    stats = json.loads(stderr[stderr.rindex("{"):stderr.rindex("}") + 1])
+    # A target range at least the measured one keeps loudnorm from compressing the dynamics.
+    lra = min(20.0, max(11.0, float(stats["input_lra"]) + 0.5))
+    return (f"loudnorm=I={plan.loudness}:TP={TRUE_PEAK_DB}:LRA={lra:.1f}:measured_I={stats['input_i']}"
+            f":measured_TP={stats['input_tp']}:measured_LRA={stats['input_lra']}"
+            f":measured_thresh={stats['input_thresh']}:offset={stats['target_offset']}"
+            f":linear=true,aresample={AUDIO_RATE}")
+
+
+def _inputs(plan: _Plan) -> list[str]:
+    return ["-i", str(plan.video), "-ss", f"{plan.cut.start:.6f}", "-t", f"{plan.cut.seconds + 0.05:.6f}",
+            "-i", str(plan.track)]
+
+
+def _measure(plan: _Plan, graphs: list[str], what: str) -> list[Loudness]:
+    """Loudness of the ``[m0]``, ``[m1]``, ... outputs of ``graphs``, all in one ffmpeg run.
+
+    Audio only; nothing is written. Graph ``i`` must end in the label ``[mI]``.
+    """
+    measuring = ";".join(f"{graph};[m{i}]ebur128=peak=true[s{i}]" for i, graph in enumerate(graphs))
+    outputs = [arg for i in range(len(graphs)) for arg in ("-map", f"[s{i}]", "-f", "null", "-")]
+    summaries = _ebur128_summaries(_ffmpeg([*_inputs(plan), "-filter_complex", measuring, *outputs], what))
+    if len(summaries) != len(graphs):
+        raise MediaError(f"{what}: expected {len(graphs)} loudness measurements, ffmpeg printed {len(summaries)}")
+    return summaries
+
+
+# ---------------------------------------------------------------- render
+
+
+def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out: str | os.PathLike | None = None,
+           mix: str = "replace", fade_in: float = 0.5, fade_out: float = 1.0, loudness: float = -16.0,
+           force: bool = False) -> RenderResult:
+    """Write ``video`` with ``track`` from ``start`` (s) as its music; returns what was written.
+
+    ``mix``: ``replace`` drops the video's audio, ``original`` mixes both at equal loudness,
+    ``duck`` lowers the music while the video's audio is loud. A video without audio
+    falls back to ``replace`` (noted in ``warnings``). ``out`` defaults to
+    ``<stem>.mgsv.<ext>`` beside the video; an existing output needs ``force``; the
+    input is never overwritten. Raises UsageError, MediaError or OutputExistsError.
+    """
+    video, track = Path(video).expanduser(), Path(track).expanduser()
+    if mix not in MIX_MODES:
+        raise UsageError(f"--mix {mix!r}: expected one of {', '.join(MIX_MODES)}")
+    if not (-70.0 <= loudness <= -5.0):
+        raise UsageError(f"loudness {loudness} LUFS: expected a value from -70 to -5")
+    out_path = _check_output(video, track, Path(out).expanduser() if out is not None else None, force)
+    plan, warnings = _plan(video, track, start, mix, fade_in, fade_out, loudness)
+    plan, music_gain, voice_gain, measured = _first_passes(plan, warnings)
+    mix_graph = _mix_graph(plan, music_gain, voice_gain)
+    normalise = "anull" if measured.silent else _normaliser(plan, mix_graph, measured)
+    # The meter branch measures what is encoded, for the result's ``loudness``.
+    final_graph = f"{mix_graph};[mix]{normalise},asplit=2[out][meter];[meter]ebur128=peak=true,anullsink"
+    (achieved,) = _ebur128_summaries(_write(plan, final_graph, out_path, force))
+    if not measured.silent and abs(achieved.integrated - loudness) > 1.0:
+        warnings.append(f"loudness reached {achieved.integrated:.1f} LUFS, not {loudness:g}: "
+                        f"the music's peaks would pass the {TRUE_PEAK_DB} dBTP ceiling")
+    return RenderResult(
+        out_path=out_path, video=video, track=track, duration=plan.duration, start=plan.cut.start,
+        end=plan.cut.start + plan.cut.seconds, requested_start=float(start), mix=plan.mix, requested_mix=mix,
+        fade_in=plan.fade_in, fade_out=plan.fade_out, loudness_target=loudness,
+        loudness=None if achieved.silent else achieved.integrated,
+        padded_seconds=plan.cut.padded, warnings=warnings,
+    )
+
+
+def _check_output(video: Path, track: Path, out: Path | None, force: bool) -> Path:
+    """The output path, refusing to touch the inputs or (without ``force``) an existing file."""
+    if out is None:
+        out = default_output_path(video)
+    elif out.is_dir() or (not out.exists() and not out.suffix):  # a folder, maybe still to be made
+        out = out / default_output_path(video).name
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise UsageError(f"output {out}: the name must end in {', '.join(OUTPUT_FORMATS)}")
+    for name, source in (("video", video), ("music track", track)):
+        if _same_file(out, source):
+            raise UsageError(f"output {out} is the input {name}: mgsv never overwrites its inputs")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} exists: use --force to overwrite it or -o to write elsewhere")
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _plan(video: Path, track: Path, start: float, mix: str, fade_in: float, fade_out: float,
+          loudness: float) -> tuple[_Plan, list[str]]:
+    """Probe both inputs and settle the cut, fades and mix; returns the plan and its warnings."""
+    from . import media
+
+    video_info = media.probe(video)
+    if not video_info.has_video:
+        raise MediaError(f"{video}: has no video stream")
+    duration = video_stream_seconds(video) or video_info.duration
+    if duration < MIN_VIDEO_SECONDS:
+        raise MediaError(f"{video}: the video lasts {duration:.2f} s; mgsv needs at least {MIN_VIDEO_SECONDS:.0f} s")
+    track_info = media.probe(track)
+    if not track_info.has_audio:
+        raise MediaError(f"{track}: has no audio stream")
+    if not track_info.duration or track_info.duration <= 0:
+        raise MediaError(f"{track}: its length cannot be read")
+    cut = fit_cut(float(start), duration, float(track_info.duration))
+    fade_in, fade_out, fade_notes = fit_fades(fade_in, fade_out, cut.seconds)
+    warnings = [*cut.warnings, *fade_notes]
+    if mix != "replace" and not video_info.has_audio:
+        warnings.append(f"the video has no audio track: --mix {mix} made as replace")
+        mix = "replace"
+    return _Plan(video, track, duration, cut, fade_in, fade_out, mix, loudness), warnings
+
+
+def _first_passes(plan: _Plan, warnings: list[str]) -> tuple[_Plan, float | None, float | None, Loudness]:
+    """Balance music and voice, then measure the mix for the final normalisation.
+
+    Returns ``(plan, music_gain_db, voice_gain_db, mix_loudness)``. In ``original`` and
+    ``duck`` both parts are first brought to the target loudness (the voice lifted at
+    most ``MAX_VOICE_BOOST_DB``) so the balance does not depend on how loud each was
+    recorded; a silent video soundtrack makes the mix a ``replace``.
+    """
+    music_gain = voice_gain = None
+    if plan.mix != "replace":
+        voice, music = _measure(plan, [_voice_chain(plan, "0:a:0", None) + "[m0]",
+                                       _music_chain(plan, "1:a:0", None) + "[m1]"],
+                                f"measuring the loudness of {plan.video} and {plan.track}")
+        if voice.silent:
+            warnings.append(f"the video's audio is silent: --mix {plan.mix} made as replace")
+            plan = dataclasses.replace(plan, mix="replace")
+        else:
+            music_gain = 0.0 if music.silent else plan.loudness - music.integrated
+            voice_gain = min(MAX_VOICE_BOOST_DB, plan.loudness - voice.integrated)
+    (mixed,) = _measure(plan, [_mix_graph(plan, music_gain, voice_gain, label="m0")],
+                        f"measuring the loudness of the mix for {plan.video}")
+    if mixed.silent:
+        warnings.append("the music at this moment is silent: nothing to normalise")
+    return plan, music_gain, voice_gain, mixed
+
+
+def _write(plan: _Plan, graph: str, out: Path, force: bool) -> str:
+    """Encode to a hidden temporary file beside ``out``, then move it into place; returns ffmpeg's stderr."""
+    muxer, audio_codec = OUTPUT_FORMATS[out.suffix.lower()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
+    args = [*_inputs(plan), "-filter_complex", graph, "-map", "0:V:0", "-map", "[out]", "-c:v", "copy",
+            *audio_codec, "-ar", str(AUDIO_RATE), "-map_metadata", "0"]
+    if muxer in ("mp4", "mov"):
+        args += ["-movflags", "+faststart"]
+    try:
+        stderr = _ffmpeg([*args, "-f", muxer, "-y", str(tmp)], f"cannot render {plan.video}")
+        if out.exists() and not force:  # appeared while we were encoding
+            raise OutputExistsError(f"{out} exists: use --force to overwrite it or -o to write elsewhere")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return stderr
+
+
+# ---------------------------------------------------------------- batches
+
+
+def remembered_moment(video: str | os.PathLike, pick: int = 1) -> tuple[Path, float]:
+    """Track and start of suggestion ``pick`` (1 = best) remembered by ``mgsv suggest`` for ``video``."""
+    from .suggest import load_last_suggestion
+
+    if pick < 1:
+        raise UsageError(f"--pick {pick}: ranks start at 1")
+    record = load_last_suggestion(video)
+    for suggestion in record["suggestions"]:
+        if int(suggestion["rank"]) == pick:
+            return Path(suggestion["track"]), float(suggestion["start"])
+    raise UsageError(f"--pick {pick}: only {len(record['suggestions'])} suggestion(s) remembered for {video}")
+
+
+def expand_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Videos named or found in folders (mgsv's own ``*.mgsv.*`` outputs skipped in folders);
+    plus ``(input, reason)`` for inputs that are neither."""
+    from .suggest import expand_video_inputs
+
+    videos: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        found, bad = expand_video_inputs([item])
+        if Path(item).expanduser().is_dir():
+            found = [p for p in found if OUTPUT_TAG + "." not in p.name]
+        videos.extend(found)
+        problems.extend(bad)
+    return list(dict.fromkeys(videos)), problems
+
+
+def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pick: int = 1,
+                track: str | os.PathLike | None = None, start: float | None = None,
+                **options) -> Iterator[tuple[Path, RenderResult | None, MgsvError | None]]:
+    """Render each video, yielding ``(video, result, None)`` or ``(video, None, error)``; errors never stop the batch.
+
+    ``track``/``start`` given: that moment for every video; otherwise each video's
+    remembered suggestion ``pick``. ``out`` is a folder here (created if needed).
+    ``options`` go to :func:`render` (mix, fade_in, fade_out, loudness, force).
+    """
+    folder = Path(out).expanduser() if out is not None else None
+    if folder is not None:
+        looks_like_file = folder.suffix.lower() in OUTPUT_FORMATS
+        if folder.is_file() or (not folder.exists() and looks_like_file):
+            raise UsageError(f"-o {folder}: with several videos the output must be a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+    written: set[Path] = set()
+    for video in videos:
+        try:
+            if track is not None:
+                moment = (Path(track), float(start if start is not None else 0.0))
+            else:
+                moment = remembered_moment(video, pick)
+            target = (folder or video.parent) / default_output_path(video).name
+            if target.resolve() in written:
+                raise OutputExistsError(f"{target} was already written by this batch (two videos share a name)")
+            result = render(video, *moment, out=target, **options)
+            written.add(result.out_path.resolve())
+            yield video, result, None
+        except MgsvError as exc:
+            yield video, None, exc

@@ -1,0 +1,282 @@
+"""Training MaDe on MGSV-EC (spec section 4, Training).
+
+Loss = symmetric InfoNCE on both similarity matrices + 4 x L1 + (1 - GIoU) on every decoder
+layer; Adam (no weight decay), linear warm-up over 2% of the steps then cosine to zero per
+step, gradients clipped at 1.0; the weights that score best on val are kept.
+
+The loop reports through a :class:`Reporter` so the library stays free of any UI; the CLI
+draws rich progress bars from it. A run resumes exactly from its last finished epoch: the
+weights, the Adam moments, the schedule position and the RNG state are saved after each.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import LAST_NAME, WEIGHTS_NAME, atomic_write_json, save_checkpoint, save_weights
+from .config import VariantConfig, variant_from_dict, variant_to_dict
+from .errors import CheckpointError, UsageError
+
+PAPER_METRICS = ("miou", "r1", "r5", "r10", "mor1", "mor10", "mor100")
+
+
+class Reporter:
+    """Callbacks the training loop makes; the default does nothing."""
+
+    def start(self, info: dict[str, Any]) -> None: ...
+
+    def start_epoch(self, epoch: int, n_epochs: int, n_steps: int) -> None: ...
+
+    def step(self, loss: float, lr: float) -> None: ...
+
+    def end_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], is_best: bool) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    """Where a run stands; saved as state.json after every epoch."""
+
+    epochs_done: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- schedule and score
+
+
+def learning_rate(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:
+    """Linear warm-up to ``base_lr`` over the first steps, then cosine decay to zero."""
+    n_warmup = max(1, int(round(total_steps * warmup_fraction)))
+    if step < n_warmup:
+        return base_lr * (step + 1) / n_warmup
+    progress = (step - n_warmup) / max(1, total_steps - n_warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def selection_score(metrics: dict[str, Any]) -> float:
+    """Model-selection criterion on val: the mean of the paper's seven numbers in percent."""
+    values = [metrics["miou"] * 100.0] + [metrics[k] for k in PAPER_METRICS[1:]]
+    return float(sum(values) / len(values))
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def new_run_dir(variant: VariantConfig) -> Path:
+    from .paths import runs_dir
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = runs_dir() / f"{stamp}-{variant.name}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = runs_dir() / f"{stamp}-{variant.name}-{suffix}"
+    return folder
+
+
+def _latest_resumable() -> Path | None:
+    from .paths import runs_dir
+
+    folder = runs_dir()
+    runs = [p for p in folder.iterdir() if (p / LAST_NAME).is_file()] if folder.is_dir() else []
+    return max(runs, key=lambda p: (p / LAST_NAME).stat().st_mtime, default=None)
+
+
+def choose_run_dir(out_dir: Path | None, variant: VariantConfig, resume: bool) -> Path:
+    """The run folder to write: never clobbers a run unless asked to resume it."""
+    if resume:
+        folder = out_dir if out_dir is not None else _latest_resumable()
+        if folder is None or not (folder / LAST_NAME).is_file():
+            raise CheckpointError(f"nothing to resume in {folder or 'the runs folder'}: no {LAST_NAME} there")
+        return folder
+    if out_dir is None:
+        return new_run_dir(variant)
+    if (out_dir / LAST_NAME).exists() or (out_dir / WEIGHTS_NAME).exists():
+        raise UsageError(f"{out_dir} already holds a training run: pass --resume to continue it, or another --out")
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def build_optimizer(model, variant: VariantConfig):
+    import torch
+
+    return torch.optim.Adam(model.parameters(), lr=variant.train.lr, weight_decay=0.0)
+
+
+def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype) -> float:
+    """One optimisation step on a batch of matched pairs; returns the loss."""
+    import torch
+
+    from .losses import detection_loss, matching_loss
+
+    recipe = variant.train
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(batch.frames.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = model(batch.frames, batch.frame_mask, batch.windows, batch.window_mask)
+    track_ids = batch.track_index if recipe.mask_same_track_negatives else None
+    loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale, track_ids)
+    loss = loss + detection_loss(out["spans"], batch.span, recipe.l1_weight, recipe.giou_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def run_epoch(model, optimizer, split, variant, epoch, state: _State, total_steps, device, dtype, reporter) -> float:
+    """One pass over the training split (a fresh shuffle per epoch); returns the mean loss."""
+    recipe = variant.train
+    model.train()
+    losses = []
+    for batch in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True):
+        lr = learning_rate(state.step, total_steps, recipe.lr, recipe.warmup_fraction)
+        loss = train_step(model, optimizer, batch.to(device), variant, lr, dtype)
+        state.step += 1
+        losses.append(loss)
+        reporter.step(loss, lr)
+    return float(sum(losses) / max(1, len(losses)))
+
+
+def train(
+    data_root: str | Path,
+    variant: VariantConfig,
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train (or resume) a MaDe run on the MGSV-EC layout at ``data_root``; returns the run folder."""
+    import torch
+
+    from .data import load_split
+    from .device import compute_dtype, resolve_device, tune_malloc_for_training
+    from .evaluation import evaluate_model
+    from .model import MaDe
+
+    reporter = reporter or Reporter()
+    torch_device = resolve_device(device)
+    run_dir = choose_run_dir(Path(out_dir).expanduser() if out_dir else None, variant, resume)
+    if resume:
+        variant = _saved_variant(run_dir)
+    recipe = variant.train
+    tune_malloc_for_training()
+
+    train_split = load_split(data_root, "train")
+    val_split = load_split(data_root, "val")
+    steps_per_epoch = train_split.n // recipe.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(f"batch size {recipe.batch_size} is larger than the training split ({train_split.n} videos)")
+    total_steps = steps_per_epoch * recipe.epochs
+
+    torch.manual_seed(recipe.seed)
+    model = MaDe(variant.model).to(torch_device)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(recipe.logit_scale_init))
+    optimizer = build_optimizer(model, variant)
+    state = _State()
+    if resume:
+        state = _restore(run_dir, model, optimizer)
+    dtype = compute_dtype(torch_device, recipe.precision)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", variant_to_dict(variant))
+    log = _Log(run_dir / "train.log")
+    info = {
+        "run_dir": str(run_dir), "variant": variant.name, "device": str(torch_device),
+        "dtype": str(dtype).replace("torch.", ""), "params": model.parameter_counts(),
+        "n_train": train_split.n, "n_val": val_split.n, "steps_per_epoch": steps_per_epoch,
+        "epochs": recipe.epochs, "start_epoch": state.epochs_done,
+    }
+    log.write(("resumed" if resume else "started") + " " + json.dumps(info))
+    reporter.start(info)
+
+    for epoch in range(state.epochs_done, recipe.epochs):
+        reporter.start_epoch(epoch, recipe.epochs, steps_per_epoch)
+        train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
+                               torch_device, dtype, reporter)
+        metrics = evaluate_model(model, val_split, torch_device, batch_size=recipe.eval_batch_size, dtype=dtype)
+        score = selection_score(metrics)
+        is_best = score > state.best_score
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "score": score, **metrics}
+        state.history.append(record)
+        state.epochs_done = epoch + 1
+        if is_best:
+            state.best_score = score
+            save_checkpoint(run_dir, model, variant, {"epoch": epoch + 1, "score": score, "val": metrics,
+                                                      "params": model.parameter_counts()})
+        _save_last(run_dir, model, optimizer, variant, state)
+        log.write(json.dumps({**record, "best": is_best}))
+        reporter.end_epoch(epoch, train_loss, metrics, is_best)
+
+    best = max(state.history, key=lambda r: r["score"], default={})
+    return TrainResult(run_dir=run_dir, best_metrics=best, history=state.history)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _save_last(run_dir: Path, model, optimizer, variant: VariantConfig, state: _State) -> None:
+    """Everything needed to continue exactly after this epoch."""
+    import torch
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for param, slot in optimizer.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensors[f"optim.{names[id(param)]}.{key}"] = slot[key]
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_weights(run_dir / LAST_NAME, tensors, variant)
+    atomic_write_json(run_dir / "state.json", dataclasses.asdict(state))
+
+
+def _restore(run_dir: Path, model, optimizer) -> _State:
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run_dir / LAST_NAME))
+    saved = json.loads((run_dir / "state.json").read_text())
+    state = _State(**saved)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    for name, param in model.named_parameters():
+        if f"optim.{name}.exp_avg" in tensors:
+            optimizer.state[param] = {
+                "step": torch.tensor(float(state.step)),
+                "exp_avg": tensors[f"optim.{name}.exp_avg"].to(param.device),
+                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(param.device),
+            }
+    torch.set_rng_state(tensors["rng.torch"])
+    return state
+
+
+def _saved_variant(run_dir: Path) -> VariantConfig:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: config.json is missing")
+    return variant_from_dict(run_dir.name, json.loads(path.read_text()), where=str(path))
+
+
+class _Log:
+    """Plain, append-only training log beside the checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, line: str) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
