@@ -34,11 +34,674 @@ DEVICE_HELP = "auto | cpu | cuda[:N] | mps (auto picks the GPU when there is one
 
 # ---------------------------------------------------------------- research: train / eval / data
 
+# -- train (mgsv_cli/train.py)
+
+
+@app.command("train", epilog="Example: mgsv train --data ~/datasets/mgsv-ec --device cuda   (then: mgsv eval --data ~/datasets/mgsv-ec --split test)")
+def train_command(
+    data: Path = typer.Option(..., "--data", help="MGSV-EC root in the official layout (dataset/ and features/)"),
+    config: str = typer.Option("made", "--config", help="model variant: a shipped name (made, tiny) or a .toml path"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="default: the config's (100 for made)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="default: the config's (512 for made)"),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="peak learning rate (default: the config's, 3e-4)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 (default: the config's)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: a new one under the mgsv data dir)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (--out's, or the latest)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: the config's)"),
+) -> None:
+    """Train MaDe on MGSV-EC features; keeps the best-on-val weights in the run folder."""
+    from .config import load_config, replace_train
+    from .train import train
+
+    variant = replace_train(load_config(config), epochs=epochs, batch_size=batch_size, lr=lr,
+                            precision=precision, seed=seed)
+    reporter = _TrainProgress()
+    with reporter:
+        result = train(data, variant, out_dir=out, device=device, resume=resume, reporter=reporter)
+    best = result.best_metrics
+    if best:
+        console.print(f"best epoch {best['epoch']}: mIoU {best['miou']:.3f}, R@1 {best['r1']:.1f}, "
+                      f"MoR@1 {best['mor1']:.1f}")
+    console.print(f"checkpoint: {result.run_dir / 'model.safetensors'}  (log: {result.run_dir / 'train.log'})")
+
+
+class _TrainProgress:
+    """Draws the training loop's callbacks: a bar per epoch (loss, lr, ETA) and a validation table."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
+                             TimeRemainingColumn(), console=err_console)
+        self.task = None
+        self.rows: list[tuple] = []
+
+    def __enter__(self):
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
+
+    def start(self, info: dict) -> None:
+        params = info["params"]
+        console.print(f"[bold]training[/] {info['variant']} on {info['device']} ({info['dtype']}): "
+                      f"{info['n_train']:,} train / {info['n_val']:,} val videos, {info['steps_per_epoch']} steps "
+                      f"per epoch, {info['epochs']} epochs" + (f", resuming after epoch {info['start_epoch']}"
+                                                              if info["start_epoch"] else ""))
+        console.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()), style="dim")
+        console.print(f"run folder: {info['run_dir']}", style="dim")
+
+    def start_epoch(self, epoch: int, n_epochs: int, n_steps: int) -> None:
+        if self.task is not None:
+            self.bars.remove_task(self.task)
+        self.task = self.bars.add_task(f"epoch {epoch + 1}/{n_epochs}", total=n_steps, loss=0.0, lr=0.0)
+
+    def step(self, loss: float, lr: float) -> None:
+        self.bars.update(self.task, advance=1, loss=loss, lr=lr)
+
+    def end_epoch(self, epoch: int, train_loss: float, metrics: dict, is_best: bool) -> None:
+        from rich.table import Table
+
+        self.rows.append((epoch + 1, train_loss, metrics, is_best))
+        table = Table(title="validation", title_justify="left")
+        for header in ("epoch", "train loss", "mIoU", "R@1", "R@5", "R@10", "MoR@1", "MoR@10", "MoR@100", "mIoU cut", ""):
+            table.add_column(header, justify="right")
+        for number, loss, m, best in self.rows[-5:]:
+            table.add_row(str(number), f"{loss:.4f}", f"{m['miou']:.3f}", *(f"{m[k]:.1f}" for k in
+                          ("r1", "r5", "r10", "mor1", "mor10", "mor100")), f"{m['miou_cut']:.3f}",
+                          "best" if best else "")
+        self.bars.console.print(table)
+
+# -- eval (mgsv_cli/evaluation.py)
+
+EVAL_ROWS = (
+    ("mIoU", "miou", "{:.3f}"), ("R@1", "r1", "{:.1f}"), ("R@5", "r5", "{:.1f}"), ("R@10", "r10", "{:.1f}"),
+    ("MoR@1", "mor1", "{:.1f}"), ("MoR@10", "mor10", "{:.1f}"), ("MoR@100", "mor100", "{:.1f}"),
+)
+
+
+@app.command("eval", epilog="Example: mgsv eval --data ~/datasets/mgsv-ec --split test --json")
+def eval_command(
+    data: Path = typer.Option(..., "--data", help="MGSV-EC root in the official layout (dataset/ and features/)"),
+    split: str = typer.Option("test", "--split", help="val | test"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="prior: the content-free moment [0, video duration] (labels only)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="videos (and tracks) per forward pass"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Benchmark a trained model (or a baseline) on an MGSV-EC split: mIoU, R@k, MoR@k."""
+    import json
+
+    from .errors import UsageError
+    from .evaluation import RESULT_KEYS
+
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split {split!r}: expected val or test")
+    if baseline is not None:
+        if baseline != "prior":
+            raise UsageError(f"--baseline {baseline!r}: the only baseline is 'prior'")
+        if checkpoint is not None:
+            raise UsageError("--baseline prior uses no checkpoint; drop --checkpoint")
+        from .evaluation import evaluate_prior
+
+        result = evaluate_prior(data, split)
+    else:
+        from .evaluation import evaluate
+
+        with _stage_progress(enabled=not as_json) as progress:
+            result = evaluate(data, split, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                              progress=progress)
+    if as_json:
+        typer.echo(json.dumps({key: result.get(key) for key in RESULT_KEYS}))
+    else:
+        _print_eval_table(result)
+
+
+def _print_eval_table(result: dict) -> None:
+    from rich.table import Table
+
+    from .evaluation import PUBLISHED_MADE_TEST
+
+    def show(fmt: str, value) -> str:
+        return "—" if value is None else fmt.format(value)
+
+    title = f"{result['split']}: {result['n']} videos"
+    if result.get("n_tracks"):
+        title += f", {result['n_tracks']} candidate tracks"
+    if result.get("baseline"):
+        title += f" — baseline: {result['baseline']}"
+    table = Table(title=title)
+    for header in ("metric", "paper protocol", "exact-length cut", "MaDe (paper, test)"):
+        table.add_column(header, justify="left" if header == "metric" else "right")
+    for label, key, fmt in EVAL_ROWS:
+        # Ranking does not depend on the cut: R@k is the same in both columns.
+        cut = result.get(f"{key}_cut", result.get(key)) if not key.startswith("r") else result.get(key)
+        table.add_row(label, show(fmt, result.get(key)), show(fmt, cut), show(fmt, PUBLISHED_MADE_TEST[key]))
+    console.print(table)
+    console.print("mIoU is a fraction; the rest are % of videos. Exact-length cut: the predicted centre, "
+                  "as long as the video, kept inside the track.", style="dim")
+    if result.get("params"):
+        console.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in result["params"].items()), style="dim")
+    if result.get("checkpoint"):
+        console.print(f"checkpoint: {result['checkpoint']}", style="dim")
+
+
+def _stage_progress(enabled: bool):
+    """A context giving a ``progress(stage, done, total)`` callback drawn as rich bars on stderr."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err_console, transient=True)
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    @contextlib.contextmanager
+    def running():
+        with bars:
+            yield progress
+
+    return running()
+
+
 
 # ---------------------------------------------------------------- editor: index / suggest / render
 
+# -- index / suggest (mgsv_cli/library.py, mgsv_cli/suggest.py)
+
+ENCODER_KINDS = ("pretrained", "tiny")
+ENCODERS_HELP = "pretrained (CLIP ViT-B/32 + AST, what MaDe was trained on) | tiny (small random networks: tests, demos)"
+INDEX_HELP = "music index database (default: index.sqlite in mgsv's data folder; MGSV_HOME moves it)"
+
+
+def _check_encoders(kind: Optional[str]) -> None:
+    from .errors import UsageError
+
+    if kind is not None and kind not in ENCODER_KINDS:
+        raise UsageError(f"--encoders {kind!r}: expected {' or '.join(ENCODER_KINDS)}")
+
+
+@app.command("index")
+def index_command(
+    music_dir: Path = typer.Argument(..., help="music folder, searched recursively (mp3 wav flac m4a aac ogg opus)"),
+    index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
+    prune: bool = typer.Option(False, "--prune", help="drop indexed tracks whose files are gone"),
+    force: bool = typer.Option(False, "--force", help="re-embed every track (also: rebuild with other encoders)"),
+    encoders: str = typer.Option("pretrained", "--encoders", help=ENCODERS_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
+    beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid (for cuts that start on a beat)"),
+) -> None:
+    """Embed a music folder into the index: new and changed files only; safe to interrupt and re-run."""
+    from .library import index_music
+
+    _check_encoders(encoders)
+
+    def load_encoders():
+        from .device import resolve_device
+        from .features import load_encoders as load
+
+        return load(kind=encoders, device=resolve_device(device), offline=offline, weights_dir=weights_dir,
+                    parts=("music",))
+
+    progress = _IndexBars()
+    try:
+        with progress:
+            report = index_music(music_dir, index, encoders=load_encoders, prune=prune, force=force,
+                                 progress=progress, detect_beats=beats, encoder_kind=encoders)
+    except KeyboardInterrupt as exc:
+        report = getattr(exc, "report", None)
+        saved = f"; {report.n_tracks} track(s) in the index" if report is not None else ""
+        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False)
+        raise typer.Exit(130)
+    _print_index_summary(report, encoders)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+class _IndexBars:
+    """Rich progress bars (stderr) for ``index_music``'s stages; failures printed above them."""
+
+    LABELS = {"checking": "checking files", "probing": "reading tags", "embedding": "embedding audio",
+              "beats": "finding beats"}
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                             TimeRemainingColumn(), TextColumn("[dim]{task.fields[detail]}"), console=err_console,
+                             transient=True)
+        self.tasks: dict[str, int] = {}
+        self.note_task: Optional[int] = None
+
+    def __enter__(self) -> "_IndexBars":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
+
+    def stage(self, name: str, total: float) -> None:
+        self._clear_note()
+        self.tasks[name] = self.bars.add_task(self.LABELS.get(name, name), total=total, detail="")
+
+    def advance(self, name: str, amount: float = 1.0, detail: str = "") -> None:
+        if name in self.tasks:
+            self.bars.update(self.tasks[name], advance=amount, detail=Path(detail).name if detail else "")
+
+    def failed(self, path: str, reason: str) -> None:
+        from rich.markup import escape
+
+        message = reason if path in reason else f"{path}: {reason}"  # most reasons name the file already
+        self.bars.console.print(f"[red]✗[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        self._clear_note()
+        self.note_task = self.bars.add_task(message, total=None, detail="")
+
+    def _clear_note(self) -> None:
+        if self.note_task is not None:
+            self.bars.remove_task(self.note_task)
+            self.note_task = None
+
+
+def _print_index_summary(report, encoders: str) -> None:
+    parts = [f"{report.added} added", f"{report.updated} updated",
+             f"{report.unchanged} unchanged" + (f" ({report.touched} touched)" if report.touched else ""),
+             f"{report.pruned} pruned", f"{len(report.failed)} failed"]
+    style = "bold red" if report.failed else "bold green"
+    console.print(f"[{style}]{', '.join(parts)}[/] — {report.n_tracks} tracks in {report.index_path}",
+                  highlight=False, soft_wrap=True)
+    if report.reused:
+        console.print(f"{report.reused} file(s) had the content of an indexed track: tokens reused", style="dim")
+    if report.missing:
+        console.print(f"{report.missing} indexed file(s) no longer exist: `--prune` drops them", style="yellow")
+    if encoders == "tiny" and (report.added or report.updated):
+        console.print("tiny random encoders: this index is for tests and demos only", style="yellow")
+
+
+@app.command("suggest")
+def suggest_command(
+    videos: List[Path] = typer.Argument(..., help="video files or folders of videos (mp4 mov mkv webm avi m4v)"),
+    index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout"),
+    untrained: bool = typer.Option(False, "--untrained", help="random MaDe weights instead of a checkpoint (demo; results are meaningless)"),
+    encoders: Optional[str] = typer.Option(None, "--encoders", help=ENCODERS_HELP + " (default: those of the index)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
+) -> None:
+    """Rank every indexed track for each video and find the moment to cut (remembered for `mgsv render`)."""
+    from rich.markup import escape
+
+    from .errors import UsageError
+    from .suggest import Suggester, expand_video_inputs, remember_suggestion, suggest_many
+
+    _check_encoders(encoders)
+    found, problems = expand_video_inputs(videos)
+    if not found:
+        raise UsageError("; ".join(f"{name}: {reason}" for name, reason in problems) or "no video given")
+    for name, reason in problems:
+        err_console.print(f"[red]✗[/] {escape(name)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    with err_console.status("loading the index and models") as status:
+        suggester = Suggester.open(index_path=index, checkpoint=checkpoint, untrained=untrained, encoders=encoders,
+                                   device=device, offline=offline, weights_dir=weights_dir,
+                                   status=lambda message: status.update(message))
+    if len(videos) == 1 and not videos[0].is_dir():
+        with suggester:  # one clip: its error (and exit code) is the command's
+            result = suggester.suggest_video(found[0], top)
+            remember_suggestion(result)
+        _print_suggestions(result, as_json)
+        return
+    n_done, n_failed = 0, len(problems)
+    with suggester:
+        for video, result, error in suggest_many(suggester, found, top_k=top):
+            if error is not None:
+                n_failed += 1
+                err_console.print(f"[red]✗[/] {escape(error if str(video) in error else f'{video}: {error}')}",
+                                  highlight=False, soft_wrap=True)
+                continue
+            n_done += 1
+            _print_suggestions(result, as_json)
+    summary = f"suggested music for {n_done} of {n_done + n_failed} video(s)" + (
+        f", {n_failed} failed" if n_failed else "")
+    err_console.print(summary, style="bold red" if n_failed else "bold", highlight=False, soft_wrap=True)
+    if n_failed:
+        raise typer.Exit(1)
+
+
+def _mmss(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes:02d}:{secs:02d}"
+
+
+def _print_suggestions(result, as_json: bool) -> None:
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    table = Table(title=f"{escape(Path(result.video).name)} ({result.duration:.1f} s)", title_justify="left")
+    for header, justify in (("#", "right"), ("track", "left"), ("artist / title", "left"), ("score", "right"),
+                            ("cut", "left"), ("start s", "right"), ("predicted", "left")):
+        table.add_column(header, justify=justify, overflow="fold")
+    for s in result.suggestions:
+        tagged = " / ".join(x for x in (s.artist, s.title) if x) or "—"
+        table.add_row(str(s.rank), escape(Path(s.track).name), escape(tagged), f"{s.score:.3f}",
+                      f"{_mmss(s.start)}–{_mmss(s.end)}", f"{s.start:.2f}",
+                      f"{_mmss(s.predicted_start)}–{_mmss(s.predicted_end)}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+# -- render (mgsv_cli/render.py)
+
+
+@app.command("render", epilog="Example: mgsv render clip.mp4 --mix duck --snap beat   (after `mgsv suggest clip.mp4`)")
+def render_command(
+    videos: List[Path] = typer.Argument(..., help="video files or folders of videos"),
+    pick: Optional[int] = typer.Option(None, "--pick", help="use remembered suggestion N (1 = best, the default)"),
+    track: Optional[Path] = typer.Option(None, "--track", help="music file to use instead of the remembered suggestion"),
+    start: Optional[float] = typer.Option(None, "--start", help="where the music starts in --track, in seconds"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output file (a folder with several videos); default <video>.mgsv.<ext>"),
+    mix: Optional[str] = typer.Option(None, "--mix", help="replace | original | duck (music lowered under the video's own sound); default replace"),
+    fade_in: Optional[float] = typer.Option(None, "--fade-in", help="seconds of fade-in (default 0.5)"),
+    fade_out: Optional[float] = typer.Option(None, "--fade-out", help="seconds of fade-out, ending with the video (default 1.0)"),
+    loudness: Optional[float] = typer.Option(None, "--loudness", help="target integrated loudness, LUFS, EBU R128 (default -16)"),
+    snap: Optional[str] = typer.Option(None, "--snap", help="beat: start the music on the nearest downbeat/beat"),
+    index: Optional[Path] = typer.Option(None, "--index", help="music index holding the tracks' beats (for --snap)"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing outputs (never the inputs)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout"),
+) -> None:
+    """Put the suggested music moment under each video: cut to length, faded, loudness-normalised; video copied.
+
+    Defaults for --mix, --fade-in, --fade-out, --loudness and --snap come from `mgsv config` when set there.
+    """
+    from . import render as rendering
+    from .errors import UsageError
+    from .settings import default
+
+    mix, fade_in, fade_out = default("mix", mix), default("fade_in", fade_in), default("fade_out", fade_out)
+    loudness, snap, index = default("loudness", loudness), default("snap", snap), default("index", index)
+    snap = None if snap == "off" else snap
+
+    if (track is None) != (start is None):
+        raise UsageError("--track and --start go together (or give neither to use `mgsv suggest`'s pick)")
+    if track is not None and pick is not None:
+        raise UsageError("--pick chooses among remembered suggestions; it cannot be combined with --track")
+    if pick is not None and pick < 1:
+        raise UsageError(f"--pick {pick}: ranks start at 1")
+    if mix not in rendering.MIX_MODES:
+        raise UsageError(f"--mix {mix!r}: expected one of {', '.join(rendering.MIX_MODES)}")
+    options = dict(mix=mix, fade_in=fade_in, fade_out=fade_out, loudness=loudness, force=force)
+    single = len(videos) == 1 and not videos[0].is_dir()
+    if single:
+        moment = rendering.resolve_moment(videos[0], pick or 1, track, start, snap, index)
+        result = rendering.render(videos[0], *moment, out=out, **options)
+        _print_render(result, as_json)
+        return
+    found, problems = rendering.expand_videos(videos)
+    n_done = n_failed = 0
+    for name, reason in problems:
+        n_failed += 1
+        _print_render_failure(name, reason, UsageError.exit_code, as_json)
+    for video, result, error in rendering.render_many(found, out=out, pick=pick or 1, track=track, start=start,
+                                                     snap=snap, index_path=index, **options):
+        if error is None:
+            n_done += 1
+            _print_render(result, as_json)
+        else:
+            n_failed += 1
+            _print_render_failure(str(video), str(error), error.exit_code, as_json)
+    summary = f"rendered {n_done} of {n_done + n_failed} video(s)" + (f", {n_failed} failed" if n_failed else "")
+    (err_console if as_json else console).print(summary, style="bold red" if n_failed else "bold", highlight=False)
+    if n_failed:
+        raise typer.Exit(1)
+
+
+def _print_render(result, as_json: bool) -> None:
+    import json
+
+    from rich.markup import escape
+
+    if as_json:
+        typer.echo(json.dumps({"ok": True, **result.to_dict()}))
+        return
+    loud = f"{result.loudness:.1f} LUFS" if result.loudness is not None else "silent"
+    console.print(
+        f"[green]✓[/] {escape(str(result.video))} → [bold]{escape(str(result.out_path))}[/]  "
+        f"♪ {escape(result.track.name)} {result.start:.2f}–{result.end:.2f} s, {result.mix}, {loud}",
+        highlight=False,
+    )
+    for warning in result.warnings:
+        console.print(f"  [yellow]![/] {escape(warning)}", highlight=False)
+
+
+def _print_render_failure(video: str, reason: str, exit_code: int, as_json: bool) -> None:
+    import json
+
+    from rich.markup import escape
+
+    if as_json:
+        typer.echo(json.dumps({"ok": False, "video": video, "error": reason, "exit_code": exit_code}))
+    else:
+        # Most reasons already start with the file's path; do not print it twice.
+        message = reason if video in reason else f"{video}: {reason}"
+        err_console.print(f"[red]✗[/] {escape(message)}", highlight=False)
+
 
 # ---------------------------------------------------------------- workflow: export / models / doctor / config
+
+models_app = typer.Typer(help="Pretrained encoder weights (CLIP, AST): download once, then run offline.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+config_app = typer.Typer(help="Your settings file: defaults for the options of every command.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+EXPORT_FORMATS_HELP = "fcpxml (Final Cut Pro X) | fcp7 (FCP 7 / Premiere / Resolve XML) | edl (CMX 3600, the music) | otio"
+
+
+@app.command("export", epilog="Example: mgsv export clip.mp4 --format fcpxml   (then import clip.mgsv.fcpxml)")
+def export_command(
+    video: Path = typer.Argument(..., help="a video `mgsv suggest` has run on"),
+    pick: int = typer.Option(1, "--pick", min=1, help="which remembered suggestion (1 = best)"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help=EXPORT_FORMATS_HELP + " (default: from -o's extension, else the settings' export_format)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="timeline file to write (default <video>.mgsv.<ext> beside the video)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output file"),
+    snap: Optional[str] = typer.Option(None, "--snap", help="beat: start the music on the nearest downbeat/beat | off (default: settings)"),
+    frame_rate: Optional[float] = typer.Option(None, "--frame-rate", help="timeline frame rate (default: the video's, else 25)"),
+    index: Optional[Path] = typer.Option(None, "--index", help="music index holding the tracks' beats (for --snap beat)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Write the suggested music cut as a timeline for your editing software (video on V1, music on A1)."""
+    import json
+
+    from rich.markup import escape
+
+    from . import settings, writers
+    from .suggest import load_last_suggestion
+
+    fmt = fmt or (writers.format_from_path(out) if out is not None else None) or settings.default("export_format")
+    snap = settings.effective({"snap": snap})[0].snap
+    record = load_last_suggestion(video)
+    snap_info = None
+    if snap == "beat":
+        from .beats import snap_suggestion
+
+        with err_console.status("finding the beats of the track"):
+            record, snap_info = snap_suggestion(record, pick, index_path=settings.default("index", index))
+    written = writers.export_timeline(record, video, fmt, out, pick=pick, frame_rate=frame_rate, force=force)
+    entry = writers.pick_suggestion(record, pick)
+    if as_json:
+        typer.echo(json.dumps({
+            "ok": True, "out": str(written.absolute()), "format": fmt, "video": record["video"], "rank": pick,
+            "track": entry["track"], "start": round(float(entry["start"]), 6), "end": round(float(entry["end"]), 6),
+            "snapped_to": snap_info.snapped_to if snap_info else None,
+        }))
+        return
+    console.print(f"[green]✓[/] {escape(str(written))} ({fmt}): ♪ {escape(Path(entry['track']).name)} "
+                  f"{float(entry['start']):.2f}–{float(entry['end']):.2f} s", highlight=False)
+    if snap_info is not None:
+        if snap_info.snapped_to:
+            console.print(f"  start moved {snap_info.moved_by:+.3f} s onto a {snap_info.snapped_to} "
+                          f"({snap_info.tempo_bpm:.1f} BPM, beats from the {snap_info.grid_source})", highlight=False)
+        else:
+            console.print("  [yellow]![/] no beat within half a beat of the start: left where it was", highlight=False)
+
+
+@models_app.command("download", epilog="Example: mgsv models download --weights-dir /mnt/usb/mgsv-weights")
+def models_download_command(
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="put the weights here (default: mgsv's data folder); carry it to offline machines"),
+) -> None:
+    """Fetch CLIP ViT-B/32 (OpenAI) and AST (AudioSet) so that index/suggest work offline afterwards."""
+    from . import hub
+
+    with err_console.status("downloading encoder weights from the Hugging Face hub"):
+        written = hub.download_models(weights_dir)
+    for path in written:
+        console.print(f"[green]✓[/] {path}", highlight=False)
+    if weights_dir is not None:
+        console.print(f"use them with --weights-dir {weights_dir} (or weights_dir in `mgsv config`)", highlight=False)
+    console.print(f"[dim]{hub.MADE_CHECKPOINT_NOTE}[/]", highlight=False)
+
+
+@models_app.command("list", epilog="Example: mgsv models list --json")
+def models_list_command(
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="also look here (default: settings' weights_dir)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Which pretrained weights are here: CLIP, AST and a trained MaDe checkpoint."""
+    import json
+    from dataclasses import asdict
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from . import hub, settings
+
+    chosen = weights_dir or settings.default("weights_dir")
+    statuses = hub.models_status(chosen)
+    if as_json:
+        typer.echo(json.dumps({"models": [asdict(s) for s in statuses]}))
+        return
+    table = Table(title="pretrained weights", title_justify="left")
+    for header in ("", "model", "where", "from"):
+        table.add_column(header)
+    for s in statuses:
+        mark = "[green]✓[/]" if s.present else "[red]✗[/]"
+        table.add_row(mark, escape(s.name), escape(s.location or s.detail), escape(s.source))
+    console.print(table)
+
+
+@app.command("doctor", epilog="Example: mgsv doctor --json")
+def doctor_command(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Check this installation: ffmpeg, torch and devices, folders, weights, index, checkpoints.
+
+    Exits 1 when something required (ffmpeg, torch) is missing.
+    """
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .doctor import missing_required, run_checks
+
+    with err_console.status("checking"):
+        checks = run_checks()
+    missing = missing_required(checks)
+    if as_json:
+        typer.echo(json.dumps({"ok": not missing, "checks": [c.to_dict() for c in checks]}))
+    else:
+        table = Table(title="mgsv doctor", title_justify="left")
+        for header in ("", "check", "detail"):
+            table.add_column(header)
+        for c in checks:
+            mark = "[green]✓[/]" if c.ok else ("[bold red]✗[/]" if c.required else "[yellow]–[/]")
+            table.add_row(mark, escape(c.name) + (" [dim](required)[/]" if c.required else ""), escape(c.detail))
+        console.print(table)
+        if missing:
+            err_console.print(f"[bold red]missing:[/] {', '.join(c.name for c in missing)}", highlight=False)
+    if missing:
+        raise typer.Exit(1)
+
+
+@config_app.command("show", epilog="Example: MGSV_TOP_K=10 mgsv config show")
+def config_show_command(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Print the settings in force and where each comes from (default, config file, environment)."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from . import settings
+
+    values, sources = settings.effective()
+    if as_json:
+        typer.echo(json.dumps({"file": str(settings.settings_path()), "settings": {
+            key: {"value": value, "source": sources[key]} for key, value in values.as_dict().items()}}))
+        return
+    table = Table(title=f"settings ({escape(str(settings.settings_path()))})", title_justify="left")
+    for header in ("key", "value", "from"):
+        table.add_column(header)
+    for key, value in values.as_dict().items():
+        style = "" if sources[key] == settings.SOURCE_DEFAULT else "bold"
+        table.add_row(key, escape(json.dumps(value)), escape(settings.source_label(key, sources[key])), style=style)
+    console.print(table)
+
+
+@config_app.command("path", epilog="Example: $EDITOR \"$(mgsv config path)\"")
+def config_path_command() -> None:
+    """Print where the settings file is (it may not exist yet: `mgsv config init`)."""
+    from . import settings
+
+    typer.echo(str(settings.settings_path()))
+
+
+@config_app.command("init", epilog="Example: mgsv config init && mgsv config show")
+def config_init_command() -> None:
+    """Write a settings file listing every key at its default, commented out (never overwrites)."""
+    from . import settings
+
+    path = settings.init_settings_file()
+    console.print(f"[green]✓[/] wrote {path}: uncomment a line to change a default", highlight=False)
+
+
+@data_app.command("fetch", epilog="Example: mgsv data fetch ~/datasets/mgsv-ec   (then: mgsv train --data ~/datasets/mgsv-ec)")
+def data_fetch_command(
+    root: Path = typer.Argument(..., help="folder to download the dataset into (resumes a partial download)"),
+    repo: str = typer.Option("xxayt/MGSV-EC", "--repo", help="Hugging Face dataset repository"),
+) -> None:
+    """Download MGSV-EC (CSV labels and precomputed CLIP/AST features) from the Hugging Face hub.
+
+    Needs internet; set HF_TOKEN if the repository asks for a login.
+    """
+    from . import hub
+
+    with err_console.status(f"downloading {repo} into {root}"):
+        written = hub.fetch_dataset(root, repo_id=repo)
+    console.print(f"[green]✓[/] {written} is in the official layout: `mgsv train --data {written}`", highlight=False)
 
 
 # ---------------------------------------------------------------- entry point
@@ -49,11 +712,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except MgsvError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
+        import os
+
+        if os.environ.get("MGSV_DEBUG"):
+            raise
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+                          "(set MGSV_DEBUG=1 for the traceback, and please report it)", highlight=False, soft_wrap=True)
+        sys.exit(70)
 
 
 if __name__ == "__main__":

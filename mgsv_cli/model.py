@@ -305,7 +305,16 @@ class Detector(nn.Module):
         for layer in self.decoder:
             query = layer(query, query_pos, memory, pos, mask)
             outputs.append(self.decoder_norm(query)[:, 0])
-        return self.head(torch.stack(outputs)).sigmoid()
+        return self.regress(torch.stack(outputs))
+
+    def regress(self, hidden: Tensor) -> Tensor:
+        """The span head, always in float32: a bf16 output in (0, 1) scaled by 240 s would be
+        quantised to about half a second."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            x = hidden.float()
+            for layer in self.head:
+                x = F.linear(x, layer.weight.float(), layer.bias.float()) if isinstance(layer, nn.Linear) else layer(x)
+            return x.sigmoid()
 
 
 # ----------------------------------------------------------------------------- the network

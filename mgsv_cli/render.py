@@ -437,17 +437,49 @@ def _write(plan: _Plan, graph: str, out: Path, force: bool) -> str:
 # ---------------------------------------------------------------- batches
 
 
-def remembered_moment(video: str | os.PathLike, pick: int = 1) -> tuple[Path, float]:
-    """Track and start of suggestion ``pick`` (1 = best) remembered by ``mgsv suggest`` for ``video``."""
+def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None = None,
+                      index_path: str | os.PathLike | None = None) -> tuple[Path, float]:
+    """Track and start of suggestion ``pick`` (1 = best) remembered by ``mgsv suggest`` for ``video``.
+
+    ``snap="beat"`` moves the start onto the nearest downbeat/beat (same length, inside the track).
+    """
     from .suggest import load_last_suggestion
 
     if pick < 1:
         raise UsageError(f"--pick {pick}: ranks start at 1")
     record = load_last_suggestion(video)
-    for suggestion in record["suggestions"]:
-        if int(suggestion["rank"]) == pick:
-            return Path(suggestion["track"]), float(suggestion["start"])
-    raise UsageError(f"--pick {pick}: only {len(record['suggestions'])} suggestion(s) remembered for {video}")
+    if not any(int(s["rank"]) == pick for s in record["suggestions"]):
+        raise UsageError(f"--pick {pick}: only {len(record['suggestions'])} suggestion(s) remembered for {video}")
+    if snap is not None:
+        from .beats import snap_suggestion
+
+        record, _ = snap_suggestion(record, pick, index_path)
+    chosen = next(s for s in record["suggestions"] if int(s["rank"]) == pick)
+    return Path(chosen["track"]), float(chosen["start"])
+
+
+def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.PathLike | None = None,
+                   start: float | None = None, snap: str | None = None,
+                   index_path: str | os.PathLike | None = None) -> tuple[Path, float]:
+    """The music to put under ``video``: the given ``track``/``start``, else remembered suggestion ``pick``.
+
+    ``snap="beat"`` moves the start onto the nearest downbeat/beat, keeping the cut's length.
+    """
+    if snap not in (None, "beat"):
+        raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
+    if track is None:
+        return remembered_moment(video, pick, snap, index_path)
+    start = float(start if start is not None else 0.0)
+    if snap is None:
+        return Path(track), start
+    from .beats import grid_for_track, snap_start
+    from .media import probe
+
+    track_seconds = probe(track).duration
+    video_seconds = video_stream_seconds(Path(video)) or probe(video).duration
+    grid, _ = grid_for_track(str(track), index_path)
+    new_start, _ = snap_start(start, video_seconds, grid.beats, grid.downbeats, track_seconds)
+    return Path(track), float(new_start)
 
 
 def expand_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -468,6 +500,7 @@ def expand_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
 
 def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pick: int = 1,
                 track: str | os.PathLike | None = None, start: float | None = None,
+                snap: str | None = None, index_path: str | os.PathLike | None = None,
                 **options) -> Iterator[tuple[Path, RenderResult | None, MgsvError | None]]:
     """Render each video, yielding ``(video, result, None)`` or ``(video, None, error)``; errors never stop the batch.
 
@@ -484,10 +517,7 @@ def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pi
     written: set[Path] = set()
     for video in videos:
         try:
-            if track is not None:
-                moment = (Path(track), float(start if start is not None else 0.0))
-            else:
-                moment = remembered_moment(video, pick)
+            moment = resolve_moment(video, pick, track, start, snap, index_path)
             target = (folder or video.parent) / default_output_path(video).name
             if target.resolve() in written:
                 raise OutputExistsError(f"{target} was already written by this batch (two videos share a name)")

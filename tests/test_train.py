@@ -58,6 +58,30 @@ def test_training_learns_the_planted_signal_and_beats_the_prior(dataset, isolate
     assert model["r1"] > 3 * chance_r1, (model, chance_r1)
     assert model["miou_cut"] >= model["miou"] - 0.02  # the exact-length cut is no worse than the raw span
 
+    top1_fp32, moments_fp32 = predict_test_split(dataset.root, run, torch.float32)
+    top1_bf16, moments_bf16 = predict_test_split(dataset.root, run, torch.bfloat16)
+    assert (top1_fp32 == top1_bf16).float().mean() >= 0.97
+    assert (moments_fp32 - moments_bf16).abs().max() <= 0.5  # seconds
+
+
+@torch.no_grad()
+def predict_test_split(root, run, dtype):
+    """Top-1 track of every test video and the moment on its GT track, with the weights in ``dtype``."""
+    from mgsv_cli.checkpoint import load_model
+    from mgsv_cli.data import load_split
+
+    model, _, _ = load_model(run)
+    model = model.to(dtype)
+    split = load_split(root, "test")
+    batch = split.batch(range(split.n))
+    tracks = split.batch(range(split.n), dedupe_tracks=True)
+    video = model.encode_video(batch.frames, batch.frame_mask)
+    music = model.encode_music(tracks.windows, tracks.window_mask)
+    top1 = model.score_pairs(video, music).argmax(0)
+    own = music.take(tracks.track_slot)
+    moments = model.spans_to_seconds(model.detect(video, own).float(), batch.track_duration)
+    return top1, moments
+
 
 def tiny_variant(epochs: int):
     return replace_train(load_config("tiny"), epochs=epochs, batch_size=64)

@@ -1,0 +1,1 @@
+complete --command mgsv --no-files --arguments "(env _MGSV_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) mgsv)" --condition "env _MGSV_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) mgsv"

@@ -1,0 +1,737 @@
+"""The frozen feature extractors and the exact recipe that produced the MGSV-EC features.
+
+Video: CLIP ViT-B/32 (OpenAI weights) on frames at t = 0, 1, 2, ... s -> ``[50, 512]`` + mask.
+Music: AST (AudioSet, mAP 0.4593) on 10 s windows centred every 2.5 s -> ``[96, 768]`` + mask.
+The recipe (spec section 3) must not drift, or a model trained on the released features
+will not transfer; every constant below is pinned by the tests.
+
+Everything heavy (torch, open_clip, transformers) is imported inside functions.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import MediaError, MgsvError, WeightsMissingError
+from .media import AUDIO_SAMPLE_RATE, MAX_VIDEO_FRAMES, frames_for_duration
+
+# ---------------------------------------------------------------- the recipe (spec section 3)
+
+N_VIDEO_FRAMES = MAX_VIDEO_FRAMES  # 50
+N_MUSIC_WINDOWS = 96
+WINDOW_STEP_S = 2.5
+WINDOW_HALF_S = 5.0
+MAX_MUSIC_SECONDS = 240.0
+SAMPLE_RATE = AUDIO_SAMPLE_RATE  # 16 kHz
+
+N_MEL_BINS = 128
+N_FBANK_FRAMES = 1024
+FRAME_LENGTH = 400  # 25 ms at 16 kHz
+FRAME_SHIFT = 160  # 10 ms
+FFT_LENGTH = 512
+PREEMPHASIS = 0.97
+MEL_FLOOR = 1.192092955078125e-07  # float32 epsilon, Kaldi's log floor
+AST_MEAN = -4.2677393
+AST_STD = 4.5689974
+
+CLIP_IMAGE_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# ---------------------------------------------------------------- encoder identities
+
+CLIP_MODEL_NAME = "ViT-B-32"
+CLIP_PRETRAINED_TAG = "openai"
+CLIP_HUB_REPO = "timm/vit_base_patch32_clip_224.openai"  # where open_clip fetches "openai" from
+CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+AST_HUB_REPO = "MIT/ast-finetuned-audioset-10-10-0.4593"
+CLIP_WEIGHTS_SUBDIR = "clip-vit-b-32-openai"
+AST_WEIGHTS_SUBDIR = "ast-finetuned-audioset-10-10-0.4593"
+PRETRAINED_ENCODER_ID = "clip-vit-b-32-openai+ast-audioset-0.4593"
+TINY_ENCODER_ID = "tiny-v1"
+TINY_SEED = 20250601
+TINY_MUSIC_DIM = 64
+
+# Measured by bench/bench_ast.py on the 2-core CPU: bf16 weights beat autocast, and
+# a few windows per forward amortise the weight reads without growing memory much.
+DEFAULT_BATCH_WINDOWS = 4
+
+
+def frame_times(duration: float, max_frames: int = N_VIDEO_FRAMES) -> np.ndarray:
+    """Times (s) of the sampled video frames: 0, 1, ..., floor(duration), at most ``max_frames``."""
+    return np.arange(frames_for_duration(duration, max_frames), dtype=np.float64)
+
+
+def window_centres() -> np.ndarray:
+    """The 96 music window centres (s): 0, 2.5, ..., 237.5. Shape [96]."""
+    return np.arange(N_MUSIC_WINDOWS, dtype=np.float64) * WINDOW_STEP_S
+
+
+def window_bounds(centre: float) -> tuple[float, float]:
+    """Window [start, end] (s) around ``centre``: [max(0, c - 5), min(240, c + 5)]."""
+    return max(0.0, centre - WINDOW_HALF_S), min(MAX_MUSIC_SECONDS, centre + WINDOW_HALF_S)
+
+
+def window_valid(duration: float) -> np.ndarray:
+    """Which of the 96 windows exist for a track of ``duration`` s: centre <= duration. Bool [96]."""
+    return window_centres() <= duration
+
+
+def _window_sample_bounds(index: int) -> tuple[int, int]:
+    start, end = window_bounds(index * WINDOW_STEP_S)
+    return int(round(start * SAMPLE_RATE)), int(round(end * SAMPLE_RATE))
+
+
+def pad_or_cut_audio(audio_16k: np.ndarray) -> np.ndarray:
+    """Zero-pad or cut 16 kHz samples to exactly 240 s. float32 [3_840_000]."""
+    n_samples = int(MAX_MUSIC_SECONDS * SAMPLE_RATE)
+    audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)[:n_samples]
+    if audio.size < n_samples:
+        audio = np.concatenate([audio, np.zeros(n_samples - audio.size, dtype=np.float32)])
+    return audio
+
+
+def slice_windows(audio_16k: np.ndarray) -> list[np.ndarray]:
+    """The samples of all 96 windows (after padding/cutting to 240 s); lengths 5-10 s."""
+    audio = pad_or_cut_audio(audio_16k)
+    return [audio[slice(*_window_sample_bounds(k))] for k in range(N_MUSIC_WINDOWS)]
+
+
+def _frames_in(n_samples: int) -> int:
+    """Kaldi frame count with snip_edges: full 25 ms frames every 10 ms."""
+    return 0 if n_samples < FRAME_LENGTH else 1 + (n_samples - FRAME_LENGTH) // FRAME_SHIFT
+
+
+_FBANK_CONSTANTS: dict[str, np.ndarray] = {}
+
+
+def _fbank_constants() -> tuple[np.ndarray, np.ndarray]:
+    """(mel filters [257, 128] float64, symmetric Hann window [400] float64), built once.
+
+    The same helpers and arguments as transformers' ASTFeatureExtractor's numpy path.
+    """
+    if not _FBANK_CONSTANTS:
+        from transformers.audio_utils import mel_filter_bank, window_function
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "a mel filter has all zero values": expected at 128 bins
+            _FBANK_CONSTANTS["mel"] = mel_filter_bank(
+                num_frequency_bins=FFT_LENGTH // 2 + 1, num_mel_filters=N_MEL_BINS,
+                min_frequency=20, max_frequency=SAMPLE_RATE // 2, sampling_rate=SAMPLE_RATE,
+                norm=None, mel_scale="kaldi", triangularize_in_mel_space=True,
+            )
+        _FBANK_CONSTANTS["window"] = window_function(FRAME_LENGTH, "hann", periodic=False)
+    return _FBANK_CONSTANTS["mel"], _FBANK_CONSTANTS["window"]
+
+
+def log_mel_frames(frames: np.ndarray) -> np.ndarray:
+    """Kaldi-compatible log-mel energies of raw frames. [n, 400] samples -> float32 [n, 128].
+
+    Per frame: remove DC, pre-emphasis 0.97 (first sample against itself), Hann window,
+    512-point power spectrum, 128 mel bins, natural log with a float32-epsilon floor.
+    Same float64/complex64 steps as transformers' ``spectrogram`` (dither 0, no energy).
+    """
+    mel_filters, window = _fbank_constants()
+    x = np.asarray(frames, dtype=np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    x[:, 1:] -= PREEMPHASIS * x[:, :-1]
+    x[:, 0] *= 1 - PREEMPHASIS
+    x *= window
+    spectrum = np.fft.rfft(x, n=FFT_LENGTH, axis=1).astype(np.complex64)
+    power = np.abs(spectrum, dtype=np.float64) ** 2
+    mel = np.maximum(MEL_FLOOR, power @ mel_filters)
+    return np.log(mel).astype(np.float32)
+
+
+def normalise_fbank(fbank: np.ndarray) -> np.ndarray:
+    """AST input normalisation: (x - mean) / (2 * std), i.e. (x + 4.2677393) / 9.1379948."""
+    return (fbank - AST_MEAN) / (AST_STD * 2)
+
+
+def _framed(samples: np.ndarray, first: int, count: int) -> np.ndarray:
+    """Frames ``first .. first + count - 1`` of ``samples`` as a view. [count, 400]."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    return sliding_window_view(samples, FRAME_LENGTH)[::FRAME_SHIFT][first:first + count]
+
+
+def _pad_to_fbank_frames(fbank: np.ndarray) -> np.ndarray:
+    padded = np.zeros((N_FBANK_FRAMES, N_MEL_BINS), dtype=np.float32)
+    n_frames = min(len(fbank), N_FBANK_FRAMES)
+    padded[:n_frames] = fbank[:n_frames]
+    return padded
+
+
+def fbank_windows(windows: Sequence[np.ndarray], chunk_frames: int = 8192) -> np.ndarray:
+    """AST inputs for arbitrary windows of 16 kHz samples. float32 [n, 1024, 128].
+
+    Log-mel per window, zero-padded or cut to 1024 frames, then normalised; all frames of
+    all windows go through one vectorised computation (in chunks to bound memory).
+    """
+    per_window = [np.asarray(w, dtype=np.float32).reshape(-1) for w in windows]
+    counts = [min(_frames_in(len(w)), N_FBANK_FRAMES) for w in per_window]
+    framed = [_framed(w, 0, n) for w, n in zip(per_window, counts) if n > 0]
+    all_frames = np.concatenate(framed) if framed else np.zeros((0, FRAME_LENGTH), np.float32)
+    log_mel = np.concatenate(
+        [log_mel_frames(all_frames[i:i + chunk_frames]) for i in range(0, len(all_frames), chunk_frames)]
+        or [np.zeros((0, N_MEL_BINS), np.float32)]
+    )
+    out = np.empty((len(per_window), N_FBANK_FRAMES, N_MEL_BINS), dtype=np.float32)
+    offset = 0
+    for k, n_frames in enumerate(counts):
+        out[k] = normalise_fbank(_pad_to_fbank_frames(log_mel[offset:offset + n_frames]))
+        offset += n_frames
+    return out
+
+
+class TrackSpectrogram:
+    """The normalised log-mel frames of one track (padded/cut to 240 s), computed once.
+
+    Every window starts on a multiple of 2.5 s = 250 frame shifts, so each window's Kaldi
+    frames are exactly rows of this one frame sequence: overlapping windows share the
+    work (4x less than computing windows one by one) with identical numbers.
+    """
+
+    def __init__(self, audio_16k: np.ndarray, duration: float | None = None,
+                 chunk_frames: int = 8192):
+        n_given = np.asarray(audio_16k).size
+        self.duration = float(duration if duration is not None else n_given / SAMPLE_RATE)
+        self.valid = window_valid(self.duration)
+        audio = pad_or_cut_audio(audio_16k)
+        last = int(np.flatnonzero(self.valid)[-1]) if self.valid.any() else -1
+        n_frames = _frames_in(_window_sample_bounds(last)[1]) if last >= 0 else 0
+        chunks = [
+            normalise_fbank(log_mel_frames(_framed(audio, first, min(chunk_frames, n_frames - first))))
+            for first in range(0, n_frames, chunk_frames)
+        ]
+        self.frames = np.concatenate(chunks) if chunks else np.zeros((0, N_MEL_BINS), np.float32)
+
+    def window(self, index: int) -> np.ndarray:
+        """AST input of window ``index``. float32 [1024, 128]."""
+        start, end = _window_sample_bounds(index)
+        first = start // FRAME_SHIFT
+        n_frames = min(_frames_in(end - start), N_FBANK_FRAMES)
+        out = np.full((N_FBANK_FRAMES, N_MEL_BINS), _NORMALISED_ZERO, dtype=np.float32)
+        out[:n_frames] = self.frames[first:first + n_frames]
+        return out
+
+    def windows(self, indices: Iterable[int] | None = None) -> np.ndarray:
+        """AST inputs of the given (default: all valid) windows. float32 [n, 1024, 128]."""
+        chosen = np.flatnonzero(self.valid) if indices is None else list(indices)
+        return np.stack([self.window(int(k)) for k in chosen]) if len(chosen) else (
+            np.zeros((0, N_FBANK_FRAMES, N_MEL_BINS), np.float32))
+
+
+# Padding frames are zeros before normalisation, so they read as normalise(0) afterwards.
+_NORMALISED_ZERO = normalise_fbank(np.zeros(1, dtype=np.float32))[0]
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class VideoFeatures:
+    """CLIP frame features of one video.
+
+    feats: float32 [50, video_dim], zero rows past ``n_frames``; mask: uint8 [50], 1 = frame.
+    """
+
+    feats: np.ndarray
+    mask: np.ndarray
+    duration: float
+    n_frames: int
+
+
+@dataclass
+class TrackFeatures:
+    """AST window features of one track, or why it failed.
+
+    feats: float32 [96, music_dim], zero rows where ``mask`` is 0; mask: uint8 [96].
+    On failure ``error`` holds a one-line message and feats/mask/duration are None.
+    """
+
+    path: str
+    feats: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    duration: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _TrackJob:
+    """A track moving through embed_tracks: its spectrogram and the windows still to compute."""
+
+    def __init__(self, path: str, music_dim: int, spectrogram: TrackSpectrogram | None = None,
+                 error: str | None = None):
+        self.path = path
+        self.spectrogram = spectrogram
+        self.error = error
+        self.todo: list[int] = [] if spectrogram is None else [int(k) for k in np.flatnonzero(spectrogram.valid)]
+        self.n_remaining = len(self.todo)
+        self.feats = None if spectrogram is None else np.zeros((N_MUSIC_WINDOWS, music_dim), np.float32)
+
+    def result(self) -> TrackFeatures:
+        if self.error is not None:
+            return TrackFeatures(self.path, error=self.error)
+        spectrogram, self.spectrogram = self.spectrogram, None
+        return TrackFeatures(self.path, feats=self.feats, mask=spectrogram.valid.astype(np.uint8),
+                             duration=spectrogram.duration)
+
+
+# ---------------------------------------------------------------- encoders
+
+
+class Encoders:
+    """The two frozen encoders on one device, with the recipe around them.
+
+    Build with :func:`load_encoders`. ``video_dim``/``music_dim`` are the feature sizes
+    (512/768 pretrained), ``encoder_id`` names the weights (stored in indexes so features
+    from different encoders are never mixed), ``is_tiny`` marks the random test networks.
+    """
+
+    def __init__(self, *, encoder_id: str, is_tiny: bool, device, clip_model=None,
+                 clip_preprocess=None, clip_dtype=None, ast_model=None, ast_dtype=None,
+                 video_dim: int, music_dim: int, batch_windows: int = DEFAULT_BATCH_WINDOWS):
+        self.encoder_id = encoder_id
+        self.is_tiny = is_tiny
+        self.device = device
+        self.video_dim = video_dim
+        self.music_dim = music_dim
+        self.batch_windows = batch_windows
+        self._clip = clip_model
+        self._clip_preprocess = clip_preprocess
+        self._clip_dtype = clip_dtype
+        self._ast = ast_model
+        self._ast_dtype = ast_dtype
+
+    def __repr__(self) -> str:
+        return (f"Encoders({self.encoder_id!r}, device={self.device}, video_dim={self.video_dim}, "
+                f"music_dim={self.music_dim}, clip={self._clip_dtype}, ast={self._ast_dtype})")
+
+    @property
+    def has_video(self) -> bool:
+        return self._clip is not None
+
+    @property
+    def has_music(self) -> bool:
+        return self._ast is not None
+
+    # ------------------------------------------------------------ video
+
+    def embed_frames(self, frames: np.ndarray) -> np.ndarray:
+        """CLIP image embeddings (projected, not normalised) of RGB frames.
+
+        frames: uint8 [F, H, W, 3] (any size; CLIP's resize + centre crop applies).
+        Returns float32 [F, video_dim]; all frames go through the network in one batch.
+        """
+        import torch
+        from PIL import Image
+
+        if self._clip is None:
+            raise MgsvError("these encoders were loaded without the video encoder")
+        if len(frames) == 0:
+            return np.zeros((0, self.video_dim), np.float32)
+        pixels = torch.stack([self._clip_preprocess(Image.fromarray(np.ascontiguousarray(f))) for f in frames])
+        pixels = pixels.to(self.device)
+        with torch.inference_mode():
+            if self._clip_dtype == torch.bfloat16 and self.device.type == "cpu":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = self._clip.encode_image(pixels)
+            else:
+                out = self._clip.encode_image(pixels.to(self._clip_dtype))
+        return out.float().cpu().numpy()
+
+    def embed_video(self, path: str | os.PathLike, max_frames: int = N_VIDEO_FRAMES) -> VideoFeatures:
+        """Frame features of a video: frames at t = 0, 1, ... s (<= 50), padded to 50 rows.
+
+        Raises MediaError when the video cannot be decoded.
+        """
+        from .media import read_frames_1fps
+
+        # Decoding straight to a 224 short side is the same PIL bicubic resize CLIP's
+        # preprocess would do first; it just avoids holding 50 full-size frames.
+        frames, duration = read_frames_1fps(path, max_frames=max_frames, short_side=CLIP_IMAGE_SIZE)
+        embedded = self.embed_frames(frames)
+        feats = np.zeros((N_VIDEO_FRAMES, self.video_dim), np.float32)
+        mask = np.zeros(N_VIDEO_FRAMES, np.uint8)
+        feats[: len(embedded)] = embedded
+        mask[: len(embedded)] = 1
+        return VideoFeatures(feats=feats, mask=mask, duration=duration, n_frames=len(embedded))
+
+    # ------------------------------------------------------------ music
+
+    def embed_windows(self, windows: np.ndarray) -> np.ndarray:
+        """AST pooled outputs (mean of CLS and distillation tokens) of prepared windows.
+
+        windows: float32 [n, 1024, 128] normalised filterbanks. Returns float32 [n, music_dim].
+        """
+        import torch
+
+        if self._ast is None:
+            raise MgsvError("these encoders were loaded without the music encoder")
+        inputs = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            out = self._ast(input_values=inputs.to(self._ast_dtype)).pooler_output
+        return out.float().cpu().numpy()
+
+    def embed_tracks(self, items: Iterable[Any], batch_windows: int | None = None,
+                     prefetch: int = 2) -> Iterator[TrackFeatures]:
+        """Window features of many tracks, batching valid windows across tracks.
+
+        items: audio file paths, or ``(name, samples)`` pairs of float32 mono 16 kHz audio.
+        Yields one :class:`TrackFeatures` per item, in input order, as soon as all of its
+        windows are done (so a caller can commit per track). A track that cannot be read
+        is yielded with ``.error`` set and the others go on; invalid windows are never
+        computed (zero rows, mask 0). Audio decoding runs ``prefetch`` tracks ahead in a
+        background thread.
+        """
+        batch_size = max(1, int(batch_windows or self.batch_windows))
+        finished: deque[_TrackJob] = deque()
+        queue: deque[tuple[_TrackJob, int]] = deque()
+        for job in self._prepared_jobs(items, prefetch):
+            finished.append(job)
+            queue.extend((job, k) for k in job.todo)
+            while len(queue) >= batch_size:
+                self._run_batch([queue.popleft() for _ in range(batch_size)])
+                yield from _pop_done(finished)
+            yield from _pop_done(finished)
+        while queue:
+            self._run_batch([queue.popleft() for _ in range(min(batch_size, len(queue)))])
+        yield from _pop_done(finished)
+
+    def _run_batch(self, batch: list[tuple[_TrackJob, int]]) -> None:
+        windows = np.stack([job.spectrogram.window(k) for job, k in batch])
+        outputs = self.embed_windows(windows)
+        for (job, k), row in zip(batch, outputs):
+            job.feats[k] = row
+            job.n_remaining -= 1
+
+    def _prepared_jobs(self, items: Iterable[Any], prefetch: int) -> Iterator[_TrackJob]:
+        if self._ast is None:
+            raise MgsvError("these encoders were loaded without the music encoder")
+        indexed = enumerate(items)
+        if prefetch <= 0:
+            for index, item in indexed:
+                yield self._prepare(index, item)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgsv-audio") as pool:
+            ahead: deque = deque()
+            for index, item in indexed:
+                ahead.append(pool.submit(self._prepare, index, item))
+                if len(ahead) > prefetch:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+    def _prepare(self, index: int, item: Any) -> _TrackJob:
+        name = _item_name(index, item)
+        try:
+            samples, duration = _load_track_audio(item)
+            return _TrackJob(name, self.music_dim, TrackSpectrogram(samples, duration))
+        except MgsvError as exc:
+            return _TrackJob(name, self.music_dim, error=str(exc))
+        except (OSError, ValueError) as exc:
+            return _TrackJob(name, self.music_dim, error=f"{name}: {exc}")
+
+
+def _pop_done(jobs: deque) -> Iterator[TrackFeatures]:
+    while jobs and (jobs[0].error is not None or jobs[0].n_remaining == 0):
+        yield jobs.popleft().result()
+
+
+def _item_name(index: int, item: Any) -> str:
+    if isinstance(item, tuple):
+        return str(item[0])
+    if isinstance(item, np.ndarray):
+        return f"#{index}"
+    return str(item)
+
+
+def _load_track_audio(item: Any) -> tuple[np.ndarray, float]:
+    """(samples 16 kHz float32, true duration s) of a path or a (name, samples) pair."""
+    if isinstance(item, (tuple, np.ndarray)):
+        samples = np.asarray(item[1] if isinstance(item, tuple) else item, dtype=np.float32).reshape(-1)
+        if samples.size == 0:
+            raise MediaError(f"{_item_name(0, item)}: no audio samples")
+        return samples, samples.size / SAMPLE_RATE
+    from .media import probe, read_audio_16k
+
+    # Only the first 240 s are ever used; past that the validity rule needs no more
+    # precision, but the reported duration should still be the real one.
+    samples = read_audio_16k(item, max_seconds=MAX_MUSIC_SECONDS + 1.0)
+    duration = samples.size / SAMPLE_RATE
+    if duration >= MAX_MUSIC_SECONDS:
+        duration = max(duration, probe(item).duration)
+    return samples, duration
+
+
+# ---------------------------------------------------------------- loading
+
+
+def default_weights_dir() -> Path:
+    """Where ``mgsv models download`` puts encoder weights (under MGSV_HOME when set)."""
+    from .paths import data_dir
+
+    return data_dir() / "weights"
+
+
+def _offline_requested(offline: bool) -> bool:
+    flag = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    return offline or flag.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _weight_dirs(weights_dir: Path | None) -> list[Path]:
+    dirs = [Path(weights_dir).expanduser()] if weights_dir is not None else []
+    return dirs + [default_weights_dir()]
+
+
+def find_clip_weights(weights_dir: Path | None = None) -> Path | None:
+    """A local CLIP ViT-B/32 OpenAI checkpoint: ``MGSV_CLIP_WEIGHTS`` (a file), or
+    ``<dir>/clip-vit-b-32-openai/`` holding a .safetensors/.bin/.pt file, in
+    ``weights_dir`` then the default weights dir. None when there is none."""
+    env = os.environ.get("MGSV_CLIP_WEIGHTS")
+    if env and Path(env).expanduser().is_file():
+        return Path(env).expanduser()
+    for base in _weight_dirs(weights_dir):
+        folder = base / CLIP_WEIGHTS_SUBDIR
+        for name in (*CLIP_HUB_FILES, "ViT-B-32.pt"):
+            if (folder / name).is_file():
+                return folder / name
+        if folder.is_dir():
+            found = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+            if found:
+                return found[0]
+    return None
+
+
+def find_ast_weights(weights_dir: Path | None = None) -> Path | None:
+    """A local AST folder (``config.json`` + weights, as ``save_pretrained`` writes it):
+    ``MGSV_AST_WEIGHTS``, or ``<dir>/ast-finetuned-audioset-10-10-0.4593/``. None if none."""
+    candidates = []
+    env = os.environ.get("MGSV_AST_WEIGHTS")
+    if env:
+        candidates.append(Path(env).expanduser())
+    candidates += [base / AST_WEIGHTS_SUBDIR for base in _weight_dirs(weights_dir)]
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def _cached_clip_hub_file() -> Path | None:
+    """The open_clip "openai" checkpoint in the Hugging Face cache, without any network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in CLIP_HUB_FILES:
+        found = try_to_load_from_cache(CLIP_HUB_REPO, name)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def _ast_in_hub_cache() -> bool:
+    """Whether the AST checkpoint (config and weights) is in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        found = try_to_load_from_cache(AST_HUB_REPO, name)
+        return isinstance(found, str) and Path(found).is_file()
+
+    return cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin"))
+
+
+def _missing_message(missing: list[str], offline: bool) -> str:
+    why = "not found offline" if offline else "could not be loaded"
+    return (
+        f"pretrained encoder weights {why}: {'; '.join(missing)}. "
+        "Run `mgsv models download` (needs internet once), or pass --weights-dir DIR holding "
+        f"{CLIP_WEIGHTS_SUBDIR}/<checkpoint> and {AST_WEIGHTS_SUBDIR}/ (a save_pretrained folder); "
+        "`--encoders tiny` runs without weights (random networks, for tests only)"
+    )
+
+
+def _clip_dtype(device, precision: str):
+    """CLIP runs in float16 on CUDA like the reference (OpenAI's package on a GPU), in
+    float32 on CPU unless bf16 is asked for: it is cheap there and fp32 stays closer to
+    the reference's fp16 numbers than bf16 does."""
+    import torch
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _ast_dtype(device, precision: str):
+    from .device import compute_dtype
+
+    return compute_dtype(device, precision)
+
+
+def load_encoders(kind: str = "pretrained", device: Any = "auto", offline: bool = False,
+                  weights_dir: Path | None = None, precision: str = "auto",
+                  parts: Sequence[str] = ("video", "music")) -> Encoders:
+    """Build the frozen encoders: the ONE entry point for features.
+
+    kind: ``pretrained`` (CLIP ViT-B/32 OpenAI + AST AudioSet 0.4593, from ``weights_dir``,
+    the env vars MGSV_CLIP_WEIGHTS / MGSV_AST_WEIGHTS, the default weights dir, or the
+    Hugging Face hub/cache) or ``tiny`` (small random networks of the same classes and the
+    same recipe, fixed seed: for tests and demos, never for real suggestions).
+    device: ``auto | cpu | cuda[:N] | mps`` or a torch.device. precision: ``auto | fp32 | bf16``.
+    offline (or HF_HUB_OFFLINE=1): never touch the network. parts: load only
+    ``video`` and/or ``music``. Raises WeightsMissingError naming what is missing.
+    """
+    from .device import resolve_device
+    from .errors import UsageError
+
+    torch_device = device if hasattr(device, "type") else resolve_device(device)
+    unknown = set(parts) - {"video", "music"}
+    if unknown:
+        raise UsageError(f"unknown encoder part(s) {sorted(unknown)}: expected video, music")
+    if kind == "tiny":
+        return _load_tiny(torch_device, precision, parts)
+    if kind != "pretrained":
+        raise UsageError(f"encoders {kind!r}: expected pretrained or tiny")
+    return _load_pretrained(torch_device, _offline_requested(offline), weights_dir, precision, parts)
+
+
+def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) -> Encoders:
+    clip_name = f"CLIP {CLIP_MODEL_NAME} '{CLIP_PRETRAINED_TAG}' (hub {CLIP_HUB_REPO})"
+    ast_name = f"AST {AST_HUB_REPO}"
+    clip_source = find_clip_weights(weights_dir) if "video" in parts else None
+    ast_source = find_ast_weights(weights_dir) if "music" in parts else None
+    if offline:
+        # Say everything that is missing at once, before spending time loading anything.
+        clip_source = clip_source or _cached_clip_hub_file()
+        ast_source = ast_source or (AST_HUB_REPO if _ast_in_hub_cache() else None)
+        missing = [name for part, name, source in (("video", clip_name, clip_source), ("music", ast_name, ast_source))
+                   if part in parts and source is None]
+        if missing:
+            raise WeightsMissingError(_missing_message(missing, offline))
+    clip_dtype, ast_dtype = _clip_dtype(device, precision), _ast_dtype(device, precision)
+    ast_model = clip_model = preprocess = None
+    if "music" in parts:
+        try:
+            ast_model = _build_pretrained_ast(ast_source or AST_HUB_REPO, offline, device, ast_dtype)
+        except OSError as exc:
+            raise WeightsMissingError(_missing_message([f"{ast_name} ({_first_line(exc)})"], offline)) from exc
+    if "video" in parts:
+        try:
+            clip_model, preprocess = _build_pretrained_clip(clip_source or CLIP_PRETRAINED_TAG, device, clip_dtype)
+        except (OSError, RuntimeError) as exc:
+            raise WeightsMissingError(_missing_message([f"{clip_name} ({_first_line(exc)})"], offline)) from exc
+    return Encoders(
+        encoder_id=PRETRAINED_ENCODER_ID, is_tiny=False, device=device,
+        clip_model=clip_model, clip_preprocess=preprocess, clip_dtype=clip_dtype,
+        ast_model=ast_model, ast_dtype=ast_dtype,
+        video_dim=clip_model.visual.output_dim if clip_model is not None else 512,
+        music_dim=ast_model.config.hidden_size if ast_model is not None else 768,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def clip_preprocess():
+    """CLIP's evaluation transform (resize shorter side 224 bicubic, centre crop, normalise)."""
+    import open_clip
+
+    return open_clip.image_transform(CLIP_IMAGE_SIZE, is_train=False, mean=CLIP_MEAN, std=CLIP_STD,
+                                     interpolation="bicubic", resize_mode="shortest")
+
+
+def _build_pretrained_clip(source, device, dtype):
+    import open_clip
+    import torch
+
+    precision = {torch.float16: "fp16", torch.bfloat16: "fp32", torch.float32: "fp32"}[dtype]
+    model = open_clip.create_model(
+        CLIP_MODEL_NAME, pretrained=str(source), precision=precision, device=device,
+        force_quick_gelu=True,  # OpenAI weights were trained with QuickGELU; a file path does not say so
+    )
+    return model.eval(), clip_preprocess()
+
+
+def _build_pretrained_ast(source, offline: bool, device, dtype):
+    import torch
+    from transformers import ASTModel
+
+    model = ASTModel.from_pretrained(str(source), local_files_only=offline, attn_implementation="sdpa")
+    _check_ast_preprocessor(source, offline)
+    return _place_ast(model, device, dtype)
+
+
+def _check_ast_preprocessor(source, offline: bool) -> None:
+    """Refuse a checkpoint whose feature-extractor settings differ from the recipe."""
+    from transformers import ASTFeatureExtractor
+
+    try:
+        extractor = ASTFeatureExtractor.from_pretrained(str(source), local_files_only=offline)
+    except OSError:
+        return  # no preprocessor_config.json: the recipe's constants apply
+    expected = dict(sampling_rate=SAMPLE_RATE, num_mel_bins=N_MEL_BINS, max_length=N_FBANK_FRAMES,
+                    do_normalize=True)
+    for key, value in expected.items():
+        if getattr(extractor, key) != value:
+            raise MgsvError(f"AST weights at {source}: feature extractor {key}={getattr(extractor, key)}, "
+                            f"the recipe needs {value}")
+    if not (math.isclose(extractor.mean, AST_MEAN) and math.isclose(extractor.std, AST_STD)):
+        raise MgsvError(f"AST weights at {source}: normalisation mean/std {extractor.mean}/{extractor.std} "
+                        f"differ from the recipe's {AST_MEAN}/{AST_STD}")
+
+
+def _place_ast(model, device, dtype):
+    """Eval mode on ``device``; in bf16 the weights themselves are cast (measured faster
+    on CPU than autocast, which re-casts every weight on each forward)."""
+    model = model.eval().to(device)
+    return model.to(dtype) if dtype != model.dtype else model
+
+
+def _load_tiny(device, precision: str, parts) -> Encoders:
+    """Small random CLIP/AST of the real classes, seeded, on the real recipe."""
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from transformers import ASTConfig, ASTModel
+
+    clip_model = preprocess = ast_model = None
+    # Each network gets its own seed, so loading one part alone gives the same weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        if "video" in parts:
+            clip_model = CLIP(
+                embed_dim=512,
+                vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=32, image_size=CLIP_IMAGE_SIZE),
+                text_cfg=CLIPTextCfg(context_length=16, vocab_size=256, width=32, heads=2, layers=1),
+                quick_gelu=True,
+            ).eval().to(device)
+            preprocess = clip_preprocess()
+        torch.manual_seed(TINY_SEED + 1)
+        if "music" in parts:
+            config = ASTConfig(
+                hidden_size=TINY_MUSIC_DIM, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                patch_size=16, frequency_stride=10, time_stride=10, max_length=N_FBANK_FRAMES,
+                num_mel_bins=N_MEL_BINS, attn_implementation="sdpa",
+            )
+            ast_model = _place_ast(ASTModel(config), device, _ast_dtype(device, precision))
+    clip_dtype = _clip_dtype(device, precision)
+    if clip_model is not None and clip_dtype == torch.float16:
+        clip_model = clip_model.half()
+    return Encoders(
+        encoder_id=TINY_ENCODER_ID, is_tiny=True, device=device, clip_model=clip_model,
+        clip_preprocess=preprocess, clip_dtype=clip_dtype, ast_model=ast_model,
+        ast_dtype=_ast_dtype(device, precision), video_dim=512, music_dim=TINY_MUSIC_DIM,
+    )

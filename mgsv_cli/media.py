@@ -1,0 +1,386 @@
+"""Reading video frames and audio samples with ffmpeg (from the ``imageio-ffmpeg`` wheel).
+
+There is no ffprobe here: :func:`probe` reads what ``ffmpeg -i`` prints about its input.
+Every ffmpeg call takes an argument list (never a shell) and a failure becomes a
+:class:`~mgsv_cli.errors.MediaError` that names the file and the last line ffmpeg had to say.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import MediaError
+
+AUDIO_SAMPLE_RATE = 16_000
+MAX_VIDEO_FRAMES = 50
+
+# Lines ffmpeg prints around the real reason for a failure; they never explain anything.
+_NOISE = (
+    "at least one output file must be specified",
+    "conversion failed",
+    "error opening input file",
+    "error opening input files",
+    "error opening output file",
+    "error opening output files",
+    "exiting normally",
+    "last message repeated",
+    "terminating thread with return code",
+    "task finished with error code",
+    "nothing was written into output file",
+)
+
+_CHANNELS_BY_LAYOUT = {
+    "mono": 1, "stereo": 2, "downmix": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3, "4.0": 4,
+    "quad": 4, "quad(side)": 4, "3.1": 4, "5.0": 5, "5.0(side)": 5, "4.1": 5, "5.1": 6,
+    "5.1(side)": 6, "6.0": 6, "6.0(front)": 6, "hexagonal": 6, "6.1": 7, "6.1(back)": 7,
+    "6.1(front)": 7, "7.0": 7, "7.0(front)": 7, "7.1": 8, "7.1(wide)": 8, "7.1(wide-side)": 8,
+    "octagonal": 8,
+}
+_TAG_KEYS = ("title", "artist", "album")
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ``ffmpeg -i`` says about a file. Sizes are as displayed (rotation applied)."""
+
+    path: str
+    duration: float
+    has_video: bool
+    has_audio: bool
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary shipped with ``imageio-ffmpeg`` (``IMAGEIO_FFMPEG_EXE`` overrides)."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:  # pragma: no cover - a hard dependency
+        raise MediaError("ffmpeg is missing: install the imageio-ffmpeg package") from exc
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as exc:
+        raise MediaError(f"ffmpeg is missing: {exc}") from exc
+
+
+def last_ffmpeg_message(stderr: str) -> str:
+    """The last line of ffmpeg's stderr that says something (not a generic wrap-up line)."""
+    for line in reversed(stderr.splitlines()):
+        text = re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line.strip())
+        if text and not any(noise in text.lower() for noise in _NOISE):
+            return text
+    return "ffmpeg failed without saying why"
+
+
+def run_ffmpeg(args: list[str], what: str, *, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``ffmpeg -hide_banner -nostdin ARGS`` capturing stdout (bytes) and stderr.
+
+    ``what`` says what was being done ("decoding audio of x.mp3"); on a non-zero exit
+    (when ``check``) a MediaError "WHAT: <ffmpeg's last meaningful line>" is raised.
+    """
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *[str(a) for a in args]]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+    except OSError as exc:
+        raise MediaError(f"{what}: cannot start ffmpeg ({exc})") from exc
+    if check and proc.returncode != 0:
+        raise MediaError(f"{what}: {last_ffmpeg_message(_text(proc.stderr))}")
+    return proc
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+
+
+def _lacks_stream(stderr: str) -> bool:
+    """True when ffmpeg failed because the input has no stream of the mapped kind."""
+    return "matches no streams" in stderr or "does not contain any stream" in stderr
+
+
+def _check_input_file(path: str | os.PathLike) -> Path:
+    """Fail early, with a plain message, on files ffmpeg would reject obscurely."""
+    file = Path(path)
+    if not file.exists():
+        raise MediaError(f"{file}: no such file")
+    if file.is_dir():
+        raise MediaError(f"{file}: is a folder, not a media file")
+    if file.stat().st_size == 0:
+        raise MediaError(f"{file}: file is empty (0 bytes)")
+    return file
+
+
+# ---------------------------------------------------------------- probing
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Describe a media file: duration (s), streams, display size, fps, audio format, tags.
+
+    When the container has no duration (raw or streamed formats), the file is decoded
+    once to find it. Raises MediaError for a missing, empty or non-media file.
+    """
+    file = _check_input_file(path)
+    proc = run_ffmpeg(["-i", file], f"reading {file}", check=False)
+    stderr = _text(proc.stderr)
+    if "Input #0" not in stderr:
+        raise MediaError(f"{file}: not a readable media file ({last_ffmpeg_message(stderr)})")
+    info = parse_ffmpeg_input_info(stderr, str(file))
+    if not (info.has_video or info.has_audio):
+        raise MediaError(f"{file}: contains neither video nor audio")
+    if info.duration <= 0:
+        info = _replace_duration(info, _decoded_duration(file))
+    if info.duration <= 0:
+        raise MediaError(f"{file}: has zero length")
+    return info
+
+
+def _replace_duration(info: MediaInfo, duration: float) -> MediaInfo:
+    from dataclasses import replace
+
+    return replace(info, duration=duration)
+
+
+def _decoded_duration(file: Path) -> float:
+    """Duration found by decoding the whole file to nothing (for containers that do not say)."""
+    proc = run_ffmpeg(["-i", file, "-nostats", "-progress", "pipe:1", "-f", "null", "-"],
+                      f"measuring the length of {file}", check=False)
+    times = re.findall(r"out_time_us=(\d+)", _text(proc.stdout))
+    return int(times[-1]) / 1e6 if times else 0.0
+
+
+def parse_ffmpeg_input_info(stderr: str, path: str = "") -> MediaInfo:
+    """Parse the ``Input #0`` block ffmpeg prints to stderr into a MediaInfo (no validation).
+
+    Duration is 0.0 when ffmpeg prints ``Duration: N/A``.
+    """
+    duration = _parse_duration(stderr)
+    video = audio = None
+    rotation = 0.0
+    container_tags: dict[str, str] = {}
+    audio_tags: dict[str, str] = {}
+    section: dict[str, str] | None = None
+    section_indent = 0
+    current_stream = ""
+    for line in stderr.splitlines():
+        indent = len(line) - len(line.lstrip())
+        text = line.strip()
+        if section is not None and indent > section_indent and ":" in text:
+            key, _, value = text.partition(":")
+            key = key.strip().lower()
+            if key in _TAG_KEYS and key not in section:
+                section[key] = value.strip()
+            continue
+        section = None
+        if text.startswith("Stream #0:"):
+            current_stream = text
+            kind = _stream_kind(text)
+            if kind == "video" and video is None:
+                video = text
+            elif kind == "audio" and audio is None:
+                audio = text
+        elif text == "Metadata:":
+            section_indent = indent
+            if indent <= 2:
+                section = container_tags
+            elif current_stream and current_stream == audio:
+                section = audio_tags
+        elif current_stream == video and video is not None:
+            match = re.search(r"rotation of (-?[\d.]+) degrees", text, re.IGNORECASE)
+            if match:
+                rotation = float(match.group(1))
+    tags = {**audio_tags, **container_tags}
+    width, height, fps = _parse_video_stream(video)
+    if width and height and round(abs(rotation)) % 180 == 90:
+        width, height = height, width
+    sample_rate, channels = _parse_audio_stream(audio)
+    return MediaInfo(
+        path=path, duration=duration, has_video=video is not None, has_audio=audio is not None,
+        width=width, height=height, fps=fps, sample_rate=sample_rate, channels=channels, tags=tags,
+    )
+
+
+def _parse_duration(stderr: str) -> float:
+    match = re.search(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)", stderr)
+    if not match:
+        return 0.0
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _stream_kind(line: str) -> str:
+    """``video`` (cover art excluded), ``audio`` or ``other`` for a ``Stream #0:N`` line."""
+    if ": Video:" in line and "(attached pic)" not in line:
+        return "video"
+    if ": Audio:" in line:
+        return "audio"
+    return "other"
+
+
+def _parse_video_stream(line: str | None) -> tuple[int | None, int | None, float | None]:
+    if line is None:
+        return None, None, None
+    size = re.search(r",\s*(\d+)x(\d+)\b", line)
+    rate = re.search(r"([\d.]+)(k?) fps", line) or re.search(r"([\d.]+)(k?) tbr", line)
+    fps = None
+    if rate:
+        fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
+    if size:
+        return int(size.group(1)), int(size.group(2)), fps
+    return None, None, fps
+
+
+def _parse_audio_stream(line: str | None) -> tuple[int | None, int | None]:
+    if line is None:
+        return None, None
+    match = re.search(r"(\d+) Hz,\s*([^,]+)", line)
+    if not match:
+        return None, None
+    layout = match.group(2).strip()
+    counted = re.match(r"(\d+) channels", layout)
+    channels = int(counted.group(1)) if counted else _CHANNELS_BY_LAYOUT.get(layout)
+    if channels is None:
+        channels = _CHANNELS_BY_LAYOUT.get(layout.split("(")[0])
+    return int(match.group(1)), channels
+
+
+# ---------------------------------------------------------------- video frames
+
+
+def frames_for_duration(duration: float, max_frames: int = MAX_VIDEO_FRAMES) -> int:
+    """Frames sampled at 1 fps from t = 0: floor(duration) + 1, at most ``max_frames``."""
+    if duration <= 0:
+        return 0
+    return min(int(math.floor(duration + 1e-6)) + 1, max_frames)
+
+
+def shortest_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) after scaling the shorter side to ``short_side``, as torchvision's
+    ``Resize(int)`` computes it (the longer side is truncated, not rounded)."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def read_frames_1fps(path: str | os.PathLike, max_frames: int = MAX_VIDEO_FRAMES,
+                     short_side: int | None = None):
+    """Decode the frames shown at t = 0, 1, 2, ... s (at most ``max_frames``) in one ffmpeg run.
+
+    Frame i is the last frame whose timestamp is <= i s (ffmpeg's fps filter with upward
+    rounding); at t = duration the last frame is still shown, so a video of exactly N s
+    gives N + 1 frames, like the recipe's i = 0..floor(duration).
+
+    ``short_side``: when given, each frame is resized as it arrives (PIL bicubic, the same
+    operation and size as CLIP's ``Resize``), which keeps memory small for large videos.
+
+    Returns ``(frames uint8 [F, H, W, 3] RGB, duration seconds)``.
+    """
+    import numpy as np
+
+    frames: list = []
+    duration = _decode_frames_1fps(path, max_frames, short_side, frames.append)
+    return np.stack(frames), duration
+
+
+def _decode_frames_1fps(path, max_frames: int, short_side: int | None,
+                        sink: Callable) -> float:
+    """Stream 1-fps frames into ``sink`` (as uint8 HxWx3 arrays); returns the duration."""
+    file = _check_input_file(path)
+    # tpad clones the last frame for 1 s so that t = floor(duration) exists even when the
+    # video ends exactly on a whole second; the extra frame it may add is trimmed below.
+    chain = "tpad=stop_mode=clone:stop_duration=1,fps=fps=1:round=up:start_time=0"
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(file), "-map", "0:V:0",
+           "-an", "-sn", "-dn", "-vf", chain, "-frames:v", str(max_frames + 1),
+           "-f", "image2pipe", "-c:v", "ppm", "-"]
+    frames = []
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        except OSError as exc:
+            raise MediaError(f"decoding frames of {file}: cannot start ffmpeg ({exc})") from exc
+        try:
+            for frame in _iter_ppm(proc.stdout):
+                frames.append(_resize_short_side(frame, short_side) if short_side else frame)
+        finally:
+            proc.stdout.close()
+            returncode = proc.wait()
+        err.seek(0)
+        stderr = _text(err.read())
+    if returncode != 0 and not frames:
+        message = "no video stream" if _lacks_stream(stderr) else last_ffmpeg_message(stderr)
+        raise MediaError(f"decoding frames of {file}: {message}")
+    if not frames:
+        raise MediaError(f"decoding frames of {file}: no video frame could be decoded")
+    duration = _parse_duration(stderr) or probe(file).duration
+    for frame in frames[: frames_for_duration(duration, max_frames)]:
+        sink(frame)
+    return duration
+
+
+def _iter_ppm(stream) -> Iterator:
+    """Binary PPM (P6) images one after another, as ffmpeg's image2pipe writes them."""
+    import numpy as np
+
+    while True:
+        magic = stream.readline()
+        if not magic:
+            return
+        if magic.strip() != b"P6":
+            raise MediaError(f"unexpected frame data from ffmpeg: {magic[:20]!r}")
+        width, height = (int(v) for v in stream.readline().split())
+        stream.readline()  # maxval, always 255 for rgb24
+        n_bytes = width * height * 3
+        data = stream.read(n_bytes)
+        if len(data) != n_bytes:
+            return
+        yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+
+
+def _resize_short_side(frame, short_side: int):
+    import numpy as np
+    from PIL import Image
+
+    height, width = frame.shape[:2]
+    size = shortest_side_size(width, height, short_side)
+    if size == (width, height):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BICUBIC))
+
+
+# ---------------------------------------------------------------- audio
+
+
+def read_audio_16k(path: str | os.PathLike, max_seconds: float | None = None):
+    """Decode the FIRST channel of the first audio stream, resampled to 16 kHz (soxr).
+
+    Only channel 0 is kept (not a downmix), as the reference filterbank reads it.
+    ``max_seconds`` stops decoding early. Returns float32 samples in [-1, 1], shape [n].
+    """
+    import numpy as np
+
+    file = _check_input_file(path)
+    args = ["-i", file]
+    if max_seconds is not None:
+        args += ["-t", f"{max_seconds:.6f}"]
+    args += ["-map", "0:a:0", "-vn", "-sn", "-dn",
+             "-af", f"pan=mono|c0=c0,aresample={AUDIO_SAMPLE_RATE}:resampler=soxr",
+             "-c:a", "pcm_f32le", "-f", "f32le", "-"]
+    proc = run_ffmpeg(args, f"decoding audio of {file}", check=False)
+    if proc.returncode != 0:
+        stderr = _text(proc.stderr)
+        message = "no audio stream" if _lacks_stream(stderr) else last_ffmpeg_message(stderr)
+        raise MediaError(f"decoding audio of {file}: {message}")
+    samples = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32, copy=True)
+    if samples.size == 0:
+        raise MediaError(f"decoding audio of {file}: no audio samples could be decoded")
+    return samples

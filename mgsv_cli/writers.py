@@ -1,0 +1,254 @@
+"""Timelines for editing software: the video with the suggested music cut under it.
+
+:func:`export_timeline` builds an OpenTimelineIO timeline (a video track holding the
+whole clip, an audio track holding the chosen music from the cut's start, as long as
+the video) and writes it with OTIO's adapters: Final Cut Pro X (``fcpxml``), Final Cut
+Pro 7 / Premiere / Resolve XML (``fcp7``), CMX 3600 EDL (``edl``) or native ``otio``.
+
+A CMX 3600 EDL holds one track; the one written here is the music's (an audio EDL:
+event 001 on channel A, source in/out = the cut), since the editor already has the
+video. Files are written whole to a temporary name and moved into place.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from .errors import MediaError, OutputExistsError, UsageError
+
+FORMATS = {  # name -> (OTIO adapter, file extension)
+    "fcpxml": ("fcpx_xml", ".fcpxml"),
+    "fcp7": ("fcp_xml", ".xml"),
+    "edl": ("cmx_3600", ".edl"),
+    "otio": ("otio_json", ".otio"),
+}
+FALLBACK_RATE = 25.0
+OUTPUT_TAG = ".mgsv"  # clip.mp4 -> clip.mgsv.fcpxml, like render's clip.mgsv.mp4
+FCPX_RATES = (23.98, 24.0, 25.0, 29.97, 30.0, 50.0, 59.94, 60.0)  # frame rates the FCPXML adapter knows
+# FCPXML states times as rational seconds; these are the frame durations it knows.
+_NTSC_RATES = {24: Fraction(24000, 1001), 30: Fraction(30000, 1001), 60: Fraction(60000, 1001)}
+
+
+@dataclass(frozen=True)
+class TimelinePlan:
+    """What goes on the timeline, in frames of ``rate`` (all counts exact integers)."""
+
+    name: str
+    rate: float
+    video: Path
+    video_frames: int
+    track: Path
+    track_frames: int  # the whole track's length, for the media reference
+    cut_start_frame: int
+    cut_frames: int
+    rank: int
+    score: float | None
+    title: str | None
+    artist: str | None
+
+
+def format_from_path(path: str | os.PathLike) -> str | None:
+    """The export format a file name asks for by its extension (``None`` if it does not)."""
+    suffix = Path(path).suffix.lower()
+    for name, (_, extension) in FORMATS.items():
+        if suffix == extension:
+            return name
+    return None
+
+
+def default_output_path(video: str | os.PathLike, fmt: str) -> Path:
+    """``clip.mp4`` -> ``clip.mgsv.fcpxml`` (etc.) beside the video."""
+    video = Path(video)
+    return video.with_name(f"{video.stem}{OUTPUT_TAG}{_check_format(fmt)[1]}")
+
+
+def timeline_rate(fps: float | None) -> float:
+    """The timeline's frame rate for a video of ``fps``: the SMPTE rate it is (29.97 becomes
+    exactly 30000/1001), else 25 when the video has none or an unusual one (12, 15 fps)."""
+    from opentimelineio import opentime
+
+    if not fps or fps <= 0:
+        return FALLBACK_RATE
+    nearest = opentime.RationalTime.nearest_valid_timecode_rate(float(fps))
+    return float(nearest) if abs(nearest - fps) < 0.01 * fps else FALLBACK_RATE
+
+
+def pick_suggestion(suggestion: dict[str, Any], pick: int = 1) -> dict[str, Any]:
+    """Entry ``pick`` (rank, 1 = best) of a ``mgsv suggest --json`` object."""
+    if pick < 1:
+        raise UsageError(f"--pick {pick}: ranks start at 1")
+    entries = suggestion.get("suggestions") or []
+    for entry in entries:
+        if int(entry.get("rank", 0)) == pick:
+            return entry
+    raise UsageError(f"--pick {pick}: only {len(entries)} suggestion(s) for {suggestion.get('video', 'this video')}")
+
+
+def plan_timeline(suggestion: dict[str, Any], video_path: str | os.PathLike, pick: int = 1,
+                  frame_rate: float | None = None) -> TimelinePlan:
+    """Frame-exact contents of the timeline for suggestion ``pick`` of ``suggestion``.
+
+    The rate is ``frame_rate`` or the video's (see :func:`timeline_rate`); the music's
+    source range is ``[start, end)`` of the suggestion rounded to that rate.
+    """
+    from . import media
+
+    entry = pick_suggestion(suggestion, pick)
+    video = Path(video_path).expanduser()
+    info = media.probe(video)
+    track = Path(entry["track"]).expanduser()
+    if not track.is_file():
+        raise MediaError(f"{track}: the suggested track is gone (moved or deleted since `mgsv suggest`?)")
+    rate = timeline_rate(frame_rate or info.fps)
+    if frame_rate and abs(rate - frame_rate) > 0.01 * frame_rate:
+        raise UsageError(f"frame rate {frame_rate}: not a timecode rate (23.976, 24, 25, 29.97, 30, 48, 50, 59.94, 60)")
+    video_seconds = float(suggestion.get("duration") or info.duration)
+    start, end = float(entry["start"]), float(entry["end"])
+    if not (0 <= start < end):
+        raise UsageError(f"suggestion {pick}: bad cut [{start}, {end}]")
+    track_seconds = float(entry.get("track_duration") or media.probe(track).duration)
+    video_frames = max(1, round(video_seconds * rate))
+    cut_start = round(start * rate)
+    cut_frames = min(video_frames, max(1, round((end - start) * rate)))
+    return TimelinePlan(
+        name=video.stem, rate=rate, video=video.resolve(), video_frames=video_frames, track=track.resolve(),
+        track_frames=max(round(track_seconds * rate), cut_start + cut_frames), cut_start_frame=cut_start,
+        cut_frames=cut_frames, rank=int(entry.get("rank", pick)), score=entry.get("score"),
+        title=entry.get("title"), artist=entry.get("artist"),
+    )
+
+
+def build_timeline(plan: TimelinePlan, music_first: bool = False, rate: float | None = None):
+    """The OTIO ``Timeline``: tracks V1 (the video) and A1 (the music cut), both from 0.
+
+    ``music_first`` puts the audio track first (the EDL writer writes only track 0);
+    ``rate`` labels the frame counts with another value of the same rate (the FCPXML
+    adapter knows 29.97 but not 30000/1001).
+    """
+    import opentimelineio as otio
+    from opentimelineio import opentime
+
+    rate = rate or plan.rate
+
+    def span(start: int, frames: int):
+        return opentime.TimeRange(opentime.RationalTime(start, rate), opentime.RationalTime(frames, rate))
+
+    video_clip = otio.schema.Clip(
+        name=plan.video.name,
+        media_reference=otio.schema.ExternalReference(target_url=plan.video.as_uri(),
+                                                      available_range=span(0, plan.video_frames)),
+        source_range=span(0, plan.video_frames),
+    )
+    music_clip = otio.schema.Clip(
+        name=plan.track.name,
+        media_reference=otio.schema.ExternalReference(target_url=plan.track.as_uri(),
+                                                      available_range=span(0, plan.track_frames)),
+        source_range=span(plan.cut_start_frame, plan.cut_frames),
+    )
+    music_clip.metadata["mgsv"] = {
+        "rank": plan.rank, "score": plan.score, "title": plan.title, "artist": plan.artist,
+        "start_seconds": plan.cut_start_frame / plan.rate,
+    }
+    video_track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video, children=[video_clip])
+    music_track = otio.schema.Track(name="A1", kind=otio.schema.TrackKind.Audio, children=[music_clip])
+    timeline = otio.schema.Timeline(name=plan.name, global_start_time=opentime.RationalTime(0, rate))
+    timeline.tracks.extend([music_track, video_track] if music_first else [video_track, music_track])
+    return timeline
+
+
+def export_timeline(suggestion: dict[str, Any], video_path: str | os.PathLike, fmt: str,
+                    out_path: str | os.PathLike | None = None, pick: int = 1, frame_rate: float | None = None,
+                    force: bool = False) -> Path:
+    """Write suggestion ``pick`` of ``suggestion`` (a ``mgsv suggest --json`` object) as a
+    timeline for editing software; returns the path written.
+
+    ``fmt``: ``fcpxml``, ``fcp7``, ``edl`` (the music only) or ``otio``. ``out_path``
+    defaults to ``<stem>.mgsv.<ext>`` beside the video; an existing file needs ``force``.
+    Raises UsageError, MediaError or OutputExistsError; nothing is written on failure.
+    """
+    import opentimelineio as otio
+
+    adapter, _ = _check_format(fmt)
+    out = Path(out_path).expanduser() if out_path is not None else default_output_path(video_path, fmt)
+    plan = plan_timeline(suggestion, video_path, pick, frame_rate)
+    if fmt == "fcpxml" and _fcpx_rate(plan.rate) is None:
+        plan = plan_timeline(suggestion, video_path, pick, FALLBACK_RATE)
+    _check_output(out, plan, force)
+    timeline = build_timeline(plan, music_first=(fmt == "edl"), rate=_fcpx_rate(plan.rate) if fmt == "fcpxml" else None)
+    options = {"rate": plan.rate} if fmt == "edl" else {}
+    try:
+        text = otio.adapters.write_to_string(timeline, adapter_name=adapter, **options)
+    except (otio.exceptions.OTIOError, ValueError) as exc:
+        raise MediaError(f"cannot write {fmt} for {plan.video.name}: {exc}") from None
+    if fmt == "fcpxml":
+        text = _fcpxml_times_on_frames(text, plan.rate)
+    _atomic_write_text(out, text, force)
+    return out
+
+
+def _check_format(fmt: str) -> tuple[str, str]:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def _check_output(out: Path, plan: TimelinePlan, force: bool) -> None:
+    target = out.resolve()
+    if target in (plan.video, plan.track):
+        raise UsageError(f"{out}: refusing to write the timeline over its own media")
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder: give a file name")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} exists: use --force to replace it")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: no such folder")
+
+
+def _atomic_write_text(out: Path, text: str, force: bool) -> None:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        if not force and out.exists():  # appeared while we were writing
+            raise OutputExistsError(f"{out} exists: use --force to replace it")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fcpxml_times_on_frames(text: str, rate: float) -> str:
+    """Restate every FCPXML time on the frame grid, exactly.
+
+    The adapter writes times as ``Fraction(frames / rate).limit_denominator()``, which
+    for 29.97 fps gives values like ``1000/81s`` that fall between frames; Final Cut
+    wants whole multiples of the frame duration (``370370/30000s``).
+    """
+    exact_rate = _exact_rate(rate)
+
+    def on_grid(match: re.Match) -> str:
+        seconds = Fraction(match.group(2))
+        frames = round(seconds * exact_rate)
+        value = Fraction(frames) / exact_rate
+        return f'{match.group(1)}="{value.numerator}/{value.denominator}s"' if frames else f'{match.group(1)}="0s"'
+
+    return re.sub(r'\b(offset|duration|start)="(\d+(?:/\d+)?)s"', on_grid, text)
+
+
+def _fcpx_rate(rate: float) -> float | None:
+    """The adapter's name for ``rate`` (29.97 for 30000/1001), None if FCPXML lacks it (48 fps)."""
+    for known in FCPX_RATES:
+        if abs(rate - known) < 0.01:
+            return known
+    return None
+
+
+def _exact_rate(rate: float) -> Fraction:
+    whole = round(rate)
+    if whole in _NTSC_RATES and abs(rate - float(_NTSC_RATES[whole])) < 1e-3:
+        return _NTSC_RATES[whole]
+    return Fraction(rate).limit_denominator(1001)

@@ -1,0 +1,84 @@
+"""mgsv doctor: checks report what is present, and the exit code follows the required ones."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mgsv_cli import doctor
+from mgsv_cli.cli import main
+
+
+@pytest.fixture(autouse=True)
+def private_hub_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for name in ("MGSV_CLIP_WEIGHTS", "MGSV_AST_WEIGHTS", "MGSV_INDEX", "MGSV_WEIGHTS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def test_required_checks_pass_here():
+    import torch
+
+    checks = by_name(doctor.run_checks())
+    assert checks["ffmpeg"].ok and checks["ffmpeg"].required and "ffmpeg" in checks["ffmpeg"].detail
+    assert checks["torch"].ok and torch.__version__ in checks["torch"].detail
+    assert doctor.missing_required(list(checks.values())) == []
+    assert not checks["music index"].ok and "mgsv index" in checks["music index"].detail
+    assert not checks["trained checkpoints"].ok
+
+
+def test_index_size_is_read(isolated_home):
+    from mgsv_cli.library import PrecomputedTrack, import_tokens
+    from mgsv_cli.paths import default_index_path
+
+    tracks = [PrecomputedTrack(f"/music/{i}.mp3", np.zeros((3, 4), np.float32), np.ones(3, np.float32), 60.0)
+              for i in range(3)]
+    import_tokens(default_index_path(), tracks, encoder_id="test-encoder")
+    assert doctor.index_counts(default_index_path()) == (3, 0)
+    check = by_name(doctor.run_checks())["music index"]
+    assert check.ok and check.detail.startswith("3 track(s), 0 with beats")
+
+
+def test_a_broken_settings_file_is_reported_not_raised():
+    from mgsv_cli import settings
+
+    settings.settings_path().parent.mkdir(parents=True)
+    settings.settings_path().write_text("top_k = [\n")
+    check = by_name(doctor.run_checks())["settings file"]
+    assert not check.ok and "not valid TOML" in check.detail
+
+
+def test_cli_exit_code_follows_required_checks(capsys, monkeypatch):
+    code, out, _ = run_cli(["doctor", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True
+    assert {"ffmpeg", "torch", "CLIP ViT-B-32 (openai)", "music index"} <= {c["name"] for c in report["checks"]}
+
+    def no_ffmpeg():
+        return [doctor.Check("ffmpeg", False, "ffmpeg is missing", required=True)]
+
+    monkeypatch.setattr(doctor, "_ffmpeg", no_ffmpeg)
+    code, out, err = run_cli(["doctor"], capsys)
+    assert code == 1 and "missing: ffmpeg" in err and "Traceback" not in err
+
+
+def test_a_crashing_check_becomes_a_failed_line(monkeypatch):
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(doctor, "_memory", broken)
+    checks = by_name(doctor.run_checks())
+    assert not checks["memory"].ok and "boom" in checks["memory"].detail
+    assert checks["ffmpeg"].ok  # the others still ran

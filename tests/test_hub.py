@@ -1,0 +1,205 @@
+"""Downloads: clean offline errors, where files land, and presence detection on fake folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mgsv_cli import features, hub
+from mgsv_cli.cli import main
+from mgsv_cli.errors import DataError, WeightsMissingError
+
+
+@pytest.fixture(autouse=True)
+def offline_and_private_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for name in ("MGSV_CLIP_WEIGHTS", "MGSV_AST_WEIGHTS", "MGSV_WEIGHTS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- offline
+
+
+def test_fetch_dataset_offline_says_what_to_do(tmp_path):
+    with pytest.raises(DataError) as error:
+        hub.fetch_dataset(tmp_path / "mgsv-ec")
+    message = str(error.value)
+    assert "cannot reach the Hugging Face hub" in message and "HF_HUB_OFFLINE" in message
+    assert str(tmp_path / "mgsv-ec") in message and "dataset/MGSV-EC/" in message
+    assert "\n" not in message
+
+
+def test_download_models_offline_says_what_to_do(tmp_path):
+    with pytest.raises(WeightsMissingError) as error:
+        hub.download_models(tmp_path / "weights")
+    assert "MGSV_CLIP_WEIGHTS" in str(error.value) and "offline" in str(error.value)
+
+
+def test_cli_offline_errors_are_one_line_with_exit_codes(tmp_path, capsys):
+    code, _, err = run_cli(["data", "fetch", str(tmp_path / "ds")], capsys)
+    assert code == DataError.exit_code == 4 and "Traceback" not in err and "error:" in err
+    code, _, err = run_cli(["models", "download", "--weights-dir", str(tmp_path / "w")], capsys)
+    assert code == WeightsMissingError.exit_code == 7 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the dataset layout
+
+
+def make_layout(root: Path, skip: str = "") -> None:
+    for split in hub.DATASET_SPLITS:
+        if split != skip:
+            path = root / hub.DATASET_CSV_DIR / f"{split}_data.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("video_id,music_id\n")
+    for folder in hub.FEATURE_DIRS:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+
+
+def test_layout_problems(tmp_path):
+    assert len(hub.dataset_layout_problems(tmp_path)) == 3 + len(hub.FEATURE_DIRS)
+    make_layout(tmp_path, skip="val")
+    assert hub.dataset_layout_problems(tmp_path) == [f"missing {hub.DATASET_CSV_DIR / 'val_data.csv'}"]
+
+
+def test_fetch_dataset_checks_what_arrived(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(repo_id, repo_type, local_dir, token=None):
+        calls.append((repo_id, repo_type))
+        make_layout(Path(local_dir), skip=("test" if len(calls) == 1 else ""))
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    with pytest.raises(DataError, match="test_data.csv"):
+        hub.fetch_dataset(tmp_path / "ds")
+    assert hub.fetch_dataset(tmp_path / "ds") == tmp_path / "ds"
+    assert calls == [("xxayt/MGSV-EC", "dataset")] * 2
+
+
+def test_fetch_dataset_refuses_a_file_as_root(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        hub.fetch_dataset(tmp_path / "f")
+
+
+# ---------------------------------------------------------------- encoder weights
+
+
+def fake_weights(root: Path, ast_weights: bool = True) -> None:
+    clip = root / features.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
+    clip.parent.mkdir(parents=True)
+    clip.write_bytes(b"not really weights")
+    ast = root / features.AST_WEIGHTS_SUBDIR
+    ast.mkdir(parents=True)
+    (ast / "config.json").write_text("{}")
+    if ast_weights:
+        (ast / "model.safetensors").write_bytes(b"x")
+
+
+def status_by_name(weights_dir=None) -> dict:
+    return {s.name.split()[0]: s for s in hub.models_status(weights_dir)}
+
+
+def test_nothing_present_in_an_empty_home():
+    found = status_by_name()
+    assert not found["CLIP"].present and not found["AST"].present
+    assert not found["MaDe"].present and "no pretrained MaDe checkpoint is published" in found["MaDe"].detail
+
+
+def test_weights_dir_is_detected(tmp_path):
+    fake_weights(tmp_path / "w")
+    found = status_by_name(tmp_path / "w")
+    assert found["CLIP"].present and found["CLIP"].source == "weights dir"
+    assert found["AST"].present and found["AST"].location == str(tmp_path / "w" / features.AST_WEIGHTS_SUBDIR)
+
+
+def test_default_weights_dir_is_detected_and_incomplete_ast_is_not():
+    fake_weights(features.default_weights_dir(), ast_weights=False)
+    found = status_by_name()
+    assert found["CLIP"].present
+    assert not found["AST"].present and "no weights file" in found["AST"].detail
+
+
+def test_environment_variables_are_detected(tmp_path, monkeypatch):
+    fake_weights(tmp_path / "elsewhere")
+    clip_file = tmp_path / "elsewhere" / features.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
+    monkeypatch.setenv("MGSV_CLIP_WEIGHTS", str(clip_file))
+    monkeypatch.setenv("MGSV_AST_WEIGHTS", str(tmp_path / "elsewhere" / features.AST_WEIGHTS_SUBDIR))
+    found = status_by_name()
+    assert (found["CLIP"].source, found["CLIP"].location) == ("environment", str(clip_file))
+    assert found["AST"].source == "environment"
+
+
+def fake_hub_cache(cache: Path, repo: str, files: list[str]) -> None:
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    for name in files:
+        path = folder / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_hub_cache_is_detected(tmp_path):
+    cache = tmp_path / "hf-cache"  # HF_HUB_CACHE, set by the fixture
+    fake_hub_cache(cache, features.CLIP_HUB_REPO, ["open_clip_model.safetensors"])
+    fake_hub_cache(cache, features.AST_HUB_REPO, ["config.json", "model.safetensors"])
+    found = status_by_name()
+    assert found["CLIP"].present and found["CLIP"].source == "hub cache"
+    assert found["AST"].present and found["AST"].source == "hub cache"
+
+
+def test_a_trained_run_counts_as_a_made_checkpoint():
+    from mgsv_cli.checkpoint import WEIGHTS_NAME
+    from mgsv_cli.paths import runs_dir
+
+    run = runs_dir() / "run-1"
+    run.mkdir(parents=True)
+    (run / WEIGHTS_NAME).write_bytes(b"x")
+    assert status_by_name()["MaDe"].present
+
+
+def test_download_places_weights_where_the_loaders_look(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def fake_file(repo_id, filename, local_dir, token=None):
+        assert repo_id == features.CLIP_HUB_REPO
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"clip")
+        return str(path)
+
+    def fake_snapshot(repo_id, local_dir, token=None, allow_patterns=None):
+        assert repo_id == features.AST_HUB_REPO
+        folder = Path(local_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"ast")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_file)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    clip, ast = hub.download_models(tmp_path / "carry")
+    assert features.find_clip_weights(tmp_path / "carry") == clip
+    assert features.find_ast_weights(tmp_path / "carry") == ast
+    found = status_by_name(tmp_path / "carry")
+    assert found["CLIP"].present and found["AST"].present
+
+
+def test_cli_models_list_json(tmp_path, capsys):
+    fake_weights(tmp_path / "w")
+    code, out, _ = run_cli(["models", "list", "--weights-dir", str(tmp_path / "w"), "--json"], capsys)
+    models = {m["name"].split()[0]: m for m in json.loads(out)["models"]}
+    assert code == 0 and models["CLIP"]["present"] and not models["MaDe"]["present"]

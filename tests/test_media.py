@@ -1,0 +1,218 @@
+"""media.py: probing, 1-fps frame decoding and first-channel 16 kHz audio, on generated files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _media_helpers import (
+    corrupt_copy,
+    counter_video,
+    ffmpeg,
+    pattern_video,
+    tone,
+    two_channel_audio,
+)
+
+from mgsv_cli import media
+from mgsv_cli.errors import MediaError
+
+# ---------------------------------------------------------------- probe
+
+
+def test_probe_video_with_audio_and_title(tmp_path):
+    path = pattern_video(tmp_path / "clip.mp4", 3.0, size="320x240", title="Beach day")
+    info = media.probe(path)
+    assert info.has_video and info.has_audio
+    assert info.duration == pytest.approx(3.0, abs=0.1)
+    assert (info.width, info.height) == (320, 240)
+    assert info.fps == pytest.approx(25.0)
+    assert info.sample_rate == 44100 and info.channels == 1
+    assert info.tags == {"title": "Beach day"}
+
+
+def test_probe_audio_tags_and_channels(tmp_path):
+    path = two_channel_audio(tmp_path / "song.mp3", 2.0, 440, None, codec="libmp3lame",
+                             extra=("-metadata", "title=Song A", "-metadata", "artist=Band",
+                                    "-metadata", "album=First"))
+    info = media.probe(path)
+    assert not info.has_video and info.has_audio
+    assert (info.sample_rate, info.channels) == (44100, 2)
+    assert info.tags == {"title": "Song A", "artist": "Band", "album": "First"}
+    assert info.duration == pytest.approx(2.0, abs=0.1)
+
+
+def test_probe_cover_art_is_not_video(tmp_path):
+    cover = tmp_path / "cover.png"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x64:d=1", "-frames:v", "1", cover)
+    song = tone(tmp_path / "plain.mp3", 1.5, codec="libmp3lame")
+    tagged = tmp_path / "tagged.mp3"
+    ffmpeg("-i", song, "-i", cover, "-map", "0", "-map", "1", "-c", "copy",
+           "-disposition:v", "attached_pic", tagged)
+    info = media.probe(tagged)
+    assert info.has_audio and not info.has_video
+
+
+def test_probe_applies_display_rotation(tmp_path):
+    plain = pattern_video(tmp_path / "plain.mp4", 1.0, size="320x240", with_audio=False)
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-display_rotation:v:0", "90", "-i", plain, "-c", "copy", rotated)
+    info = media.probe(rotated)
+    assert (info.width, info.height) == (240, 320)
+    frames, _ = media.read_frames_1fps(rotated)
+    assert frames.shape[1:] == (320, 240, 3)
+
+
+def test_probe_decodes_when_container_has_no_duration(tmp_path):
+    raw = tmp_path / "clip.h264"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=2", "-c:v", "libx264", "-f", "h264", raw)
+    assert "Duration: N/A" in media.run_ffmpeg(["-i", raw], "x", check=False).stderr.decode()
+    assert media.probe(raw).duration == pytest.approx(2.0, abs=0.1)
+
+
+def test_parse_input_info_layouts_and_cover():
+    stderr = """Input #0, matroska,webm, from 'x.mkv':
+  Metadata:
+    TITLE           : Loud
+  Duration: 00:01:02.50, start: 0.000000, bitrate: 1 kb/s
+  Stream #0:0: Video: mjpeg, yuvj420p, 600x600, 90k tbr, 90k tbn (attached pic)
+  Stream #0:1(eng): Audio: ac3, 48000 Hz, 5.1(side), fltp, 448 kb/s
+    Metadata:
+      title           : stream title is not the song title
+"""
+    info = media.parse_ffmpeg_input_info(stderr)
+    assert info.duration == pytest.approx(62.5)
+    assert not info.has_video and info.has_audio
+    assert (info.sample_rate, info.channels) == (48000, 6)
+    assert info.tags == {"title": "Loud"}
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "corrupt", "folder"])
+def test_unreadable_inputs_raise_one_line_media_error(tmp_path, kind):
+    path = tmp_path / f"bad-{kind}.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 50)
+    elif kind == "corrupt":
+        corrupt_copy(pattern_video(tmp_path / "good.mp4", 1.0), path)
+    elif kind == "folder":
+        path.mkdir()
+    for read in (media.probe, media.read_frames_1fps, media.read_audio_16k):
+        with pytest.raises(MediaError) as caught:
+            read(path)
+        message = str(caught.value)
+        assert path.name in message and "\n" not in message
+    if kind == "empty":
+        assert "empty" in message
+    if kind == "missing":
+        assert "no such file" in message
+
+
+def test_run_ffmpeg_names_the_task_and_the_reason(tmp_path):
+    with pytest.raises(MediaError, match=r"^converting nothing: .*No such file or directory"):
+        media.run_ffmpeg(["-i", tmp_path / "nothing.wav", "-f", "null", "-"], "converting nothing")
+
+
+# ---------------------------------------------------------------- frames at 1 fps
+
+
+def _frame_numbers(frames: np.ndarray) -> list[int]:
+    return [int(f[0, 0, 0]) for f in frames]
+
+
+def test_frames_are_those_shown_at_whole_seconds(tmp_path):
+    frames, duration = media.read_frames_1fps(counter_video(tmp_path / "v.mkv", "25", 6.52))
+    assert duration == pytest.approx(6.52)
+    assert frames.dtype == np.uint8 and frames.shape == (7, 24, 32, 3)
+    assert _frame_numbers(frames) == [0, 25, 50, 75, 100, 125, 150]
+
+
+def test_ntsc_rate_takes_the_frame_still_on_screen(tmp_path):
+    # 29.97 fps: frame 30 starts at 1.001 s, so frame 29 is the one shown at t = 1 s.
+    frames, _ = media.read_frames_1fps(counter_video(tmp_path / "v.mp4", "30000/1001", 4.5))
+    assert _frame_numbers(frames) == [0, 29, 59, 89, 119]
+
+
+def test_whole_second_duration_includes_the_final_instant(tmp_path):
+    # i = 0..floor(6.0): t = 6 s is the end, where the last frame (149) is still shown.
+    frames, duration = media.read_frames_1fps(counter_video(tmp_path / "v.mkv", "25", 6.0))
+    assert duration == pytest.approx(6.0)
+    assert _frame_numbers(frames) == [0, 25, 50, 75, 100, 125, 149]
+
+
+def test_at_most_fifty_frames(tmp_path):
+    path = counter_video(tmp_path / "long.mkv", "2", 64.0)
+    frames, duration = media.read_frames_1fps(path)
+    assert duration == pytest.approx(64.0)
+    assert len(frames) == 50
+    assert _frame_numbers(frames) == [2 * i for i in range(50)]
+    assert len(media.read_frames_1fps(path, max_frames=5)[0]) == 5
+
+
+def test_short_side_resize_matches_pil_bicubic(tmp_path):
+    from PIL import Image
+
+    path = pattern_video(tmp_path / "v.mp4", 1.5, size="160x90", with_audio=False)
+    full, _ = media.read_frames_1fps(path)
+    small, _ = media.read_frames_1fps(path, short_side=224)
+    assert small.shape == (2, 224, 398, 3)  # int(224 * 160 / 90) = 398, like torchvision
+    expected = np.asarray(Image.fromarray(full[1]).resize((398, 224), Image.BICUBIC))
+    np.testing.assert_array_equal(small[1], expected)
+
+
+def test_shortest_side_size_truncates_like_torchvision():
+    assert media.shortest_side_size(1920, 1080, 224) == (398, 224)
+    assert media.shortest_side_size(1080, 1920, 224) == (224, 398)
+    assert media.shortest_side_size(500, 500, 224) == (224, 224)
+
+
+def test_frames_of_audio_only_file_fail_clearly(tmp_path):
+    with pytest.raises(MediaError, match="no video stream"):
+        media.read_frames_1fps(tone(tmp_path / "a.wav", 1.0))
+
+
+def test_frames_for_duration():
+    assert media.frames_for_duration(0.0) == 0
+    assert media.frames_for_duration(0.4) == 1
+    assert media.frames_for_duration(23.9) == 24
+    assert media.frames_for_duration(24.0) == 25
+    assert media.frames_for_duration(49.99) == 50
+    assert media.frames_for_duration(50.0) == 50
+    assert media.frames_for_duration(300.0) == 50
+
+
+# ---------------------------------------------------------------- audio
+
+
+def _tone_level(samples: np.ndarray, freq: float, rate: int = 16000) -> float:
+    spectrum = np.abs(np.fft.rfft(samples)) / len(samples)
+    bins = np.fft.rfftfreq(len(samples), 1 / rate)
+    return float(spectrum[np.argmin(np.abs(bins - freq))])
+
+
+def test_audio_is_16k_float_from_the_first_channel(tmp_path):
+    left_only = media.read_audio_16k(two_channel_audio(tmp_path / "l.wav", 2.0, 440, None))
+    right_only = media.read_audio_16k(two_channel_audio(tmp_path / "r.wav", 2.0, None, 440))
+    assert left_only.dtype == np.float32 and left_only.ndim == 1
+    assert len(left_only) == pytest.approx(32000, abs=16)
+    # lavfi's sine has amplitude 1/8; a downmix would halve it and leak the right channel.
+    assert np.abs(left_only).max() == pytest.approx(0.125, abs=0.01)
+    assert _tone_level(left_only, 440) > 0.05
+    assert np.abs(right_only).max() < 1e-3
+
+
+def test_audio_resampling_keeps_the_pitch(tmp_path):
+    samples = media.read_audio_16k(two_channel_audio(tmp_path / "s.flac", 1.0, 1000, 3000,
+                                                     sample_rate=48000, codec="flac"))
+    assert _tone_level(samples, 1000) > 0.05
+    assert _tone_level(samples, 3000) < 1e-3
+
+
+def test_audio_from_a_video_and_max_seconds(tmp_path):
+    path = pattern_video(tmp_path / "v.mp4", 3.0)
+    assert len(media.read_audio_16k(path)) == pytest.approx(48000, abs=1200)
+    assert len(media.read_audio_16k(path, max_seconds=1.0)) == 16000
+
+
+def test_audio_of_silent_video_fails_clearly(tmp_path):
+    with pytest.raises(MediaError, match="no audio stream"):
+        media.read_audio_16k(counter_video(tmp_path / "v.mkv", "25", 1.0))

@@ -1,0 +1,277 @@
+"""`mgsv suggest`: ranking, moments, token cache, batch, remembered suggestions (tiny encoders, --untrained)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mgsv_cli import library, paths
+from mgsv_cli.errors import CheckpointError, IndexDatabaseError, UsageError
+
+pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
+
+from _library_helpers import CLIP_SECONDS, TRACKS, CallCounter, db_rows, run_cli
+
+# Fixtures shared with test_index.py (media generated and tracks indexed once per session).
+pytest_plugins = ["_library_helpers"]
+
+SUGGESTION_KEYS = {"rank", "track", "score", "start", "end", "predicted_start", "predicted_end"}
+
+
+@pytest.fixture
+def indexed(built) -> Path:
+    """The session's index of the three good tracks (read only: suggest never writes it)."""
+    return built[1]
+
+
+@pytest.fixture
+def index_copy(indexed_music) -> Path:
+    return indexed_music[1]
+
+
+def clip(media_src, i: int = 0) -> Path:
+    return media_src / "clips" / f"clip{i}.mp4"
+
+
+def suggest_cli(capsys, *args):
+    return run_cli(capsys, "suggest", *args, "--device", "cpu")
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_json_output_schema_and_exact_length_cuts(capsys, media_src, indexed):
+    result = suggest_cli(capsys, clip(media_src), "--index", indexed, "--untrained", "--json", "--top", "2")
+    assert result.code == 0, result.err
+    [obj] = json_lines(result.out)
+    assert obj["video"] == str(clip(media_src).resolve())
+    assert obj["duration"] == pytest.approx(CLIP_SECONDS[0], abs=0.05)
+    assert obj["untrained"] is True and obj["encoders"] == "tiny" and obj["notes"]
+    durations = {r["path"]: r["duration"] for r in db_rows(indexed)}
+    suggestions = obj["suggestions"]
+    assert [s["rank"] for s in suggestions] == [1, 2]
+    assert suggestions[0]["score"] >= suggestions[1]["score"]
+    for s in suggestions:
+        assert SUGGESTION_KEYS <= set(s)
+        track_duration = durations[s["track"]]
+        assert s["track_duration"] == pytest.approx(track_duration)
+        assert abs((s["end"] - s["start"]) - obj["duration"]) < 1e-3  # as long as the video
+        assert 0.0 <= s["start"] and s["end"] <= track_duration + 1e-6  # inside the track
+        assert 0.0 <= s["predicted_start"] <= s["predicted_end"] <= track_duration + 1e-6
+        centre = (s["predicted_start"] + s["predicted_end"]) / 2
+        if obj["duration"] / 2 <= centre <= track_duration - obj["duration"] / 2:
+            assert (s["start"] + s["end"]) / 2 == pytest.approx(centre, abs=1e-3)  # centred when it fits
+        assert -2.0 <= s["score"] <= 2.0
+
+    everything = suggest_cli(capsys, clip(media_src), "--index", indexed, "--untrained", "--json", "--top", "10")
+    [obj_all] = json_lines(everything.out)
+    assert len(obj_all["suggestions"]) == len(TRACKS)  # K capped at the index size
+    scores = [s["score"] for s in obj_all["suggestions"]]
+    assert scores == sorted(scores, reverse=True)
+    assert obj_all["suggestions"][:2] == suggestions  # the same ranking whatever K
+
+
+def test_table_output_names_tracks_and_says_untrained(capsys, media_src, indexed):
+    result = suggest_cli(capsys, clip(media_src), "--index", indexed, "--untrained")
+    assert result.code == 0, result.err
+    assert "clip0.mp4" in result.out and "Synth A / Alpha" in result.out
+    assert "untrained model" in result.out and "tiny random encoders" in result.out
+
+
+def test_without_checkpoint_says_how_to_get_one(capsys, media_src, indexed):
+    result = suggest_cli(capsys, clip(media_src), "--index", indexed)
+    assert result.code == CheckpointError.exit_code
+    assert "mgsv train" in result.err and "--untrained" in result.err and "Traceback" not in result.err
+
+
+def test_missing_or_empty_index_tells_to_run_index(capsys, media_src, tmp_path):
+    missing = suggest_cli(capsys, clip(media_src), "--index", tmp_path / "none.sqlite", "--untrained")
+    assert missing.code == IndexDatabaseError.exit_code and "mgsv index MUSIC_DIR" in missing.err
+
+    empty_dir = tmp_path / "no_music"
+    empty_dir.mkdir()
+    made = run_cli(capsys, "index", empty_dir, "--index", tmp_path / "empty.sqlite", "--encoders", "tiny")
+    assert made.code == 0, made.err
+    empty = suggest_cli(capsys, clip(media_src), "--index", tmp_path / "empty.sqlite", "--untrained")
+    assert empty.code == IndexDatabaseError.exit_code
+    assert "empty" in empty.err and "mgsv index MUSIC_DIR" in empty.err
+
+
+def test_index_encoders_must_match(capsys, media_src, indexed):
+    result = suggest_cli(capsys, clip(media_src), "--index", indexed, "--untrained", "--encoders", "pretrained",
+                         "--offline")
+    assert result.code == IndexDatabaseError.exit_code
+    assert "built with encoders" in result.err and "--encoders tiny" in result.err
+
+
+def test_token_cache_is_reused_then_invalidated_by_index_changes(capsys, monkeypatch, media_src, index_copy,
+                                                                  tiny_encoders):
+    from mgsv_cli.model import MaDe
+
+    real_encode_music = MaDe.encode_music
+    counter = CallCounter(None)
+
+    def counting_encode_music(self, windows, window_mask):
+        counter.calls.append(int(windows.shape[0]))
+        return real_encode_music(self, windows, window_mask)
+
+    monkeypatch.setattr(MaDe, "encode_music", counting_encode_music)
+    args = (clip(media_src), "--index", index_copy, "--untrained", "--json", "--top", "2")
+
+    first = suggest_cli(capsys, *args)
+    assert first.code == 0, first.err
+    assert counter.calls == [3, 2]  # every track once (then cached), the top 2 for their moments
+    cache_files = list((paths.cache_dir() / "music_tokens").glob("*.safetensors"))
+    assert len(cache_files) == 1
+
+    counter.calls.clear()
+    second = suggest_cli(capsys, *args)
+    assert second.code == 0 and counter.calls == [2]  # only the moments: scoring came from the cache
+    assert json_lines(second.out) == json_lines(first.out)  # identical numbers, cold or cached
+
+    extra = library.PrecomputedTrack("/elsewhere/extra.mp3", np.ones((96, tiny_encoders.music_dim), np.float32),
+                                     np.ones(96, np.float32), 240.0)
+    library.import_tokens(index_copy, [extra], encoder_id=tiny_encoders.encoder_id)
+    counter.calls.clear()
+    third = suggest_cli(capsys, *args)
+    assert third.code == 0 and counter.calls == [4, 2]  # the index changed: cache rebuilt
+    assert list((paths.cache_dir() / "music_tokens").glob("*.safetensors")) == cache_files  # replaced in place
+
+
+def test_batch_loads_models_once_and_skips_bad_files(capsys, monkeypatch, media_src, indexed, tiny_encoders):
+    import mgsv_cli.checkpoint as checkpoint
+    import mgsv_cli.features as features
+
+    encoder_loads = CallCounter(lambda *a, **k: tiny_encoders)
+    model_builds = CallCounter(checkpoint.build_untrained)
+    monkeypatch.setattr(features, "load_encoders", encoder_loads)
+    monkeypatch.setattr(checkpoint, "build_untrained", model_builds)
+
+    result = suggest_cli(capsys, media_src / "clips", media_src / "missing.mp4", "--index", indexed,
+                         "--untrained", "--json")
+    assert result.code == 1
+    videos = [obj["video"] for obj in json_lines(result.out)]
+    assert videos == [str(clip(media_src, 0).resolve()), str(clip(media_src, 1).resolve())]
+    assert "corrupt.mp4" in result.err and "missing.mp4" in result.err
+    assert "suggested music for 2 of 4 video(s), 2 failed" in result.err
+    assert len(encoder_loads.calls) == 1 and len(model_builds.calls) == 1
+
+
+def test_single_bad_video_fails_with_its_own_error(capsys, media_src, indexed):
+    from mgsv_cli.errors import MediaError
+
+    result = suggest_cli(capsys, media_src / "clips" / "corrupt.mp4", "--index", indexed, "--untrained")
+    assert result.code == MediaError.exit_code
+    assert "corrupt.mp4" in result.err and "Traceback" not in result.err and result.out == ""
+
+
+def test_last_suggestion_is_remembered_for_render(capsys, media_src, indexed, tmp_path):
+    from mgsv_cli.suggest import load_last_suggestion
+
+    video = Path(shutil.copy2(clip(media_src, 1), tmp_path / "mine.mp4"))
+    with pytest.raises(UsageError, match="no suggestion remembered .* run `mgsv suggest"):
+        load_last_suggestion(video)
+    result = suggest_cli(capsys, video, "--index", indexed, "--untrained", "--json", "--top", "3")
+    [printed] = json_lines(result.out)
+    remembered = load_last_suggestion(video)
+    assert {k: remembered[k] for k in printed} == printed
+    assert load_last_suggestion(tmp_path / "." / "mine.mp4")["video"] == str(video.resolve())  # any spelling
+
+    with open(video, "ab") as handle:
+        handle.write(b"\0" * 16)  # the video changed: its remembered cut may no longer fit
+    with pytest.raises(UsageError, match="changed since"):
+        load_last_suggestion(video)
+
+
+def _save_run(run_dir: Path, video_dim: int, music_dim: int) -> str:
+    from mgsv_cli.checkpoint import save_checkpoint
+    from mgsv_cli.config import load_config
+    from mgsv_cli.model import MaDe
+
+    variant = load_config("tiny")
+    variant = dataclasses.replace(variant, model=dataclasses.replace(variant.model, video_dim=video_dim,
+                                                                     music_dim=music_dim))
+    torch.manual_seed(3)
+    return save_checkpoint(run_dir, MaDe(variant.model), variant, {"note": "test run"})
+
+
+def test_trained_checkpoint_is_used_and_dims_are_checked(capsys, media_src, indexed, tiny_encoders, tmp_path):
+    checkpoint_id = _save_run(paths.runs_dir() / "run1", tiny_encoders.video_dim, tiny_encoders.music_dim)
+    result = suggest_cli(capsys, clip(media_src), "--index", indexed, "--json")  # latest run by default
+    assert result.code == 0, result.err
+    [obj] = json_lines(result.out)
+    assert obj["untrained"] is False and obj["checkpoint"] == checkpoint_id and len(obj["suggestions"]) == 3
+
+    _save_run(tmp_path / "wrong", tiny_encoders.video_dim + 8, tiny_encoders.music_dim)
+    wrong = suggest_cli(capsys, clip(media_src), "--index", indexed, "--checkpoint", tmp_path / "wrong")
+    assert wrong.code == CheckpointError.exit_code
+    assert f"{tiny_encoders.video_dim + 8}" in wrong.err and "encoders" in wrong.err
+
+    both = suggest_cli(capsys, clip(media_src), "--index", indexed, "--checkpoint", tmp_path / "wrong",
+                       "--untrained")
+    assert both.code == UsageError.exit_code
+
+
+def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encoders):
+    """Caching and length buckets must not change what MaDe says."""
+    from mgsv_cli.checkpoint import build_untrained
+    from mgsv_cli.suggest import Suggester
+
+    with Suggester.open(index_path=indexed, untrained=True, device="cpu", encoders_obj=tiny_encoders) as s:
+        result = s.suggest_video(clip(media_src), top_k=3)
+        tracks = s.tracks
+    model, _ = build_untrained(video_dim=tiny_encoders.video_dim, music_dim=tiny_encoders.music_dim, seed=0)
+    video = tiny_encoders.embed_video(clip(media_src))
+    with library.open_index(indexed) as index, torch.inference_mode():
+        _, feats, mask = next(index.iter_tokens())
+        music = model.encode_music(torch.from_numpy(feats), torch.from_numpy(mask))
+        vt = model.encode_video(torch.as_tensor(video.feats)[None].float(), torch.as_tensor(video.mask)[None])
+        scores = model.score_pairs(vt, music)[:, 0]
+        order = torch.argsort(scores, descending=True)
+        spans = model.detect(vt.repeat(3), music.take(order))
+        durations = torch.tensor([tracks[i].duration for i in order.tolist()])
+        seconds = model.spans_to_seconds(spans, durations)
+    assert [s.track for s in result.suggestions] == [tracks[i].path for i in order.tolist()]
+    np.testing.assert_allclose([s.score for s in result.suggestions], scores[order].numpy(), atol=1e-5)
+    np.testing.assert_allclose([[s.predicted_start, s.predicted_end] for s in result.suggestions],
+                               seconds.numpy(), atol=1e-3)
+
+
+def test_length_buckets_score_exactly_like_full_tokens():
+    from mgsv_cli.checkpoint import build_untrained
+    from mgsv_cli.suggest import ScoringTokens
+
+    model, _ = build_untrained(video_dim=32, music_dim=24, config="tiny", seed=1)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([1, 5, 24, 25, 60, 96, 40, 3])
+    mask = torch.arange(96)[None] < lengths[:, None]
+    windows = torch.randn(len(lengths), 96, 24, generator=gen) * mask[..., None]
+    with torch.inference_mode():
+        music = model.encode_music(windows, mask.float())
+        video = model.encode_video(torch.randn(1, 50, 32, generator=gen), torch.ones(1, 50))
+        full = model.score_pairs(video, music)[:, 0]
+        bucketed = ScoringTokens.from_full(music.keys, music.pooled, music.mask).score(model, video)
+    assert len(ScoringTokens.from_full(music.keys, music.pooled, music.mask).buckets) == 4
+    torch.testing.assert_close(bucketed, full, atol=1e-5, rtol=1e-5)
+
+
+def test_expand_video_inputs(media_src, tmp_path):
+    from mgsv_cli.suggest import expand_video_inputs
+
+    folder = tmp_path / "videos"
+    (folder / "nested").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    for name in ("a.MP4", "nested/b.mov", ".hidden/c.mp4", "a.mgsv.mp4", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    explicit = tmp_path / "odd.name"
+    explicit.write_bytes(b"x")
+    found, problems = expand_video_inputs([folder, explicit, tmp_path / "gone.mp4", folder / "a.MP4"])
+    assert found == [(folder / "a.MP4").resolve(), (folder / "nested" / "b.mov").resolve(), explicit.resolve()]
+    assert problems == [(str(tmp_path / "gone.mp4"), "no such file or folder")]
