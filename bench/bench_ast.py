@@ -7,6 +7,7 @@ compared with the float32 eager reference by cosine per window.
     .venv/bin/python bench/bench_ast.py                    # the default grid
     .venv/bin/python bench/bench_ast.py --settings cast-bf16/sdpa/4 fp32/sdpa/2
     .venv/bin/python bench/bench_ast.py --e2e              # + features.py defaults end to end
+    .venv/bin/python bench/bench_ast.py --settings --e2e   # only features.py's own path
 
 A setting is ``precision/attention/batch[/compile][/medium]``: precision fp32 | autocast-bf16 |
 cast-bf16; attention sdpa | eager; ``compile`` = torch.compile; ``medium`` =
@@ -175,7 +176,7 @@ def main() -> None:
     print(f"{'setting':34s} {'win/s':>7s} {'win/cpu-s':>9s} {'cos min':>8s} {'cos mean':>8s} "
           f"{'RSS MB':>7s} {'build s':>7s} {'warm s':>7s} {'load':>5s}")
     settings = list(args.settings)
-    if "fp32/eager/2" not in settings:
+    if settings and "fp32/eager/2" not in settings:
         settings.insert(0, "fp32/eager/2")  # the reference every cosine is taken against
     reference = None
     for setting in settings:

@@ -45,15 +45,17 @@ def train_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="default: the config's (512 for made)"),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="peak learning rate (default: the config's, 3e-4)"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 (default: the config's)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: a new one under the mgsv data dir)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (--out's, or the latest)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: the config's)"),
 ) -> None:
     """Train MaDe on MGSV-EC features; keeps the best-on-val weights in the run folder."""
     from .config import load_config, replace_train
+    from .settings import default
     from .train import train
 
+    device = default("device", device)
     variant = replace_train(load_config(config), epochs=epochs, batch_size=batch_size, lr=lr,
                             precision=precision, seed=seed)
     reporter = _TrainProgress()
@@ -129,7 +131,7 @@ def eval_command(
     split: str = typer.Option("test", "--split", help="val | test"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="prior: the content-free moment [0, video duration] (labels only)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="videos (and tracks) per forward pass"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
@@ -138,7 +140,9 @@ def eval_command(
 
     from .errors import UsageError
     from .evaluation import RESULT_KEYS
+    from .settings import default
 
+    device = default("device", device)
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split {split!r}: expected val or test")
     if baseline is not None:
@@ -232,21 +236,27 @@ def _check_encoders(kind: Optional[str]) -> None:
         raise UsageError(f"--encoders {kind!r}: expected {' or '.join(ENCODER_KINDS)}")
 
 
-@app.command("index")
+@app.command("index", epilog="Example: mgsv index ~/Music   (again later: only new or changed files are embedded)")
 def index_command(
     music_dir: Path = typer.Argument(..., help="music folder, searched recursively (mp3 wav flac m4a aac ogg opus)"),
     index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
     prune: bool = typer.Option(False, "--prune", help="drop indexed tracks whose files are gone"),
     force: bool = typer.Option(False, "--force", help="re-embed every track (also: rebuild with other encoders)"),
-    encoders: str = typer.Option("pretrained", "--encoders", help=ENCODERS_HELP),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    encoders: Optional[str] = typer.Option(None, "--encoders", help=ENCODERS_HELP + " (default: pretrained)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
     beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid (for cuts that start on a beat)"),
 ) -> None:
-    """Embed a music folder into the index: new and changed files only; safe to interrupt and re-run."""
-    from .library import index_music
+    """Embed a music folder into the index: new and changed files only; safe to interrupt and re-run.
 
+    Defaults for --index, --encoders, --device, --weights-dir and --offline come from `mgsv config` when set there.
+    """
+    from .library import index_music
+    from .settings import default
+
+    index, encoders, device = default("index", index), default("encoders", encoders), default("device", device)
+    weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
     _check_encoders(encoders)
 
     def load_encoders():
@@ -264,7 +274,8 @@ def index_command(
     except KeyboardInterrupt as exc:
         report = getattr(exc, "report", None)
         saved = f"; {report.n_tracks} track(s) in the index" if report is not None else ""
-        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False)
+        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(130)
     _print_index_summary(report, encoders)
     if report.failed:
@@ -333,25 +344,36 @@ def _print_index_summary(report, encoders: str) -> None:
         console.print("tiny random encoders: this index is for tests and demos only", style="yellow")
 
 
-@app.command("suggest")
+@app.command("suggest", epilog="Example: mgsv suggest clip.mp4 --top 10 --snap beat   (then: mgsv render clip.mp4)")
 def suggest_command(
     videos: List[Path] = typer.Argument(..., help="video files or folders of videos (mp4 mov mkv webm avi m4v)"),
     index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
-    top: int = typer.Option(5, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these)"),
+    top: Optional[int] = typer.Option(None, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these); default 5"),
+    snap: Optional[str] = typer.Option(None, "--snap", help="beat: start each cut on the nearest downbeat/beat (beats found at index time)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout"),
     untrained: bool = typer.Option(False, "--untrained", help="random MaDe weights instead of a checkpoint (demo; results are meaningless)"),
     encoders: Optional[str] = typer.Option(None, "--encoders", help=ENCODERS_HELP + " (default: those of the index)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
 ) -> None:
-    """Rank every indexed track for each video and find the moment to cut (remembered for `mgsv render`)."""
+    """Rank every indexed track for each video and find the moment to cut (remembered for `mgsv render`).
+
+    Defaults for --index, --top, --snap, --device, --weights-dir and --offline come from `mgsv config` when set there.
+    """
     from rich.markup import escape
 
     from .errors import UsageError
+    from .settings import default
     from .suggest import Suggester, expand_video_inputs, remember_suggestion, suggest_many
 
+    index, top, device = default("index", index), default("top_k", top), default("device", device)
+    weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
+    snap = default("snap", snap)
+    snap = None if snap == "off" else snap
+    if snap not in (None, "beat"):
+        raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
     _check_encoders(encoders)
     found, problems = expand_video_inputs(videos)
     if not found:
@@ -364,13 +386,13 @@ def suggest_command(
                                    status=lambda message: status.update(message))
     if len(videos) == 1 and not videos[0].is_dir():
         with suggester:  # one clip: its error (and exit code) is the command's
-            result = suggester.suggest_video(found[0], top)
+            result = suggester.suggest_video(found[0], top, snap=snap)
             remember_suggestion(result)
         _print_suggestions(result, as_json)
         return
     n_done, n_failed = 0, len(problems)
     with suggester:
-        for video, result, error in suggest_many(suggester, found, top_k=top):
+        for video, result, error in suggest_many(suggester, found, top_k=top, snap=snap):
             if error is not None:
                 n_failed += 1
                 err_console.print(f"[red]✗[/] {escape(error if str(video) in error else f'{video}: {error}')}",

@@ -75,15 +75,18 @@ CREATE TABLE IF NOT EXISTS tracks (
     feats        BLOB NOT NULL,
     mask         BLOB NOT NULL,
     beats        TEXT,
-    indexed_at   TEXT NOT NULL
+    indexed_at   TEXT NOT NULL,
+    token_stamp  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tracks_by_hash ON tracks(content_hash);
 """
 
 _TRACK_COLUMNS = (
     "path, size, mtime_ns, content_hash, duration, sample_rate, channels, title, artist, album, "
-    "encoder_id, n_windows, feat_dim, feats, mask, beats, indexed_at"
+    "encoder_id, n_windows, feat_dim, feats, mask, beats, indexed_at, token_stamp"
 )
+# An upsert keyed by path keeps the row's id: a re-embedded file stays the same track.
+_UPSERT_UPDATES = ", ".join(f"{c.strip()}=excluded.{c.strip()}" for c in _TRACK_COLUMNS.split(",")[1:])
 
 
 # ---------------------------------------------------------------- records
@@ -100,6 +103,7 @@ class TrackInfo:
     artist: str | None = None
     album: str | None = None
     beats: dict | None = None
+    token_stamp: int = 0  # changes whenever this track's stored tokens change
 
     @property
     def name(self) -> str:
@@ -269,13 +273,18 @@ def _open_for_writing(path: Path) -> tuple[sqlite3.Connection, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection, *, bump_generation: bool) -> Iterator[None]:
-    """One atomic write; ``bump_generation`` marks that stored tokens changed."""
+def _transaction(conn: sqlite3.Connection, *, bump_generation: bool) -> Iterator[int | None]:
+    """One atomic write. ``bump_generation`` marks that stored tokens changed: the new
+    generation is yielded, and rows whose tokens this write sets take it as ``token_stamp``
+    (so caches can tell, track by track, which tokens they already hold)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        yield
+        generation = None
         if bump_generation:
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            generation = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]) + 1
+        yield generation
+        if bump_generation:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -384,6 +393,8 @@ def index_music(
             if encoder_kind is not None and not force:
                 _check_encoder_kind(conn, meta, encoder_kind, index)
             _run_indexing(conn, meta, root, encoders, prune, force, progress, report, detect_beats)
+        except sqlite3.Error as exc:  # disk full, a damaged file...: the open transaction was rolled back
+            raise IndexDatabaseError(f"music index {index}: {exc}") from None
         except KeyboardInterrupt as exc:
             report.interrupted = True
             report.n_tracks = _count_tracks(conn)
@@ -519,19 +530,14 @@ def _reuse_identical(conn, jobs: list[_Job], encoder_id: str, report: IndexRepor
         if source is None:
             remaining.append(job)
             continue
-        with _transaction(conn, bump_generation=True):
+        with _transaction(conn, bump_generation=True) as stamp:
             conn.execute(
                 f"""INSERT INTO tracks({_TRACK_COLUMNS})
                     SELECT ?, ?, ?, content_hash, duration, sample_rate, channels, title, artist, album,
-                           encoder_id, n_windows, feat_dim, feats, mask, beats, ?
+                           encoder_id, n_windows, feat_dim, feats, mask, beats, ?, ?
                     FROM tracks WHERE id = ?
-                    ON CONFLICT(path) DO UPDATE SET
-                      size=excluded.size, mtime_ns=excluded.mtime_ns, content_hash=excluded.content_hash,
-                      duration=excluded.duration, sample_rate=excluded.sample_rate, channels=excluded.channels,
-                      title=excluded.title, artist=excluded.artist, album=excluded.album,
-                      encoder_id=excluded.encoder_id, n_windows=excluded.n_windows, feat_dim=excluded.feat_dim,
-                      feats=excluded.feats, mask=excluded.mask, beats=excluded.beats, indexed_at=excluded.indexed_at""",
-                (str(job.path), job.size, job.mtime_ns, _now(), source[0]),
+                    ON CONFLICT(path) DO UPDATE SET {_UPSERT_UPDATES}""",
+                (str(job.path), job.size, job.mtime_ns, _now(), stamp, source[0]),
             )
         report.reused += 1
         if job.exists:
@@ -624,12 +630,11 @@ def _store_track(conn, job: _Job, feats, mask, duration, encoder_id: str, beats:
         tags.get("title"), tags.get("artist"), tags.get("album"),
         encoder_id, int(feats.shape[0]), int(feats.shape[1]), feats.tobytes(), mask.tobytes(), beats, _now(),
     )
-    placeholders = ", ".join("?" * len(row))
-    updates = ", ".join(f"{c.strip()}=excluded.{c.strip()}" for c in _TRACK_COLUMNS.split(",")[1:])
-    with _transaction(conn, bump_generation=True):
+    placeholders = ", ".join("?" * (len(row) + 1))
+    with _transaction(conn, bump_generation=True) as stamp:
         conn.execute(
-            f"INSERT INTO tracks({_TRACK_COLUMNS}) VALUES ({placeholders}) ON CONFLICT(path) DO UPDATE SET {updates}",
-            row,
+            f"INSERT INTO tracks({_TRACK_COLUMNS}) VALUES ({placeholders}) ON CONFLICT(path) DO UPDATE SET {_UPSERT_UPDATES}",
+            (*row, stamp),
         )
 
 
@@ -750,6 +755,20 @@ def _fill_missing_beats(conn, progress: IndexProgress, report: IndexReport) -> N
 # ---------------------------------------------------------------- reading
 
 
+def _readable(method):
+    """Turn SQLite failures of a read (a damaged or foreign file) into a one-line IndexDatabaseError."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise IndexDatabaseError(f"cannot read the music index {self.path}: {exc}") from None
+
+    return wrapper
+
+
 class MusicIndex:
     """A read-only view of an index: track list, meta, and tokens for the token cache."""
 
@@ -775,16 +794,19 @@ class MusicIndex:
         """Changes whenever any stored token changes (for caches derived from the tokens)."""
         return f"{self.index_uuid}:{self.generation}:{self.encoder_id}"
 
+    @_readable
     def __len__(self) -> int:
         return _count_tracks(self._conn)
 
+    @_readable
     def tracks(self) -> list[TrackInfo]:
         """All tracks, ordered by id (the order of :meth:`iter_tokens`)."""
         rows = self._conn.execute(
-            "SELECT id, path, duration, title, artist, album, beats FROM tracks ORDER BY id"
+            "SELECT id, path, duration, title, artist, album, beats, token_stamp FROM tracks ORDER BY id"
         ).fetchall()
         return [
-            TrackInfo(r[0], r[1], float(r[2]), r[3], r[4], r[5], json.loads(r[6]) if r[6] else None) for r in rows
+            TrackInfo(r[0], r[1], float(r[2]), r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, int(r[7]))
+            for r in rows
         ]
 
     def iter_tokens(self, chunk: int = 256) -> Iterator[tuple[list[int], Any, Any]]:
@@ -800,12 +822,14 @@ class MusicIndex:
             mask = np.stack([np.frombuffer(r[4], dtype=np.uint8) for r in rows]).astype(np.float32)
             yield ids, feats, mask
 
+    @_readable
     def begin_snapshot(self) -> None:
         """Pin a read snapshot: every later read sees the index as it is now, even while
         ``mgsv index`` commits (WAL). Meta is re-read inside the snapshot."""
         self._conn.execute("BEGIN")
         self.meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
 
+    @_readable
     def tokens_for(self, ids: Sequence[int]) -> tuple[Any, Any]:
         """Stored AST tokens of tracks ``ids``, in that order: feats float32 [K, W, D], mask float32 [K, W]."""
         import numpy as np
@@ -824,6 +848,7 @@ class MusicIndex:
         mask = np.stack([np.frombuffer(rows[i][3], dtype=np.uint8) for i in ids])
         return feats.astype(np.float32), mask.astype(np.float32)
 
+    @_readable
     def integrity_check(self) -> str:
         """SQLite's own verdict on the file ("ok" when healthy)."""
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -850,7 +875,30 @@ def open_index(index_path: str | os.PathLike | None = None, *, require_tracks: b
             raise IndexDatabaseError(f"{index} is not an mgsv music index: run `mgsv index MUSIC_DIR` first")
         if require_tracks and _count_tracks(conn) == 0:
             raise IndexDatabaseError(f"the music index {index} is empty: run `mgsv index MUSIC_DIR` first")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise IndexDatabaseError(f"cannot read the music index {index}: {exc}") from None
     except BaseException:
         conn.close()
         raise
     return MusicIndex(index, conn, meta)
+
+
+def stored_beats(track_path: str | os.PathLike, index_path: str | os.PathLike | None = None) -> dict | None:
+    """The beat grid the index holds for ``track_path`` (``beats.BeatGrid.to_dict()`` form),
+    or None when there is no index, the track is not in it, or its beats were not found.
+
+    For `mgsv render` to snap a cut's start onto a beat without decoding the track again.
+    """
+    try:
+        index = open_index(index_path, require_tracks=False)
+    except IndexDatabaseError:
+        return None
+    with index:
+        try:
+            row = index._conn.execute(
+                "SELECT beats FROM tracks WHERE path = ?", (str(Path(track_path).expanduser().resolve()),)
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+    return json.loads(row[0]) if row and row[0] else None

@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -139,16 +139,10 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     if not (info.has_video or info.has_audio):
         raise MediaError(f"{file}: contains neither video nor audio")
     if info.duration <= 0:
-        info = _replace_duration(info, _decoded_duration(file))
+        info = replace(info, duration=_decoded_duration(file))
     if info.duration <= 0:
         raise MediaError(f"{file}: has zero length")
     return info
-
-
-def _replace_duration(info: MediaInfo, duration: float) -> MediaInfo:
-    from dataclasses import replace
-
-    return replace(info, duration=duration)
 
 
 def _decoded_duration(file: Path) -> float:

@@ -7,9 +7,10 @@ predicted moment and kept inside the track (``metrics.duration_exact_cut``).
 
 What scoring needs from the tracks (``MusicTokens.keys``/``pooled``/``mask``) depends
 only on the checkpoint and the index, so it is computed once and cached under
-``paths.cache_dir()/music_tokens`` per (checkpoint, index); the index's generation
-counter tells when the cache is stale. Detection re-encodes the K winners from the
-index's stored AST tokens (a few milliseconds), so the cache stays at keys only.
+``paths.cache_dir()/music_tokens`` per (checkpoint, index); each track's ``token_stamp``
+in the index tells which cached rows are still current, so after adding a few songs
+only those are encoded. Detection re-encodes the K winners from the index's stored
+AST tokens (a few milliseconds), so the cache stays at keys only.
 
 The last suggestion per video is remembered (``paths.suggestions_dir()``) for
 ``mgsv render``: :func:`load_last_suggestion`.
@@ -30,7 +31,7 @@ from .errors import CheckpointError, IndexDatabaseError, MgsvError, UsageError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 RENDERED_TAG = ".mgsv."  # `mgsv render` writes <stem>.mgsv.<ext>
-TOKEN_CACHE_FORMAT = "2"
+TOKEN_CACHE_FORMAT = "3"
 ENCODE_CHUNK = 128  # tracks per encode_music call while building the cache
 
 StatusFn = Callable[[str], None]
@@ -53,6 +54,7 @@ class Suggestion:
     track_duration: float
     title: str | None = None
     artist: str | None = None
+    snapped_to: str | None = None  # "downbeat" | "beat" when --snap beat moved the cut's start
 
     @property
     def name(self) -> str:
@@ -72,6 +74,7 @@ class Suggestion:
             "track_duration": round(self.track_duration, 6),
             "title": self.title,
             "artist": self.artist,
+            **({"snapped_to": self.snapped_to} if self.snapped_to else {}),
         }
 
 
@@ -119,7 +122,7 @@ def rank_and_detect(model, video_tokens, scoring_tokens, load_music_windows, tra
     ``video_tokens``: ``VideoTokens`` of one video (B = 1); ``scoring_tokens``: the cached
     :class:`ScoringTokens` of all N tracks;
     ``load_music_windows(positions)`` returns the frozen AST windows ``[K, S, music_dim]``
-    and mask ``[K, S]`` of those track positions; ``track_durations`` float tensor [N].
+    and mask ``[K, S]`` of those track positions; ``track_durations`` float64 CPU tensor [N].
 
     Returns ``(top_positions [K], scores [K], predicted [K, 2], cuts [K, 2])`` as numpy
     arrays, best first; times in seconds.
@@ -136,10 +139,11 @@ def rank_and_detect(model, video_tokens, scoring_tokens, load_music_windows, tra
     device = video_tokens.pooled.device
     music = model.encode_music(windows.to(device), window_mask.to(device))
     spans = model.detect(video_tokens.repeat(k), music)
-    durations = track_durations[top.cpu()].to(spans.device)
-    predicted = model.spans_to_seconds(spans, durations).cpu().double().numpy()
-    durations_np = durations.cpu().double().numpy()
-    cut_start, cut_end = duration_exact_cut(predicted[:, 0], predicted[:, 1], video_duration, durations_np)
+    durations = track_durations[top.cpu()].numpy()  # float64: the cut must end inside the track exactly
+    predicted = model.spans_to_seconds(spans, torch.from_numpy(durations).to(spans.device, spans.dtype))
+    # spans are float32 (and MPS has no float64): clamp again so rounding never steps past the end.
+    predicted = np.clip(predicted.cpu().double().numpy(), 0.0, durations[:, None])
+    cut_start, cut_end = duration_exact_cut(predicted[:, 0], predicted[:, 1], video_duration, durations)
     cuts = np.stack([cut_start, cut_end], axis=1)
     return top.cpu().numpy(), top_scores.cpu().numpy(), predicted, cuts
 
@@ -172,6 +176,19 @@ class ScoringTokens:
         for positions, music in self.buckets:
             scores[positions] = model.score_pairs(video_tokens, music)[:, 0].float()
         return torch.nan_to_num(scores, nan=float("-inf"))
+
+    def to_full(self, width: int):
+        """Inverse of :meth:`from_full`: keys [N, width, d], pooled [N, d], mask [N, width] in track order."""
+        import torch
+
+        _, first = self.buckets[0]
+        keys = first.keys.new_zeros(self.n_tracks, width, first.keys.shape[-1])
+        pooled = first.pooled.new_zeros(self.n_tracks, first.pooled.shape[-1])
+        mask = torch.zeros(self.n_tracks, width, dtype=torch.bool, device=first.mask.device)
+        for positions, music in self.buckets:
+            kept = music.keys.shape[1]
+            keys[positions, :kept], mask[positions, :kept], pooled[positions] = music.keys, music.mask, music.pooled
+        return keys, pooled, mask
 
     @classmethod
     def from_full(cls, keys, pooled, mask) -> "ScoringTokens":
@@ -209,45 +226,62 @@ def scoring_tokens_for(model, model_id: str, index, tracks, device, status: Stat
                        use_cache: bool = True) -> tuple[ScoringTokens, bool]:
     """:class:`ScoringTokens` of every track in ``tracks`` (the index's order, by id).
 
-    Read from the per-(checkpoint, index) cache when it matches the index's current
-    content; otherwise computed with ``model.encode_music`` in chunks and saved.
-    Returns ``(tokens, from_cache)``.
+    Taken from the per-(checkpoint, index) cache when it holds every track's current
+    tokens (same ids and ``token_stamp``s). After the index changed, only new and
+    re-embedded tracks go through ``model.encode_music``; the rest are reused from the
+    cache, which is then rewritten. Returns ``(tokens, fully_from_cache)``.
     """
     import torch
 
     cache_file = token_cache_path(model_id, index)
-    track_ids = torch.tensor([t.id for t in tracks], dtype=torch.int64)
-    if use_cache:
-        cached = _read_token_cache(cache_file, index.content_version, track_ids, device)
-        if cached is not None:
-            return cached, True
+    ids = torch.tensor([t.id for t in tracks], dtype=torch.int64)
+    stamps = torch.tensor([t.token_stamp for t in tracks], dtype=torch.int64)
+    cached = _read_token_cache(cache_file, index.encoder_id, device) if use_cache else None
+    if cached is not None and torch.equal(cached[0], ids) and torch.equal(cached[1], stamps):
+        return cached[2], True
+    known = {} if cached is None else {
+        (int(i), int(st)): pos for pos, (i, st) in enumerate(zip(cached[0].tolist(), cached[1].tolist()))
+    }
+    from_cache = [(pos, known[key]) for pos, key in enumerate(zip(ids.tolist(), stamps.tolist())) if key in known]
+    todo = sorted(set(range(len(tracks))) - {pos for pos, _ in from_cache})
     if status:
-        status(f"encoding {len(tracks)} indexed tracks for this model (cached for later runs)")
-    tokens = ScoringTokens.from_full(*_encode_index(model, index, device))
+        status(f"encoding {len(todo)} of {len(tracks)} indexed tracks for this model (cached for later runs)")
+    keys, pooled, mask = _assemble(model, index, tracks, device, cached[2] if cached else None, from_cache, todo)
+    tokens = ScoringTokens.from_full(keys, pooled, mask)
     if use_cache:
-        _write_token_cache(cache_file, tokens, track_ids, index.content_version, model_id)
+        _write_token_cache(cache_file, tokens, ids, stamps, index.encoder_id, model_id)
     return tokens, False
 
 
-def _encode_index(model, index, device):
-    """``encode_music`` over the whole index -> keys [N, S, d], pooled [N, d], mask [N, S] bool."""
+def _assemble(model, index, tracks, device, cached: ScoringTokens | None, from_cache, todo):
+    """Full-width keys [N, S, d], pooled [N, d], mask [N, S]: rows ``from_cache`` copied from
+    the old cache (``(new position, old position)`` pairs), rows ``todo`` encoded now."""
     import torch
-    import torch.nn.functional as F
 
-    keys, pooled, masks = [], [], []
+    width, dim = model.cfg.n_windows, model.cfg.d_model
+    n_tracks = len(tracks)
+    keys = torch.zeros(n_tracks, width, dim, device=device)
+    pooled = torch.zeros(n_tracks, dim, device=device)
+    mask = torch.zeros(n_tracks, width, dtype=torch.bool, device=device)
+    if from_cache:
+        old_keys, old_pooled, old_mask = cached.to_full(width)
+        new_pos, old_pos = (torch.tensor(p, device=device) for p in zip(*from_cache))
+        keys[new_pos], pooled[new_pos], mask[new_pos] = old_keys[old_pos], old_pooled[old_pos], old_mask[old_pos]
     with torch.inference_mode():
-        for _, feats, mask in index.iter_tokens(chunk=ENCODE_CHUNK):
-            music = model.encode_music(torch.from_numpy(feats).to(device), torch.from_numpy(mask).to(device))
-            # encode_music trims each batch to its last valid window: pad back to a common length.
-            missing = feats.shape[1] - music.keys.shape[1]
-            keys.append(F.pad(music.keys, (0, 0, 0, missing)))
-            masks.append(F.pad(music.mask, (0, missing), value=False))
-            pooled.append(music.pooled)
-    return torch.cat(keys), torch.cat(pooled), torch.cat(masks)
+        for start in range(0, len(todo), ENCODE_CHUNK):
+            chunk = todo[start:start + ENCODE_CHUNK]
+            feats, feat_mask = index.tokens_for([tracks[p].id for p in chunk])
+            music = model.encode_music(torch.from_numpy(feats).to(device), torch.from_numpy(feat_mask).to(device))
+            rows = torch.tensor(chunk, device=device)
+            n_kept = music.keys.shape[1]  # encode_music trims each batch to its last valid window
+            keys[rows, :n_kept] = music.keys.to(keys.dtype)
+            mask[rows, :n_kept] = music.mask
+            pooled[rows] = music.pooled.to(pooled.dtype)
+    return keys, pooled, mask
 
 
-def _read_token_cache(path: Path, content_version: str, track_ids, device) -> ScoringTokens | None:
-    import torch
+def _read_token_cache(path: Path, encoder_id: str | None, device):
+    """``(track_ids [N], token_stamps [N], ScoringTokens)`` from a cache file, or None."""
     from safetensors import safe_open
 
     from .model import MusicTokens
@@ -257,9 +291,7 @@ def _read_token_cache(path: Path, content_version: str, track_ids, device) -> Sc
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-            if meta.get("format") != TOKEN_CACHE_FORMAT or meta.get("content_version") != content_version:
-                return None
-            if not torch.equal(handle.get_tensor("track_ids").cpu(), track_ids):
+            if meta.get("format") != TOKEN_CACHE_FORMAT or meta.get("encoder_id") != str(encoder_id):
                 return None
             buckets = []
             for b in range(int(meta["n_buckets"])):
@@ -267,28 +299,30 @@ def _read_token_cache(path: Path, content_version: str, track_ids, device) -> Sc
                     return handle.get_tensor(f"{name}.{b}").to(device)
 
                 buckets.append((read("positions"), MusicTokens(None, read("mask").bool(), read("pooled"), read("keys"))))
+            ids, stamps = handle.get_tensor("track_ids"), handle.get_tensor("token_stamps")
     except Exception:  # a truncated or foreign cache file is rebuilt, never trusted
         return None
-    return ScoringTokens(buckets, len(track_ids))
+    return ids, stamps, ScoringTokens(buckets, len(ids))
 
 
-def _write_token_cache(path: Path, tokens: ScoringTokens, track_ids, content_version: str, model_id: str) -> None:
+def _write_token_cache(path: Path, tokens: ScoringTokens, track_ids, token_stamps, encoder_id: str | None,
+                       model_id: str) -> None:
     """Atomic write (temporary file + rename): a killed run never leaves half a cache.
 
-    Stored exactly as scored (bucketed, the model's dtype), so loading is a plain read and
-    cached results equal fresh ones bit for bit. One file per (checkpoint, index): the
-    rename replaces the cache of older index contents.
+    Stored exactly as scored (bucketed, the model's dtype), so loading is a plain read
+    (memory-mapped) and cached results equal fresh ones bit for bit. One file per
+    (checkpoint, index): the rename replaces the cache of older index contents.
     """
     import torch
     from safetensors.torch import save_file
 
-    tensors = {"track_ids": track_ids.contiguous()}
+    tensors = {"track_ids": track_ids.contiguous(), "token_stamps": token_stamps.contiguous()}
     for b, (positions, music) in enumerate(tokens.buckets):
         tensors[f"keys.{b}"] = music.keys.cpu().contiguous()
         tensors[f"pooled.{b}"] = music.pooled.cpu().contiguous()
         tensors[f"mask.{b}"] = music.mask.to(torch.uint8).cpu().contiguous()
         tensors[f"positions.{b}"] = positions.cpu().contiguous()
-    meta = {"format": TOKEN_CACHE_FORMAT, "content_version": content_version, "model_id": model_id,
+    meta = {"format": TOKEN_CACHE_FORMAT, "encoder_id": str(encoder_id), "model_id": model_id,
             "n_buckets": str(len(tokens.buckets))}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -373,22 +407,28 @@ class Suggester:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def suggest_video(self, video_path: str | os.PathLike, top_k: int = 5) -> SuggestionResult:
-        """Embed one video and rank the index for it; raises ``MediaError`` on an unreadable file."""
+    def suggest_video(self, video_path: str | os.PathLike, top_k: int = 5, snap: str | None = None) -> SuggestionResult:
+        """Embed one video and rank the index for it; raises ``MediaError`` on an unreadable file.
+
+        ``snap="beat"`` moves each cut's start onto the nearest downbeat/beat stored in the index.
+        """
         t0 = time.perf_counter()
         video = self.encoders.embed_video(Path(video_path))
         t_embed = time.perf_counter() - t0
         result = self.suggest_features(video.feats, video.mask, float(video.duration), top_k,
-                                       video=str(Path(video_path).resolve()))
+                                       video=str(Path(video_path).resolve()), snap=snap)
         result.timings["embed_video"] = t_embed
         return result
 
-    def suggest_features(self, frames, frame_mask, duration: float, top_k: int = 5, video: str = "") -> SuggestionResult:
+    def suggest_features(self, frames, frame_mask, duration: float, top_k: int = 5, video: str = "",
+                         snap: str | None = None) -> SuggestionResult:
         """The encoder-free part: frames [F, video_dim] + mask [F] of one video -> result."""
         import torch
 
         if top_k < 1:
             raise UsageError("--top must be at least 1")
+        if snap not in (None, "beat"):
+            raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
         t0 = time.perf_counter()
         frames = torch.as_tensor(frames, dtype=torch.float32, device=self.device)[None]
         frame_mask = torch.as_tensor(frame_mask, device=self.device)[None]
@@ -401,10 +441,15 @@ class Suggester:
         suggestions = []
         for rank, (pos, score, (ps, pe), (cs, ce)) in enumerate(zip(top, scores, predicted, cuts), start=1):
             track = self.tracks[int(pos)]
+            snapped_to = None
+            if snap == "beat":
+                length = float(ce) - float(cs)
+                cs, snapped_to = _snap_to_beats(track, float(cs), length)
+                ce = cs + length
             suggestions.append(Suggestion(
                 rank=rank, track=track.path, score=float(score), start=float(cs), end=float(ce),
                 predicted_start=float(ps), predicted_end=float(pe), track_duration=track.duration,
-                title=track.title, artist=track.artist,
+                title=track.title, artist=track.artist, snapped_to=snapped_to,
             ))
         return SuggestionResult(
             video=video, duration=duration, suggestions=suggestions, checkpoint=self.model_id,
@@ -418,6 +463,16 @@ class Suggester:
         ids = [self.tracks[p].id for p in positions]
         feats, mask = self.index.tokens_for(ids)
         return torch.from_numpy(feats), torch.from_numpy(mask)
+
+
+def _snap_to_beats(track, start: float, length: float) -> tuple[float, str | None]:
+    """The cut's start moved onto the track's nearest downbeat/beat (index beats); unchanged without beats."""
+    from .beats import BeatGrid, snap_start
+
+    if not track.beats:
+        return start, None
+    grid = BeatGrid.from_dict(track.beats)
+    return snap_start(start, length, grid.beats, grid.downbeats, track.duration)
 
 
 def _encoders_for_index(index, requested: str | None) -> str:
@@ -491,12 +546,12 @@ def expand_video_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path]
     return unique, problems
 
 
-def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, remember: bool = True
-                 ) -> Iterator[tuple[Path, SuggestionResult | None, str | None]]:
+def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, remember: bool = True,
+                 snap: str | None = None) -> Iterator[tuple[Path, SuggestionResult | None, str | None]]:
     """Yield ``(video, result, None)`` or ``(video, None, reason)`` per video; a bad file never stops the batch."""
     for video in videos:
         try:
-            result = suggester.suggest_video(video, top_k)
+            result = suggester.suggest_video(video, top_k, snap=snap)
         except MgsvError as exc:
             yield video, None, _first_line(exc)
             continue
@@ -506,6 +561,24 @@ def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, r
         if remember:
             remember_suggestion(result)
         yield video, result, None
+
+
+def suggest(videos: Iterable[str | os.PathLike], *, top_k: int = 5, remember: bool = True,
+            **open_options) -> list[tuple[Path, SuggestionResult | None, str | None]]:
+    """One call: expand ``videos`` (files or folders), load index and models once
+    (``open_options`` as :meth:`Suggester.open`), suggest for each video.
+
+    Returns ``(video, result, None)`` or ``(video_or_input, None, reason)`` per input; raises
+    the loading errors (no index, no checkpoint, missing weights) since nothing can run.
+    """
+    found, problems = expand_video_inputs(videos)
+    outcomes: list[tuple[Path, SuggestionResult | None, str | None]] = [
+        (Path(name), None, reason) for name, reason in problems
+    ]
+    if found:
+        with Suggester.open(**open_options) as suggester:
+            outcomes.extend(suggest_many(suggester, found, top_k=top_k, remember=remember))
+    return outcomes
 
 
 def _first_line(exc: BaseException) -> str:

@@ -93,6 +93,7 @@ def test_index_embeds_good_files_and_reports_bad_ones(capsys, music_dir, tmp_pat
         assert row["sample_rate"] == synth.SAMPLE_RATE and row["size"] > 0 and len(row["content_hash"]) == 32
         assert row["encoder_id"] == tiny_encoders.encoder_id and row["indexed_at"]
         grid = BeatGrid.from_json(row["beats"])  # the hook for beat-aligned cuts
+        assert library.stored_beats(row["path"], index) == grid.to_dict()
         assert grid.tempo_bpm == pytest.approx(bpm, rel=0.05) or grid.tempo_bpm == pytest.approx(2 * bpm, rel=0.05) \
             or grid.tempo_bpm == pytest.approx(bpm / 2, rel=0.05)
         assert all(0 <= b <= seconds for b in grid.beats)
@@ -104,6 +105,8 @@ def test_index_embeds_good_files_and_reports_bad_ones(capsys, music_dir, tmp_pat
             assert int(m.sum()) == int(seconds // 2.5) + 1
         assert np.isfinite(feats).all()
     assert integrity(index) == "ok"
+    assert library.stored_beats(music_dir / "broken.mp3", index) is None  # not indexed
+    assert library.stored_beats(music_dir / "01-alpha.wav", tmp_path / "nowhere.sqlite") is None
 
 
 def by_name(index: Path) -> dict[str, dict]:

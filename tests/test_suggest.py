@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -136,13 +135,22 @@ def test_token_cache_is_reused_then_invalidated_by_index_changes(capsys, monkeyp
     assert second.code == 0 and counter.calls == [2]  # only the moments: scoring came from the cache
     assert json_lines(second.out) == json_lines(first.out)  # identical numbers, cold or cached
 
-    extra = library.PrecomputedTrack("/elsewhere/extra.mp3", np.ones((96, tiny_encoders.music_dim), np.float32),
+    rng = np.random.default_rng(0)
+    extra = library.PrecomputedTrack("/elsewhere/extra.mp3", rng.standard_normal((96, tiny_encoders.music_dim)),
                                      np.ones(96, np.float32), 240.0)
     library.import_tokens(index_copy, [extra], encoder_id=tiny_encoders.encoder_id)
     counter.calls.clear()
     third = suggest_cli(capsys, *args)
-    assert third.code == 0 and counter.calls == [4, 2]  # the index changed: cache rebuilt
+    assert third.code == 0 and counter.calls == [1, 2]  # the index changed: only the new track is encoded
     assert list((paths.cache_dir() / "music_tokens").glob("*.safetensors")) == cache_files  # replaced in place
+
+    cache_files[0].unlink()  # a cache built from scratch must give the same answer as the patched one
+    counter.calls.clear()
+    fresh = suggest_cli(capsys, *args, "--top", "4")
+    assert fresh.code == 0 and counter.calls == [4, 4]
+    [patched], [rebuilt] = json_lines(third.out), json_lines(fresh.out)
+    assert rebuilt["suggestions"][:2] == patched["suggestions"]
+    assert "/elsewhere/extra.mp3" in [s["track"] for s in rebuilt["suggestions"]]
 
 
 def test_batch_loads_models_once_and_skips_bad_files(capsys, monkeypatch, media_src, indexed, tiny_encoders):
@@ -217,6 +225,18 @@ def test_trained_checkpoint_is_used_and_dims_are_checked(capsys, media_src, inde
     both = suggest_cli(capsys, clip(media_src), "--index", indexed, "--checkpoint", tmp_path / "wrong",
                        "--untrained")
     assert both.code == UsageError.exit_code
+
+
+def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
+    from mgsv_cli.suggest import load_last_suggestion, suggest
+
+    outcomes = suggest([clip(media_src, 1), media_src / "nope.mp4"], top_k=1, index_path=indexed, untrained=True,
+                       device="cpu", encoders_obj=tiny_encoders)
+    (missing, none, reason), (video, result, error) = outcomes
+    assert missing == media_src / "nope.mp4" and none is None and reason == "no such file or folder"
+    assert video == clip(media_src, 1).resolve() and error is None and len(result.suggestions) == 1
+    assert result.duration == pytest.approx(CLIP_SECONDS[1], abs=0.05)
+    assert load_last_suggestion(video)["suggestions"] == result.to_json()["suggestions"]
 
 
 def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encoders):
