@@ -59,8 +59,16 @@ def train_command(
     variant = replace_train(load_config(config), epochs=epochs, batch_size=batch_size, lr=lr,
                             precision=precision, seed=seed)
     reporter = _TrainProgress()
-    with reporter:
-        result = train(data, variant, out_dir=out, device=device, resume=resume, reporter=reporter)
+    try:
+        with reporter:
+            result = train(data, variant, out_dir=out, device=device, resume=resume, reporter=reporter)
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)
+        if run_dir is None:
+            raise
+        err_console.print(f"[yellow]interrupted[/] after {exc.epochs_done} finished epoch(s); continue with "
+                          f"`mgsv train --data {data} --resume --out {run_dir}`", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     best = result.best_metrics
     if best:
         console.print(f"best epoch {best['epoch']}: mIoU {best['miou']:.3f}, R@1 {best['r1']:.1f}, "

@@ -88,6 +88,22 @@ def trim_padding(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return tokens[:, :length], mask[:, :length]
 
 
+def pack_valid_tokens(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Move each row's valid tokens to the front (order kept) and drop all-padding columns.
+
+    [B, L, D], [B, L] -> [B, L', D], [B, L'] with L' the longest row's valid count. Exact for
+    the detector: positions count valid tokens only and attention ignores key order, so the
+    padding between a pair's video and music tokens can go.
+    """
+    n_valid = mask.sum(1)
+    length = max(int(n_valid.max()), 1)
+    if length == mask.shape[1] and bool(mask[:, :length].all()):
+        return tokens, mask
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :length]
+    packed = torch.gather(tokens, 1, order[:, :, None].expand(-1, -1, tokens.shape[-1]))
+    return packed, torch.arange(length, device=mask.device)[None] < n_valid[:, None]
+
+
 def sinusoid_table(n_positions: int, dim: int) -> Tensor:
     """Fixed transformer positions [n_positions, dim]: sin on even, cos on odd channels."""
     position = torch.arange(n_positions, dtype=torch.float32)[:, None]
@@ -294,8 +310,8 @@ class Detector(nn.Module):
         )
 
     def forward(self, video: VideoTokens, music: MusicTokens) -> Tensor:
-        memory = torch.cat([video.tokens, music.tokens], dim=1)
-        mask = torch.cat([video.mask, music.mask], dim=1)
+        memory, mask = pack_valid_tokens(torch.cat([video.tokens, music.tokens], dim=1),
+                                         torch.cat([video.mask, music.mask], dim=1))
         pos = cumulative_sine_positions(mask, memory.shape[-1]).to(memory.dtype)
         for layer in self.encoder:
             memory = layer(memory, pos, mask)
@@ -388,6 +404,23 @@ class MaDe(nn.Module):
     def detect(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         """One-to-one pairs (B == N) -> normalised (centre, width) of the final layer [B, 2]."""
         return self.detect_all_layers(video, music)[-1]
+
+    def ground_pairs(self, frames: Tensor, frame_mask: Tensor, windows: Tensor, window_mask: Tensor,
+                     chunk_size: int = 64) -> Tensor:
+        """Single-music grounding of many matched pairs: normalised (centre, width) [B, 2].
+
+        Pairs are processed in chunks of similar length (longest video + track first), so
+        each chunk carries little padding; the result is the same as one big :meth:`detect`.
+        """
+        n_tokens = frame_mask.sum(1) + window_mask.sum(1)
+        order = torch.argsort(n_tokens, descending=True, stable=True)
+        spans = torch.empty(len(order), 2, device=frames.device)
+        for begin in range(0, len(order), chunk_size):
+            rows = order[begin:begin + chunk_size]
+            video = self.encode_video(frames[rows], frame_mask[rows])
+            music = self.encode_music(windows[rows], window_mask[rows])
+            spans[rows] = self.detect(video, music)
+        return spans
 
     def spans_to_seconds(self, spans: Tensor, track_durations: Tensor) -> Tensor:
         """(centre, width) [B, 2] normalised by max_music_seconds -> (start, end) seconds [B, 2],

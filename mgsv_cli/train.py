@@ -153,6 +153,25 @@ def run_epoch(model, optimizer, split, variant, epoch, state: _State, total_step
     return float(sum(losses) / max(1, len(losses)))
 
 
+def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state: _State, train_loss: float,
+                      device, dtype) -> dict[str, Any]:
+    """Score the epoch's weights on val, keep them if best, save the resume state; returns the record."""
+    from .evaluation import evaluate_model
+
+    metrics = evaluate_model(model, val_split, device, batch_size=variant.train.eval_batch_size, dtype=dtype)
+    score = selection_score(metrics)
+    is_best = score > state.best_score
+    state.epochs_done += 1
+    record = {"epoch": state.epochs_done, "train_loss": train_loss, "score": score, **metrics}
+    state.history.append(record)
+    if is_best:
+        state.best_score = score
+        save_checkpoint(run_dir, model, variant, {"epoch": state.epochs_done, "score": score, "val": metrics,
+                                                  "params": model.parameter_counts()})
+    _save_last(run_dir, model, optimizer, variant, state)
+    return {**record, "best": is_best}
+
+
 def train(
     data_root: str | Path,
     variant: VariantConfig,
@@ -166,7 +185,6 @@ def train(
 
     from .data import load_split
     from .device import compute_dtype, resolve_device, tune_malloc_for_training
-    from .evaluation import evaluate_model
     from .model import MaDe
 
     reporter = reporter or Reporter()
@@ -206,23 +224,20 @@ def train(
     log.write(("resumed" if resume else "started") + " " + json.dumps(info))
     reporter.start(info)
 
-    for epoch in range(state.epochs_done, recipe.epochs):
-        reporter.start_epoch(epoch, recipe.epochs, steps_per_epoch)
-        train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
-                               torch_device, dtype, reporter)
-        metrics = evaluate_model(model, val_split, torch_device, batch_size=recipe.eval_batch_size, dtype=dtype)
-        score = selection_score(metrics)
-        is_best = score > state.best_score
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "score": score, **metrics}
-        state.history.append(record)
-        state.epochs_done = epoch + 1
-        if is_best:
-            state.best_score = score
-            save_checkpoint(run_dir, model, variant, {"epoch": epoch + 1, "score": score, "val": metrics,
-                                                      "params": model.parameter_counts()})
-        _save_last(run_dir, model, optimizer, variant, state)
-        log.write(json.dumps({**record, "best": is_best}))
-        reporter.end_epoch(epoch, train_loss, metrics, is_best)
+    try:
+        for epoch in range(state.epochs_done, recipe.epochs):
+            reporter.start_epoch(epoch, recipe.epochs, steps_per_epoch)
+            train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
+                                   torch_device, dtype, reporter)
+            record = validate_and_save(model, optimizer, val_split, variant, run_dir, state, train_loss,
+                                       torch_device, dtype)
+            log.write(json.dumps(record))
+            reporter.end_epoch(epoch, train_loss, {k: record[k] for k in record if k not in ("epoch", "best")},
+                               record["best"])
+    except KeyboardInterrupt as exc:
+        exc.run_dir, exc.epochs_done = run_dir, state.epochs_done  # for the CLI's "how to resume" line
+        log.write(f"interrupted after {state.epochs_done} finished epoch(s)")
+        raise
 
     best = max(state.history, key=lambda r: r["score"], default={})
     return TrainResult(run_dir=run_dir, best_metrics=best, history=state.history)

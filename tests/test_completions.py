@@ -61,9 +61,29 @@ def test_module_entry_point(tmp_path, capsys):
     assert completion_main([]) == 2
 
 
-@pytest.mark.parametrize("command", [["export"], ["doctor"], ["models", "download"], ["models", "list"],
-                                     ["config", "show"], ["config", "path"], ["config", "init"], ["data", "fetch"]])
-def test_workflow_commands_show_an_example(command, capsys):
+def every_command() -> list[list[str]]:
+    """Every leaf command of the app, as argument lists (``["models", "download"]``)."""
+    import typer
+
+    from mgsv_cli.cli import app
+
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, [*prefix, name])
+            else:
+                yield [*prefix, name]
+
+    return sorted(walk(typer.main.get_command(app), []))
+
+
+def test_the_command_list_is_complete():
+    names = {" ".join(c) for c in every_command()}
+    assert {"train", "eval", "index", "suggest", "render", "export", "doctor", "data fetch"} <= names
+
+
+@pytest.mark.parametrize("command", every_command(), ids=" ".join)
+def test_every_command_shows_an_example(command, capsys):
     from mgsv_cli.cli import main
 
     with pytest.raises(SystemExit) as exit_info:

@@ -182,3 +182,22 @@ def test_untrained_model_takes_the_encoders_dims_and_leaves_global_rng_alone():
     model, variant = build_untrained(video_dim=32, music_dim=48, config="tiny", seed=5)
     assert torch.equal(torch.rand(1), expected)
     assert variant.model.video_dim == 32 and model.video_enhancer.project.in_features == 32
+
+
+def test_packing_valid_tokens_keeps_them_in_order():
+    from mgsv_cli.model import pack_valid_tokens
+
+    tokens = torch.arange(12, dtype=torch.float32).view(2, 6, 1)
+    mask = torch.tensor([[1, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    packed, packed_mask = pack_valid_tokens(tokens, mask)
+    assert packed[0, :, 0].tolist() == [0.0, 3.0, 4.0]
+    assert packed[1, 0, 0].item() == 7.0 and packed_mask.tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_chunked_grounding_equals_one_batch(tiny_model):
+    frames, frame_mask, windows, window_mask = random_inputs(9, seed=4)
+    with torch.no_grad():
+        whole = tiny_model.detect(tiny_model.encode_video(frames, frame_mask),
+                                  tiny_model.encode_music(windows, window_mask))
+        chunked = tiny_model.ground_pairs(frames, frame_mask, windows, window_mask, chunk_size=4)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
