@@ -313,3 +313,22 @@ def test_local_weight_lookup_order(monkeypatch, tmp_path):
     env_file.write_bytes(b"x")
     monkeypatch.setenv("MGSV_CLIP_WEIGHTS", str(env_file))
     assert F.find_clip_weights(tmp_path) == env_file
+
+
+def test_skip_weight_init_only_skips_inside_the_block_and_strict_loading_restores_everything():
+    import torch
+
+    from mgsv_cli.features import skip_weight_init
+
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    with skip_weight_init():
+        built = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+        assert torch.nn.init.normal_ is not torch.nn.init.uniform_  # still distinct callables
+    built.load_state_dict(source.state_dict(), strict=True)
+    for a, b in zip(source.parameters(), built.parameters()):
+        assert torch.equal(a, b)
+    torch.manual_seed(1)
+    fresh = torch.nn.Linear(8, 8)  # initialisation works again after the block
+    torch.manual_seed(1)
+    assert torch.equal(fresh.weight, torch.nn.Linear(8, 8).weight) and fresh.weight.abs().sum() > 0
