@@ -391,7 +391,7 @@ def suggest_command(
     with err_console.status("loading the index and models") as status:
         suggester = Suggester.open(index_path=index, checkpoint=checkpoint, untrained=untrained, encoders=encoders,
                                    device=device, offline=offline, weights_dir=weights_dir,
-                                   status=lambda message: status.update(message))
+                                   status=lambda message: status.update(message), prefetch=found[0])
     if len(videos) == 1 and not videos[0].is_dir():
         with suggester:  # one clip: its error (and exit code) is the command's
             result = suggester.suggest_video(found[0], top, snap=snap)

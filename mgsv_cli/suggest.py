@@ -336,6 +336,36 @@ def _write_token_cache(path: Path, tokens: ScoringTokens, track_ids, token_stamp
 # ---------------------------------------------------------------- the suggester
 
 
+class VideoPrefetcher:
+    """Decodes videos (1 fps + CLIP preprocessing) on a background thread.
+
+    ffmpeg and PIL's resize run outside the GIL, so a video decodes while the models
+    load, or while the previous video goes through CLIP.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgsv-decode")
+        self._pending: dict[str, Any] = {}
+
+    def start(self, video_path: str | os.PathLike) -> None:
+        from .features import decode_video
+
+        key = str(Path(video_path).resolve())
+        if key not in self._pending:
+            self._pending[key] = self._pool.submit(decode_video, key)
+
+    def take(self, video_path: str | os.PathLike):
+        """The decoded video (``features.DecodedVideo``); decodes now if it was not started."""
+        self.start(video_path)
+        return self._pending.pop(str(Path(video_path).resolve())).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pending.clear()
+
+
 class Suggester:
     """Models, index and cached track tokens loaded once; :meth:`suggest_video` per clip."""
 
@@ -355,12 +385,15 @@ class Suggester:
         self.timings = timings
         self.track_durations = torch.tensor([t.duration for t in tracks], dtype=torch.float64)
         self._position_of_id = {t.id: i for i, t in enumerate(tracks)}
+        self.prefetcher = VideoPrefetcher()
 
     @classmethod
     def open(cls, *, index_path=None, checkpoint=None, untrained: bool = False, encoders: str | None = None,
              device: str = "auto", offline: bool = False, weights_dir=None, status: StatusFn | None = None,
-             encoders_obj=None, use_cache: bool = True) -> "Suggester":
+             encoders_obj=None, use_cache: bool = True, prefetch: str | os.PathLike | None = None) -> "Suggester":
         """Load the index, encoders and model, and the tracks' scoring tokens.
+
+        ``prefetch``: a video to start decoding at once, overlapping all the loading.
 
         ``encoders``: ``"pretrained"``, ``"tiny"`` or None (whichever the index was built with).
         ``encoders_obj`` injects already loaded ``features.Encoders`` (tests, benchmarks).
@@ -370,6 +403,9 @@ class Suggester:
         from .library import open_index
 
         timings: dict[str, float] = {}
+        prefetcher = VideoPrefetcher()
+        if prefetch is not None:
+            prefetcher.start(prefetch)
         index = open_index(index_path)
         try:
             index.begin_snapshot()  # one consistent view even while `mgsv index` writes
@@ -394,11 +430,16 @@ class Suggester:
             timings["music_tokens_cached" if from_cache else "music_tokens_encoded"] = time.perf_counter() - t0
         except BaseException:
             index.close()
+            prefetcher.close()
             raise
-        return cls(model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj, encoders_kind=kind,
+        suggester = cls(model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj, encoders_kind=kind,
                    index=index, tracks=tracks, scoring_tokens=scoring, device=torch_device, timings=timings)
+        suggester.prefetcher.close()
+        suggester.prefetcher = prefetcher
+        return suggester
 
     def close(self) -> None:
+        self.prefetcher.close()
         self.index.close()
 
     def __enter__(self) -> "Suggester":
@@ -413,7 +454,7 @@ class Suggester:
         ``snap="beat"`` moves each cut's start onto the nearest downbeat/beat stored in the index.
         """
         t0 = time.perf_counter()
-        video = self.encoders.embed_video(Path(video_path))
+        video = self.encoders.embed_decoded(self.prefetcher.take(video_path))
         t_embed = time.perf_counter() - t0
         result = self.suggest_features(video.feats, video.mask, float(video.duration), top_k,
                                        video=str(Path(video_path).resolve()), snap=snap)
@@ -549,7 +590,10 @@ def expand_video_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path]
 def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, remember: bool = True,
                  snap: str | None = None) -> Iterator[tuple[Path, SuggestionResult | None, str | None]]:
     """Yield ``(video, result, None)`` or ``(video, None, reason)`` per video; a bad file never stops the batch."""
-    for video in videos:
+    videos = list(videos)
+    for position, video in enumerate(videos):
+        if position + 1 < len(videos):
+            suggester.prefetcher.start(videos[position + 1])  # decodes while this one goes through CLIP
         try:
             result = suggester.suggest_video(video, top_k, snap=snap)
         except MgsvError as exc:

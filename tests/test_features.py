@@ -332,3 +332,12 @@ def test_skip_weight_init_only_skips_inside_the_block_and_strict_loading_restore
     fresh = torch.nn.Linear(8, 8)  # initialisation works again after the block
     torch.manual_seed(1)
     assert torch.equal(fresh.weight, torch.nn.Linear(8, 8).weight) and fresh.weight.abs().sum() > 0
+
+
+def test_bf16_clip_features_agree_with_fp32(tmp_path):
+    path = pattern_video(tmp_path / "v.mp4", 4.0, size="96x64", with_audio=False)
+    fp32 = F.load_encoders("tiny", device="cpu", precision="fp32", parts=("video",)).embed_video(path)
+    bf16 = F.load_encoders("tiny", device="cpu", precision="bf16", parts=("video",)).embed_video(path)
+    a, b = fp32.feats[: fp32.n_frames], bf16.feats[: bf16.n_frames]
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() >= 0.99, cosine
