@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .config import VariantConfig, load_config, variant_from_dict, variant_to_dict
 from .errors import CheckpointError
+from .paths import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
 LAST_NAME = "last.safetensors"
@@ -33,19 +33,6 @@ HOW_TO_GET_ONE = (
     "train one with `mgsv train --data ROOT` (MGSV-EC features), point --checkpoint at a run folder "
     "or .safetensors file, or use --untrained for a demo"
 )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

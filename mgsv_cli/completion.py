@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from .paths import atomic_write_text
+
 PROG_NAME = "mgsv"
 COMPLETE_VAR = "_MGSV_COMPLETE"
 SCRIPT_NAMES = {"bash": "mgsv.bash", "zsh": "mgsv.zsh", "fish": "mgsv.fish"}
@@ -45,9 +47,7 @@ def write_completions(folder: str | os.PathLike) -> list[Path]:
     written = []
     for shell, name in SCRIPT_NAMES.items():
         path = folder / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text(completion_script(shell), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, completion_script(shell))
         written.append(path)
     return written
 

@@ -97,13 +97,13 @@ class _EncodedTracks:
         """Tokens of stored positions [begin, stop), trimmed to their longest track."""
         import torch
 
-        return _trim(self.tokens.take(torch.arange(begin, stop, device=self.device)))
+        return self.tokens.take(torch.arange(begin, stop, device=self.device)).trimmed()
 
     def of_tracks(self, track_index: np.ndarray):
         """Tokens of the given split tracks (in that order), trimmed."""
         import torch
 
-        return _trim(self.tokens.take(torch.from_numpy(self.position[track_index]).to(self.device)))
+        return self.tokens.take(torch.from_numpy(self.position[track_index]).to(self.device)).trimmed()
 
 
 _PER_SLOT_FIELDS = ("tokens", "mask", "keys")  # MusicTokens fields with one entry per window
@@ -138,19 +138,6 @@ def _pad_dim1(tensor, length: int):
         return tensor
     pad = torch.zeros((tensor.shape[0], missing, *tensor.shape[2:]), dtype=tensor.dtype, device=tensor.device)
     return torch.cat([tensor, pad], dim=1)
-
-
-def _trim(music):
-    """Drop window slots that are padding in every track of ``music`` (exact: they are masked)."""
-    import dataclasses
-
-    valid = music.mask.any(0).nonzero()
-    length = int(valid.max()) + 1 if valid.numel() else 1
-    if length == music.mask.shape[1]:
-        return music
-    changes = {name: getattr(music, name)[:, :length] for name in _PER_SLOT_FIELDS
-               if getattr(music, name, None) is not None}
-    return dataclasses.replace(music, **changes)
 
 
 def _score_and_detect(model, split_data: SplitData, tracks: _EncodedTracks, device, batch_size: int,

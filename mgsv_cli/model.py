@@ -71,8 +71,22 @@ class MusicTokens:
         """Drop the detection tokens: what an index cache needs to keep."""
         return replace(self, tokens=None)
 
+    def trimmed(self) -> "MusicTokens":
+        """Without the window slots that are padding in every track (exact, see :func:`trim_padding`)."""
+        length = valid_length(self.mask)
+        if length == self.mask.shape[1]:
+            return self
+        tokens = None if self.tokens is None else self.tokens[:, :length]
+        return MusicTokens(tokens, self.mask[:, :length], self.pooled, self.keys[:, :length])
+
 
 # ----------------------------------------------------------------------------- building blocks
+
+
+def valid_length(mask: Tensor) -> int:
+    """Slots up to the batch's last valid one: mask [B, L] -> L' (at least 1)."""
+    valid_slots = mask.any(0).nonzero()
+    return int(valid_slots.max()) + 1 if len(valid_slots) else 1
 
 
 def trim_padding(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,8 +95,7 @@ def trim_padding(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     Exact for this network: padded slots are never attended to, are zeroed after
     enhancement, and positions count only valid tokens or the slot index from the start.
     """
-    valid_slots = mask.any(0).nonzero()
-    length = int(valid_slots.max()) + 1 if len(valid_slots) else 1
+    length = valid_length(mask)
     if length == mask.shape[1]:
         return tokens, mask
     return tokens[:, :length], mask[:, :length]

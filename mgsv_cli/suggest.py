@@ -649,10 +649,7 @@ def remember_suggestion(result: SuggestionResult) -> Path:
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     target = _remembered_path(video)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, target)
+    paths.atomic_write_text(target, json.dumps(record, indent=2) + "\n")
     return target
 
 
