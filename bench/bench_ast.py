@@ -40,7 +40,7 @@ MODEL_SEED = 1234
 
 def synthetic_windows(n_windows: int) -> np.ndarray:
     """Normalised filterbanks of valid windows from a few tracks of different lengths."""
-    from mgsv_cli.features import TrackSpectrogram
+    from mgsv_cli.features.encoders import TrackSpectrogram
 
     rng = np.random.default_rng(0)
     windows = []
@@ -107,7 +107,7 @@ def run_e2e(n_tracks: int) -> dict:
     """features.py's own path (defaults) on a real-size random AST: fbank + batching + model."""
     import torch
 
-    from mgsv_cli import features as F
+    from mgsv_cli.features import encoders as F
     from mgsv_cli.device import resolve_device
 
     device = resolve_device("cpu")

@@ -13,8 +13,8 @@ import numpy as np
 def main() -> None:
     import librosa
 
-    from mgsv_cli.beats import detect_beats
-    from mgsv_cli.synth import SAMPLE_RATE, music_samples
+    from mgsv_cli.media.beats import detect_beats
+    from mgsv_cli.media.synth import SAMPLE_RATE, music_samples
 
     def mono_16k(stereo):
         return librosa.resample(stereo.mean(axis=1), orig_sr=SAMPLE_RATE, target_sr=16000)

@@ -34,9 +34,9 @@ def main() -> None:
         import torch
 
         from _datagen import make_dataset
-        from mgsv_cli.checkpoint import build_untrained
-        from mgsv_cli.data import load_split
-        from mgsv_cli.evaluation import evaluate_model
+        from mgsv_cli.models.checkpoint import build_untrained
+        from mgsv_cli.research.dataset import load_split
+        from mgsv_cli.research.evaluation import evaluate_model
 
         start = time.perf_counter()
         make_dataset(Path(tmp) / "root", n_tracks=args.tracks, n_train=args.train_batch, n_val=args.videos,

@@ -36,7 +36,7 @@ def import_times() -> tuple[float, float, float]:
 
 
 def make_clip(path: Path, seconds: float, size: str) -> None:
-    from mgsv_cli.media import ffmpeg_exe
+    from mgsv_cli.media.ffmpeg import ffmpeg_exe
 
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     f"testsrc2=s={size}:r=30:d={seconds}", "-c:v", "libx264", "-pix_fmt", "yuv420p",
@@ -67,8 +67,8 @@ def main() -> None:
     import open_clip
     import torch
 
-    from mgsv_cli import features as F
-    from mgsv_cli.media import read_frames_1fps
+    from mgsv_cli.features import encoders as F
+    from mgsv_cli.media.ffmpeg import read_frames_1fps
 
     build_s, model = timed(lambda: open_clip.create_model(F.CLIP_MODEL_NAME, pretrained=None,
                                                           force_quick_gelu=True).eval())

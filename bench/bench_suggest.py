@@ -43,7 +43,7 @@ def build_index(index_path: Path, n_tracks: int, encoder_id: str, seed: int = 0,
     """Write ``n_tracks`` tracks of random tokens; returns seconds taken."""
     import numpy as np
 
-    from mgsv_cli.library import PrecomputedTrack, import_tokens
+    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
 
     rng = np.random.default_rng(seed)
     centres = np.arange(N_WINDOWS) * 2.5
@@ -63,7 +63,7 @@ def build_index(index_path: Path, n_tracks: int, encoder_id: str, seed: int = 0,
 
 def save_made_checkpoint(run_dir: Path) -> str:
     """A randomly initialised `made` MaDe saved as a training run would be."""
-    from mgsv_cli.checkpoint import build_untrained, save_checkpoint
+    from mgsv_cli.models.checkpoint import build_untrained, save_checkpoint
 
     model, variant = build_untrained(video_dim=VIDEO_DIM, music_dim=MUSIC_DIM, config="made", seed=0)
     return save_checkpoint(run_dir, model, variant, {"note": "random weights, benchmark only"})
@@ -104,7 +104,7 @@ class FeatureDims:
 
 
 def part_scoring(index_path: Path, run_dir: Path, encoder_id: str, repeats: int) -> dict:
-    from mgsv_cli.suggest import Suggester, token_cache_path
+    from mgsv_cli.editor.suggest import Suggester, token_cache_path
 
     def open_suggester():
         return Suggester.open(index_path=index_path, checkpoint=run_dir, encoders="pretrained", device="cpu",
@@ -171,8 +171,9 @@ def run_child(index_path: Path, run_dir: Path, video: Path) -> dict:
 
     timings["import open_clip"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from mgsv_cli import features, media
-    from mgsv_cli.suggest import Suggester
+    from mgsv_cli.features import encoders as features
+    from mgsv_cli.media import ffmpeg as media
+    from mgsv_cli.editor.suggest import Suggester
 
     timings["import mgsv modules"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -205,7 +206,7 @@ def run_child_pipelined(index_path: Path, run_dir: Path, video: Path) -> dict:
     import open_clip  # noqa: F401
     import torch  # noqa: F401
 
-    from mgsv_cli.suggest import Suggester
+    from mgsv_cli.editor.suggest import Suggester
 
     t0 = time.perf_counter()
     with Suggester.open(index_path=index_path, checkpoint=run_dir, device="cpu", offline=True,
@@ -219,7 +220,7 @@ def run_child_pipelined(index_path: Path, run_dir: Path, video: Path) -> dict:
 
 
 def whole_suggest(index_path: Path, run_dir: Path, tmp: Path) -> None:
-    from mgsv_cli import synth
+    from mgsv_cli.media import synth
 
     clip_file = tmp / "random_clip.safetensors"
     save_random_clip(clip_file)
@@ -263,7 +264,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mgsv_cli.features import PRETRAINED_ENCODER_ID
+    from mgsv_cli.features.encoders import PRETRAINED_ENCODER_ID
 
     with tempfile.TemporaryDirectory(prefix="mgsv_bench_") as tmp_name:
         tmp = Path(tmp_name)

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from .errors import MgsvError
+from mgsv_cli.errors import MgsvError
 
 app = typer.Typer(
     name="mgsv",
@@ -51,9 +51,9 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: the config's)"),
 ) -> None:
     """Train MaDe on MGSV-EC features; keeps the best-on-val weights in the run folder."""
-    from .config import load_config, replace_train
-    from .settings import default
-    from .train import train
+    from mgsv_cli.models.variants import load_config, replace_train
+    from mgsv_cli.settings import default
+    from mgsv_cli.research.train import train
 
     device = default("device", device)
     variant = replace_train(load_config(config), epochs=epochs, batch_size=batch_size, lr=lr,
@@ -146,9 +146,9 @@ def eval_command(
     """Benchmark a trained model (or a baseline) on an MGSV-EC split: mIoU, R@k, MoR@k."""
     import json
 
-    from .errors import UsageError
-    from .evaluation import RESULT_KEYS
-    from .settings import default
+    from mgsv_cli.errors import UsageError
+    from mgsv_cli.research.evaluation import RESULT_KEYS
+    from mgsv_cli.settings import default
 
     device = default("device", device)
     if split not in ("train", "val", "test"):
@@ -158,11 +158,11 @@ def eval_command(
             raise UsageError(f"--baseline {baseline!r}: the only baseline is 'prior'")
         if checkpoint is not None:
             raise UsageError("--baseline prior uses no checkpoint; drop --checkpoint")
-        from .evaluation import evaluate_prior
+        from mgsv_cli.research.evaluation import evaluate_prior
 
         result = evaluate_prior(data, split)
     else:
-        from .evaluation import evaluate
+        from mgsv_cli.research.evaluation import evaluate
 
         with _stage_progress(enabled=not as_json) as progress:
             result = evaluate(data, split, checkpoint=checkpoint, device=device, batch_size=batch_size,
@@ -176,7 +176,7 @@ def eval_command(
 def _print_eval_table(result: dict) -> None:
     from rich.table import Table
 
-    from .evaluation import PUBLISHED_MADE_TEST
+    from mgsv_cli.research.evaluation import PUBLISHED_MADE_TEST
 
     def show(fmt: str, value) -> str:
         return "—" if value is None else fmt.format(value)
@@ -238,7 +238,7 @@ INDEX_HELP = "music index database (default: index.sqlite in mgsv's data folder;
 
 
 def _check_encoders(kind: Optional[str]) -> None:
-    from .errors import UsageError
+    from mgsv_cli.errors import UsageError
 
     if kind is not None and kind not in ENCODER_KINDS:
         raise UsageError(f"--encoders {kind!r}: expected {' or '.join(ENCODER_KINDS)}")
@@ -260,16 +260,16 @@ def index_command(
 
     Defaults for --index, --encoders, --device, --weights-dir and --offline come from `mgsv config` when set there.
     """
-    from .library import index_music
-    from .settings import default
+    from mgsv_cli.index.store import index_music
+    from mgsv_cli.settings import default
 
     index, encoders, device = default("index", index), default("encoders", encoders), default("device", device)
     weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
     _check_encoders(encoders)
 
     def load_encoders():
-        from .device import resolve_device
-        from .features import load_encoders as load
+        from mgsv_cli.device import resolve_device
+        from mgsv_cli.features.encoders import load_encoders as load
 
         return load(kind=encoders, device=resolve_device(device), offline=offline, weights_dir=weights_dir,
                     parts=("music",))
@@ -372,9 +372,9 @@ def suggest_command(
     """
     from rich.markup import escape
 
-    from .errors import UsageError
-    from .settings import default
-    from .suggest import Suggester, expand_video_inputs, remember_suggestion, suggest_many
+    from mgsv_cli.errors import UsageError
+    from mgsv_cli.settings import default
+    from mgsv_cli.editor.suggest import Suggester, expand_video_inputs, remember_suggestion, suggest_many
 
     index, top, device = default("index", index), default("top_k", top), default("device", device)
     weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
@@ -465,9 +465,9 @@ def render_command(
 
     Defaults for --mix, --fade-in, --fade-out, --loudness and --snap come from `mgsv config` when set there.
     """
-    from . import render as rendering
-    from .errors import UsageError
-    from .settings import default
+    from mgsv_cli.editor import render as rendering
+    from mgsv_cli.errors import UsageError
+    from mgsv_cli.settings import default
 
     mix, fade_in, fade_out = default("mix", mix), default("fade_in", fade_in), default("fade_out", fade_out)
     loudness, snap, index = default("loudness", loudness), default("snap", snap), default("index", index)
@@ -566,15 +566,16 @@ def export_command(
 
     from rich.markup import escape
 
-    from . import settings, writers
-    from .suggest import load_last_suggestion
+    from mgsv_cli import settings
+    from mgsv_cli.editor import export as writers
+    from mgsv_cli.editor.suggest import load_last_suggestion
 
     fmt = fmt or (writers.format_from_path(out) if out is not None else None) or settings.default("export_format")
     snap = settings.effective({"snap": snap})[0].snap
     record = load_last_suggestion(video)
     snap_info = None
     if snap == "beat":
-        from .beats import snap_suggestion
+        from mgsv_cli.media.beats import snap_suggestion
 
         with err_console.status("finding the beats of the track"):
             record, snap_info = snap_suggestion(record, pick, index_path=settings.default("index", index))
@@ -602,7 +603,7 @@ def models_download_command(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="put the weights here (default: mgsv's data folder); carry it to offline machines"),
 ) -> None:
     """Fetch CLIP ViT-B/32 (OpenAI) and AST (AudioSet) so that index/suggest work offline afterwards."""
-    from . import hub
+    from mgsv_cli.features import weights as hub
 
     with err_console.status("downloading encoder weights from the Hugging Face hub"):
         written = hub.download_models(weights_dir)
@@ -625,7 +626,8 @@ def models_list_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from . import hub, settings
+    from mgsv_cli.features import weights as hub
+    from mgsv_cli import settings
 
     chosen = weights_dir or settings.default("weights_dir")
     statuses = hub.models_status(chosen)
@@ -654,7 +656,7 @@ def doctor_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from .doctor import missing_required, run_checks
+    from mgsv_cli.doctor import missing_required, run_checks
 
     with err_console.status("checking"):
         checks = run_checks()
@@ -685,7 +687,7 @@ def config_show_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from . import settings
+    from mgsv_cli import settings
 
     values, sources = settings.effective()
     if as_json:
@@ -704,7 +706,7 @@ def config_show_command(
 @config_app.command("path", epilog="Example: $EDITOR \"$(mgsv config path)\"")
 def config_path_command() -> None:
     """Print where the settings file is (it may not exist yet: `mgsv config init`)."""
-    from . import settings
+    from mgsv_cli import settings
 
     typer.echo(str(settings.settings_path()))
 
@@ -712,7 +714,7 @@ def config_path_command() -> None:
 @config_app.command("init", epilog="Example: mgsv config init && mgsv config show")
 def config_init_command() -> None:
     """Write a settings file listing every key at its default, commented out (never overwrites)."""
-    from . import settings
+    from mgsv_cli import settings
 
     path = settings.init_settings_file()
     console.print(f"[green]✓[/] wrote {path}: uncomment a line to change a default", highlight=False)
@@ -727,7 +729,7 @@ def data_fetch_command(
 
     Needs internet; set HF_TOKEN if the repository asks for a login.
     """
-    from . import hub
+    from mgsv_cli.features import weights as hub
 
     with err_console.status(f"downloading {repo} into {root}"):
         written = hub.fetch_dataset(root, repo_id=repo)

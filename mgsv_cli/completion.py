@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .paths import atomic_write_text
+from mgsv_cli.paths import atomic_write_text
 
 PROG_NAME = "mgsv"
 COMPLETE_VAR = "_MGSV_COMPLETE"
@@ -27,8 +27,8 @@ def completion_script(shell: str) -> str:
     from typer._click import shell_completion
     from typer._completion_classes import completion_init
 
-    from .cli import app
-    from .errors import UsageError
+    from mgsv_cli.cli import app
+    from mgsv_cli.errors import UsageError
 
     if shell not in SCRIPT_NAMES:
         raise UsageError(f"shell {shell!r}: expected one of {', '.join(SCRIPT_NAMES)}")

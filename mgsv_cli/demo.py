@@ -31,7 +31,7 @@ def run_step(args: list[str], env: dict[str, str]) -> None:
 
 def make_media(out_dir: Path) -> tuple[Path, Path]:
     """The demo library and clip (reused when already there)."""
-    from .synth import make_demo_clip, make_demo_library
+    from mgsv_cli.media.synth import make_demo_clip, make_demo_library
 
     music_dir = out_dir / "music"
     clip = out_dir / "clip.mp4"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import UsageError
+from mgsv_cli.errors import UsageError
 
 
 def resolve_device(spec: str = "auto"):

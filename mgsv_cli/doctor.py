@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import MgsvError
+from mgsv_cli.errors import MgsvError
 
 INDEX_TRACKS_TABLE = "tracks"  # library.py's table of indexed tracks
 
@@ -55,7 +55,7 @@ def missing_required(checks: list[Check]) -> list[Check]:
 
 
 def _ffmpeg() -> list[Check]:
-    from .media import ffmpeg_exe, run_ffmpeg
+    from mgsv_cli.media.ffmpeg import ffmpeg_exe, run_ffmpeg
 
     try:
         exe = ffmpeg_exe()
@@ -110,7 +110,7 @@ def _total_ram_bytes() -> int | None:
 
 
 def _locations() -> list[Check]:
-    from . import paths
+    from mgsv_cli import paths
 
     rows = (("data folder", paths.data_dir()), ("cache folder", paths.cache_dir()),
             ("config folder", paths.config_dir()))
@@ -119,7 +119,7 @@ def _locations() -> list[Check]:
 
 
 def _settings() -> list[Check]:
-    from . import settings
+    from mgsv_cli import settings
 
     path = settings.settings_path()
     if not path.exists():
@@ -132,7 +132,7 @@ def _settings() -> list[Check]:
 
 
 def _weights() -> list[Check]:
-    from . import hub
+    from mgsv_cli.features import weights as hub
 
     weights_dir = _configured_weights_dir()
     checks = []
@@ -148,7 +148,7 @@ def _weights() -> list[Check]:
 
 
 def _configured_weights_dir() -> Path | None:
-    from . import settings
+    from mgsv_cli import settings
 
     try:
         value = settings.load_settings().weights_dir
@@ -158,12 +158,12 @@ def _configured_weights_dir() -> Path | None:
 
 
 def _index() -> list[Check]:
-    from . import settings
+    from mgsv_cli import settings
 
     try:
         path = Path(settings.load_settings().index)
     except MgsvError:
-        from .paths import default_index_path
+        from mgsv_cli.paths import default_index_path
 
         path = default_index_path()
     if not path.is_file():
@@ -188,8 +188,8 @@ def index_counts(path: Path) -> tuple[int, int]:
 
 
 def _checkpoints() -> list[Check]:
-    from .checkpoint import WEIGHTS_NAME
-    from .paths import runs_dir
+    from mgsv_cli.models.checkpoint import WEIGHTS_NAME
+    from mgsv_cli.paths import runs_dir
 
     folder = runs_dir()
     runs = sorted(p for p in folder.iterdir() if (p / WEIGHTS_NAME).is_file()) if folder.is_dir() else []

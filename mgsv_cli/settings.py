@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import paths
-from .errors import ConfigError, OutputExistsError
+from mgsv_cli import paths
+from mgsv_cli.errors import ConfigError, OutputExistsError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 FILE_NAME = "config.toml"
 ENV_PREFIX = "MGSV_"

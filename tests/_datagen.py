@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgsv_cli.data import CSV_COLUMNS, csv_path, feature_path
+from mgsv_cli.research.dataset import CSV_COLUMNS, csv_path, feature_path
 
 STYLE_DIM = 16
 N_FRAMES, VIDEO_DIM, N_WINDOWS, MUSIC_DIM = 50, 512, 96, 768

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mgsv_cli import synth
+from mgsv_cli.media import synth
 
 # (relative path, seconds, bpm, title, artist): short tracks, several formats, one in a subfolder.
 TRACKS = [
@@ -50,7 +50,7 @@ def tiny_encoders():
     """features' tiny random encoders (CLIP + AST classes, small), loaded once."""
     import torch
 
-    from mgsv_cli.features import load_encoders
+    from mgsv_cli.features.encoders import load_encoders
 
     return load_encoders(kind="tiny", device=torch.device("cpu"), offline=True, weights_dir=None)
 
@@ -59,7 +59,7 @@ def tiny_encoders():
 def built(tmp_path_factory, media_src, tiny_encoders):
     """The good tracks indexed once per session: (music folder, index). Never modify either:
     tests that change things use :func:`indexed_music`."""
-    from mgsv_cli import library
+    from mgsv_cli.index import store as library
 
     root = tmp_path_factory.mktemp("built")
     music = root / "music"

@@ -9,7 +9,7 @@ import numpy as np
 
 def ffmpeg(*args: str) -> None:
     """Run ffmpeg quietly; a failure shows its stderr in the test report."""
-    from mgsv_cli.media import ffmpeg_exe
+    from mgsv_cli.media.ffmpeg import ffmpeg_exe
 
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -18,8 +18,9 @@ from _datagen import (
     set_csv_cell,
     write_feature,
 )
-from mgsv_cli import data, paths
-from mgsv_cli.data import feature_path, load_split, read_split_csv
+from mgsv_cli.research import dataset as data
+from mgsv_cli import paths
+from mgsv_cli.research.dataset import feature_path, load_split, read_split_csv
 from mgsv_cli.errors import DataError
 
 REAL_VAL = Path("/work/shared/data/MGSV-EC/val_data.csv")

@@ -40,7 +40,7 @@ def test_required_checks_pass_here():
 
 
 def test_index_size_is_read(isolated_home):
-    from mgsv_cli.library import PrecomputedTrack, import_tokens
+    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
     from mgsv_cli.paths import default_index_path
 
     tracks = [PrecomputedTrack(f"/music/{i}.mp3", np.zeros((3, 4), np.float32), np.ones(3, np.float32), 60.0)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from _datagen import make_dataset
-from mgsv_cli import metrics
-from mgsv_cli.checkpoint import build_untrained, save_checkpoint
+from mgsv_cli.models import metrics
+from mgsv_cli.models.checkpoint import build_untrained, save_checkpoint
 from mgsv_cli.cli import main
-from mgsv_cli.data import load_split
-from mgsv_cli.evaluation import RESULT_KEYS, evaluate, evaluate_model, evaluate_prior
+from mgsv_cli.research.dataset import load_split
+from mgsv_cli.research.evaluation import RESULT_KEYS, evaluate, evaluate_model, evaluate_prior
 
 REAL_VAL = Path("/work/shared/data/MGSV-EC/val_data.csv")
 N_VAL = 40

@@ -12,7 +12,7 @@ import opentimelineio as otio
 import pytest
 
 from _workflow_helpers import clear_settings_env, click_track, write_wav
-from mgsv_cli import writers
+from mgsv_cli.editor import export as writers
 from mgsv_cli.cli import main
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
 
@@ -29,7 +29,7 @@ CLICK_OFFSET = 0.3
 @pytest.fixture(scope="module")
 def media_dir(tmp_path_factory):
     """A 4 s, 25 fps clip and a 30 s click track at 120 BPM (beats at 0.3 + 0.5 k s)."""
-    from mgsv_cli.synth import synth_clip
+    from mgsv_cli.media.synth import synth_clip
 
     folder = tmp_path_factory.mktemp("media")
     synth_clip(folder / "clip.mp4", seconds=VIDEO_SECONDS, fps=25, with_audio=False, size=(64, 48))
@@ -163,7 +163,7 @@ def test_format_and_default_path():
 
 
 def remember(folder: Path, start: float) -> None:
-    from mgsv_cli.suggest import Suggestion, SuggestionResult, remember_suggestion
+    from mgsv_cli.editor.suggest import Suggestion, SuggestionResult, remember_suggestion
 
     entry = Suggestion(rank=1, track=str((folder / "song.wav").resolve()), score=1.0, start=start,
                        end=start + VIDEO_SECONDS, predicted_start=start, predicted_end=start + VIDEO_SECONDS,
@@ -212,8 +212,8 @@ def test_cli_snap_beat_detects_beats_of_the_track(media_dir, tmp_path, capsys):
 
 
 def test_snap_uses_the_beats_stored_in_the_index(media_dir, tmp_path):
-    from mgsv_cli.beats import BeatGrid, snap_suggestion
-    from mgsv_cli.library import PrecomputedTrack, import_tokens
+    from mgsv_cli.media.beats import BeatGrid, snap_suggestion
+    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
 
     index = tmp_path / "index.sqlite"
     track = str((media_dir / "song.wav").resolve())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _media_helpers import corrupt_copy, counter_video, music_like, pattern_video, tone
 
-from mgsv_cli import features as F
+from mgsv_cli.features import encoders as F
 from mgsv_cli.errors import MgsvError, UsageError, WeightsMissingError
 
 # transformers warns that a 128-bin Kaldi filterbank at 16 kHz has an all-zero filter: expected.
@@ -143,7 +143,7 @@ def test_embed_video_equals_clip_on_full_size_frames(tiny, tmp_path):
     import torch
     from PIL import Image
 
-    from mgsv_cli.media import read_frames_1fps
+    from mgsv_cli.media.ffmpeg import read_frames_1fps
 
     path = pattern_video(tmp_path / "v.mp4", 2.2, size="320x180", with_audio=False)
     full, _ = read_frames_1fps(path)
@@ -318,7 +318,7 @@ def test_local_weight_lookup_order(monkeypatch, tmp_path):
 def test_skip_weight_init_only_skips_inside_the_block_and_strict_loading_restores_everything():
     import torch
 
-    from mgsv_cli.features import skip_weight_init
+    from mgsv_cli.features.encoders import skip_weight_init
 
     torch.manual_seed(0)
     source = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mgsv_cli import features, hub
+from mgsv_cli.features import encoders as features
+from mgsv_cli.features import weights as hub
 from mgsv_cli.cli import main
 from mgsv_cli.errors import DataError, WeightsMissingError
 
@@ -162,7 +163,7 @@ def test_hub_cache_is_detected(tmp_path):
 
 
 def test_a_trained_run_counts_as_a_made_checkpoint():
-    from mgsv_cli.checkpoint import WEIGHTS_NAME
+    from mgsv_cli.models.checkpoint import WEIGHTS_NAME
     from mgsv_cli.paths import runs_dir
 
     run = runs_dir() / "run-1"

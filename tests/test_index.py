@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mgsv_cli import library, synth
-from mgsv_cli.beats import BeatGrid
+from mgsv_cli.index import store as library
+from mgsv_cli.media import synth
+from mgsv_cli.media.beats import BeatGrid
 from mgsv_cli.errors import IndexDatabaseError, UsageError
 
 pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
@@ -48,7 +49,7 @@ class CountingEncoders:
 @pytest.fixture
 def counting(monkeypatch, tiny_encoders):
     """Route the CLI's encoder loading to counting tiny encoders; returns the list of loads."""
-    import mgsv_cli.features as features
+    import mgsv_cli.features.encoders as features
 
     loads: list[CountingEncoders] = []
 
@@ -245,7 +246,7 @@ def test_bad_index_files_and_folders_are_clear_errors(capsys, good_music_dir, tm
 # A runner that slows the real CLI down between tracks so the test can kill it mid-run.
 SLOW_RUNNER = textwrap.dedent("""
     import sys, time
-    import mgsv_cli.features as features
+    import mgsv_cli.features.encoders as features
 
     real_load = features.load_encoders
 
@@ -267,7 +268,7 @@ SLOW_RUNNER = textwrap.dedent("""
 
 def test_ctrl_c_keeps_committed_tracks_and_says_how_to_resume(capsys, good_music_dir, tmp_path, monkeypatch,
                                                                tiny_encoders):
-    import mgsv_cli.features as features
+    import mgsv_cli.features.encoders as features
 
     class InterruptedAfterFirstTrack(CountingEncoders):
         def embed_tracks(self, paths):

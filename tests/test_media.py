@@ -12,7 +12,7 @@ from _media_helpers import (
     two_channel_audio,
 )
 
-from mgsv_cli import media
+from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.errors import MediaError
 
 # ---------------------------------------------------------------- probe

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mgsv_cli.metrics import (
+from mgsv_cli.models.metrics import (
     duration_exact_cut,
     gt_ranks,
     mean_iou,

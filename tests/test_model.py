@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from mgsv_cli.checkpoint import build_untrained, load_model, save_checkpoint
-from mgsv_cli.config import load_config
+from mgsv_cli.models.checkpoint import build_untrained, load_model, save_checkpoint
+from mgsv_cli.models.variants import load_config
 from mgsv_cli.errors import CheckpointError
-from mgsv_cli.losses import detection_loss, generalized_iou, matching_loss, span_cxw_to_se
-from mgsv_cli.model import MaDe, trim_padding
+from mgsv_cli.models.losses import detection_loss, generalized_iou, matching_loss, span_cxw_to_se
+from mgsv_cli.models.made import MaDe, trim_padding
 
 REFERENCE_PARAMS = {"enhancement": 2.04e6, "matching": 0.33e6, "detection": 8.03e6}
 
@@ -185,7 +185,7 @@ def test_untrained_model_takes_the_encoders_dims_and_leaves_global_rng_alone():
 
 
 def test_packing_valid_tokens_keeps_them_in_order():
-    from mgsv_cli.model import pack_valid_tokens
+    from mgsv_cli.models.made import pack_valid_tokens
 
     tokens = torch.arange(12, dtype=torch.float32).view(2, 6, 1)
     mask = torch.tensor([[1, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]], dtype=torch.bool)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from mgsv_cli.errors import MediaError
-from mgsv_cli.features import decode_video
-from mgsv_cli.suggest import VideoPrefetcher
-from mgsv_cli.synth import synth_clip
+from mgsv_cli.features.encoders import decode_video
+from mgsv_cli.editor.suggest import VideoPrefetcher
+from mgsv_cli.media.synth import synth_clip
 
 
 def test_prefetched_video_equals_decoding_it_now(tmp_path):

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mgsv_cli import render as rendering
-from mgsv_cli import synth
+from mgsv_cli.editor import render as rendering
+from mgsv_cli.media import synth
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
 
 import _media_checks as mc
@@ -269,7 +269,7 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def _remember(video: Path, moments: list[tuple[Path, float]]) -> None:
-    from mgsv_cli.suggest import Suggestion, SuggestionResult, remember_suggestion
+    from mgsv_cli.editor.suggest import Suggestion, SuggestionResult, remember_suggestion
 
     suggestions = [Suggestion(rank=i + 1, track=str(track), score=1.0 - i / 10, start=start, end=start + 5.0,
                               predicted_start=start, predicted_end=start + 5.0, track_duration=20.0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mgsv_cli.render import resolve_moment
-from mgsv_cli.synth import synth_click_track, synth_clip
+from mgsv_cli.editor.render import resolve_moment
+from mgsv_cli.media.synth import synth_click_track, synth_clip
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,8 @@ def test_init_writes_a_loadable_commented_file_and_never_overwrites():
 
 
 def test_choices_match_the_modules_that_use_them():
-    from mgsv_cli import render, writers
+    from mgsv_cli.editor import render
+    from mgsv_cli.editor import export as writers
 
     assert settings.MIX_MODES == tuple(render.MIX_MODES)
     assert settings.EXPORT_FORMATS == tuple(writers.FORMATS)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mgsv_cli import library, paths
+from mgsv_cli.index import store as library
+from mgsv_cli import paths
 from mgsv_cli.errors import CheckpointError, IndexDatabaseError, UsageError
 
 pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
@@ -112,7 +113,7 @@ def test_index_encoders_must_match(capsys, media_src, indexed):
 
 def test_token_cache_is_reused_then_invalidated_by_index_changes(capsys, monkeypatch, media_src, index_copy,
                                                                   tiny_encoders):
-    from mgsv_cli.model import MaDe
+    from mgsv_cli.models.made import MaDe
 
     real_encode_music = MaDe.encode_music
     counter = CallCounter(None)
@@ -154,8 +155,8 @@ def test_token_cache_is_reused_then_invalidated_by_index_changes(capsys, monkeyp
 
 
 def test_batch_loads_models_once_and_skips_bad_files(capsys, monkeypatch, media_src, indexed, tiny_encoders):
-    import mgsv_cli.checkpoint as checkpoint
-    import mgsv_cli.features as features
+    import mgsv_cli.models.checkpoint as checkpoint
+    import mgsv_cli.features.encoders as features
 
     encoder_loads = CallCounter(lambda *a, **k: tiny_encoders)
     model_builds = CallCounter(checkpoint.build_untrained)
@@ -181,7 +182,7 @@ def test_single_bad_video_fails_with_its_own_error(capsys, media_src, indexed):
 
 
 def test_last_suggestion_is_remembered_for_render(capsys, media_src, indexed, tmp_path):
-    from mgsv_cli.suggest import load_last_suggestion
+    from mgsv_cli.editor.suggest import load_last_suggestion
 
     video = Path(shutil.copy2(clip(media_src, 1), tmp_path / "mine.mp4"))
     with pytest.raises(UsageError, match="no suggestion remembered .* run `mgsv suggest"):
@@ -199,9 +200,9 @@ def test_last_suggestion_is_remembered_for_render(capsys, media_src, indexed, tm
 
 
 def _save_run(run_dir: Path, video_dim: int, music_dim: int) -> str:
-    from mgsv_cli.checkpoint import save_checkpoint
-    from mgsv_cli.config import load_config
-    from mgsv_cli.model import MaDe
+    from mgsv_cli.models.checkpoint import save_checkpoint
+    from mgsv_cli.models.variants import load_config
+    from mgsv_cli.models.made import MaDe
 
     variant = load_config("tiny")
     variant = dataclasses.replace(variant, model=dataclasses.replace(variant.model, video_dim=video_dim,
@@ -228,7 +229,7 @@ def test_trained_checkpoint_is_used_and_dims_are_checked(capsys, media_src, inde
 
 
 def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
-    from mgsv_cli.suggest import load_last_suggestion, suggest
+    from mgsv_cli.editor.suggest import load_last_suggestion, suggest
 
     outcomes = suggest([clip(media_src, 1), media_src / "nope.mp4"], top_k=1, index_path=indexed, untrained=True,
                        device="cpu", encoders_obj=tiny_encoders)
@@ -241,8 +242,8 @@ def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
 
 def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encoders):
     """Caching and length buckets must not change what MaDe says."""
-    from mgsv_cli.checkpoint import build_untrained
-    from mgsv_cli.suggest import Suggester
+    from mgsv_cli.models.checkpoint import build_untrained
+    from mgsv_cli.editor.suggest import Suggester
 
     with Suggester.open(index_path=indexed, untrained=True, device="cpu", encoders_obj=tiny_encoders) as s:
         result = s.suggest_video(clip(media_src), top_k=3)
@@ -265,8 +266,8 @@ def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encod
 
 
 def test_length_buckets_score_exactly_like_full_tokens():
-    from mgsv_cli.checkpoint import build_untrained
-    from mgsv_cli.suggest import ScoringTokens
+    from mgsv_cli.models.checkpoint import build_untrained
+    from mgsv_cli.editor.suggest import ScoringTokens
 
     model, _ = build_untrained(video_dim=32, music_dim=24, config="tiny", seed=1)
     gen = torch.Generator().manual_seed(0)
@@ -283,7 +284,7 @@ def test_length_buckets_score_exactly_like_full_tokens():
 
 
 def test_expand_video_inputs(media_src, tmp_path):
-    from mgsv_cli.suggest import expand_video_inputs
+    from mgsv_cli.editor.suggest import expand_video_inputs
 
     folder = tmp_path / "videos"
     (folder / "nested").mkdir(parents=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mgsv_cli import media, synth
+from mgsv_cli.media import ffmpeg as media
+from mgsv_cli.media import synth
 from mgsv_cli.errors import UsageError
 
 import _media_checks as mc

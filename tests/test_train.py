@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from _datagen import make_dataset
-from mgsv_cli.config import load_config, replace_train
+from mgsv_cli.models.variants import load_config, replace_train
 from mgsv_cli.errors import UsageError
-from mgsv_cli.train import Reporter, learning_rate, selection_score, train
+from mgsv_cli.research.train import Reporter, learning_rate, selection_score, train
 
 
 def run_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
@@ -67,8 +67,8 @@ def test_training_learns_the_planted_signal_and_beats_the_prior(dataset, isolate
 @torch.no_grad()
 def predict_test_split(root, run, dtype):
     """Top-1 track of every test video and the moment on its GT track, with the weights in ``dtype``."""
-    from mgsv_cli.checkpoint import load_model
-    from mgsv_cli.data import load_split
+    from mgsv_cli.models.checkpoint import load_model
+    from mgsv_cli.research.dataset import load_split
 
     model, _, _ = load_model(run)
     model = model.to(dtype)

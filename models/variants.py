@@ -7,13 +7,17 @@ name; any other argument is read as a path.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from mgsv_cli.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -99,14 +103,8 @@ def shipped_variants() -> dict[str, Path]:
 
 
 def _model_folders() -> list[Path]:
-    folders = []
-    try:
-        folders.append(Path(str(resources.files("mgsv_cli.models"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    # A source checkout that is not installed keeps them at the repository root.
-    folders.append(Path(__file__).resolve().parent.parent / "models")
-    return [f for f in folders if f.is_dir()]
+    # The TOMLs ship beside this module (models/ is the mgsv_cli.models package).
+    return [Path(__file__).resolve().parent]
 
 
 def load_config(name_or_path: str = "made") -> VariantConfig:

@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import paths
-from .errors import CheckpointError, IndexDatabaseError, MgsvError, UsageError
+from mgsv_cli import paths
+from mgsv_cli.errors import CheckpointError, IndexDatabaseError, MgsvError, UsageError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
 RENDERED_TAG = ".mgsv."  # `mgsv render` writes <stem>.mgsv.<ext>
@@ -130,7 +130,7 @@ def rank_and_detect(model, video_tokens, scoring_tokens, load_music_windows, tra
     import numpy as np
     import torch
 
-    from .metrics import duration_exact_cut
+    from mgsv_cli.models.metrics import duration_exact_cut
 
     scores = scoring_tokens.score(model, video_tokens)
     k = min(top_k, scores.shape[0])
@@ -195,7 +195,7 @@ class ScoringTokens:
         """Bucket full-length tensors: keys [N, S, d], pooled [N, d], mask [N, S] bool."""
         import torch
 
-        from .model import MusicTokens
+        from mgsv_cli.models.made import MusicTokens
 
         last_valid = torch.where(mask.any(1), mask.shape[1] - mask.flip(1).int().argmax(1), 0)
         bucket_of = torch.bucketize(last_valid, torch.tensor(BUCKET_EDGES), right=False)
@@ -284,7 +284,7 @@ def _read_token_cache(path: Path, encoder_id: str | None, device):
     """``(track_ids [N], token_stamps [N], ScoringTokens)`` from a cache file, or None."""
     from safetensors import safe_open
 
-    from .model import MusicTokens
+    from mgsv_cli.models.made import MusicTokens
 
     if not path.is_file():
         return None
@@ -350,7 +350,7 @@ class VideoPrefetcher:
         self._pending: dict[str, Any] = {}
 
     def start(self, video_path: str | os.PathLike) -> None:
-        from .features import decode_video
+        from mgsv_cli.features.encoders import decode_video
 
         key = str(Path(video_path).resolve())
         if key not in self._pending:
@@ -400,7 +400,7 @@ class Suggester:
         Raises ``IndexDatabaseError`` (no/empty index, encoder mismatch) and
         ``CheckpointError`` (no checkpoint, dims that do not fit the encoders).
         """
-        from .library import open_index
+        from mgsv_cli.index.store import open_index
 
         timings: dict[str, float] = {}
         prefetcher = VideoPrefetcher()
@@ -412,11 +412,11 @@ class Suggester:
             tracks = index.tracks()
             kind = _encoders_for_index(index, encoders)
             t0 = time.perf_counter()
-            from .device import resolve_device
+            from mgsv_cli.device import resolve_device
 
             torch_device = resolve_device(device)
             if encoders_obj is None:
-                from .features import load_encoders
+                from mgsv_cli.features.encoders import load_encoders
 
                 encoders_obj = load_encoders(kind=kind, device=torch_device, offline=offline, weights_dir=weights_dir,
                                              parts=("video",))
@@ -508,7 +508,7 @@ class Suggester:
 
 def _snap_to_beats(track, start: float, length: float) -> tuple[float, str | None]:
     """The cut's start moved onto the track's nearest downbeat/beat (index beats); unchanged without beats."""
-    from .beats import BeatGrid, snap_start
+    from mgsv_cli.media.beats import BeatGrid, snap_start
 
     if not track.beats:
         return start, None
@@ -518,7 +518,7 @@ def _snap_to_beats(track, start: float, length: float) -> tuple[float, str | Non
 
 def _encoders_for_index(index, requested: str | None) -> str:
     """The encoder kind to load: the index's, unless asked otherwise (checked before any loading)."""
-    from .library import encoder_kind_of
+    from mgsv_cli.index.store import encoder_kind_of
 
     built_with = encoder_kind_of(index.encoder_id)
     if requested is not None and requested != built_with:
@@ -541,7 +541,7 @@ def _check_index_encoders(index, encoders, kind: str) -> None:
 
 def _load_network(checkpoint, untrained: bool, encoders, device):
     """``(model, model_id)``: a trained checkpoint, or a seeded random MaDe with ``untrained``."""
-    from .checkpoint import build_untrained, load_model
+    from mgsv_cli.models.checkpoint import build_untrained, load_model
 
     if untrained:
         if checkpoint is not None:

@@ -11,7 +11,7 @@ import functools
 import subprocess
 from pathlib import Path
 
-from .errors import MediaError, UsageError
+from mgsv_cli.errors import MediaError, UsageError
 
 SAMPLE_RATE = 44100
 _CLIP_AUDIO_RATE = 48000
@@ -55,7 +55,7 @@ _CLIP_CODECS = {
 
 def _encode(args: list[str], pcm: bytes, out: Path) -> None:
     """Run ffmpeg with raw PCM on stdin; failures become a MediaError naming ``out``."""
-    from .media import ffmpeg_exe, last_ffmpeg_message
+    from mgsv_cli.media.ffmpeg import ffmpeg_exe, last_ffmpeg_message
 
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args, str(out)]

@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import VariantConfig, load_config, variant_from_dict, variant_to_dict
-from .errors import CheckpointError
-from .paths import atomic_write_bytes
+from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
+from mgsv_cli.errors import CheckpointError
+from mgsv_cli.paths import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
 LAST_NAME = "last.safetensors"
@@ -62,7 +62,7 @@ def save_checkpoint(run_dir: Path, model, variant: VariantConfig, metrics: dict)
 
 def latest_run() -> Path | None:
     """The most recently written run folder holding weights, or None."""
-    from .paths import runs_dir
+    from mgsv_cli.paths import runs_dir
 
     folder = runs_dir()
     if not folder.is_dir():
@@ -115,7 +115,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, device=None):
     import torch
     from safetensors.torch import load_file
 
-    from .model import MaDe
+    from mgsv_cli.models.made import MaDe
 
     path = resolve_checkpoint(checkpoint)
     metadata = read_metadata(path)
@@ -140,7 +140,7 @@ def build_untrained(video_dim: int = 512, music_dim: int = 768, config: str = "m
 
     import torch
 
-    from .model import MaDe
+    from mgsv_cli.models.made import MaDe
 
     variant = load_config(config)
     model_cfg = dataclasses.replace(variant.model, video_dim=video_dim, music_dim=music_dim)

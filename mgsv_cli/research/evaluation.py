@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import metrics
-from .data import ProgressFn, SplitData, load_split, read_split_csv
+from mgsv_cli.models import metrics
+from mgsv_cli.research.dataset import ProgressFn, SplitData, load_split, read_split_csv
 
 METRIC_KEYS = ("miou", "r1", "r5", "r10", "mor1", "mor10", "mor100")
 CUT_KEYS = ("miou_cut", "mor1_cut", "mor10_cut", "mor100_cut")
@@ -206,8 +206,8 @@ def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.
     ``checkpoint``: None (latest run), a run folder or a ``.safetensors`` file.
     Adds ``params`` (per-module counts), ``checkpoint`` (path) and ``checkpoint_id``.
     """
-    from .checkpoint import load_model
-    from .device import compute_dtype, resolve_device
+    from mgsv_cli.models.checkpoint import load_model
+    from mgsv_cli.device import compute_dtype, resolve_device
 
     torch_device = resolve_device(device)
     dtype = compute_dtype(torch_device, precision)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import LAST_NAME, WEIGHTS_NAME, atomic_write_json, save_checkpoint, save_weights
-from .config import VariantConfig, variant_from_dict, variant_to_dict
-from .errors import CheckpointError, UsageError
+from mgsv_cli.models.checkpoint import LAST_NAME, WEIGHTS_NAME, atomic_write_json, save_checkpoint, save_weights
+from mgsv_cli.models.variants import VariantConfig, variant_from_dict, variant_to_dict
+from mgsv_cli.errors import CheckpointError, UsageError
 
 PAPER_METRICS = ("miou", "r1", "r5", "r10", "mor1", "mor10", "mor100")
 
@@ -76,7 +76,7 @@ def selection_score(metrics: dict[str, Any]) -> float:
 
 
 def new_run_dir(variant: VariantConfig) -> Path:
-    from .paths import runs_dir
+    from mgsv_cli.paths import runs_dir
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = runs_dir() / f"{stamp}-{variant.name}"
@@ -88,7 +88,7 @@ def new_run_dir(variant: VariantConfig) -> Path:
 
 
 def _latest_resumable() -> Path | None:
-    from .paths import runs_dir
+    from mgsv_cli.paths import runs_dir
 
     folder = runs_dir()
     runs = [p for p in folder.iterdir() if (p / LAST_NAME).is_file()] if folder.is_dir() else []
@@ -122,7 +122,7 @@ def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype
     """One optimisation step on a batch of matched pairs; returns the loss."""
     import torch
 
-    from .losses import detection_loss, matching_loss
+    from mgsv_cli.models.losses import detection_loss, matching_loss
 
     recipe = variant.train
     for group in optimizer.param_groups:
@@ -156,7 +156,7 @@ def run_epoch(model, optimizer, split, variant, epoch, state: _State, total_step
 def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state: _State, train_loss: float,
                       device, dtype) -> dict[str, Any]:
     """Score the epoch's weights on val, keep them if best, save the resume state; returns the record."""
-    from .evaluation import evaluate_model
+    from mgsv_cli.research.evaluation import evaluate_model
 
     metrics = evaluate_model(model, val_split, device, batch_size=variant.train.eval_batch_size, dtype=dtype)
     score = selection_score(metrics)
@@ -183,9 +183,9 @@ def train(
     """Train (or resume) a MaDe run on the MGSV-EC layout at ``data_root``; returns the run folder."""
     import torch
 
-    from .data import load_split
-    from .device import compute_dtype, resolve_device, tune_malloc_for_training
-    from .model import MaDe
+    from mgsv_cli.research.dataset import load_split
+    from mgsv_cli.device import compute_dtype, resolve_device, tune_malloc_for_training
+    from mgsv_cli.models.made import MaDe
 
     reporter = reporter or Reporter()
     torch_device = resolve_device(device)

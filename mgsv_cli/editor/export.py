@@ -18,7 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .errors import MediaError, OutputExistsError, UsageError
+from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
 
 FORMATS = {  # name -> (OTIO adapter, file extension)
     "fcpxml": ("fcpx_xml", ".fcpxml"),
@@ -95,7 +95,7 @@ def plan_timeline(suggestion: dict[str, Any], video_path: str | os.PathLike, pic
     The rate is ``frame_rate`` or the video's (see :func:`timeline_rate`); the music's
     source range is ``[start, end)`` of the suggestion rounded to that rate.
     """
-    from . import media
+    from mgsv_cli.media import ffmpeg as media
 
     entry = pick_suggestion(suggestion, pick)
     video = Path(video_path).expanduser()

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from mgsv_cli.models.variants import ModelConfig
 
 
 # ----------------------------------------------------------------------------- token bundles

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
-from . import paths
-from .errors import DataError
+from mgsv_cli import paths
+from mgsv_cli.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

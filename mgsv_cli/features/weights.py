@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError, WeightsMissingError
+from mgsv_cli.errors import DataError, WeightsMissingError
 
 DATASET_REPO = "xxayt/MGSV-EC"
 DATASET_SPLITS = ("train", "val", "test")
@@ -161,7 +161,7 @@ def dataset_layout_problems(root: str | os.PathLike) -> list[str]:
 
 
 def _weights_root(weights_dir: str | os.PathLike | None) -> Path:
-    from .features import default_weights_dir
+    from mgsv_cli.features.encoders import default_weights_dir
 
     return Path(weights_dir).expanduser() if weights_dir is not None else default_weights_dir()
 
@@ -175,7 +175,7 @@ def download_models(weights_dir: str | os.PathLike | None = None, token: str | N
     or mgsv's default weights folder (both are searched by ``mgsv index/suggest``).
     Raises WeightsMissingError when the hub cannot be reached.
     """
-    from . import features
+    from mgsv_cli.features import encoders as features
 
     root = _weights_root(weights_dir)
     try:
@@ -188,7 +188,7 @@ def download_models(weights_dir: str | os.PathLike | None = None, token: str | N
 
 
 def _manual_hint(root: Path) -> str:
-    from . import features
+    from mgsv_cli.features import encoders as features
 
     return (f"download them on a connected machine with `mgsv models download --weights-dir DIR` and copy DIR "
             f"here, or set MGSV_CLIP_WEIGHTS to an open_clip ViT-B-32 OpenAI checkpoint file and MGSV_AST_WEIGHTS "
@@ -199,7 +199,7 @@ def _download_clip(folder: Path, token: str | None) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
-    from . import features
+    from mgsv_cli.features import encoders as features
 
     last: BaseException | None = None
     for filename in features.CLIP_HUB_FILES:  # safetensors first, the pickle only if it is all there is
@@ -221,7 +221,7 @@ def _download_clip(folder: Path, token: str | None) -> Path:
 def _download_ast(folder: Path, token: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    from . import features
+    from mgsv_cli.features import encoders as features
 
     try:
         with _quiet_hub():
@@ -260,7 +260,7 @@ def _in_hub_cache(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
 
 def models_status(weights_dir: str | os.PathLike | None = None) -> list[WeightsStatus]:
     """Which pretrained weights are available without a network: CLIP, AST, and MaDe."""
-    from . import features
+    from mgsv_cli.features import encoders as features
 
     weights_dir = Path(weights_dir).expanduser() if weights_dir is not None else None
     return [_clip_status(features, weights_dir), _ast_status(features, weights_dir), _made_status()]
@@ -301,7 +301,7 @@ def _has_weight_file(folder: Path) -> bool:
 
 
 def _made_status() -> WeightsStatus:
-    from .checkpoint import WEIGHTS_NAME, latest_run
+    from mgsv_cli.models.checkpoint import WEIGHTS_NAME, latest_run
 
     run = latest_run()
     if run is not None:

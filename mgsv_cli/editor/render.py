@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import MediaError, MgsvError, OutputExistsError, UsageError
+from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, UsageError
 
 MIX_MODES = ("replace", "original", "duck")
 MIN_VIDEO_SECONDS = 1.0
@@ -132,7 +132,7 @@ def default_output_path(video: str | os.PathLike) -> Path:
 
 def _ffmpeg(args: list[str], what: str) -> str:
     """Run ffmpeg with ``args``; return its stderr (where filters print); MediaError on failure."""
-    from .media import run_ffmpeg
+    from mgsv_cli.media.ffmpeg import run_ffmpeg
 
     return run_ffmpeg(["-nostats", *args], what).stderr.decode("utf-8", "replace")
 
@@ -144,7 +144,7 @@ def video_stream_seconds(path: Path) -> float | None:
     its longest stream and audio often runs a little past the picture. None when the
     packets carry no timestamps.
     """
-    from .media import run_ffmpeg
+    from mgsv_cli.media.ffmpeg import run_ffmpeg
 
     proc = run_ffmpeg(["-i", str(path), "-map", "0:V:0", "-c", "copy", "-f", "framemd5", "-"],
                       f"reading the video stream of {path}")
@@ -367,7 +367,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def _plan(video: Path, track: Path, start: float, mix: str, fade_in: float, fade_out: float,
           loudness: float) -> tuple[_Plan, list[str]]:
     """Probe both inputs and settle the cut, fades and mix; returns the plan and its warnings."""
-    from . import media
+    from mgsv_cli.media import ffmpeg as media
 
     video_info = media.probe(video)
     if not video_info.has_video:
@@ -443,7 +443,7 @@ def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None 
 
     ``snap="beat"`` moves the start onto the nearest downbeat/beat (same length, inside the track).
     """
-    from .suggest import load_last_suggestion
+    from mgsv_cli.editor.suggest import load_last_suggestion
 
     if pick < 1:
         raise UsageError(f"--pick {pick}: ranks start at 1")
@@ -451,7 +451,7 @@ def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None 
     if not any(int(s["rank"]) == pick for s in record["suggestions"]):
         raise UsageError(f"--pick {pick}: only {len(record['suggestions'])} suggestion(s) remembered for {video}")
     if snap is not None:
-        from .beats import snap_suggestion
+        from mgsv_cli.media.beats import snap_suggestion
 
         record, _ = snap_suggestion(record, pick, index_path)
     chosen = next(s for s in record["suggestions"] if int(s["rank"]) == pick)
@@ -472,8 +472,8 @@ def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.Path
     start = float(start if start is not None else 0.0)
     if snap is None:
         return Path(track), start
-    from .beats import grid_for_track, snap_start
-    from .media import probe
+    from mgsv_cli.media.beats import grid_for_track, snap_start
+    from mgsv_cli.media.ffmpeg import probe
 
     track_seconds = probe(track).duration
     video_seconds = video_stream_seconds(Path(video)) or probe(video).duration
@@ -485,7 +485,7 @@ def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.Path
 def expand_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Videos named or found in folders (mgsv's own ``*.mgsv.*`` outputs skipped in folders);
     plus ``(input, reason)`` for inputs that are neither."""
-    from .suggest import expand_video_inputs
+    from mgsv_cli.editor.suggest import expand_video_inputs
 
     videos: list[Path] = []
     problems: list[tuple[str, str]] = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import MediaError
+from mgsv_cli.errors import MediaError
 
 AUDIO_SAMPLE_RATE = 16_000
 MAX_VIDEO_FRAMES = 50

@@ -44,8 +44,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import paths
-from .errors import IndexDatabaseError, MgsvError, UsageError
+from mgsv_cli import paths
+from mgsv_cli.errors import IndexDatabaseError, MgsvError, UsageError
 
 SCHEMA_VERSION = 1
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg", ".opus"})
@@ -548,7 +548,7 @@ def _reuse_identical(conn, jobs: list[_Job], encoder_id: str, report: IndexRepor
 
 
 def _embed_jobs(conn, jobs: list[_Job], encoders, progress: IndexProgress, report: IndexReport, detect_beats) -> None:
-    from . import media
+    from mgsv_cli.media import ffmpeg as media
 
     probed = []
     progress.stage("probing", len(jobs))
@@ -717,7 +717,7 @@ class _PrecomputedInfo:
 def _beat_detector() -> Callable | None:
     """``beats.beats_of_file`` when that module is installed, else None (beats stay NULL)."""
     try:
-        from .beats import beats_of_file
+        from mgsv_cli.media.beats import beats_of_file
     except ImportError:
         return None
     return beats_of_file

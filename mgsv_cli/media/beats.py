@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import DataError
+from mgsv_cli.errors import DataError
 
 # Analysis resolution: 10 ms hops and ~32 ms FFT frames keep beat times within a few
 # milliseconds of the onsets (longer frames smear the onset and make beats late).
@@ -368,7 +368,7 @@ def snap_start(
 
 def beats_of_file(path) -> BeatGrid:
     """Decode a track (16 kHz mono via ffmpeg) and detect its beats."""
-    from . import media
+    from mgsv_cli.media import ffmpeg as media
 
     audio = media.read_audio_16k(path)
     return detect_beats(audio, 16000)
@@ -402,8 +402,8 @@ def grid_for_track(track, index_path=None) -> tuple[BeatGrid, str]:
 
 
 def _stored_grid(track: str, index_path) -> BeatGrid | None:
-    from .errors import MgsvError
-    from .library import open_index
+    from mgsv_cli.errors import MgsvError
+    from mgsv_cli.index.store import open_index
 
     try:
         index = open_index(index_path, require_tracks=False)
@@ -421,8 +421,8 @@ def snap_suggestion(suggestion: dict[str, Any], pick: int = 1, index_path=None) 
     the nearest downbeat/beat (same length, inside the track), and how it moved."""
     import copy
 
-    from . import media
-    from .writers import pick_suggestion
+    from mgsv_cli.media import ffmpeg as media
+    from mgsv_cli.editor.export import pick_suggestion
 
     snapped = copy.deepcopy(suggestion)
     entry = pick_suggestion(snapped, pick)

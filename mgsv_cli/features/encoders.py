@@ -22,8 +22,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import MediaError, MgsvError, WeightsMissingError
-from .media import AUDIO_SAMPLE_RATE, MAX_VIDEO_FRAMES, frames_for_duration
+from mgsv_cli.errors import MediaError, MgsvError, WeightsMissingError
+from mgsv_cli.media.ffmpeg import AUDIO_SAMPLE_RATE, MAX_VIDEO_FRAMES, frames_for_duration
 
 # ---------------------------------------------------------------- the recipe (spec section 3)
 
@@ -258,7 +258,7 @@ def decode_video(path: str | os.PathLike, max_frames: int = N_VIDEO_FRAMES) -> D
     import torch
     from PIL import Image
 
-    from .media import read_frames_1fps
+    from mgsv_cli.media.ffmpeg import read_frames_1fps
 
     # Decoding straight to a 224 short side is the same PIL bicubic resize CLIP's
     # preprocess would do first; it just avoids holding 50 full-size frames.
@@ -501,7 +501,7 @@ def _load_track_audio(item: Any) -> tuple[np.ndarray, float]:
         if samples.size == 0:
             raise MediaError(f"{_item_name(0, item)}: no audio samples")
         return samples, samples.size / SAMPLE_RATE
-    from .media import probe, read_audio_16k
+    from mgsv_cli.media.ffmpeg import probe, read_audio_16k
 
     # Only the first 240 s are ever used; past that the validity rule needs no more
     # precision, but the reported duration should still be the real one.
@@ -517,7 +517,7 @@ def _load_track_audio(item: Any) -> tuple[np.ndarray, float]:
 
 def default_weights_dir() -> Path:
     """Where ``mgsv models download`` puts encoder weights (under MGSV_HOME when set)."""
-    from .paths import data_dir
+    from mgsv_cli.paths import data_dir
 
     return data_dir() / "weights"
 
@@ -603,7 +603,7 @@ def _clip_dtype(device, precision: str):
     fp32 >= 0.9999 per frame); elsewhere fp32."""
     import torch
 
-    from .device import cpu_has_fast_bf16
+    from mgsv_cli.device import cpu_has_fast_bf16
 
     if precision == "fp32":
         return torch.float32
@@ -615,7 +615,7 @@ def _clip_dtype(device, precision: str):
 
 
 def _ast_dtype(device, precision: str):
-    from .device import compute_dtype
+    from mgsv_cli.device import compute_dtype
 
     return compute_dtype(device, precision)
 
@@ -633,8 +633,8 @@ def load_encoders(kind: str = "pretrained", device: Any = "auto", offline: bool 
     offline (or HF_HUB_OFFLINE=1): never touch the network. parts: load only
     ``video`` and/or ``music``. Raises WeightsMissingError naming what is missing.
     """
-    from .device import resolve_device
-    from .errors import UsageError
+    from mgsv_cli.device import resolve_device
+    from mgsv_cli.errors import UsageError
 
     torch_device = device if hasattr(device, "type") else resolve_device(device)
     unknown = set(parts) - {"video", "music"}

@@ -1,0 +1,10 @@
+"""editor: what an editor does with a clip: suggest, render, export.
+
+``record`` is the one typed suggestion record (``Suggestion``, ``SuggestionResult``;
+to/from JSON, remembered per video, ``pick``); ``snapping`` is the one path that moves a
+cut onto the beat; ``suggest`` ranks tracks and finds moments; ``render`` is the ffmpeg
+mixdown (it owns the mix modes); ``export`` writes timelines through OpenTimelineIO.
+
+May import: base modules, ``media``, ``features``, ``models`` and ``index``. Never
+``research`` or the CLI.
+"""

@@ -1,0 +1,9 @@
+"""research: reproducing the paper on MGSV-EC.
+
+``dataset`` owns the release layout and the packed feature cache; ``synthetic`` writes a
+small MGSV-EC-shaped dataset with a planted signal; ``download`` fetches the real one;
+``train`` is the training loop; ``evaluation`` is ``mgsv eval``.
+
+May import: base modules, ``features.recipe`` and ``models``. Never ``index``, the editor
+or the CLI.
+"""
