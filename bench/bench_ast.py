@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from mgsv_cli.features import recipe as R  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,7 +118,7 @@ def run_e2e(n_tracks: int) -> dict:
     rng = np.random.default_rng(1)
     tracks = [(f"t{k}", (0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32))
               for k, s in enumerate(rng.uniform(6, 16, n_tracks))]
-    n_windows = sum(int(F.window_valid(len(a) / 16000).sum()) for _, a in tracks)
+    n_windows = sum(int(R.window_valid(len(a) / 16000).sum()) for _, a in tracks)
     wall, cpu = time.perf_counter(), time.process_time()
     for result in encoders.embed_tracks(tracks):
         assert result.ok

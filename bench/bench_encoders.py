@@ -20,6 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mgsv_cli.features import recipe as R  # noqa: E402
+
 IMPORT_PROBE = """
 import time
 t = time.perf_counter(); import torch; a = time.perf_counter() - t
@@ -79,7 +81,7 @@ def main() -> None:
         clip = Path(tmp) / "clip.mp4"
         make_clip(clip, args.seconds, args.size)
         full_s, (full, _) = timed(lambda: read_frames_1fps(clip), args.repeat)
-        small_s, (small, _) = timed(lambda: read_frames_1fps(clip, short_side=F.CLIP_IMAGE_SIZE), args.repeat)
+        small_s, (small, _) = timed(lambda: read_frames_1fps(clip, short_side=R.CLIP_IMAGE_SIZE), args.repeat)
         n_frames = len(small)
         print(f"decode {args.seconds:g} s {args.size} H.264 at 1 fps -> {n_frames} frames: "
               f"full size {full_s:.2f} s, resized to short side 224 on the fly {small_s:.2f} s")

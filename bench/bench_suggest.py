@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from mgsv_cli.features import recipe as R  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -104,7 +105,8 @@ class FeatureDims:
 
 
 def part_scoring(index_path: Path, run_dir: Path, encoder_id: str, repeats: int) -> dict:
-    from mgsv_cli.editor.suggest import Suggester, token_cache_path
+    from mgsv_cli.editor.suggest import Suggester
+    from mgsv_cli.index.token_cache import token_cache_path
 
     def open_suggester():
         return Suggester.open(index_path=index_path, checkpoint=run_dir, encoders="pretrained", device="cpu",
@@ -184,7 +186,7 @@ def run_child(index_path: Path, run_dir: Path, video: Path) -> dict:
     timings["open index + load MaDe + token cache"] = time.perf_counter() - t0
     timings.update({f"  of which {k}": v for k, v in suggester.timings.items() if k != "load_encoders"})
     t0 = time.perf_counter()
-    frames, duration = media.read_frames_1fps(video, short_side=features.CLIP_IMAGE_SIZE)
+    frames, duration = media.read_frames_1fps(video, short_side=R.CLIP_IMAGE_SIZE)
     timings["decode 1 fps frames"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     feats = encoders.embed_frames(frames)

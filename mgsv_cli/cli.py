@@ -374,7 +374,9 @@ def suggest_command(
 
     from mgsv_cli.errors import UsageError
     from mgsv_cli.settings import default
-    from mgsv_cli.editor.suggest import Suggester, expand_video_inputs, remember_suggestion, suggest_many
+    from mgsv_cli.editor.outputs import expand_video_inputs
+    from mgsv_cli.editor.record import remember_suggestion
+    from mgsv_cli.editor.suggest import Suggester, suggest_many
 
     index, top, device = default("index", index), default("top_k", top), default("device", device)
     weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
@@ -466,6 +468,7 @@ def render_command(
     Defaults for --mix, --fade-in, --fade-out, --loudness and --snap come from `mgsv config` when set there.
     """
     from mgsv_cli.editor import render as rendering
+    from mgsv_cli.editor.outputs import expand_video_inputs
     from mgsv_cli.errors import UsageError
     from mgsv_cli.settings import default
 
@@ -488,7 +491,7 @@ def render_command(
         result = rendering.render(videos[0], *moment, out=out, **options)
         _print_render(result, as_json)
         return
-    found, problems = rendering.expand_videos(videos)
+    found, problems = expand_video_inputs(videos)
     n_done = n_failed = 0
     for name, reason in problems:
         n_failed += 1
@@ -568,28 +571,28 @@ def export_command(
 
     from mgsv_cli import settings
     from mgsv_cli.editor import export as writers
-    from mgsv_cli.editor.suggest import load_last_suggestion
+    from mgsv_cli.editor.record import load_last_suggestion
 
     fmt = fmt or (writers.format_from_path(out) if out is not None else None) or settings.default("export_format")
     snap = settings.effective({"snap": snap})[0].snap
     record = load_last_suggestion(video)
     snap_info = None
     if snap == "beat":
-        from mgsv_cli.media.beats import snap_suggestion
+        from mgsv_cli.editor.snapping import snap_suggestion
 
         with err_console.status("finding the beats of the track"):
             record, snap_info = snap_suggestion(record, pick, index_path=settings.default("index", index))
     written = writers.export_timeline(record, video, fmt, out, pick=pick, frame_rate=frame_rate, force=force)
-    entry = writers.pick_suggestion(record, pick)
+    entry = record.pick(pick)
     if as_json:
         typer.echo(json.dumps({
-            "ok": True, "out": str(written.absolute()), "format": fmt, "video": record["video"], "rank": pick,
-            "track": entry["track"], "start": round(float(entry["start"]), 6), "end": round(float(entry["end"]), 6),
+            "ok": True, "out": str(written.absolute()), "format": fmt, "video": record.video, "rank": pick,
+            "track": entry.track, "start": round(entry.start, 6), "end": round(entry.end, 6),
             "snapped_to": snap_info.snapped_to if snap_info else None,
         }))
         return
-    console.print(f"[green]✓[/] {escape(str(written))} ({fmt}): ♪ {escape(Path(entry['track']).name)} "
-                  f"{float(entry['start']):.2f}–{float(entry['end']):.2f} s", highlight=False)
+    console.print(f"[green]✓[/] {escape(str(written))} ({fmt}): ♪ {escape(Path(entry.track).name)} "
+                  f"{entry.start:.2f}–{entry.end:.2f} s", highlight=False)
     if snap_info is not None:
         if snap_info.snapped_to:
             console.print(f"  start moved {snap_info.moved_by:+.3f} s onto a {snap_info.snapped_to} "
@@ -611,7 +614,9 @@ def models_download_command(
         console.print(f"[green]✓[/] {path}", highlight=False)
     if weights_dir is not None:
         console.print(f"use them with --weights-dir {weights_dir} (or weights_dir in `mgsv config`)", highlight=False)
-    console.print(f"[dim]{hub.MADE_CHECKPOINT_NOTE}[/]", highlight=False)
+    from mgsv_cli.models.checkpoint import MADE_CHECKPOINT_NOTE
+
+    console.print(f"[dim]{MADE_CHECKPOINT_NOTE}[/]", highlight=False)
 
 
 @models_app.command("list", epilog="Example: mgsv models list --json")
@@ -630,7 +635,9 @@ def models_list_command(
     from mgsv_cli import settings
 
     chosen = weights_dir or settings.default("weights_dir")
-    statuses = hub.models_status(chosen)
+    from mgsv_cli.models.checkpoint import checkpoint_status
+
+    statuses = [*hub.models_status(chosen), checkpoint_status()]
     if as_json:
         typer.echo(json.dumps({"models": [asdict(s) for s in statuses]}))
         return
@@ -729,10 +736,10 @@ def data_fetch_command(
 
     Needs internet; set HF_TOKEN if the repository asks for a login.
     """
-    from mgsv_cli.features import weights as hub
+    from mgsv_cli.research import download
 
     with err_console.status(f"downloading {repo} into {root}"):
-        written = hub.fetch_dataset(root, repo_id=repo)
+        written = download.fetch_dataset(root, repo_id=repo)
     console.print(f"[green]✓[/] {written} is in the official layout: `mgsv train --data {written}`", highlight=False)
 
 

@@ -137,8 +137,6 @@ def _weights() -> list[Check]:
     weights_dir = _configured_weights_dir()
     checks = []
     for status in hub.models_status(weights_dir):
-        if status.name == "MaDe checkpoint":
-            continue  # the checkpoints check below says it with more detail
         if status.present:
             detail = f"{status.location} ({status.source})"
         else:

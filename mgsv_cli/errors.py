@@ -58,3 +58,11 @@ class OutputExistsError(MgsvError):
     """An output file exists and ``--force`` was not given; nothing was written."""
 
     exit_code = 9
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an exception's message (its class name when it has none),
+    cut to ``limit`` characters: what a one-line report shows of a foreign error."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text[:limit] if limit else text

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
-from mgsv_cli.errors import CheckpointError
+from mgsv_cli.errors import CheckpointError, first_line
 from mgsv_cli.paths import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
@@ -125,8 +125,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, device=None):
         state = load_file(str(path))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match config '{variant.name}': {first_line}") from None
+        raise CheckpointError(f"{path}: weights do not match config '{variant.name}': {first_line(exc)}") from None
     model.to(device or torch.device("cpu")).eval()
     metrics_file = path.parent / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -157,3 +156,19 @@ def _file_id(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+MADE_CHECKPOINT_NOTE = (
+    "no pretrained MaDe checkpoint is published (the authors released code, not weights): "
+    "train one with `mgsv train --data ROOT`"
+)
+
+
+def checkpoint_status():
+    """A :class:`~mgsv_cli.features.weights.WeightsStatus` for the newest trained run."""
+    from mgsv_cli.features.weights import WeightsStatus
+
+    run = latest_run()
+    if run is not None:
+        return WeightsStatus("MaDe checkpoint", True, str(run / WEIGHTS_NAME), "trained run")
+    return WeightsStatus("MaDe checkpoint", False, None, "missing", MADE_CHECKPOINT_NOTE)

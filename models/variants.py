@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_cli.errors import ConfigError
+from mgsv_cli.features import recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,11 +25,11 @@ else:  # Python 3.10
 class ModelConfig:
     """MaDe's architecture. Defaults are the paper's model (spec section 4)."""
 
-    video_dim: int = 512  # CLIP ViT-B/32 image embedding
-    music_dim: int = 768  # AST pooled output
-    n_frames: int = 50  # video tokens (1 fps, at most 50 s)
-    n_windows: int = 96  # music tokens (2.5 s hop over 240 s)
-    max_music_seconds: float = 240.0  # spans are normalised by this
+    video_dim: int = recipe.CLIP_EMBED_DIM
+    music_dim: int = recipe.AST_EMBED_DIM
+    n_frames: int = recipe.N_VIDEO_FRAMES
+    n_windows: int = recipe.N_MUSIC_WINDOWS
+    max_music_seconds: float = recipe.MAX_MUSIC_SECONDS  # spans are normalised by this
     d_model: int = 256
     n_heads: int = 8
     ffn_dim: int = 1024

@@ -12,6 +12,7 @@ import opentimelineio as otio
 import pytest
 
 from _workflow_helpers import clear_settings_env, click_track, write_wav
+from mgsv_cli.editor.record import SuggestionResult
 from mgsv_cli.editor import export as writers
 from mgsv_cli.cli import main
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
@@ -38,12 +39,13 @@ def media_dir(tmp_path_factory):
     return folder
 
 
-def suggestion_for(folder: Path, start: float = 12.345, rank: int = 1) -> dict:
-    video, track = folder / "clip.mp4", folder / "song.wav"
+def suggestion_for(folder: Path, start: float = 12.345, rank: int = 1, track: Path | None = None) -> SuggestionResult:
+    """A suggestion record as `mgsv suggest --json` prints it, read back through the typed record."""
+    video, track = folder / "clip.mp4", track or folder / "song.wav"
     entry = {"rank": rank, "track": str(track.resolve()), "score": 1.25, "start": start,
              "end": start + VIDEO_SECONDS, "predicted_start": start - 1, "predicted_end": start + 5,
              "track_duration": 30.0}
-    return {"video": str(video.resolve()), "duration": VIDEO_SECONDS, "suggestions": [entry]}
+    return SuggestionResult.from_json({"video": str(video.resolve()), "duration": VIDEO_SECONDS, "suggestions": [entry]})
 
 
 def read_back(path: Path, fmt: str, rate: float):
@@ -141,8 +143,7 @@ def test_never_writes_over_its_media(media_dir):
 
 
 def test_missing_track_and_bad_pick_and_format(media_dir, tmp_path):
-    gone = suggestion_for(media_dir)
-    gone["suggestions"][0]["track"] = str(tmp_path / "deleted.wav")
+    gone = suggestion_for(media_dir, track=tmp_path / "deleted.wav")
     with pytest.raises(MediaError):
         writers.export_timeline(gone, media_dir / "clip.mp4", "otio", tmp_path / "a.otio")
     with pytest.raises(UsageError):
@@ -163,7 +164,7 @@ def test_format_and_default_path():
 
 
 def remember(folder: Path, start: float) -> None:
-    from mgsv_cli.editor.suggest import Suggestion, SuggestionResult, remember_suggestion
+    from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
 
     entry = Suggestion(rank=1, track=str((folder / "song.wav").resolve()), score=1.0, start=start,
                        end=start + VIDEO_SECONDS, predicted_start=start, predicted_end=start + VIDEO_SECONDS,
@@ -212,7 +213,8 @@ def test_cli_snap_beat_detects_beats_of_the_track(media_dir, tmp_path, capsys):
 
 
 def test_snap_uses_the_beats_stored_in_the_index(media_dir, tmp_path):
-    from mgsv_cli.media.beats import BeatGrid, snap_suggestion
+    from mgsv_cli.editor.snapping import snap_suggestion
+    from mgsv_cli.media.beats import BeatGrid
     from mgsv_cli.index.store import PrecomputedTrack, import_tokens
 
     index = tmp_path / "index.sqlite"
@@ -224,4 +226,4 @@ def test_snap_uses_the_beats_stored_in_the_index(media_dir, tmp_path):
         conn.execute("UPDATE tracks SET beats = ? WHERE path = ?", (stored.to_json(), track))
     snapped, info = snap_suggestion(suggestion_for(media_dir, start=6.0), 1, index_path=index)
     assert (info.grid_source, info.snapped_to, info.start) == ("index", "downbeat", 6.2)
-    assert snapped["suggestions"][0]["end"] == pytest.approx(6.2 + VIDEO_SECONDS)
+    assert snapped.pick(1).end == pytest.approx(6.2 + VIDEO_SECONDS)

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 from _media_helpers import corrupt_copy, counter_video, music_like, pattern_video, tone
 
+from mgsv_cli.features import weights as W
+from mgsv_cli.features import recipe as R
+
 from mgsv_cli.features import encoders as F
 from mgsv_cli.errors import MgsvError, UsageError, WeightsMissingError
 
@@ -17,14 +20,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:At least one mel filter has all 
 
 
 def test_frame_times_one_per_second_from_zero_at_most_fifty():
-    np.testing.assert_array_equal(F.frame_times(23.9), np.arange(24))
-    np.testing.assert_array_equal(F.frame_times(10.0), np.arange(11))
-    np.testing.assert_array_equal(F.frame_times(75.0), np.arange(50))
-    assert len(F.frame_times(0.3)) == 1
+    np.testing.assert_array_equal(R.frame_times(23.9), np.arange(24))
+    np.testing.assert_array_equal(R.frame_times(10.0), np.arange(11))
+    np.testing.assert_array_equal(R.frame_times(75.0), np.arange(50))
+    assert len(R.frame_times(0.3)) == 1
 
 
 def test_window_centres_every_two_and_a_half_seconds():
-    centres = F.window_centres()
+    centres = R.window_centres()
     assert centres.shape == (96,)
     np.testing.assert_allclose(centres, np.arange(96) * 2.5)
     assert centres[-1] == 237.5
@@ -33,23 +36,23 @@ def test_window_centres_every_two_and_a_half_seconds():
 @pytest.mark.parametrize("centre, bounds", [(0.0, (0.0, 5.0)), (2.5, (0.0, 7.5)), (5.0, (0.0, 10.0)),
                                             (100.0, (95.0, 105.0)), (237.5, (232.5, 240.0))])
 def test_window_bounds_are_clipped_to_the_240_second_canvas(centre, bounds):
-    assert F.window_bounds(centre) == bounds
+    assert R.window_bounds(centre) == bounds
 
 
 def test_window_valid_iff_centre_within_duration():
-    assert F.window_valid(139.0).sum() == 56  # 0 .. 137.5
-    assert F.window_valid(137.5)[55] and not F.window_valid(137.49)[55]
-    assert F.window_valid(0.1).tolist() == [True] + [False] * 95
-    assert F.window_valid(300.0).all()
+    assert R.window_valid(139.0).sum() == 56  # 0 .. 137.5
+    assert R.window_valid(137.5)[55] and not R.window_valid(137.49)[55]
+    assert R.window_valid(0.1).tolist() == [True] + [False] * 95
+    assert R.window_valid(300.0).all()
 
 
 def test_slice_windows_pad_with_zeros_and_cut_at_240_seconds():
     ramp = np.arange(250 * 16000, dtype=np.float32)
-    windows = F.slice_windows(ramp)
+    windows = R.slice_windows(ramp)
     assert [len(w) for w in windows[:3]] == [80000, 120000, 160000]
     assert len(windows[95]) == 120000
     assert windows[95][0] == 232.5 * 16000 and windows[95][-1] == 240 * 16000 - 1
-    short = F.slice_windows(np.ones(16000 * 3, dtype=np.float32))
+    short = R.slice_windows(np.ones(16000 * 3, dtype=np.float32))
     assert short[0][:48000].sum() == 48000 and not short[0][48000:].any()
     assert not short[10].any()
 
@@ -66,19 +69,19 @@ def _extractor():
 def test_extractor_defaults_are_the_recipe():
     extractor = _extractor()
     assert (extractor.sampling_rate, extractor.num_mel_bins, extractor.max_length) == (16000, 128, 1024)
-    assert (extractor.mean, extractor.std, extractor.do_normalize) == (F.AST_MEAN, F.AST_STD, True)
+    assert (extractor.mean, extractor.std, extractor.do_normalize) == (R.AST_MEAN, R.AST_STD, True)
     x = np.linspace(-20, 5, 11, dtype=np.float32)
     np.testing.assert_allclose(extractor.normalize(x), (x + 4.2677393) / (4.5689974 * 2), rtol=1e-6)
-    np.testing.assert_array_equal(F.normalise_fbank(x), extractor.normalize(x))
+    np.testing.assert_array_equal(R.normalise_fbank(x), extractor.normalize(x))
 
 
 def test_batched_filterbank_equals_the_extractor_window_by_window():
     audio = music_like(31.0, seed=3)
-    windows = F.slice_windows(audio)
+    windows = R.slice_windows(audio)
     # 5 s, 7.5 s and 10 s windows, one straddling the track end, one past it, and windows
     # shorter than one frame and longer than 1024 frames.
     picked = [windows[k] for k in (0, 1, 2, 7, 12, 13)] + [audio[:300], audio[: 16000 * 12]]
-    ours = F.fbank_windows(picked)
+    ours = R.fbank_windows(picked)
     assert ours.shape == (8, 1024, 128) and ours.dtype == np.float32
     extractor = _extractor()
     for k, window in enumerate(picked):
@@ -88,19 +91,19 @@ def test_batched_filterbank_equals_the_extractor_window_by_window():
 
 def test_track_spectrogram_equals_windows_computed_one_by_one():
     audio = music_like(23.3, seed=4)
-    spectrogram = F.TrackSpectrogram(audio)
-    valid = F.window_valid(23.3)
+    spectrogram = R.TrackSpectrogram(audio)
+    valid = R.window_valid(23.3)
     np.testing.assert_array_equal(spectrogram.valid, valid)
     shared = spectrogram.windows()
     assert shared.shape == (int(valid.sum()), 1024, 128)
-    one_by_one = F.fbank_windows([w for w, ok in zip(F.slice_windows(audio), valid) if ok])
+    one_by_one = R.fbank_windows([w for w, ok in zip(R.slice_windows(audio), valid) if ok])
     np.testing.assert_allclose(shared, one_by_one, rtol=0, atol=1e-6)
 
 
 def test_filterbank_settings_pinned_on_silence_and_padding():
     # A 5 s window (c = 0) has 498 Kaldi frames (25 ms every 10 ms, no partial frames);
     # silence hits the float32-epsilon floor; padding is zeros *before* normalisation.
-    out = F.fbank_windows([np.zeros(80000, np.float32)])[0]
+    out = R.fbank_windows([np.zeros(80000, np.float32)])[0]
     floor = (math.log(1.192092955078125e-07) + 4.2677393) / (4.5689974 * 2)
     padding = 4.2677393 / (4.5689974 * 2)
     np.testing.assert_allclose(out[:498], floor, rtol=1e-6)
@@ -109,7 +112,7 @@ def test_filterbank_settings_pinned_on_silence_and_padding():
 
 def test_filterbank_mel_bins_follow_a_tone():
     t = np.arange(160000) / 16000
-    low, high = (F.fbank_windows([np.sin(2 * np.pi * f * t).astype(np.float32)])[0] for f in (300, 3000))
+    low, high = (R.fbank_windows([np.sin(2 * np.pi * f * t).astype(np.float32)])[0] for f in (300, 3000))
     assert 0 < np.argmax(low[100]) < np.argmax(high[100]) < 127
     assert low[100].max() > 0.5  # far above silence
 
@@ -166,14 +169,14 @@ def test_tiny_encoders_are_reproducible(tiny, tmp_path):
     again = F.load_encoders("tiny", device="cpu", precision="fp32")
     path = counter_video(tmp_path / "v.mkv", "10", 2.0, size="64x48")
     np.testing.assert_array_equal(tiny.embed_video(path).feats, again.embed_video(path).feats)
-    windows = F.TrackSpectrogram(music_like(6.0)).windows()
+    windows = R.TrackSpectrogram(music_like(6.0)).windows()
     np.testing.assert_array_equal(tiny.embed_windows(windows), again.embed_windows(windows))
 
 
 def test_pooled_output_is_mean_of_cls_and_distillation_tokens(tiny):
     import torch
 
-    windows = torch.from_numpy(F.TrackSpectrogram(music_like(4.0)).windows())
+    windows = torch.from_numpy(R.TrackSpectrogram(music_like(4.0)).windows())
     with torch.inference_mode():
         out = tiny._ast(input_values=windows)
     tokens = out.last_hidden_state
@@ -196,12 +199,12 @@ def test_embed_tracks_batches_across_tracks_in_order_and_survives_bad_files(tiny
     for result, duration in ((results[0], 6.0), (results[2], 11.0)):
         assert result.duration == pytest.approx(duration, abs=0.01)
         assert result.feats.shape == (96, 64) and result.feats.dtype == np.float32
-        np.testing.assert_array_equal(result.mask, F.window_valid(result.duration).astype(np.uint8))
+        np.testing.assert_array_equal(result.mask, R.window_valid(result.duration).astype(np.uint8))
         assert not result.feats[result.mask == 0].any()
         assert np.abs(result.feats[result.mask == 1]).sum(axis=1).min() > 0
 
     # Each valid row is that window's own output, whatever it was batched with.
-    alone = tiny.embed_windows(F.TrackSpectrogram(array_track[1]).windows())
+    alone = tiny.embed_windows(R.TrackSpectrogram(array_track[1]).windows())
     np.testing.assert_allclose(results[2].feats[:5], alone, rtol=1e-4, atol=1e-5)
 
 
@@ -229,13 +232,13 @@ def test_encoders_without_a_part_refuse_it(tmp_path):
 
 def test_loading_one_part_gives_the_same_weights(tiny):
     music_only = F.load_encoders("tiny", device="cpu", precision="fp32", parts=("music",))
-    windows = F.TrackSpectrogram(music_like(3.0)).windows()
+    windows = R.TrackSpectrogram(music_like(3.0)).windows()
     np.testing.assert_array_equal(music_only.embed_windows(windows), tiny.embed_windows(windows))
 
 
 def test_bf16_tiny_music_close_to_fp32(tiny):
     bf16 = F.load_encoders("tiny", device="cpu", precision="bf16", parts=("music",))
-    windows = F.TrackSpectrogram(music_like(8.0)).windows()
+    windows = R.TrackSpectrogram(music_like(8.0)).windows()
     a, b = tiny.embed_windows(windows), bf16.embed_windows(windows)
     assert b.dtype == np.float32
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -261,6 +264,7 @@ def test_offline_pretrained_without_weights_says_what_and_how(monkeypatch, tmp_p
 
     # An empty hub cache, whatever this machine has cached.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(WeightsMissingError) as caught:
         F.load_encoders("pretrained", device="cpu", offline=True, weights_dir=tmp_path / "nowhere")
     message = str(caught.value)
@@ -275,6 +279,7 @@ def test_offline_flag_from_environment(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(WeightsMissingError, match="not found offline"):
         F.load_encoders("pretrained", device="cpu", parts=("music",))
 
@@ -282,7 +287,7 @@ def test_offline_flag_from_environment(monkeypatch, tmp_path):
 def test_local_ast_folder_is_loaded_and_checked(monkeypatch, tmp_path):
     from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
-    folder = tmp_path / "weights" / F.AST_WEIGHTS_SUBDIR
+    folder = tmp_path / "weights" / W.AST_WEIGHTS_SUBDIR
     config = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     ASTModel(config).save_pretrained(folder)
     ASTFeatureExtractor().save_pretrained(folder)
@@ -290,7 +295,7 @@ def test_local_ast_folder_is_loaded_and_checked(monkeypatch, tmp_path):
                                parts=("music",), precision="fp32")
     assert encoders.music_dim == 32 and not encoders.is_tiny
     assert encoders.encoder_id == F.PRETRAINED_ENCODER_ID
-    assert encoders.embed_windows(F.TrackSpectrogram(music_like(1.0)).windows()).shape == (1, 32)
+    assert encoders.embed_windows(R.TrackSpectrogram(music_like(1.0)).windows()).shape == (1, 32)
 
     ASTFeatureExtractor(mean=-5.0).save_pretrained(folder)
     with pytest.raises(MgsvError, match="normalisation"):
@@ -300,19 +305,19 @@ def test_local_ast_folder_is_loaded_and_checked(monkeypatch, tmp_path):
 
 def test_local_weight_lookup_order(monkeypatch, tmp_path):
     monkeypatch.delenv("MGSV_CLIP_WEIGHTS", raising=False)
-    assert F.find_clip_weights(tmp_path) is None
-    default = F.default_weights_dir() / F.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
+    assert W.find_clip_weights(tmp_path) is None
+    default = W.default_weights_dir() / W.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
     default.parent.mkdir(parents=True)
     default.write_bytes(b"x")
-    assert F.find_clip_weights(tmp_path) == default
-    mine = tmp_path / F.CLIP_WEIGHTS_SUBDIR / "ViT-B-32.pt"
+    assert W.find_clip_weights(tmp_path) == default
+    mine = tmp_path / W.CLIP_WEIGHTS_SUBDIR / "ViT-B-32.pt"
     mine.parent.mkdir()
     mine.write_bytes(b"x")
-    assert F.find_clip_weights(tmp_path) == mine
+    assert W.find_clip_weights(tmp_path) == mine
     env_file = tmp_path / "clip.bin"
     env_file.write_bytes(b"x")
     monkeypatch.setenv("MGSV_CLIP_WEIGHTS", str(env_file))
-    assert F.find_clip_weights(tmp_path) == env_file
+    assert W.find_clip_weights(tmp_path) == env_file
 
 
 def test_skip_weight_init_only_skips_inside_the_block_and_strict_loading_restores_everything():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mgsv_cli.features import encoders as features
+from mgsv_cli.research import dataset, download
 from mgsv_cli.features import weights as hub
 from mgsv_cli.cli import main
 from mgsv_cli.errors import DataError, WeightsMissingError
@@ -32,7 +32,7 @@ def run_cli(args, capsys):
 
 def test_fetch_dataset_offline_says_what_to_do(tmp_path):
     with pytest.raises(DataError) as error:
-        hub.fetch_dataset(tmp_path / "mgsv-ec")
+        download.fetch_dataset(tmp_path / "mgsv-ec")
     message = str(error.value)
     assert "cannot reach the Hugging Face hub" in message and "HF_HUB_OFFLINE" in message
     assert str(tmp_path / "mgsv-ec") in message and "dataset/MGSV-EC/" in message
@@ -56,19 +56,19 @@ def test_cli_offline_errors_are_one_line_with_exit_codes(tmp_path, capsys):
 
 
 def make_layout(root: Path, skip: str = "") -> None:
-    for split in hub.DATASET_SPLITS:
+    for split in dataset.SPLITS:
         if split != skip:
-            path = root / hub.DATASET_CSV_DIR / f"{split}_data.csv"
+            path = dataset.csv_path(root, split)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("video_id,music_id\n")
-    for folder in hub.FEATURE_DIRS:
+    for folder in dataset.FEATURE_DIRS.values():
         (root / folder).mkdir(parents=True, exist_ok=True)
 
 
 def test_layout_problems(tmp_path):
-    assert len(hub.dataset_layout_problems(tmp_path)) == 3 + len(hub.FEATURE_DIRS)
+    assert len(download.dataset_layout_problems(tmp_path)) == 3 + len(dataset.FEATURE_DIRS)
     make_layout(tmp_path, skip="val")
-    assert hub.dataset_layout_problems(tmp_path) == [f"missing {hub.DATASET_CSV_DIR / 'val_data.csv'}"]
+    assert download.dataset_layout_problems(tmp_path) == [f"missing {dataset.csv_path('', 'val')}"]
 
 
 def test_fetch_dataset_checks_what_arrived(tmp_path, monkeypatch):
@@ -83,25 +83,25 @@ def test_fetch_dataset_checks_what_arrived(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     with pytest.raises(DataError, match="test_data.csv"):
-        hub.fetch_dataset(tmp_path / "ds")
-    assert hub.fetch_dataset(tmp_path / "ds") == tmp_path / "ds"
+        download.fetch_dataset(tmp_path / "ds")
+    assert download.fetch_dataset(tmp_path / "ds") == tmp_path / "ds"
     assert calls == [("xxayt/MGSV-EC", "dataset")] * 2
 
 
 def test_fetch_dataset_refuses_a_file_as_root(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match="is a file"):
-        hub.fetch_dataset(tmp_path / "f")
+        download.fetch_dataset(tmp_path / "f")
 
 
 # ---------------------------------------------------------------- encoder weights
 
 
 def fake_weights(root: Path, ast_weights: bool = True) -> None:
-    clip = root / features.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
+    clip = root / hub.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
     clip.parent.mkdir(parents=True)
     clip.write_bytes(b"not really weights")
-    ast = root / features.AST_WEIGHTS_SUBDIR
+    ast = root / hub.AST_WEIGHTS_SUBDIR
     ast.mkdir(parents=True)
     (ast / "config.json").write_text("{}")
     if ast_weights:
@@ -109,7 +109,9 @@ def fake_weights(root: Path, ast_weights: bool = True) -> None:
 
 
 def status_by_name(weights_dir=None) -> dict:
-    return {s.name.split()[0]: s for s in hub.models_status(weights_dir)}
+    from mgsv_cli.models.checkpoint import checkpoint_status
+
+    return {s.name.split()[0]: s for s in [*hub.models_status(weights_dir), checkpoint_status()]}
 
 
 def test_nothing_present_in_an_empty_home():
@@ -122,11 +124,11 @@ def test_weights_dir_is_detected(tmp_path):
     fake_weights(tmp_path / "w")
     found = status_by_name(tmp_path / "w")
     assert found["CLIP"].present and found["CLIP"].source == "weights dir"
-    assert found["AST"].present and found["AST"].location == str(tmp_path / "w" / features.AST_WEIGHTS_SUBDIR)
+    assert found["AST"].present and found["AST"].location == str(tmp_path / "w" / hub.AST_WEIGHTS_SUBDIR)
 
 
 def test_default_weights_dir_is_detected_and_incomplete_ast_is_not():
-    fake_weights(features.default_weights_dir(), ast_weights=False)
+    fake_weights(hub.default_weights_dir(), ast_weights=False)
     found = status_by_name()
     assert found["CLIP"].present
     assert not found["AST"].present and "no weights file" in found["AST"].detail
@@ -134,9 +136,9 @@ def test_default_weights_dir_is_detected_and_incomplete_ast_is_not():
 
 def test_environment_variables_are_detected(tmp_path, monkeypatch):
     fake_weights(tmp_path / "elsewhere")
-    clip_file = tmp_path / "elsewhere" / features.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
+    clip_file = tmp_path / "elsewhere" / hub.CLIP_WEIGHTS_SUBDIR / "open_clip_model.safetensors"
     monkeypatch.setenv("MGSV_CLIP_WEIGHTS", str(clip_file))
-    monkeypatch.setenv("MGSV_AST_WEIGHTS", str(tmp_path / "elsewhere" / features.AST_WEIGHTS_SUBDIR))
+    monkeypatch.setenv("MGSV_AST_WEIGHTS", str(tmp_path / "elsewhere" / hub.AST_WEIGHTS_SUBDIR))
     found = status_by_name()
     assert (found["CLIP"].source, found["CLIP"].location) == ("environment", str(clip_file))
     assert found["AST"].source == "environment"
@@ -155,11 +157,27 @@ def fake_hub_cache(cache: Path, repo: str, files: list[str]) -> None:
 
 def test_hub_cache_is_detected(tmp_path):
     cache = tmp_path / "hf-cache"  # HF_HUB_CACHE, set by the fixture
-    fake_hub_cache(cache, features.CLIP_HUB_REPO, ["open_clip_model.safetensors"])
-    fake_hub_cache(cache, features.AST_HUB_REPO, ["config.json", "model.safetensors"])
+    fake_hub_cache(cache, hub.CLIP_HUB_REPO, ["open_clip_model.safetensors"])
+    fake_hub_cache(cache, hub.AST_HUB_REPO, ["config.json", "model.safetensors"])
     found = status_by_name()
     assert found["CLIP"].present and found["CLIP"].source == "hub cache"
     assert found["AST"].present and found["AST"].source == "hub cache"
+    # loading asks the very same probe, so what `mgsv models list` shows is what loads
+    assert hub.cached_clip_file() == Path(found["CLIP"].location)
+    assert hub.cached_ast_weights().parent == Path(found["AST"].location)
+
+
+def test_loading_and_listing_share_one_cache_probe(tmp_path, monkeypatch):
+    from mgsv_cli.features import encoders
+
+    asked = []
+    monkeypatch.setattr(hub, "in_hub_cache", lambda repo, files: asked.append(repo))
+    status_by_name()
+    listed = list(asked)
+    asked.clear()
+    with pytest.raises(WeightsMissingError):
+        encoders.load_encoders("pretrained", device="cpu", offline=True)
+    assert set(listed) == set(asked) == {hub.CLIP_HUB_REPO, hub.AST_HUB_REPO}
 
 
 def test_a_trained_run_counts_as_a_made_checkpoint():
@@ -176,14 +194,14 @@ def test_download_places_weights_where_the_loaders_look(tmp_path, monkeypatch):
     import huggingface_hub
 
     def fake_file(repo_id, filename, local_dir, token=None):
-        assert repo_id == features.CLIP_HUB_REPO
+        assert repo_id == hub.CLIP_HUB_REPO
         path = Path(local_dir) / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"clip")
         return str(path)
 
     def fake_snapshot(repo_id, local_dir, token=None, allow_patterns=None):
-        assert repo_id == features.AST_HUB_REPO
+        assert repo_id == hub.AST_HUB_REPO
         folder = Path(local_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text("{}")
@@ -193,8 +211,8 @@ def test_download_places_weights_where_the_loaders_look(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_file)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     clip, ast = hub.download_models(tmp_path / "carry")
-    assert features.find_clip_weights(tmp_path / "carry") == clip
-    assert features.find_ast_weights(tmp_path / "carry") == ast
+    assert hub.find_clip_weights(tmp_path / "carry") == clip
+    assert hub.find_ast_weights(tmp_path / "carry") == ast
     found = status_by_name(tmp_path / "carry")
     assert found["CLIP"].present and found["AST"].present
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mgsv_cli.media import files
 from mgsv_cli.index import store as library
 from mgsv_cli.media import synth
 from mgsv_cli.media.beats import BeatGrid
@@ -340,7 +341,7 @@ def test_writer_lock_is_exclusive_and_released(tmp_path):
 
 
 def test_scan_finds_audio_by_extension_recursively(media_src):
-    found = library.scan_audio_files(media_src / "music")
+    found = files.scan_audio_files(media_src / "music")
     assert sorted(p.name for p in found) == sorted(["01-alpha.wav", "02-beta.MP3", "03-gamma.flac", *BAD_FILES])
     assert found == sorted(found) and all(p.is_absolute() for p in found)
 
@@ -349,7 +350,7 @@ def test_content_hash_sees_a_same_size_edit_in_the_middle(tmp_path):
     a = tmp_path / "a.wav"
     data = bytearray(os.urandom(5 << 20))
     a.write_bytes(data)
-    first = library.content_hash(a)
+    first = files.content_hash(a)
     data[len(data) // 2] ^= 0xFF
     a.write_bytes(data)
-    assert library.content_hash(a) != first and len(first) == 32
+    assert files.content_hash(a) != first and len(first) == 32

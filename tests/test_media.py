@@ -1,6 +1,8 @@
 """media.py: probing, 1-fps frame decoding and first-channel 16 kHz audio, on generated files."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from _media_helpers import (
@@ -13,6 +15,10 @@ from _media_helpers import (
 )
 
 from mgsv_cli.media import ffmpeg as media
+
+
+def read16k(path, **kwargs):
+    return media.read_audio_mono(path, sample_rate=16000, **kwargs)
 from mgsv_cli.errors import MediaError
 
 # ---------------------------------------------------------------- probe
@@ -96,7 +102,7 @@ def test_unreadable_inputs_raise_one_line_media_error(tmp_path, kind):
         corrupt_copy(pattern_video(tmp_path / "good.mp4", 1.0), path)
     elif kind == "folder":
         path.mkdir()
-    for read in (media.probe, media.read_frames_1fps, media.read_audio_16k):
+    for read in (media.probe, media.read_frames_1fps, functools.partial(media.read_audio_mono, sample_rate=16000)):
         with pytest.raises(MediaError) as caught:
             read(path)
         message = str(caught.value)
@@ -141,7 +147,7 @@ def test_whole_second_duration_includes_the_final_instant(tmp_path):
 
 def test_at_most_fifty_frames(tmp_path):
     path = counter_video(tmp_path / "long.mkv", "2", 64.0)
-    frames, duration = media.read_frames_1fps(path)
+    frames, duration = media.read_frames_1fps(path, max_frames=50)
     assert duration == pytest.approx(64.0)
     assert len(frames) == 50
     assert _frame_numbers(frames) == [2 * i for i in range(50)]
@@ -175,9 +181,10 @@ def test_frames_for_duration():
     assert media.frames_for_duration(0.4) == 1
     assert media.frames_for_duration(23.9) == 24
     assert media.frames_for_duration(24.0) == 25
-    assert media.frames_for_duration(49.99) == 50
-    assert media.frames_for_duration(50.0) == 50
-    assert media.frames_for_duration(300.0) == 50
+    assert media.frames_for_duration(49.99, 50) == 50
+    assert media.frames_for_duration(50.0, 50) == 50
+    assert media.frames_for_duration(300.0) == 301
+    assert media.frames_for_duration(300.0, 50) == 50
 
 
 # ---------------------------------------------------------------- audio
@@ -190,8 +197,8 @@ def _tone_level(samples: np.ndarray, freq: float, rate: int = 16000) -> float:
 
 
 def test_audio_is_16k_float_from_the_first_channel(tmp_path):
-    left_only = media.read_audio_16k(two_channel_audio(tmp_path / "l.wav", 2.0, 440, None))
-    right_only = media.read_audio_16k(two_channel_audio(tmp_path / "r.wav", 2.0, None, 440))
+    left_only = read16k(two_channel_audio(tmp_path / "l.wav", 2.0, 440, None))
+    right_only = read16k(two_channel_audio(tmp_path / "r.wav", 2.0, None, 440))
     assert left_only.dtype == np.float32 and left_only.ndim == 1
     assert len(left_only) == pytest.approx(32000, abs=16)
     # lavfi's sine has amplitude 1/8; a downmix would halve it and leak the right channel.
@@ -201,7 +208,7 @@ def test_audio_is_16k_float_from_the_first_channel(tmp_path):
 
 
 def test_audio_resampling_keeps_the_pitch(tmp_path):
-    samples = media.read_audio_16k(two_channel_audio(tmp_path / "s.flac", 1.0, 1000, 3000,
+    samples = read16k(two_channel_audio(tmp_path / "s.flac", 1.0, 1000, 3000,
                                                      sample_rate=48000, codec="flac"))
     assert _tone_level(samples, 1000) > 0.05
     assert _tone_level(samples, 3000) < 1e-3
@@ -209,10 +216,10 @@ def test_audio_resampling_keeps_the_pitch(tmp_path):
 
 def test_audio_from_a_video_and_max_seconds(tmp_path):
     path = pattern_video(tmp_path / "v.mp4", 3.0)
-    assert len(media.read_audio_16k(path)) == pytest.approx(48000, abs=1200)
-    assert len(media.read_audio_16k(path, max_seconds=1.0)) == 16000
+    assert len(read16k(path)) == pytest.approx(48000, abs=1200)
+    assert len(read16k(path, max_seconds=1.0)) == 16000
 
 
 def test_audio_of_silent_video_fails_clearly(tmp_path):
     with pytest.raises(MediaError, match="no audio stream"):
-        media.read_audio_16k(counter_video(tmp_path / "v.mkv", "25", 1.0))
+        read16k(counter_video(tmp_path / "v.mkv", "25", 1.0))

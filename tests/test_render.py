@@ -269,7 +269,7 @@ def _json_lines(text: str) -> list[dict]:
 
 
 def _remember(video: Path, moments: list[tuple[Path, float]]) -> None:
-    from mgsv_cli.editor.suggest import Suggestion, SuggestionResult, remember_suggestion
+    from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
 
     suggestions = [Suggestion(rank=i + 1, track=str(track), score=1.0 - i / 10, start=start, end=start + 5.0,
                               predicted_start=start, predicted_end=start + 5.0, track_duration=20.0)

@@ -182,7 +182,7 @@ def test_single_bad_video_fails_with_its_own_error(capsys, media_src, indexed):
 
 
 def test_last_suggestion_is_remembered_for_render(capsys, media_src, indexed, tmp_path):
-    from mgsv_cli.editor.suggest import load_last_suggestion
+    from mgsv_cli.editor.record import load_last_suggestion
 
     video = Path(shutil.copy2(clip(media_src, 1), tmp_path / "mine.mp4"))
     with pytest.raises(UsageError, match="no suggestion remembered .* run `mgsv suggest"):
@@ -190,8 +190,8 @@ def test_last_suggestion_is_remembered_for_render(capsys, media_src, indexed, tm
     result = suggest_cli(capsys, video, "--index", indexed, "--untrained", "--json", "--top", "3")
     [printed] = json_lines(result.out)
     remembered = load_last_suggestion(video)
-    assert {k: remembered[k] for k in printed} == printed
-    assert load_last_suggestion(tmp_path / "." / "mine.mp4")["video"] == str(video.resolve())  # any spelling
+    assert remembered.to_json() == printed  # the typed record round-trips what suggest printed
+    assert load_last_suggestion(tmp_path / "." / "mine.mp4").video == str(video.resolve())  # any spelling
 
     with open(video, "ab") as handle:
         handle.write(b"\0" * 16)  # the video changed: its remembered cut may no longer fit
@@ -229,7 +229,8 @@ def test_trained_checkpoint_is_used_and_dims_are_checked(capsys, media_src, inde
 
 
 def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
-    from mgsv_cli.editor.suggest import load_last_suggestion, suggest
+    from mgsv_cli.editor.record import load_last_suggestion
+    from mgsv_cli.editor.suggest import suggest
 
     outcomes = suggest([clip(media_src, 1), media_src / "nope.mp4"], top_k=1, index_path=indexed, untrained=True,
                        device="cpu", encoders_obj=tiny_encoders)
@@ -237,7 +238,7 @@ def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
     assert missing == media_src / "nope.mp4" and none is None and reason == "no such file or folder"
     assert video == clip(media_src, 1).resolve() and error is None and len(result.suggestions) == 1
     assert result.duration == pytest.approx(CLIP_SECONDS[1], abs=0.05)
-    assert load_last_suggestion(video)["suggestions"] == result.to_json()["suggestions"]
+    assert load_last_suggestion(video).to_json()["suggestions"] == result.to_json()["suggestions"]
 
 
 def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encoders):
@@ -267,7 +268,7 @@ def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encod
 
 def test_length_buckets_score_exactly_like_full_tokens():
     from mgsv_cli.models.checkpoint import build_untrained
-    from mgsv_cli.editor.suggest import ScoringTokens
+    from mgsv_cli.index.token_cache import ScoringTokens
 
     model, _ = build_untrained(video_dim=32, music_dim=24, config="tiny", seed=1)
     gen = torch.Generator().manual_seed(0)
@@ -284,7 +285,7 @@ def test_length_buckets_score_exactly_like_full_tokens():
 
 
 def test_expand_video_inputs(media_src, tmp_path):
-    from mgsv_cli.editor.suggest import expand_video_inputs
+    from mgsv_cli.editor.outputs import expand_video_inputs
 
     folder = tmp_path / "videos"
     (folder / "nested").mkdir(parents=True)

@@ -16,8 +16,10 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
+
+from mgsv_cli.editor import outputs
+from mgsv_cli.editor.record import SuggestionResult
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
 
 FORMATS = {  # name -> (OTIO adapter, file extension)
@@ -27,7 +29,6 @@ FORMATS = {  # name -> (OTIO adapter, file extension)
     "otio": ("otio_json", ".otio"),
 }
 FALLBACK_RATE = 25.0
-OUTPUT_TAG = ".mgsv"  # clip.mp4 -> clip.mgsv.fcpxml, like render's clip.mgsv.mp4
 FCPX_RATES = (23.98, 24.0, 25.0, 29.97, 30.0, 50.0, 59.94, 60.0)  # frame rates the FCPXML adapter knows
 # FCPXML states times as rational seconds; these are the frame durations it knows.
 _NTSC_RATES = {24: Fraction(24000, 1001), 30: Fraction(30000, 1001), 60: Fraction(60000, 1001)}
@@ -63,7 +64,7 @@ def format_from_path(path: str | os.PathLike) -> str | None:
 def default_output_path(video: str | os.PathLike, fmt: str) -> Path:
     """``clip.mp4`` -> ``clip.mgsv.fcpxml`` (etc.) beside the video."""
     video = Path(video)
-    return video.with_name(f"{video.stem}{OUTPUT_TAG}{_check_format(fmt)[1]}")
+    return outputs.beside(video, _check_format(fmt)[1])
 
 
 def timeline_rate(fps: float | None) -> float:
@@ -77,18 +78,7 @@ def timeline_rate(fps: float | None) -> float:
     return float(nearest) if abs(nearest - fps) < 0.01 * fps else FALLBACK_RATE
 
 
-def pick_suggestion(suggestion: dict[str, Any], pick: int = 1) -> dict[str, Any]:
-    """Entry ``pick`` (rank, 1 = best) of a ``mgsv suggest --json`` object."""
-    if pick < 1:
-        raise UsageError(f"--pick {pick}: ranks start at 1")
-    entries = suggestion.get("suggestions") or []
-    for entry in entries:
-        if int(entry.get("rank", 0)) == pick:
-            return entry
-    raise UsageError(f"--pick {pick}: only {len(entries)} suggestion(s) for {suggestion.get('video', 'this video')}")
-
-
-def plan_timeline(suggestion: dict[str, Any], video_path: str | os.PathLike, pick: int = 1,
+def plan_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, pick: int = 1,
                   frame_rate: float | None = None) -> TimelinePlan:
     """Frame-exact contents of the timeline for suggestion ``pick`` of ``suggestion``.
 
@@ -97,28 +87,27 @@ def plan_timeline(suggestion: dict[str, Any], video_path: str | os.PathLike, pic
     """
     from mgsv_cli.media import ffmpeg as media
 
-    entry = pick_suggestion(suggestion, pick)
+    entry = suggestion.pick(pick)
     video = Path(video_path).expanduser()
     info = media.probe(video)
-    track = Path(entry["track"]).expanduser()
+    track = Path(entry.track).expanduser()
     if not track.is_file():
         raise MediaError(f"{track}: the suggested track is gone (moved or deleted since `mgsv suggest`?)")
     rate = timeline_rate(frame_rate or info.fps)
     if frame_rate and abs(rate - frame_rate) > 0.01 * frame_rate:
         raise UsageError(f"frame rate {frame_rate}: not a timecode rate (23.976, 24, 25, 29.97, 30, 48, 50, 59.94, 60)")
-    video_seconds = float(suggestion.get("duration") or info.duration)
-    start, end = float(entry["start"]), float(entry["end"])
+    video_seconds = float(suggestion.duration or info.duration)
+    start, end = entry.start, entry.end
     if not (0 <= start < end):
         raise UsageError(f"suggestion {pick}: bad cut [{start}, {end}]")
-    track_seconds = float(entry.get("track_duration") or media.probe(track).duration)
+    track_seconds = float(entry.track_duration or media.probe(track).duration)
     video_frames = max(1, round(video_seconds * rate))
     cut_start = round(start * rate)
     cut_frames = min(video_frames, max(1, round((end - start) * rate)))
     return TimelinePlan(
         name=video.stem, rate=rate, video=video.resolve(), video_frames=video_frames, track=track.resolve(),
         track_frames=max(round(track_seconds * rate), cut_start + cut_frames), cut_start_frame=cut_start,
-        cut_frames=cut_frames, rank=int(entry.get("rank", pick)), score=entry.get("score"),
-        title=entry.get("title"), artist=entry.get("artist"),
+        cut_frames=cut_frames, rank=entry.rank, score=entry.score, title=entry.title, artist=entry.artist,
     )
 
 
@@ -160,7 +149,7 @@ def build_timeline(plan: TimelinePlan, music_first: bool = False, rate: float | 
     return timeline
 
 
-def export_timeline(suggestion: dict[str, Any], video_path: str | os.PathLike, fmt: str,
+def export_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, fmt: str,
                     out_path: str | os.PathLike | None = None, pick: int = 1, frame_rate: float | None = None,
                     force: bool = False) -> Path:
     """Write suggestion ``pick`` of ``suggestion`` (a ``mgsv suggest --json`` object) as a

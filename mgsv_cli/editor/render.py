@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from mgsv_cli.editor import outputs
+from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, UsageError
 
 MIX_MODES = ("replace", "original", "duck")
@@ -36,7 +38,6 @@ OUTPUT_FORMATS = {  # extension -> (ffmpeg muxer, audio codec options)
     ".mkv": ("matroska", ["-c:a", "aac", "-b:a", "192k"]),
     ".webm": ("webm", ["-c:a", "libopus", "-b:a", "160k"]),
 }
-OUTPUT_TAG = ".mgsv"  # default outputs are named <stem>.mgsv.<ext>
 _NO_PTS = -(2 ** 63)  # how framemd5 prints a missing timestamp
 # Ducking: the music drops by roughly 12-15 dB while the video's voice (normalised to the
 # target loudness for detection) is above about -30 dBFS, and comes back within ~0.3 s.
@@ -124,7 +125,7 @@ def default_output_path(video: str | os.PathLike) -> Path:
     """``clip.mov`` -> ``clip.mgsv.mov`` beside it (containers mgsv cannot write become ``.mkv``)."""
     video = Path(video)
     suffix = video.suffix.lower() if video.suffix.lower() in OUTPUT_FORMATS else ".mkv"
-    return video.with_name(f"{video.stem}{OUTPUT_TAG}{suffix}")
+    return outputs.beside(video, suffix)
 
 
 # ---------------------------------------------------------------- ffmpeg
@@ -443,19 +444,13 @@ def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None 
 
     ``snap="beat"`` moves the start onto the nearest downbeat/beat (same length, inside the track).
     """
-    from mgsv_cli.editor.suggest import load_last_suggestion
+    from mgsv_cli.editor.record import load_last_suggestion
+    from mgsv_cli.editor.snapping import snap_entry
 
-    if pick < 1:
-        raise UsageError(f"--pick {pick}: ranks start at 1")
-    record = load_last_suggestion(video)
-    if not any(int(s["rank"]) == pick for s in record["suggestions"]):
-        raise UsageError(f"--pick {pick}: only {len(record['suggestions'])} suggestion(s) remembered for {video}")
+    entry = load_last_suggestion(video).pick(pick)
     if snap is not None:
-        from mgsv_cli.media.beats import snap_suggestion
-
-        record, _ = snap_suggestion(record, pick, index_path)
-    chosen = next(s for s in record["suggestions"] if int(s["rank"]) == pick)
-    return Path(chosen["track"]), float(chosen["start"])
+        entry, _ = snap_entry(entry, index_path=index_path)
+    return Path(entry.track), entry.start
 
 
 def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.PathLike | None = None,
@@ -465,37 +460,17 @@ def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.Path
 
     ``snap="beat"`` moves the start onto the nearest downbeat/beat, keeping the cut's length.
     """
-    if snap not in (None, "beat"):
-        raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
+    from mgsv_cli.editor.snapping import check_snap, snap_cut
+
+    check_snap(snap)
     if track is None:
         return remembered_moment(video, pick, snap, index_path)
     start = float(start if start is not None else 0.0)
     if snap is None:
         return Path(track), start
-    from mgsv_cli.media.beats import grid_for_track, snap_start
-    from mgsv_cli.media.ffmpeg import probe
-
-    track_seconds = probe(track).duration
-    video_seconds = video_stream_seconds(Path(video)) or probe(video).duration
-    grid, _ = grid_for_track(str(track), index_path)
-    new_start, _ = snap_start(start, video_seconds, grid.beats, grid.downbeats, track_seconds)
-    return Path(track), float(new_start)
-
-
-def expand_videos(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Videos named or found in folders (mgsv's own ``*.mgsv.*`` outputs skipped in folders);
-    plus ``(input, reason)`` for inputs that are neither."""
-    from mgsv_cli.editor.suggest import expand_video_inputs
-
-    videos: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in inputs:
-        found, bad = expand_video_inputs([item])
-        if Path(item).expanduser().is_dir():
-            found = [p for p in found if OUTPUT_TAG + "." not in p.name]
-        videos.extend(found)
-        problems.extend(bad)
-    return list(dict.fromkeys(videos)), problems
+    video_seconds = video_stream_seconds(Path(video)) or media.probe(video).duration
+    moved = snap_cut(str(track), start, video_seconds, media.probe(track).duration, index_path=index_path)
+    return Path(track), moved.start
 
 
 def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pick: int = 1,

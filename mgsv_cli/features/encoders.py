@@ -13,7 +13,6 @@ import contextlib
 
 import math
 import os
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,41 +21,37 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mgsv_cli.errors import MediaError, MgsvError, WeightsMissingError
-from mgsv_cli.media.ffmpeg import AUDIO_SAMPLE_RATE, MAX_VIDEO_FRAMES, frames_for_duration
-
-# ---------------------------------------------------------------- the recipe (spec section 3)
-
-N_VIDEO_FRAMES = MAX_VIDEO_FRAMES  # 50
-N_MUSIC_WINDOWS = 96
-WINDOW_STEP_S = 2.5
-WINDOW_HALF_S = 5.0
-MAX_MUSIC_SECONDS = 240.0
-SAMPLE_RATE = AUDIO_SAMPLE_RATE  # 16 kHz
-
-N_MEL_BINS = 128
-N_FBANK_FRAMES = 1024
-FRAME_LENGTH = 400  # 25 ms at 16 kHz
-FRAME_SHIFT = 160  # 10 ms
-FFT_LENGTH = 512
-PREEMPHASIS = 0.97
-MEL_FLOOR = 1.192092955078125e-07  # float32 epsilon, Kaldi's log floor
-AST_MEAN = -4.2677393
-AST_STD = 4.5689974
-
-CLIP_IMAGE_SIZE = 224
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from mgsv_cli.errors import MediaError, MgsvError, WeightsMissingError, first_line
+from mgsv_cli.features.weights import (
+    CLIP_MODEL_NAME,
+    CLIP_PRETRAINED_TAG,
+    AST_HUB_REPO,
+    AST_WEIGHTS_SUBDIR,
+    CLIP_HUB_REPO,
+    CLIP_WEIGHTS_SUBDIR,
+    cached_ast_weights,
+    cached_clip_file,
+    find_ast_weights,
+    find_clip_weights,
+    offline_env,
+)
+from mgsv_cli.features.recipe import (
+    AST_MEAN,
+    AST_STD,
+    CLIP_IMAGE_SIZE,
+    CLIP_MEAN,
+    CLIP_STD,
+    MAX_MUSIC_SECONDS,
+    N_FBANK_FRAMES,
+    N_MEL_BINS,
+    N_MUSIC_WINDOWS,
+    N_VIDEO_FRAMES,
+    SAMPLE_RATE,
+    TrackSpectrogram,
+)
 
 # ---------------------------------------------------------------- encoder identities
 
-CLIP_MODEL_NAME = "ViT-B-32"
-CLIP_PRETRAINED_TAG = "openai"
-CLIP_HUB_REPO = "timm/vit_base_patch32_clip_224.openai"  # where open_clip fetches "openai" from
-CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-AST_HUB_REPO = "MIT/ast-finetuned-audioset-10-10-0.4593"
-CLIP_WEIGHTS_SUBDIR = "clip-vit-b-32-openai"
-AST_WEIGHTS_SUBDIR = "ast-finetuned-audioset-10-10-0.4593"
 PRETRAINED_ENCODER_ID = "clip-vit-b-32-openai+ast-audioset-0.4593"
 TINY_ENCODER_ID = "tiny-v1"
 TINY_SEED = 20250601
@@ -68,173 +63,6 @@ TINY_MUSIC_DIM = 64
 DEFAULT_BATCH_WINDOWS = 4
 
 
-def frame_times(duration: float, max_frames: int = N_VIDEO_FRAMES) -> np.ndarray:
-    """Times (s) of the sampled video frames: 0, 1, ..., floor(duration), at most ``max_frames``."""
-    return np.arange(frames_for_duration(duration, max_frames), dtype=np.float64)
-
-
-def window_centres() -> np.ndarray:
-    """The 96 music window centres (s): 0, 2.5, ..., 237.5. Shape [96]."""
-    return np.arange(N_MUSIC_WINDOWS, dtype=np.float64) * WINDOW_STEP_S
-
-
-def window_bounds(centre: float) -> tuple[float, float]:
-    """Window [start, end] (s) around ``centre``: [max(0, c - 5), min(240, c + 5)]."""
-    return max(0.0, centre - WINDOW_HALF_S), min(MAX_MUSIC_SECONDS, centre + WINDOW_HALF_S)
-
-
-def window_valid(duration: float) -> np.ndarray:
-    """Which of the 96 windows exist for a track of ``duration`` s: centre <= duration. Bool [96]."""
-    return window_centres() <= duration
-
-
-def _window_sample_bounds(index: int) -> tuple[int, int]:
-    start, end = window_bounds(index * WINDOW_STEP_S)
-    return int(round(start * SAMPLE_RATE)), int(round(end * SAMPLE_RATE))
-
-
-def pad_or_cut_audio(audio_16k: np.ndarray) -> np.ndarray:
-    """Zero-pad or cut 16 kHz samples to exactly 240 s. float32 [3_840_000]."""
-    n_samples = int(MAX_MUSIC_SECONDS * SAMPLE_RATE)
-    audio = np.asarray(audio_16k, dtype=np.float32).reshape(-1)[:n_samples]
-    if audio.size < n_samples:
-        audio = np.concatenate([audio, np.zeros(n_samples - audio.size, dtype=np.float32)])
-    return audio
-
-
-def slice_windows(audio_16k: np.ndarray) -> list[np.ndarray]:
-    """The samples of all 96 windows (after padding/cutting to 240 s); lengths 5-10 s."""
-    audio = pad_or_cut_audio(audio_16k)
-    return [audio[slice(*_window_sample_bounds(k))] for k in range(N_MUSIC_WINDOWS)]
-
-
-def _frames_in(n_samples: int) -> int:
-    """Kaldi frame count with snip_edges: full 25 ms frames every 10 ms."""
-    return 0 if n_samples < FRAME_LENGTH else 1 + (n_samples - FRAME_LENGTH) // FRAME_SHIFT
-
-
-_FBANK_CONSTANTS: dict[str, np.ndarray] = {}
-
-
-def _fbank_constants() -> tuple[np.ndarray, np.ndarray]:
-    """(mel filters [257, 128] float64, symmetric Hann window [400] float64), built once.
-
-    The same helpers and arguments as transformers' ASTFeatureExtractor's numpy path.
-    """
-    if not _FBANK_CONSTANTS:
-        from transformers.audio_utils import mel_filter_bank, window_function
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "a mel filter has all zero values": expected at 128 bins
-            _FBANK_CONSTANTS["mel"] = mel_filter_bank(
-                num_frequency_bins=FFT_LENGTH // 2 + 1, num_mel_filters=N_MEL_BINS,
-                min_frequency=20, max_frequency=SAMPLE_RATE // 2, sampling_rate=SAMPLE_RATE,
-                norm=None, mel_scale="kaldi", triangularize_in_mel_space=True,
-            )
-        _FBANK_CONSTANTS["window"] = window_function(FRAME_LENGTH, "hann", periodic=False)
-    return _FBANK_CONSTANTS["mel"], _FBANK_CONSTANTS["window"]
-
-
-def log_mel_frames(frames: np.ndarray) -> np.ndarray:
-    """Kaldi-compatible log-mel energies of raw frames. [n, 400] samples -> float32 [n, 128].
-
-    Per frame: remove DC, pre-emphasis 0.97 (first sample against itself), Hann window,
-    512-point power spectrum, 128 mel bins, natural log with a float32-epsilon floor.
-    Same float64/complex64 steps as transformers' ``spectrogram`` (dither 0, no energy).
-    """
-    mel_filters, window = _fbank_constants()
-    x = np.asarray(frames, dtype=np.float64)
-    x = x - x.mean(axis=1, keepdims=True)
-    x[:, 1:] -= PREEMPHASIS * x[:, :-1]
-    x[:, 0] *= 1 - PREEMPHASIS
-    x *= window
-    spectrum = np.fft.rfft(x, n=FFT_LENGTH, axis=1).astype(np.complex64)
-    power = np.abs(spectrum, dtype=np.float64) ** 2
-    mel = np.maximum(MEL_FLOOR, power @ mel_filters)
-    return np.log(mel).astype(np.float32)
-
-
-def normalise_fbank(fbank: np.ndarray) -> np.ndarray:
-    """AST input normalisation: (x - mean) / (2 * std), i.e. (x + 4.2677393) / 9.1379948."""
-    return (fbank - AST_MEAN) / (AST_STD * 2)
-
-
-def _framed(samples: np.ndarray, first: int, count: int) -> np.ndarray:
-    """Frames ``first .. first + count - 1`` of ``samples`` as a view. [count, 400]."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    return sliding_window_view(samples, FRAME_LENGTH)[::FRAME_SHIFT][first:first + count]
-
-
-def _pad_to_fbank_frames(fbank: np.ndarray) -> np.ndarray:
-    padded = np.zeros((N_FBANK_FRAMES, N_MEL_BINS), dtype=np.float32)
-    n_frames = min(len(fbank), N_FBANK_FRAMES)
-    padded[:n_frames] = fbank[:n_frames]
-    return padded
-
-
-def fbank_windows(windows: Sequence[np.ndarray], chunk_frames: int = 8192) -> np.ndarray:
-    """AST inputs for arbitrary windows of 16 kHz samples. float32 [n, 1024, 128].
-
-    Log-mel per window, zero-padded or cut to 1024 frames, then normalised; all frames of
-    all windows go through one vectorised computation (in chunks to bound memory).
-    """
-    per_window = [np.asarray(w, dtype=np.float32).reshape(-1) for w in windows]
-    counts = [min(_frames_in(len(w)), N_FBANK_FRAMES) for w in per_window]
-    framed = [_framed(w, 0, n) for w, n in zip(per_window, counts) if n > 0]
-    all_frames = np.concatenate(framed) if framed else np.zeros((0, FRAME_LENGTH), np.float32)
-    log_mel = np.concatenate(
-        [log_mel_frames(all_frames[i:i + chunk_frames]) for i in range(0, len(all_frames), chunk_frames)]
-        or [np.zeros((0, N_MEL_BINS), np.float32)]
-    )
-    out = np.empty((len(per_window), N_FBANK_FRAMES, N_MEL_BINS), dtype=np.float32)
-    offset = 0
-    for k, n_frames in enumerate(counts):
-        out[k] = normalise_fbank(_pad_to_fbank_frames(log_mel[offset:offset + n_frames]))
-        offset += n_frames
-    return out
-
-
-class TrackSpectrogram:
-    """The normalised log-mel frames of one track (padded/cut to 240 s), computed once.
-
-    Every window starts on a multiple of 2.5 s = 250 frame shifts, so each window's Kaldi
-    frames are exactly rows of this one frame sequence: overlapping windows share the
-    work (4x less than computing windows one by one) with identical numbers.
-    """
-
-    def __init__(self, audio_16k: np.ndarray, duration: float | None = None,
-                 chunk_frames: int = 8192):
-        n_given = np.asarray(audio_16k).size
-        self.duration = float(duration if duration is not None else n_given / SAMPLE_RATE)
-        self.valid = window_valid(self.duration)
-        audio = pad_or_cut_audio(audio_16k)
-        last = int(np.flatnonzero(self.valid)[-1]) if self.valid.any() else -1
-        n_frames = _frames_in(_window_sample_bounds(last)[1]) if last >= 0 else 0
-        chunks = [
-            normalise_fbank(log_mel_frames(_framed(audio, first, min(chunk_frames, n_frames - first))))
-            for first in range(0, n_frames, chunk_frames)
-        ]
-        self.frames = np.concatenate(chunks) if chunks else np.zeros((0, N_MEL_BINS), np.float32)
-
-    def window(self, index: int) -> np.ndarray:
-        """AST input of window ``index``. float32 [1024, 128]."""
-        start, end = _window_sample_bounds(index)
-        first = start // FRAME_SHIFT
-        n_frames = min(_frames_in(end - start), N_FBANK_FRAMES)
-        out = np.full((N_FBANK_FRAMES, N_MEL_BINS), _NORMALISED_ZERO, dtype=np.float32)
-        out[:n_frames] = self.frames[first:first + n_frames]
-        return out
-
-    def windows(self, indices: Iterable[int] | None = None) -> np.ndarray:
-        """AST inputs of the given (default: all valid) windows. float32 [n, 1024, 128]."""
-        chosen = np.flatnonzero(self.valid) if indices is None else list(indices)
-        return np.stack([self.window(int(k)) for k in chosen]) if len(chosen) else (
-            np.zeros((0, N_FBANK_FRAMES, N_MEL_BINS), np.float32))
-
-
-# Padding frames are zeros before normalisation, so they read as normalise(0) afterwards.
-_NORMALISED_ZERO = normalise_fbank(np.zeros(1, dtype=np.float32))[0]
 
 
 # ---------------------------------------------------------------- results
@@ -501,11 +329,11 @@ def _load_track_audio(item: Any) -> tuple[np.ndarray, float]:
         if samples.size == 0:
             raise MediaError(f"{_item_name(0, item)}: no audio samples")
         return samples, samples.size / SAMPLE_RATE
-    from mgsv_cli.media.ffmpeg import probe, read_audio_16k
+    from mgsv_cli.media.ffmpeg import probe, read_audio_mono
 
     # Only the first 240 s are ever used; past that the validity rule needs no more
     # precision, but the reported duration should still be the real one.
-    samples = read_audio_16k(item, max_seconds=MAX_MUSIC_SECONDS + 1.0)
+    samples = read_audio_mono(item, max_seconds=MAX_MUSIC_SECONDS + 1.0, sample_rate=SAMPLE_RATE)
     duration = samples.size / SAMPLE_RATE
     if duration >= MAX_MUSIC_SECONDS:
         duration = max(duration, probe(item).duration)
@@ -513,78 +341,6 @@ def _load_track_audio(item: Any) -> tuple[np.ndarray, float]:
 
 
 # ---------------------------------------------------------------- loading
-
-
-def default_weights_dir() -> Path:
-    """Where ``mgsv models download`` puts encoder weights (under MGSV_HOME when set)."""
-    from mgsv_cli.paths import data_dir
-
-    return data_dir() / "weights"
-
-
-def _offline_requested(offline: bool) -> bool:
-    flag = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    return offline or flag.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _weight_dirs(weights_dir: Path | None) -> list[Path]:
-    dirs = [Path(weights_dir).expanduser()] if weights_dir is not None else []
-    return dirs + [default_weights_dir()]
-
-
-def find_clip_weights(weights_dir: Path | None = None) -> Path | None:
-    """A local CLIP ViT-B/32 OpenAI checkpoint: ``MGSV_CLIP_WEIGHTS`` (a file), or
-    ``<dir>/clip-vit-b-32-openai/`` holding a .safetensors/.bin/.pt file, in
-    ``weights_dir`` then the default weights dir. None when there is none."""
-    env = os.environ.get("MGSV_CLIP_WEIGHTS")
-    if env and Path(env).expanduser().is_file():
-        return Path(env).expanduser()
-    for base in _weight_dirs(weights_dir):
-        folder = base / CLIP_WEIGHTS_SUBDIR
-        for name in (*CLIP_HUB_FILES, "ViT-B-32.pt"):
-            if (folder / name).is_file():
-                return folder / name
-        if folder.is_dir():
-            found = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-            if found:
-                return found[0]
-    return None
-
-
-def find_ast_weights(weights_dir: Path | None = None) -> Path | None:
-    """A local AST folder (``config.json`` + weights, as ``save_pretrained`` writes it):
-    ``MGSV_AST_WEIGHTS``, or ``<dir>/ast-finetuned-audioset-10-10-0.4593/``. None if none."""
-    candidates = []
-    env = os.environ.get("MGSV_AST_WEIGHTS")
-    if env:
-        candidates.append(Path(env).expanduser())
-    candidates += [base / AST_WEIGHTS_SUBDIR for base in _weight_dirs(weights_dir)]
-    for folder in candidates:
-        if (folder / "config.json").is_file():
-            return folder
-    return None
-
-
-def _cached_clip_hub_file() -> Path | None:
-    """The open_clip "openai" checkpoint in the Hugging Face cache, without any network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in CLIP_HUB_FILES:
-        found = try_to_load_from_cache(CLIP_HUB_REPO, name)
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    return None
-
-
-def _ast_in_hub_cache() -> bool:
-    """Whether the AST checkpoint (config and weights) is in the Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    def cached(name: str) -> bool:
-        found = try_to_load_from_cache(AST_HUB_REPO, name)
-        return isinstance(found, str) and Path(found).is_file()
-
-    return cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin"))
 
 
 def _missing_message(missing: list[str], offline: bool) -> str:
@@ -644,7 +400,7 @@ def load_encoders(kind: str = "pretrained", device: Any = "auto", offline: bool 
         return _load_tiny(torch_device, precision, parts)
     if kind != "pretrained":
         raise UsageError(f"encoders {kind!r}: expected pretrained or tiny")
-    return _load_pretrained(torch_device, _offline_requested(offline), weights_dir, precision, parts)
+    return _load_pretrained(torch_device, (offline or offline_env()), weights_dir, precision, parts)
 
 
 def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) -> Encoders:
@@ -654,8 +410,8 @@ def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) 
     ast_source = find_ast_weights(weights_dir) if "music" in parts else None
     if offline:
         # Say everything that is missing at once, before spending time loading anything.
-        clip_source = clip_source or _cached_clip_hub_file()
-        ast_source = ast_source or (AST_HUB_REPO if _ast_in_hub_cache() else None)
+        clip_source = clip_source or cached_clip_file()
+        ast_source = ast_source or (AST_HUB_REPO if cached_ast_weights() else None)
         missing = [name for part, name, source in (("video", clip_name, clip_source), ("music", ast_name, ast_source))
                    if part in parts and source is None]
         if missing:
@@ -666,12 +422,12 @@ def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) 
         try:
             ast_model = _build_pretrained_ast(ast_source or AST_HUB_REPO, offline, device, ast_dtype)
         except OSError as exc:
-            raise WeightsMissingError(_missing_message([f"{ast_name} ({_first_line(exc)})"], offline)) from exc
+            raise WeightsMissingError(_missing_message([f"{ast_name} ({first_line(exc, 200)})"], offline)) from exc
     if "video" in parts:
         try:
             clip_model, preprocess = _build_pretrained_clip(clip_source or CLIP_PRETRAINED_TAG, device, clip_dtype)
         except (OSError, RuntimeError) as exc:
-            raise WeightsMissingError(_missing_message([f"{clip_name} ({_first_line(exc)})"], offline)) from exc
+            raise WeightsMissingError(_missing_message([f"{clip_name} ({first_line(exc, 200)})"], offline)) from exc
     return Encoders(
         encoder_id=PRETRAINED_ENCODER_ID, is_tiny=False, device=device,
         clip_model=clip_model, clip_preprocess=preprocess, clip_dtype=clip_dtype,
@@ -679,11 +435,6 @@ def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) 
         video_dim=clip_model.visual.output_dim if clip_model is not None else 512,
         music_dim=ast_model.config.hidden_size if ast_model is not None else 768,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def clip_preprocess():

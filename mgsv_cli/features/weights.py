@@ -1,10 +1,10 @@
-"""Downloads from the Hugging Face hub: the MGSV-EC dataset and the frozen encoders' weights.
+"""The frozen encoders' pretrained weights: where they are, how to fetch them, whether they are here.
 
-Both need the network once; afterwards everything runs offline. Without a connection
+They need the network once; afterwards everything runs offline. Without a connection
 (or with ``HF_HUB_OFFLINE=1``) each function raises a one-line error saying what to
 fetch by hand and where to put it, never a traceback.
 
-Weights land where :mod:`mgsv_cli.features` looks for them: ``WEIGHTS/clip-vit-b-32-openai/``
+Weights land where the finders at the end of this module look for them: ``WEIGHTS/clip-vit-b-32-openai/``
 (open_clip's OpenAI ViT-B/32 checkpoint) and ``WEIGHTS/ast-finetuned-audioset-10-10-0.4593/``
 (a ``save_pretrained`` folder), ``WEIGHTS`` being ``--weights-dir`` or mgsv's data folder.
 No trained MaDe checkpoint is published; ``mgsv train`` makes one.
@@ -16,22 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mgsv_cli.errors import DataError, WeightsMissingError
+from mgsv_cli.errors import WeightsMissingError, first_line
 
-DATASET_REPO = "xxayt/MGSV-EC"
-DATASET_SPLITS = ("train", "val", "test")
-# The official release layout `mgsv train/eval --data ROOT` reads (spec section 2).
-DATASET_CSV_DIR = Path("dataset") / "MGSV-EC"
-FEATURE_DIRS = (
-    Path("features/Kuai_feature/ast_feature2p5/ast_feature"),
-    Path("features/Kuai_feature/ast_feature2p5/ast_mask"),
-    Path("features/Kuai_feature/vit_feature1/vit_feature"),
-    Path("features/Kuai_feature/vit_feature1/vit_mask"),
-)
-MADE_CHECKPOINT_NOTE = (
-    "no pretrained MaDe checkpoint is published (the authors released code, not weights): "
-    "train one with `mgsv train --data ROOT`"
-)
+CLIP_MODEL_NAME = "ViT-B-32"
+CLIP_PRETRAINED_TAG = "openai"
+CLIP_HUB_REPO = "timm/vit_base_patch32_clip_224.openai"  # where open_clip fetches "openai" from
+CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+AST_HUB_REPO = "MIT/ast-finetuned-audioset-10-10-0.4593"
+CLIP_WEIGHTS_SUBDIR = "clip-vit-b-32-openai"
+AST_WEIGHTS_SUBDIR = "ast-finetuned-audioset-10-10-0.4593"
+AST_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -48,12 +42,13 @@ class WeightsStatus:
 # ---------------------------------------------------------------- errors
 
 
-def _offline_env() -> bool:
+def offline_env() -> bool:
+    """Whether HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE ask for no network."""
     flag = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
     return flag.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _hub_failure_types() -> tuple[type[BaseException], ...]:
+def hub_failure_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the hub could not be reached or refused" (no traceback for them)."""
     import huggingface_hub.errors as hf_errors
 
@@ -78,13 +73,13 @@ def _hub_failure_types() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def _reason(exc: BaseException | None) -> str:
+def hub_failure_reason(exc: BaseException | None) -> str:
     """A short cause for a failed hub call (the library's own messages run to paragraphs)."""
     import huggingface_hub.errors as hf_errors
 
     if exc is None:
         return "no file"
-    if _offline_env() or isinstance(exc, hf_errors.OfflineModeIsEnabled):
+    if offline_env() or isinstance(exc, hf_errors.OfflineModeIsEnabled):
         return "offline mode is on (HF_HUB_OFFLINE=1)"
     if isinstance(exc, hf_errors.GatedRepoError):
         return "the repository is gated: accept its terms on huggingface.co and pass a token"
@@ -92,12 +87,11 @@ def _reason(exc: BaseException | None) -> str:
         return "repository not found (or private: pass a token)"
     if isinstance(exc, hf_errors.LocalEntryNotFoundError):
         return "no connection to huggingface.co"
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else type(exc).__name__
+    return first_line(exc, 160)
 
 
 @contextmanager
-def _quiet_hub():
+def quiet_hub():
     """Silence the hub client's retry warnings for the duration: failures are reported once, by us."""
     import logging
 
@@ -110,59 +104,10 @@ def _quiet_hub():
         logger.setLevel(level)
 
 
-# ---------------------------------------------------------------- the dataset
-
-
-def fetch_dataset(root: str | os.PathLike, repo_id: str = DATASET_REPO, token: str | None = None) -> Path:
-    """Download the MGSV-EC dataset repository into ``root`` (resumable); returns ``root``.
-
-    Already-downloaded files are skipped. Raises DataError (offline, unreachable, or the
-    download does not have the official layout), with instructions for a manual download.
-    """
-    root = Path(root).expanduser()
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root} is a file: give a folder for the dataset")
-    try:
-        from huggingface_hub import snapshot_download
-
-        root.mkdir(parents=True, exist_ok=True)
-        with _quiet_hub():
-            snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=str(root), token=token)
-    except _hub_failure_types() as exc:
-        raise DataError(
-            f"cannot reach the Hugging Face hub to fetch {repo_id} ({_reason(exc)}). Download it manually "
-            f"(https://huggingface.co/datasets/{repo_id}) and put it under {root} in this layout: "
-            f"{layout_description()}"
-        ) from None
-    problems = dataset_layout_problems(root)
-    if problems:
-        raise DataError(f"{repo_id} was downloaded to {root} but is not in the layout mgsv reads: "
-                        f"{'; '.join(problems)}. Expected: {layout_description()}")
-    return root
-
-
-def layout_description() -> str:
-    csvs = ", ".join(f"{split}_data.csv" for split in DATASET_SPLITS)
-    return (f"ROOT/{DATASET_CSV_DIR.as_posix()}/{{{csvs}}} and ROOT/features/Kuai_feature/"
-            "{ast_feature2p5/ast_feature, ast_feature2p5/ast_mask, vit_feature1/vit_feature, "
-            "vit_feature1/vit_mask}/<id>.pt")
-
-
-def dataset_layout_problems(root: str | os.PathLike) -> list[str]:
-    """What is missing from the official MGSV-EC layout under ``root`` (empty when complete)."""
-    root = Path(root)
-    problems = [f"missing {DATASET_CSV_DIR / f'{split}_data.csv'}" for split in DATASET_SPLITS
-                if not (root / DATASET_CSV_DIR / f"{split}_data.csv").is_file()]
-    problems += [f"missing folder {folder}" for folder in FEATURE_DIRS if not (root / folder).is_dir()]
-    return problems
-
-
 # ---------------------------------------------------------------- encoder weights
 
 
 def _weights_root(weights_dir: str | os.PathLike | None) -> Path:
-    from mgsv_cli.features.encoders import default_weights_dir
-
     return Path(weights_dir).expanduser() if weights_dir is not None else default_weights_dir()
 
 
@@ -175,64 +120,56 @@ def download_models(weights_dir: str | os.PathLike | None = None, token: str | N
     or mgsv's default weights folder (both are searched by ``mgsv index/suggest``).
     Raises WeightsMissingError when the hub cannot be reached.
     """
-    from mgsv_cli.features import encoders as features
-
     root = _weights_root(weights_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WeightsMissingError(f"cannot create the weights folder {root}: {exc.strerror or exc}") from None
-    clip = _download_clip(root / features.CLIP_WEIGHTS_SUBDIR, token)
-    ast = _download_ast(root / features.AST_WEIGHTS_SUBDIR, token)
+    clip = _download_clip(root / CLIP_WEIGHTS_SUBDIR, token)
+    ast = _download_ast(root / AST_WEIGHTS_SUBDIR, token)
     return [clip, ast]
 
 
 def _manual_hint(root: Path) -> str:
-    from mgsv_cli.features import encoders as features
-
     return (f"download them on a connected machine with `mgsv models download --weights-dir DIR` and copy DIR "
             f"here, or set MGSV_CLIP_WEIGHTS to an open_clip ViT-B-32 OpenAI checkpoint file and MGSV_AST_WEIGHTS "
-            f"to a folder with {features.AST_HUB_REPO}'s config.json and weights (default place: {root})")
+            f"to a folder with {AST_HUB_REPO}'s config.json and weights (default place: {root})")
 
 
 def _download_clip(folder: Path, token: str | None) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
-    from mgsv_cli.features import encoders as features
-
     last: BaseException | None = None
-    for filename in features.CLIP_HUB_FILES:  # safetensors first, the pickle only if it is all there is
+    for filename in CLIP_HUB_FILES:  # safetensors first, the pickle only if it is all there is
         try:
-            with _quiet_hub():
-                return Path(hf_hub_download(repo_id=features.CLIP_HUB_REPO, filename=filename,
+            with quiet_hub():
+                return Path(hf_hub_download(repo_id=CLIP_HUB_REPO, filename=filename,
                                             local_dir=str(folder), token=token))
         except RemoteEntryNotFoundError as exc:
             last = exc
-        except _hub_failure_types() as exc:
+        except hub_failure_types() as exc:
             last = exc
             break  # no connection: the next file would fail the same way, slowly
     raise WeightsMissingError(
-        f"cannot fetch CLIP {features.CLIP_MODEL_NAME} '{features.CLIP_PRETRAINED_TAG}' from the Hugging Face hub "
-        f"({_reason(last)}): {_manual_hint(folder.parent)}"
+        f"cannot fetch CLIP {CLIP_MODEL_NAME} '{CLIP_PRETRAINED_TAG}' from the Hugging Face hub "
+        f"({hub_failure_reason(last)}): {_manual_hint(folder.parent)}"
     )
 
 
 def _download_ast(folder: Path, token: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    from mgsv_cli.features import encoders as features
-
     try:
-        with _quiet_hub():
-            snapshot_download(repo_id=features.AST_HUB_REPO, local_dir=str(folder), token=token,
+        with quiet_hub():
+            snapshot_download(repo_id=AST_HUB_REPO, local_dir=str(folder), token=token,
                               allow_patterns=["*.json", "*.safetensors"])
             if not any(folder.glob("*.safetensors")):  # older repositories hold only a pickle
-                snapshot_download(repo_id=features.AST_HUB_REPO, local_dir=str(folder), token=token,
+                snapshot_download(repo_id=AST_HUB_REPO, local_dir=str(folder), token=token,
                                   allow_patterns=["pytorch_model.bin"])
-    except _hub_failure_types() as exc:
+    except hub_failure_types() as exc:
         raise WeightsMissingError(
-            f"cannot fetch AST {features.AST_HUB_REPO} from the Hugging Face hub ({_reason(exc)}): "
+            f"cannot fetch AST {AST_HUB_REPO} from the Hugging Face hub ({hub_failure_reason(exc)}): "
             f"{_manual_hint(folder.parent)}"
         ) from None
     return folder
@@ -248,7 +185,11 @@ def hub_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
 
 
-def _in_hub_cache(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
+def in_hub_cache(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
+    """The first of ``filenames`` cached for ``repo_id`` in :func:`hub_cache_dir`, or None (never the network).
+
+    The one probe of the hub cache: loading and ``mgsv models list`` both ask it.
+    """
     from huggingface_hub import try_to_load_from_cache
 
     for name in filenames:
@@ -259,11 +200,9 @@ def _in_hub_cache(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
 
 
 def models_status(weights_dir: str | os.PathLike | None = None) -> list[WeightsStatus]:
-    """Which pretrained weights are available without a network: CLIP, AST, and MaDe."""
-    from mgsv_cli.features import encoders as features
-
+    """Which pretrained encoder weights are available without a network: CLIP and AST."""
     weights_dir = Path(weights_dir).expanduser() if weights_dir is not None else None
-    return [_clip_status(features, weights_dir), _ast_status(features, weights_dir), _made_status()]
+    return [_clip_status(weights_dir), _ast_status(weights_dir)]
 
 
 def _source_of(found: Path, env_name: str) -> str:
@@ -271,41 +210,89 @@ def _source_of(found: Path, env_name: str) -> str:
     return "environment" if env and Path(env).expanduser() == found else "weights dir"
 
 
-def _clip_status(features, weights_dir: Path | None) -> WeightsStatus:
-    name = f"CLIP {features.CLIP_MODEL_NAME} ({features.CLIP_PRETRAINED_TAG})"
-    found = features.find_clip_weights(weights_dir)
+def _clip_status(weights_dir: Path | None) -> WeightsStatus:
+    name = f"CLIP {CLIP_MODEL_NAME} ({CLIP_PRETRAINED_TAG})"
+    found = find_clip_weights(weights_dir)
     if found is not None:
         return WeightsStatus(name, True, str(found), _source_of(found, "MGSV_CLIP_WEIGHTS"))
-    cached = _in_hub_cache(features.CLIP_HUB_REPO, features.CLIP_HUB_FILES)
+    cached = cached_clip_file()
     if cached is not None:
         return WeightsStatus(name, True, str(cached), "hub cache")
     return WeightsStatus(name, False, None, "missing", "run `mgsv models download`")
 
 
-def _ast_status(features, weights_dir: Path | None) -> WeightsStatus:
+def _ast_status(weights_dir: Path | None) -> WeightsStatus:
     name = "AST AudioSet (0.4593)"
-    found = features.find_ast_weights(weights_dir)
+    found = find_ast_weights(weights_dir)
     if found is not None:
         if not _has_weight_file(found):
             return WeightsStatus(name, False, str(found), "missing", "config.json but no weights file")
         return WeightsStatus(name, True, str(found), _source_of(found, "MGSV_AST_WEIGHTS"))
-    config = _in_hub_cache(features.AST_HUB_REPO, ("config.json",))
-    weights = _in_hub_cache(features.AST_HUB_REPO, ("model.safetensors", "pytorch_model.bin"))
-    if config is not None and weights is not None:
-        return WeightsStatus(name, True, str(weights.parent), "hub cache")
+    cached = cached_ast_weights()
+    if cached is not None:
+        return WeightsStatus(name, True, str(cached.parent), "hub cache")
     return WeightsStatus(name, False, None, "missing", "run `mgsv models download`")
 
 
 def _has_weight_file(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
+    return any((folder / name).is_file() for name in AST_WEIGHT_FILES)
 
 
-def _made_status() -> WeightsStatus:
-    from mgsv_cli.models.checkpoint import WEIGHTS_NAME, latest_run
-
-    run = latest_run()
-    if run is not None:
-        return WeightsStatus("MaDe checkpoint", True, str(run / WEIGHTS_NAME), "trained run")
-    return WeightsStatus("MaDe checkpoint", False, None, "missing", MADE_CHECKPOINT_NOTE)
+# ---------------------------------------------------------------- finding local weights
 
 
+def default_weights_dir() -> Path:
+    """Where ``mgsv models download`` puts encoder weights (under MGSV_HOME when set)."""
+    from mgsv_cli.paths import data_dir
+
+    return data_dir() / "weights"
+
+
+def _weight_dirs(weights_dir: Path | None) -> list[Path]:
+    dirs = [Path(weights_dir).expanduser()] if weights_dir is not None else []
+    return dirs + [default_weights_dir()]
+
+
+def find_clip_weights(weights_dir: Path | None = None) -> Path | None:
+    """A local CLIP ViT-B/32 OpenAI checkpoint: ``MGSV_CLIP_WEIGHTS`` (a file), or
+    ``<dir>/clip-vit-b-32-openai/`` holding a .safetensors/.bin/.pt file, in
+    ``weights_dir`` then the default weights dir. None when there is none."""
+    env = os.environ.get("MGSV_CLIP_WEIGHTS")
+    if env and Path(env).expanduser().is_file():
+        return Path(env).expanduser()
+    for base in _weight_dirs(weights_dir):
+        folder = base / CLIP_WEIGHTS_SUBDIR
+        for name in (*CLIP_HUB_FILES, "ViT-B-32.pt"):
+            if (folder / name).is_file():
+                return folder / name
+        if folder.is_dir():
+            found = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+            if found:
+                return found[0]
+    return None
+
+
+def find_ast_weights(weights_dir: Path | None = None) -> Path | None:
+    """A local AST folder (``config.json`` + weights, as ``save_pretrained`` writes it):
+    ``MGSV_AST_WEIGHTS``, or ``<dir>/ast-finetuned-audioset-10-10-0.4593/``. None if none."""
+    candidates = []
+    env = os.environ.get("MGSV_AST_WEIGHTS")
+    if env:
+        candidates.append(Path(env).expanduser())
+    candidates += [base / AST_WEIGHTS_SUBDIR for base in _weight_dirs(weights_dir)]
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def cached_clip_file() -> Path | None:
+    """The open_clip "openai" checkpoint in the Hugging Face cache, without any network."""
+    return in_hub_cache(CLIP_HUB_REPO, CLIP_HUB_FILES)
+
+
+def cached_ast_weights() -> Path | None:
+    """The AST weights file in the Hugging Face cache when its config is there too, else None."""
+    if in_hub_cache(AST_HUB_REPO, ("config.json",)) is None:
+        return None
+    return in_hub_cache(AST_HUB_REPO, AST_WEIGHT_FILES)

@@ -44,13 +44,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from mgsv_cli.features import recipe
+from mgsv_cli.media.files import content_hash, scan_audio_files
 from mgsv_cli import paths
-from mgsv_cli.errors import IndexDatabaseError, MgsvError, UsageError
+from mgsv_cli.errors import IndexDatabaseError, MgsvError, UsageError, first_line
 
 SCHEMA_VERSION = 1
-AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".flac", ".m4a", ".aac", ".ogg", ".opus"})
-MAX_MUSIC_SECONDS = 240.0  # AST windows cover at most the first 240 s of a track
-HASH_CHUNK = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -295,40 +294,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------- scanning
-
-
-def is_audio_file(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_EXTENSIONS
-
-
-def scan_audio_files(root: Path) -> list[Path]:
-    """Audio files under ``root`` (recursive, extensions case-insensitive), sorted.
-
-    Hidden files and folders are skipped: macOS ``._song.mp3`` resource forks and
-    similar dot-files carry audio extensions but no audio.
-    """
-    if root.is_file():
-        return [root.resolve()] if is_audio_file(root) else []
-    found = []
-    for folder, dirs, files in os.walk(root, onerror=None):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            path = Path(folder) / name
-            if not name.startswith(".") and is_audio_file(path):
-                found.append(path.resolve())
-    return sorted(set(found))
-
-
-def content_hash(path: Path) -> str:
-    """Full-file BLAKE2b (128-bit) as hex; raises OSError when unreadable."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- indexing
 
 
@@ -346,7 +311,7 @@ class _Job:
     @property
     def audio_seconds(self) -> float:
         duration = float(getattr(self.info, "duration", 0.0) or 0.0)
-        return max(1.0, min(duration, MAX_MUSIC_SECONDS))
+        return max(1.0, min(duration, recipe.MAX_MUSIC_SECONDS))
 
 
 EncodersArg = Any  # features.Encoders, or a zero-argument callable returning one
@@ -557,7 +522,7 @@ def _embed_jobs(conn, jobs: list[_Job], encoders, progress: IndexProgress, repor
         try:
             job.info = media.probe(job.path)
         except MgsvError as exc:
-            _fail(report, progress, str(job.path), _reason(exc))
+            _fail(report, progress, str(job.path), first_line(exc))
             continue
         if not float(getattr(job.info, "duration", 0.0) or 0.0) > 0:
             _fail(report, progress, str(job.path), "no audio (zero duration)")
@@ -584,11 +549,6 @@ def _embed_jobs(conn, jobs: list[_Job], encoders, progress: IndexProgress, repor
         progress.advance("embedding", job.audio_seconds, path)
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _unpack_track_result(result, jobs: Sequence[_Job], position: int):
     """(path, feats, mask, duration, error) from one item of ``Encoders.embed_tracks``.
 
@@ -604,7 +564,7 @@ def _unpack_track_result(result, jobs: Sequence[_Job], position: int):
     if isinstance(payload, BaseException):
         error = payload
     if error is not None:
-        return path, None, None, None, error if isinstance(error, str) else _reason(error)
+        return path, None, None, None, error if isinstance(error, str) else first_line(error)
     return path, payload.feats, payload.mask, float(payload.duration), None
 
 

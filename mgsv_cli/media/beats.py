@@ -18,6 +18,7 @@ from mgsv_cli.errors import DataError
 # Analysis resolution: 10 ms hops and ~32 ms FFT frames keep beat times within a few
 # milliseconds of the onsets (longer frames smear the onset and make beats late).
 HOP_SECONDS = 0.010
+ANALYSIS_SAMPLE_RATE = 16_000  # beats need nothing above 8 kHz
 FFT_SECONDS = 0.032
 MIN_BPM, MAX_BPM = 40.0, 240.0
 PRIOR_BPM, PRIOR_OCTAVES = 120.0, 1.0
@@ -367,69 +368,7 @@ def snap_start(
 
 
 def beats_of_file(path) -> BeatGrid:
-    """Decode a track (16 kHz mono via ffmpeg) and detect its beats."""
-    from mgsv_cli.media import ffmpeg as media
+    """Decode a track (mono via ffmpeg) and detect its beats."""
+    from mgsv_cli.media.ffmpeg import read_audio_mono
 
-    audio = media.read_audio_16k(path)
-    return detect_beats(audio, 16000)
-
-
-# ---------------------------------------------------------------- snapping a suggestion
-
-
-@dataclass(frozen=True)
-class Snap:
-    """How a suggestion's cut was moved onto the beat grid (seconds)."""
-
-    requested_start: float
-    start: float
-    snapped_to: str | None  # "downbeat", "beat", or None when it stayed put
-    grid_source: str  # "index" (stored at index time) or "detected" (computed now)
-    tempo_bpm: float
-
-    @property
-    def moved_by(self) -> float:
-        return self.start - self.requested_start
-
-
-def grid_for_track(track, index_path=None) -> tuple[BeatGrid, str]:
-    """The track's beat grid and where it came from: ``"index"`` when the music index
-    stored one at index time, else ``"detected"`` now (decoding the file)."""
-    stored = _stored_grid(str(track), index_path)
-    if stored is not None:
-        return stored, "index"
-    return beats_of_file(track), "detected"
-
-
-def _stored_grid(track: str, index_path) -> BeatGrid | None:
-    from mgsv_cli.errors import MgsvError
-    from mgsv_cli.index.store import open_index
-
-    try:
-        index = open_index(index_path, require_tracks=False)
-    except MgsvError:
-        return None  # no index, or not one of ours: detecting is the fallback
-    with index:
-        for info in index.tracks():
-            if info.path == track and info.beats:
-                return BeatGrid.from_dict(info.beats)
-    return None
-
-
-def snap_suggestion(suggestion: dict[str, Any], pick: int = 1, index_path=None) -> tuple[dict[str, Any], Snap]:
-    """A copy of a ``mgsv suggest --json`` object with suggestion ``pick``'s cut moved onto
-    the nearest downbeat/beat (same length, inside the track), and how it moved."""
-    import copy
-
-    from mgsv_cli.media import ffmpeg as media
-    from mgsv_cli.editor.export import pick_suggestion
-
-    snapped = copy.deepcopy(suggestion)
-    entry = pick_suggestion(snapped, pick)
-    start, end = float(entry["start"]), float(entry["end"])
-    grid, source = grid_for_track(entry["track"], index_path)
-    track_seconds = float(entry.get("track_duration") or media.probe(entry["track"]).duration)
-    new_start, kind = snap_start(start, end - start, grid.beats, grid.downbeats, track_seconds)
-    entry["start"], entry["end"] = new_start, new_start + (end - start)
-    entry["snapped_to"] = kind
-    return snapped, Snap(start, new_start, kind, source, grid.tempo_bpm)
+    return detect_beats(read_audio_mono(path, sample_rate=ANALYSIS_SAMPLE_RATE), ANALYSIS_SAMPLE_RATE)

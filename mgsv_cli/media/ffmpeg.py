@@ -17,9 +17,6 @@ from typing import Callable, Iterator
 
 from mgsv_cli.errors import MediaError
 
-AUDIO_SAMPLE_RATE = 16_000
-MAX_VIDEO_FRAMES = 50
-
 # Lines ffmpeg prints around the real reason for a failure; they never explain anything.
 _NOISE = (
     "at least one output file must be specified",
@@ -251,11 +248,12 @@ def _parse_audio_stream(line: str | None) -> tuple[int | None, int | None]:
 # ---------------------------------------------------------------- video frames
 
 
-def frames_for_duration(duration: float, max_frames: int = MAX_VIDEO_FRAMES) -> int:
-    """Frames sampled at 1 fps from t = 0: floor(duration) + 1, at most ``max_frames``."""
+def frames_for_duration(duration: float, max_frames: int | None = None) -> int:
+    """Frames sampled at 1 fps from t = 0: floor(duration) + 1, at most ``max_frames`` (None: no cap)."""
     if duration <= 0:
         return 0
-    return min(int(math.floor(duration + 1e-6)) + 1, max_frames)
+    every_second = int(math.floor(duration + 1e-6)) + 1
+    return every_second if max_frames is None else min(every_second, max_frames)
 
 
 def shortest_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -266,7 +264,7 @@ def shortest_side_size(width: int, height: int, short_side: int) -> tuple[int, i
     return int(short_side * width / height), short_side
 
 
-def read_frames_1fps(path: str | os.PathLike, max_frames: int = MAX_VIDEO_FRAMES,
+def read_frames_1fps(path: str | os.PathLike, max_frames: int | None = None,
                      short_side: int | None = None):
     """Decode the frames shown at t = 0, 1, 2, ... s (at most ``max_frames``) in one ffmpeg run.
 
@@ -286,16 +284,16 @@ def read_frames_1fps(path: str | os.PathLike, max_frames: int = MAX_VIDEO_FRAMES
     return np.stack(frames), duration
 
 
-def _decode_frames_1fps(path, max_frames: int, short_side: int | None,
+def _decode_frames_1fps(path, max_frames: int | None, short_side: int | None,
                         sink: Callable) -> float:
     """Stream 1-fps frames into ``sink`` (as uint8 HxWx3 arrays); returns the duration."""
     file = _check_input_file(path)
     # tpad clones the last frame for 1 s so that t = floor(duration) exists even when the
     # video ends exactly on a whole second; the extra frame it may add is trimmed below.
     chain = "tpad=stop_mode=clone:stop_duration=1,fps=fps=1:round=up:start_time=0"
+    limit = [] if max_frames is None else ["-frames:v", str(max_frames + 1)]
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(file), "-map", "0:V:0",
-           "-an", "-sn", "-dn", "-vf", chain, "-frames:v", str(max_frames + 1),
-           "-f", "image2pipe", "-c:v", "ppm", "-"]
+           "-an", "-sn", "-dn", "-vf", chain, *limit, "-f", "image2pipe", "-c:v", "ppm", "-"]
     frames = []
     with tempfile.TemporaryFile() as err:
         try:
@@ -354,8 +352,8 @@ def _resize_short_side(frame, short_side: int):
 # ---------------------------------------------------------------- audio
 
 
-def read_audio_16k(path: str | os.PathLike, max_seconds: float | None = None):
-    """Decode the FIRST channel of the first audio stream, resampled to 16 kHz (soxr).
+def read_audio_mono(path: str | os.PathLike, max_seconds: float | None = None, *, sample_rate: int):
+    """Decode the FIRST channel of the first audio stream, resampled to ``sample_rate`` Hz (soxr).
 
     Only channel 0 is kept (not a downmix), as the reference filterbank reads it.
     ``max_seconds`` stops decoding early. Returns float32 samples in [-1, 1], shape [n].
@@ -367,7 +365,7 @@ def read_audio_16k(path: str | os.PathLike, max_seconds: float | None = None):
     if max_seconds is not None:
         args += ["-t", f"{max_seconds:.6f}"]
     args += ["-map", "0:a:0", "-vn", "-sn", "-dn",
-             "-af", f"pan=mono|c0=c0,aresample={AUDIO_SAMPLE_RATE}:resampler=soxr",
+             "-af", f"pan=mono|c0=c0,aresample={int(sample_rate)}:resampler=soxr",
              "-c:a", "pcm_f32le", "-f", "f32le", "-"]
     proc = run_ffmpeg(args, f"decoding audio of {file}", check=False)
     if proc.returncode != 0:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
+from mgsv_cli.features import recipe
 from mgsv_cli import paths
 from mgsv_cli.errors import DataError
 
@@ -64,11 +65,13 @@ REQUIRED_COLUMNS = (
 _FLOAT_COLUMNS = ("video_start", "video_end", "music_start", "music_end", "music_total_duration",
                   "video_segment_duration", "video_total_duration")
 
-N_FRAMES, VIDEO_DIM = 50, 512
-N_WINDOWS, MUSIC_DIM = 96, 768
-MAX_MUSIC_SECONDS = 240.0
+N_FRAMES, VIDEO_DIM = recipe.N_VIDEO_FRAMES, recipe.CLIP_EMBED_DIM
+N_WINDOWS, MUSIC_DIM = recipe.N_MUSIC_WINDOWS, recipe.AST_EMBED_DIM
+MAX_MUSIC_SECONDS = recipe.MAX_MUSIC_SECONDS
 PACK_FORMAT = 1
 
+# The release layout (spec section 2): CSVs and one .pt file per feature and mask.
+CSV_DIR = Path("dataset") / "MGSV-EC"
 FEATURE_DIRS = {
     "video": "features/Kuai_feature/vit_feature1/vit_feature",
     "video_mask": "features/Kuai_feature/vit_feature1/vit_mask",
@@ -82,7 +85,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 def csv_path(root: str | os.PathLike, split: str) -> Path:
     """``ROOT/dataset/MGSV-EC/<split>_data.csv`` (the official layout)."""
-    return Path(root) / "dataset" / "MGSV-EC" / f"{split}_data.csv"
+    return Path(root) / CSV_DIR / f"{split}_data.csv"
 
 
 def find_csv(root: str | os.PathLike, split: str) -> Path:

@@ -1,0 +1,49 @@
+"""Where the editor's outputs go by default: ``clip.mp4`` -> ``clip.mgsv.<ext>`` beside it.
+
+The one owner of the ``.mgsv.`` tag: render and export name their outputs with it, and
+folder inputs skip files that carry it (a rendered video is not a new clip).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from mgsv_cli.media.files import VIDEO_EXTENSIONS
+
+OUTPUT_TAG = ".mgsv"
+
+
+def beside(video: str | os.PathLike, suffix: str) -> Path:
+    """``clip.mov`` + ``.fcpxml`` -> ``clip.mgsv.fcpxml`` in the video's folder."""
+    video = Path(video)
+    return video.with_name(f"{video.stem}{OUTPUT_TAG}{suffix}")
+
+
+def is_mgsv_output(path: str | os.PathLike) -> bool:
+    """Whether a file name is one mgsv writes (``<stem>.mgsv.<ext>``)."""
+    return OUTPUT_TAG + "." in Path(path).name
+
+
+def expand_video_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Videos named or found (recursively, by extension) in folders; plus ``(input, reason)`` for bad ones."""
+    videos: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not is_mgsv_output(p)  # mgsv render's own outputs sit beside the clips
+            )
+            if not found:
+                problems.append((str(path), f"no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in this folder"))
+            videos.extend(found)
+        elif path.is_file():
+            videos.append(path)
+        else:
+            problems.append((str(path), "no such file or folder"))
+    unique = list(dict.fromkeys(p.resolve() for p in videos))
+    return unique, problems

@@ -1,0 +1,184 @@
+"""The suggestion record: one typed value that ``suggest`` writes and ``render``/``export`` read.
+
+``SuggestionResult`` is what ``mgsv suggest --json`` prints for a video (``to_json`` /
+``from_json``); the last one per video is remembered under ``paths.suggestions_dir()``
+(keyed by the video's absolute path, invalidated when the video's size or mtime
+changes) so that ``mgsv render`` and ``mgsv export`` need no arguments but the video.
+``SuggestionResult.pick`` is the one place ``--pick N`` is resolved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mgsv_cli import paths
+from mgsv_cli.errors import UsageError, first_line
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One ranked track: its relevance and the cut to use (seconds)."""
+
+    rank: int
+    track: str  # absolute path of the audio file
+    score: float  # p_s = cos(h(v), h0(M)) + cos(h(v), h1(M)), in [-2, 2]
+    start: float  # the cut render uses: as long as the video, inside the track
+    end: float
+    predicted_start: float  # the raw span MaDe predicted
+    predicted_end: float
+    track_duration: float
+    title: str | None = None
+    artist: str | None = None
+    snapped_to: str | None = None  # "downbeat" | "beat" when --snap beat moved the cut's start
+
+    @property
+    def name(self) -> str:
+        if self.title and self.artist:
+            return f"{self.artist} - {self.title}"
+        return self.title or Path(self.track).name
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Suggestion":
+        """The inverse of :meth:`to_json` (unknown keys are ignored)."""
+        try:
+            return cls(
+                rank=int(data["rank"]), track=str(data["track"]), score=float(data["score"]),
+                start=float(data["start"]), end=float(data["end"]),
+                predicted_start=float(data.get("predicted_start", data["start"])),
+                predicted_end=float(data.get("predicted_end", data["end"])),
+                track_duration=float(data.get("track_duration") or 0.0),
+                title=data.get("title"), artist=data.get("artist"), snapped_to=data.get("snapped_to"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"not a suggestion record: {first_line(exc)}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "track": self.track,
+            "score": round(self.score, 6),
+            "start": round(self.start, 6),
+            "end": round(self.end, 6),
+            "predicted_start": round(self.predicted_start, 6),
+            "predicted_end": round(self.predicted_end, 6),
+            "track_duration": round(self.track_duration, 6),
+            "title": self.title,
+            "artist": self.artist,
+            **({"snapped_to": self.snapped_to} if self.snapped_to else {}),
+        }
+
+
+@dataclass
+class SuggestionResult:
+    """The suggestions for one video, best first."""
+
+    video: str  # absolute path
+    duration: float  # seconds; every cut is this long (unless the track is shorter)
+    suggestions: list[Suggestion]
+    checkpoint: str  # checkpoint id ("untrained-..." for --untrained)
+    encoders: str  # "pretrained" or "tiny"
+    untrained: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def notes(self) -> list[str]:
+        """Warnings every output made with demo models must carry."""
+        notes = []
+        if self.untrained:
+            notes.append("untrained model (random weights): rankings and moments are meaningless")
+        if self.encoders == "tiny":
+            notes.append("tiny random encoders, not CLIP/AST: for tests and demos only")
+        return notes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "video": self.video,
+            "duration": round(self.duration, 6),
+            "suggestions": [s.to_json() for s in self.suggestions],
+            "checkpoint": self.checkpoint,
+            "encoders": self.encoders,
+            "untrained": self.untrained,
+            **({"notes": self.notes} if self.notes else {}),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SuggestionResult":
+        """The inverse of :meth:`to_json`: a ``mgsv suggest --json`` line, or a remembered record."""
+        if not isinstance(data, dict) or not isinstance(data.get("suggestions"), list):
+            raise UsageError("not a suggestion record: no list of suggestions")
+        try:
+            return cls(
+                video=str(data["video"]), duration=float(data["duration"]),
+                suggestions=[Suggestion.from_json(s) for s in data["suggestions"]],
+                checkpoint=str(data.get("checkpoint", "")), encoders=str(data.get("encoders", "pretrained")),
+                untrained=bool(data.get("untrained", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"not a suggestion record: {first_line(exc)}") from None
+
+    def pick(self, rank: int = 1) -> Suggestion:
+        """Suggestion ``rank`` (1 = best); a UsageError naming ``--pick`` when there is none."""
+        if rank < 1:
+            raise UsageError(f"--pick {rank}: ranks start at 1")
+        for entry in self.suggestions:
+            if entry.rank == rank:
+                return entry
+        raise UsageError(f"--pick {rank}: only {len(self.suggestions)} suggestion(s) for {self.video or 'this video'}")
+
+    def with_entry(self, entry: Suggestion) -> "SuggestionResult":
+        """A copy with ``entry`` in place of the suggestion of the same rank."""
+        return dataclasses.replace(self, suggestions=[entry if s.rank == entry.rank else s for s in self.suggestions])
+
+
+# ---------------------------------------------------------------- remembered per video
+
+
+def _remembered_path(video_path: Path) -> Path:
+    key = hashlib.blake2b(str(video_path).encode(), digest_size=12).hexdigest()
+    return paths.suggestions_dir() / f"{key}.json"
+
+
+def remember_suggestion(result: SuggestionResult) -> Path:
+    """Store ``result`` as the last suggestion of its video (keyed by absolute path)."""
+    video = Path(result.video)
+    stat = video.stat()
+    record = {
+        **result.to_json(),
+        "video_size": stat.st_size,
+        "video_mtime_ns": stat.st_mtime_ns,
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    target = _remembered_path(video)
+    paths.atomic_write_text(target, json.dumps(record, indent=2) + "\n")
+    return target
+
+
+def load_last_suggestion(video_path: str | os.PathLike) -> SuggestionResult:
+    """The last suggestion remembered for this video (what ``mgsv suggest`` printed).
+
+    Raises ``UsageError`` when there is none, or when the video changed since.
+    """
+    video = Path(video_path).expanduser().resolve()
+    hint = f"run `mgsv suggest {video_path}` first, or give --track and --start"
+    source = _remembered_path(video)
+    if not source.is_file():
+        raise UsageError(f"no suggestion remembered for {video_path}: {hint}")
+    try:
+        record = json.loads(source.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UsageError(f"the remembered suggestion for {video_path} is unreadable: {hint}") from None
+    if record.get("video") != str(video) or not record.get("suggestions"):
+        raise UsageError(f"no suggestion remembered for {video_path}: {hint}")
+    try:
+        stat = video.stat()
+    except OSError:
+        raise UsageError(f"{video_path} does not exist") from None
+    if (stat.st_size, stat.st_mtime_ns) != (record.get("video_size"), record.get("video_mtime_ns")):
+        raise UsageError(f"{video_path} changed since its suggestion was made: {hint.replace('first', 'again')}")
+    return SuggestionResult.from_json(record)

@@ -1,0 +1,97 @@
+"""The one path that moves a cut onto the beat (``--snap beat`` in suggest, render, export).
+
+Every caller ends in :func:`snap_cut`: the track's beat grid (stored by ``mgsv index``,
+else detected now from the file) and :func:`~mgsv_cli.media.beats.snap_start`, which
+moves the start onto the nearest downbeat/beat within half a beat, keeping the cut's
+length and keeping it inside the track.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from mgsv_cli.editor.record import Suggestion, SuggestionResult
+from mgsv_cli.errors import MgsvError, UsageError
+from mgsv_cli.media.beats import BeatGrid, beats_of_file, snap_start
+
+SNAP_MODES = ("beat",)
+
+
+@dataclass(frozen=True)
+class Snap:
+    """How a cut was moved onto the beat grid (seconds)."""
+
+    requested_start: float
+    start: float
+    snapped_to: str | None  # "downbeat", "beat", or None when it stayed put
+    grid_source: str  # "index" (stored at index time) or "detected" (computed now)
+    tempo_bpm: float
+
+    @property
+    def moved_by(self) -> float:
+        return self.start - self.requested_start
+
+
+def check_snap(snap: str | None) -> None:
+    """A UsageError for anything but no snapping or ``"beat"``."""
+    if snap is not None and snap not in SNAP_MODES:
+        raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
+
+
+def grid_for_track(track, index_path=None) -> tuple[BeatGrid, str]:
+    """The track's beat grid and where it came from: ``"index"`` when the music index
+    stored one at index time, else ``"detected"`` now (decoding the file)."""
+    stored = _stored_grid(str(track), index_path)
+    if stored is not None:
+        return stored, "index"
+    return beats_of_file(track), "detected"
+
+
+def _stored_grid(track: str, index_path) -> BeatGrid | None:
+    from mgsv_cli.index.store import open_index
+
+    try:
+        index = open_index(index_path, require_tracks=False)
+    except MgsvError:
+        return None  # no index, or not one of ours: detecting is the fallback
+    with index:
+        for info in index.tracks():
+            if info.path == track and info.beats:
+                return BeatGrid.from_dict(info.beats)
+    return None
+
+
+def snap_cut(track, start: float, length: float, track_seconds: float, *, grid: BeatGrid | None = None,
+             grid_source: str = "index", index_path=None) -> Snap:
+    """Move a cut of ``length`` s starting at ``start`` in ``track`` onto its beat grid.
+
+    ``grid``: the track's grid when the caller has it (suggest reads it with the track);
+    otherwise the index's, else detected from the file.
+    """
+    if grid is None:
+        grid, grid_source = grid_for_track(track, index_path)
+    new_start, kind = snap_start(start, length, grid.beats, grid.downbeats, track_seconds)
+    return Snap(float(start), float(new_start), kind, grid_source, grid.tempo_bpm)
+
+
+def snap_suggestion(result: SuggestionResult, pick: int = 1, index_path=None) -> tuple[SuggestionResult, Snap]:
+    """``result`` with suggestion ``pick``'s cut moved onto the beat (same length, inside the track)."""
+    entry = result.pick(pick)
+    snapped = snap_entry(entry, index_path=index_path)
+    return result.with_entry(snapped[0]), snapped[1]
+
+
+def snap_entry(entry: Suggestion, *, grid: BeatGrid | None = None, index_path=None) -> tuple[Suggestion, Snap]:
+    """One suggestion with its cut moved onto the beat, and how it moved."""
+    track_seconds = entry.track_duration or _probe_seconds(entry.track)
+    length = entry.end - entry.start
+    snap = snap_cut(entry.track, entry.start, length, track_seconds, grid=grid, index_path=index_path)
+    moved = dataclasses.replace(entry, start=snap.start, end=snap.start + length, snapped_to=snap.snapped_to)
+    return moved, snap
+
+
+def _probe_seconds(track: str | os.PathLike) -> float:
+    from mgsv_cli.media.ffmpeg import probe
+
+    return probe(track).duration
