@@ -32,6 +32,22 @@ err_console = Console(stderr=True)
 DEVICE_HELP = "auto | cpu | cuda[:N] | mps (auto picks the GPU when there is one)"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mgsv_cli import __version__
+
+        typer.echo(f"mgsv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print mgsv's version and exit"),
+) -> None:
+    """Background music for short videos: index a music folder, get ranked tracks with the moment to cut, render."""
+
+
 # ---------------------------------------------------------------- research: train / eval / data
 
 # -- train (mgsv_cli/train.py)

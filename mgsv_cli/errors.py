@@ -66,3 +66,37 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
     return text[:limit] if limit else text
+
+
+class StorageError(MediaError):
+    """A file or folder mgsv must write cannot be written: read-only file system, disk full,
+    quota, name too long, I/O error, no permission. Exit code 5, like other media errors."""
+
+
+# errno -> what a user should read; anything else falls back to the OS's own words.
+_STORAGE_CAUSES = {
+    "EROFS": "the file system is read-only",
+    "ENOSPC": "no space left on device",
+    "EDQUOT": "disk quota exceeded",
+    "ENAMETOOLONG": "file name too long",
+    "EIO": "input/output error (a failing disk or a dropped network share?)",
+    "EACCES": "permission denied",
+    "EPERM": "operation not permitted",
+    "EFBIG": "file too large for this file system (or a file size limit)",
+    "ENOENT": "no such file or folder",
+    "ENOTDIR": "a part of the path is not a folder",
+    "EISDIR": "it is a folder",
+}
+
+
+def os_error_cause(exc: BaseException) -> str:
+    """A short, plain cause for an OSError ("the file system is read-only", ...)."""
+    import errno
+
+    name = errno.errorcode.get(getattr(exc, "errno", None) or -1, "")
+    return _STORAGE_CAUSES.get(name) or (getattr(exc, "strerror", None) or first_line(exc))
+
+
+def storage_error(action: str, path, exc: BaseException) -> StorageError:
+    """``StorageError("cannot <action> <path>: <cause>")`` for an OSError met while writing."""
+    return StorageError(f"cannot {action} {path}: {os_error_cause(exc)}")

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from mgsv_cli.errors import OutputExistsError, storage_error
+
 APP_NAME = "mgsv"
 
 
@@ -62,20 +64,43 @@ def suggestions_dir() -> Path:
     return data_dir() / "suggestions"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it and a rename, so a
-    reader never sees half a file; the temporary file is removed on any failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    reader never sees half a file; the temporary file is removed on any failure, and a
+    failing removal never hides the first error.
+
+    ``overwrite=False`` refuses (``OutputExistsError``) a ``path`` that appeared while
+    writing. OS errors (read-only, disk full, ...) come out as ``StorageError``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise storage_error("write", path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # a crash right after the rename must not leave an empty file
+        if not overwrite and path.exists():
+            raise OutputExistsError(f"{path} exists: use --force to replace it")
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        remove_quietly(Path(tmp))
+        if isinstance(exc, OSError):
+            raise storage_error("write", path, exc) from None
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, overwrite: bool = True) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a temporary file if it is there; a failure (read-only, I/O error) is ignored
+    because the caller is already reporting the error that matters."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mgsv_cli import paths
+from mgsv_cli.editor.render import MIX_MODES
 from mgsv_cli.errors import ConfigError, OutputExistsError
 
 if sys.version_info >= (3, 11):
@@ -30,7 +31,6 @@ else:  # Python 3.10
 
 FILE_NAME = "config.toml"
 ENV_PREFIX = "MGSV_"
-MIX_MODES = ("replace", "original", "duck")  # render.MIX_MODES (a test keeps them equal)
 ENCODER_KINDS = ("pretrained", "tiny")
 SNAP_MODES = ("off", "beat")
 EXPORT_FORMATS = ("fcpxml", "fcp7", "edl", "otio")  # writers.FORMATS (a test keeps them equal)

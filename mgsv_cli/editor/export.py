@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 
 
+from mgsv_cli import paths
 from mgsv_cli.editor import outputs
 from mgsv_cli.editor.record import SuggestionResult
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
@@ -175,7 +176,7 @@ def export_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike,
         raise MediaError(f"cannot write {fmt} for {plan.video.name}: {exc}") from None
     if fmt == "fcpxml":
         text = _fcpxml_times_on_frames(text, plan.rate)
-    _atomic_write_text(out, text, force)
+    paths.atomic_write_text(out, text, overwrite=force)
     return out
 
 
@@ -193,21 +194,6 @@ def _check_output(out: Path, plan: TimelinePlan, force: bool) -> None:
         raise UsageError(f"{out} is a folder: give a file name")
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists: use --force to replace it")
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: no such folder")
-
-
-def _atomic_write_text(out: Path, text: str, force: bool) -> None:
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        if not force and out.exists():  # appeared while we were writing
-            raise OutputExistsError(f"{out} exists: use --force to replace it")
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fcpxml_times_on_frames(text: str, rate: float) -> str:

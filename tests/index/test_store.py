@@ -26,7 +26,7 @@ from _library_helpers import BAD_FILES, TRACKS, db_meta, db_rows, integrity, run
 # Fixtures shared with test_suggest.py (media generated and tracks indexed once per session).
 pytest_plugins = ["_library_helpers"]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class CountingEncoders:
