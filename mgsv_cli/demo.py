@@ -5,6 +5,10 @@ Writes a small music library (real audio files) and a clip, then runs the real C
 untrained MaDe, so it needs no downloads. Everything (the index included) lives under the
 output folder, so the user's own mgsv data is untouched.
 
+It ends by printing the commands to try next, spelled so that they run as printed from
+where ``make demo`` ran (``.venv/bin/mgsv``, since the venv is not activated, and the
+demo's own index passed with ``--index``); a test runs them.
+
 Usage: ``python -m mgsv_cli.demo [OUT_DIR]`` (default ``demo_out``).
 """
 from __future__ import annotations
@@ -44,18 +48,40 @@ def make_media(out_dir: Path) -> tuple[Path, Path]:
     return music_dir, clip
 
 
+def shown(path: Path) -> str:
+    """``path`` as the user should type it: relative to where they are when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def next_commands(out_dir: Path, mgsv: str = ".venv/bin/mgsv") -> list[str]:
+    """What to try after the demo, on its files, runnable as printed."""
+    index, music, clip = (shown(out_dir / name) for name in ("index.sqlite", "music", "clip.mp4"))
+    return [
+        f"{mgsv} index {music} --index {index} --encoders tiny",
+        f"{mgsv} suggest {clip} --index {index} --untrained",
+        f"{mgsv} render {clip} --index {index} -o {shown(out_dir / 'clip.mine.mp4')} --force",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     out_dir = Path(args[0] if args else "demo_out").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     music_dir, clip = make_media(out_dir)
     env = {**os.environ, "MGSV_HOME": str(out_dir / "mgsv_home"), "HF_HUB_OFFLINE": "1"}
+    index = str(out_dir / "index.sqlite")
     rendered = out_dir / "clip.with-music.mp4"
-    run_step(["index", str(music_dir), "--encoders", "tiny", "--device", "cpu"], env)
-    run_step(["suggest", str(clip), "--encoders", "tiny", "--untrained", "--top", "3", "--device", "cpu"], env)
-    run_step(["render", str(clip), "-o", str(rendered), "--mix", "duck", "--force"], env)
-    print(f"\nrendered: {rendered}")
+    run_step(["index", str(music_dir), "--index", index, "--encoders", "tiny", "--device", "cpu"], env)
+    run_step(["suggest", str(clip), "--index", index, "--untrained", "--top", "3", "--device", "cpu"], env)
+    run_step(["render", str(clip), "--index", index, "-o", str(rendered), "--mix", "duck", "--force"], env)
+    print(f"\nrendered: {shown(rendered)}")
     print(EXPLANATION)
+    print("\nTry it yourself (or `source .venv/bin/activate` once, then plain `mgsv ...`):")
+    for command in next_commands(out_dir):
+        print(f"  {command}")
     return 0
 
 

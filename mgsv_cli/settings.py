@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from mgsv_cli import paths
 from mgsv_cli.editor.render import MIX_MODES
-from mgsv_cli.errors import ConfigError, OutputExistsError
+from mgsv_cli.errors import ConfigError, OutputExistsError, storage_error
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,6 +184,9 @@ def read_settings_file(path: Path | None = None) -> dict[str, Any]:
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read settings file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"settings file {path} is not UTF-8 text (byte {exc.start}): "
+                          "save it as UTF-8, or remove it to use the defaults") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -302,10 +305,16 @@ def init_settings_file() -> Path:
     path = settings_path()
     if path.exists():
         raise OutputExistsError(f"{path} exists: edit it, or delete it to start again from the defaults")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = False
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "x", encoding="utf-8") as handle:  # "x": fails if it appeared meanwhile
+            created = True
             handle.write(default_file_text())
     except FileExistsError:
         raise OutputExistsError(f"{path} exists: edit it, or delete it to start again from the defaults") from None
+    except OSError as exc:
+        if created:
+            paths.remove_quietly(path)  # our own half-written file, never the user's
+        raise storage_error("write", path, exc) from None
     return path

@@ -29,9 +29,9 @@ LAST_NAME = "last.safetensors"
 CONFIG_KEY = "mgsv_config"
 ID_KEY = "mgsv_checkpoint_id"
 
-HOW_TO_GET_ONE = (
-    "train one with `mgsv train --data ROOT` (MGSV-EC features), point --checkpoint at a run folder "
-    "or .safetensors file, or use --untrained for a demo"
+HOW_TO_GET_ONE = (  # commands that can run without one (suggest --untrained) add their own way out
+    "train one with `mgsv train --data ROOT` (MGSV-EC features), or point --checkpoint at a run folder "
+    "or .safetensors file"
 )
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,28 @@ def test_cli_bad_config_is_one_line_exit_2(capsys):
     code, _, err = run_cli(["config", "show"], capsys)
     assert code == ConfigError.exit_code == 2
     assert "top_k" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["config", "show"], ["suggest", "clip.mp4"], ["render", "clip.mp4"], ["doctor"]])
+def test_cli_config_that_is_not_utf8_is_one_line_exit_2(capsys, command):
+    path = settings.settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"top_k = 5\nmix = \"d\xe9\xe9p\"\n")  # Latin-1 bytes from an old editor
+    code, out, err = run_cli(command, capsys)
+    if command == ["doctor"]:
+        assert code == 1 and "not UTF-8" in out + err  # doctor reports it as a failed check
+    else:
+        assert code == ConfigError.exit_code == 2
+        assert len(err.strip().splitlines()) == 1 and "not UTF-8" in err and "Traceback" not in err
+    assert path.read_bytes().startswith(b"top_k = 5")  # the user's file is left as it was
+
+
+def test_config_init_on_a_read_only_folder_is_a_storage_error(capsys, monkeypatch):
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    code, _, err = run_cli(["config", "init"], capsys)
+    assert code == 5 and "read-only" in err and "Traceback" not in err

@@ -179,8 +179,15 @@ def train(
     device: str = "auto",
     resume: bool = False,
     reporter: Reporter | None = None,
+    asked: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train (or resume) a MaDe run on the MGSV-EC layout at ``data_root``; returns the run folder."""
+    """Train (or resume) a MaDe run on the MGSV-EC layout at ``data_root``; returns the run folder.
+
+    ``asked``: the recipe values the user set explicitly (``epochs``, ``batch_size``, ``lr``,
+    ``precision``, ``seed``, and ``model`` for a chosen variant). A resumed run keeps its own
+    recipe: a larger (or smaller, but not below what is done) ``epochs`` continues to that many
+    epochs, and anything else that differs from the saved run is a UsageError, never ignored.
+    """
     import torch
 
     from mgsv_cli.research.dataset import load_split
@@ -191,7 +198,7 @@ def train(
     torch_device = resolve_device(device)
     run_dir = choose_run_dir(Path(out_dir).expanduser() if out_dir else None, variant, resume)
     if resume:
-        variant = _saved_variant(run_dir)
+        variant = resumed_variant(_saved_variant(run_dir), _saved_epochs_done(run_dir), asked or {}, run_dir)
     recipe = variant.train
     tune_malloc_for_training()
 
@@ -277,6 +284,38 @@ def _restore(run_dir: Path, model, optimizer) -> _State:
             }
     torch.set_rng_state(tensors["rng.torch"])
     return state
+
+
+def resumed_variant(saved: VariantConfig, epochs_done: int, asked: dict[str, Any], run_dir: Path) -> VariantConfig:
+    """The recipe to continue ``run_dir`` with: the saved one, with only ``epochs`` changeable."""
+    model = asked.get("model")
+    if model is not None and model != saved.model:
+        raise UsageError(f"--config asks for another model than the run in {run_dir} was trained with: "
+                         "resume it without --config, or start a new run with another --out")
+    for key in ("batch_size", "lr", "precision", "seed"):
+        value = asked.get(key)
+        if value is not None and value != getattr(saved.train, key):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} {value} conflicts with the run in {run_dir} ({key} {getattr(saved.train, key)}): "
+                             f"a resumed run keeps its recipe; drop {flag}, or start a new run with another --out")
+    epochs = asked.get("epochs")
+    if epochs is None:
+        if epochs_done >= saved.train.epochs:
+            raise UsageError(f"the run in {run_dir} already finished its {saved.train.epochs} epochs: "
+                             f"pass --epochs N (more than {epochs_done}) to train it further")
+        return saved
+    if epochs <= epochs_done:
+        raise UsageError(f"--epochs {epochs}: the run in {run_dir} has already finished {epochs_done} epochs; "
+                         f"give more than {epochs_done}")
+    # The cosine schedule is laid over the new total from here on; the warm-up is long past.
+    return dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=epochs))
+
+
+def _saved_epochs_done(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "state.json").read_text())["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"cannot resume {run_dir}: state.json is missing or unreadable") from None
 
 
 def _saved_variant(run_dir: Path) -> VariantConfig:
