@@ -40,7 +40,7 @@ def main() -> None:
 
         start = time.perf_counter()
         make_dataset(Path(tmp) / "root", n_tracks=args.tracks, n_train=args.train_batch, n_val=args.videos,
-                     n_test=1, seed=0)
+                     n_test=2, seed=0)
         print(f"generate {args.videos} videos + {args.tracks} tracks: {time.perf_counter() - start:.1f} s")
 
         start = time.perf_counter()

@@ -50,14 +50,14 @@ def _root(
 
 # ---------------------------------------------------------------- research: train / eval / data
 
-# -- train (mgsv_cli/train.py)
+# -- train (mgsv_cli/research/train.py)
 
 
 @app.command("train", epilog="Example: mgsv train --data ~/datasets/mgsv-ec --device cuda   (then: mgsv eval --data ~/datasets/mgsv-ec --split test)")
 def train_command(
     data: Path = typer.Option(..., "--data", help="MGSV-EC root in the official layout (dataset/ and features/)"),
-    config: str = typer.Option("made", "--config", help="model variant: a shipped name (made, tiny) or a .toml path"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="default: the config's (100 for made)"),
+    config: Optional[str] = typer.Option(None, "--config", help="model variant: a shipped name (made, tiny) or a .toml path (default made; a resumed run keeps its own)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="default: the config's (100 for made); with --resume, continue to this many epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="default: the config's (512 for made)"),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="peak learning rate (default: the config's, 3e-4)"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 (default: the config's)"),
@@ -65,19 +65,26 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: a new one under the mgsv data dir)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (--out's, or the latest)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: the config's)"),
+    compile_model: bool = typer.Option(False, "--compile", help="run the training forward through torch.compile (opt-in: the first steps pay for compiling; off by default)"),
 ) -> None:
-    """Train MaDe on MGSV-EC features; keeps the best-on-val weights in the run folder."""
+    """Train MaDe on MGSV-EC features; keeps the best-on-val weights in the run folder.
+
+    On a CUDA GPU the features are kept on the GPU, the network runs in bf16 and Adam is fused.
+    """
     from mgsv_cli.models.variants import load_config, replace_train
     from mgsv_cli.settings import default
     from mgsv_cli.research.train import train
 
     device = default("device", device)
-    variant = replace_train(load_config(config), epochs=epochs, batch_size=batch_size, lr=lr,
-                            precision=precision, seed=seed)
+    chosen = load_config(config or "made")
+    variant = replace_train(chosen, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision, seed=seed)
+    asked = dict(epochs=epochs, batch_size=batch_size, lr=lr, precision=precision, seed=seed,
+                 model=chosen.model if config is not None else None)
     reporter = _TrainProgress()
     try:
         with reporter:
-            result = train(data, variant, out_dir=out, device=device, resume=resume, reporter=reporter)
+            result = train(data, variant, out_dir=out, device=device, resume=resume, reporter=reporter, asked=asked,
+                           compile=compile_model)
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
         if run_dir is None:
@@ -141,7 +148,7 @@ class _TrainProgress:
                           "best" if best else "")
         self.bars.console.print(table)
 
-# -- eval (mgsv_cli/evaluation.py)
+# -- eval (mgsv_cli/research/evaluation.py)
 
 EVAL_ROWS = (
     ("mIoU", "miou", "{:.3f}"), ("R@1", "r1", "{:.1f}"), ("R@5", "r5", "{:.1f}"), ("R@10", "r10", "{:.1f}"),
@@ -156,7 +163,7 @@ def eval_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="prior: the content-free moment [0, video duration] (labels only)"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="videos (and tracks) per forward pass"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="videos (and tracks) per forward pass; lower it if the GPU runs out of memory"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Benchmark a trained model (or a baseline) on an MGSV-EC split: mIoU, R@k, MoR@k."""
@@ -246,7 +253,7 @@ def _stage_progress(enabled: bool):
 
 # ---------------------------------------------------------------- editor: index / suggest / render
 
-# -- index / suggest (mgsv_cli/library.py, mgsv_cli/suggest.py)
+# -- index / suggest (mgsv_cli/index/store.py, mgsv_cli/editor/suggest.py)
 
 ENCODER_KINDS = ("pretrained", "tiny")
 ENCODERS_HELP = "pretrained (CLIP ViT-B/32 + AST, what MaDe was trained on) | tiny (small random networks: tests, demos)"
@@ -260,27 +267,48 @@ def _check_encoders(kind: Optional[str]) -> None:
         raise UsageError(f"--encoders {kind!r}: expected {' or '.join(ENCODER_KINDS)}")
 
 
-@app.command("index", epilog="Example: mgsv index ~/Music   (again later: only new or changed files are embedded)")
+@app.command("index", epilog="Example: mgsv index ~/Music   (again later: only new or changed files are embedded; mgsv index --failed lists the files it could not take)")
 def index_command(
-    music_dir: Path = typer.Argument(..., help="music folder, searched recursively (mp3 wav flac m4a aac ogg opus)"),
+    music_dir: Optional[Path] = typer.Argument(None, show_default=False, metavar="MUSIC_DIR", help="music folder, searched recursively (mp3 wav flac m4a aac ogg opus); with --failed, only failures under it"),
     index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
-    prune: bool = typer.Option(False, "--prune", help="drop indexed tracks whose files are gone"),
-    force: bool = typer.Option(False, "--force", help="re-embed every track (also: rebuild with other encoders)"),
+    prune: bool = typer.Option(False, "--prune", help="drop indexed tracks (and remembered failures) whose files are gone"),
+    force: bool = typer.Option(False, "--force", help="re-embed every track and retry failed files (also: rebuild with other encoders; a damaged index is moved aside and rebuilt)"),
+    failed: bool = typer.Option(False, "--failed", help="list the files the index could not take, and why (needs no MUSIC_DIR)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="try again the files that failed before (unchanged ones are skipped otherwise)"),
+    as_json: bool = typer.Option(False, "--json", help="with --failed: print one JSON object"),
     encoders: Optional[str] = typer.Option(None, "--encoders", help=ENCODERS_HELP + " (default: pretrained)"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
     beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid (for cuts that start on a beat)"),
+    batch_windows: Optional[int] = typer.Option(None, "--batch-windows", min=1, help="AST windows per forward pass (default: sized to the GPU's free memory; 4 on a CPU); lower it if the GPU runs out of memory"),
 ) -> None:
     """Embed a music folder into the index: new and changed files only; safe to interrupt and re-run.
 
+    Files that cannot be read or decoded are remembered and skipped on later runs while unchanged (`--failed` lists them, `--retry-failed` tries again); the exit code is 1 only when a file failed in this run.
+
+    Tracks longer than 240 s are embedded from their first 4 minutes, the model's window.
+
     Defaults for --index, --encoders, --device, --weights-dir and --offline come from `mgsv config` when set there.
     """
+    from mgsv_cli.errors import UsageError
     from mgsv_cli.index.store import index_music
     from mgsv_cli.settings import default
 
+    index_given = index
     index, encoders, device = default("index", index), default("encoders", encoders), default("device", device)
     weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
+    if failed:
+        clashing = [flag for flag, on in (("--force", force), ("--prune", prune), ("--retry-failed", retry_failed)) if on]
+        if clashing:
+            raise UsageError(f"--failed only lists; it does not go with {', '.join(clashing)}")
+        _print_failed_files(index, music_dir, as_json)
+        return
+    if as_json:
+        raise UsageError("--json goes with --failed (`mgsv index --failed --json`)")
+    if music_dir is None:
+        raise UsageError("missing MUSIC_DIR, the music folder to index: `mgsv index ~/Music` "
+                         "(`mgsv index --failed` lists the files that could not be indexed)")
     _check_encoders(encoders)
 
     def load_encoders():
@@ -288,22 +316,47 @@ def index_command(
         from mgsv_cli.features.encoders import load_encoders as load
 
         return load(kind=encoders, device=resolve_device(device), offline=offline, weights_dir=weights_dir,
-                    parts=("music",))
+                    parts=("music",), batch_windows=batch_windows)
 
     progress = _IndexBars()
     try:
         with progress:
             report = index_music(music_dir, index, encoders=load_encoders, prune=prune, force=force,
-                                 progress=progress, detect_beats=beats, encoder_kind=encoders)
+                                 progress=progress, detect_beats=beats, encoder_kind=encoders,
+                                 retry_failed=retry_failed)
     except KeyboardInterrupt as exc:
         report = getattr(exc, "report", None)
         saved = f"; {report.n_tracks} track(s) in the index" if report is not None else ""
         err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
                           soft_wrap=True)
         raise typer.Exit(130)
-    _print_index_summary(report, encoders)
+    _print_index_summary(report, encoders, index_given)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _print_failed_files(index: Optional[Path], music_dir: Optional[Path], as_json: bool) -> None:
+    """`mgsv index --failed`: the remembered failures, one per line (or one JSON object)."""
+    import json
+
+    from rich.markup import escape
+
+    from mgsv_cli.index.store import failed_files
+
+    path, found = failed_files(index, under=music_dir)
+    if as_json:
+        typer.echo(json.dumps({"index": str(path), "failed": [f.to_dict() for f in found]}))
+        return
+    where = f" under {music_dir}" if music_dir is not None else ""
+    if not found:
+        console.print(f"no failed files{escape(where)} in {escape(str(path))}", highlight=False, soft_wrap=True)
+        return
+    console.print(f"{len(found)} file(s){escape(where)} could not be indexed into {escape(str(path))} "
+                  "(skipped while unchanged; `--retry-failed` tries them again):", highlight=False, soft_wrap=True)
+    for f in found:
+        line = f.reason if f.path in f.reason else f"{f.path}: {f.reason}"  # as _IndexBars.failed shows it
+        gone = "" if f.exists else " [dim](gone: `--prune` forgets it)[/]"
+        console.print(f"  {escape(line)}{gone}", highlight=False, soft_wrap=True)
 
 
 class _IndexBars:
@@ -318,7 +371,10 @@ class _IndexBars:
 
         self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                              TimeRemainingColumn(), TextColumn("[dim]{task.fields[detail]}"), console=err_console,
-                             transient=True)
+                             transient=True,
+                             # Bars only on a terminal: in a log they leave a stray blank line before
+                             # the one-line error (failures are still printed, above the bars).
+                             disable=not err_console.is_terminal)
         self.tasks: dict[str, int] = {}
         self.note_task: Optional[int] = None
 
@@ -353,7 +409,14 @@ class _IndexBars:
             self.note_task = None
 
 
-def _print_index_summary(report, encoders: str) -> None:
+def _print_index_summary(report, encoders: str, index_given: Optional[Path] = None) -> None:
+    import shlex
+
+    from mgsv_cli.features.recipe import MAX_MUSIC_SECONDS
+
+    if report.moved_aside is not None:
+        console.print(f"the damaged index was moved aside to {report.moved_aside} and rebuilt", style="yellow",
+                      highlight=False, soft_wrap=True)
     parts = [f"{report.added} added", f"{report.updated} updated",
              f"{report.unchanged} unchanged" + (f" ({report.touched} touched)" if report.touched else ""),
              f"{report.pruned} pruned", f"{len(report.failed)} failed"]
@@ -364,6 +427,17 @@ def _print_index_summary(report, encoders: str) -> None:
         console.print(f"{report.reused} file(s) had the content of an indexed track: tokens reused", style="dim")
     if report.missing:
         console.print(f"{report.missing} indexed file(s) no longer exist: `--prune` drops them", style="yellow")
+    if report.skipped_failed:
+        again = f" --index {shlex.quote(str(index_given))}" if index_given is not None else ""
+        console.print(f"{report.skipped_failed} file(s) that failed before are unchanged: skipped "
+                      f"(`mgsv index --failed{again}` lists them, `--retry-failed` tries them again)",
+                      style="yellow", highlight=False, soft_wrap=True)
+    if report.forgotten_failed:
+        console.print(f"{report.forgotten_failed} failed file(s) no longer exist: forgotten", style="dim")
+    if report.long_tracks:
+        console.print(f"{report.long_tracks} track(s) longer than {MAX_MUSIC_SECONDS:g} s: embedded from their "
+                      f"first {MAX_MUSIC_SECONDS / 60:g} minutes, the model's window (cuts stay inside it)",
+                      style="yellow", highlight=False, soft_wrap=True)
     if encoders == "tiny" and (report.added or report.updated):
         console.print("tiny random encoders: this index is for tests and demos only", style="yellow")
 
@@ -375,12 +449,15 @@ def suggest_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
     top: Optional[int] = typer.Option(None, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these); default 5"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start each cut on the nearest downbeat/beat (beats found at index time)"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout"),
+    include_short: bool = typer.Option(False, "--include-short", help="rank tracks shorter than the clip too (marked; render fills the rest with silence)"),
+    explain: bool = typer.Option(False, "--explain", help="draw each track's relevance per 2.5 s window, with the cut in [brackets]"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout (\"ok\": false for a video that failed)"),
     untrained: bool = typer.Option(False, "--untrained", help="random MaDe weights instead of a checkpoint (demo; results are meaningless)"),
     encoders: Optional[str] = typer.Option(None, "--encoders", help=ENCODERS_HELP + " (default: those of the index)"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
+    no_server: bool = typer.Option(False, "--no-server", help="do the work in this process even when `mgsv serve` runs"),
 ) -> None:
     """Rank every indexed track for each video and find the moment to cut (remembered for `mgsv render`).
 
@@ -388,11 +465,12 @@ def suggest_command(
     """
     from rich.markup import escape
 
-    from mgsv_cli.errors import UsageError
+    from mgsv_cli.errors import MediaError, UsageError, first_line
     from mgsv_cli.settings import default
-    from mgsv_cli.editor.outputs import expand_video_inputs
+    from mgsv_cli.editor.outputs import expand_video_inputs, is_folder
     from mgsv_cli.editor.record import remember_suggestion
     from mgsv_cli.editor.suggest import Suggester, suggest_many
+    from mgsv_cli.serve import client as serve_client
 
     index, top, device = default("index", index), default("top_k", top), default("device", device)
     weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
@@ -402,30 +480,46 @@ def suggest_command(
         raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
     _check_encoders(encoders)
     found, problems = expand_video_inputs(videos)
+    for name, reason in problems:
+        _print_suggest_failure(name, reason, as_json)
     if not found:
         raise UsageError("; ".join(f"{name}: {reason}" for name, reason in problems) or "no video given")
     for name, reason in problems:
         err_console.print(f"[red]✗[/] {escape(name)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if not no_server and len(videos) == 1 and not is_folder(videos[0]) and (served := serve_client.try_suggest(
+            found[0], top=top, snap=snap, include_short=include_short, index=index, checkpoint=checkpoint,
+            untrained=untrained, encoders=encoders, device=device, weights_dir=weights_dir,
+            failed=lambda exc: _print_suggest_failure(str(found[0]), first_line(exc), as_json))) is not None:
+        _print_suggestions(served, as_json, explain)  # a running `mgsv serve` did it, with the same options
+        return
     with err_console.status("loading the index and models") as status:
         suggester = Suggester.open(index_path=index, checkpoint=checkpoint, untrained=untrained, encoders=encoders,
                                    device=device, offline=offline, weights_dir=weights_dir,
                                    status=lambda message: status.update(message), prefetch=found[0])
-    if len(videos) == 1 and not videos[0].is_dir():
+    if len(videos) == 1 and not is_folder(videos[0]):
         with suggester:  # one clip: its error (and exit code) is the command's
-            result = suggester.suggest_video(found[0], top, snap=snap)
-            remember_suggestion(result)
-        _print_suggestions(result, as_json)
+            try:
+                try:
+                    result = suggester.suggest_video(found[0], top, snap=snap, include_short=include_short)
+                except (OSError, ValueError, RuntimeError) as exc:  # a decoder error on an odd file, as in a batch
+                    raise MediaError(f"{found[0]}: {type(exc).__name__}: {first_line(exc)}") from None
+                remember_suggestion(result)
+            except MgsvError as exc:
+                _print_suggest_failure(str(found[0]), first_line(exc), as_json)
+                raise
+        _print_suggestions(result, as_json, explain)
         return
     n_done, n_failed = 0, len(problems)
     with suggester:
-        for video, result, error in suggest_many(suggester, found, top_k=top, snap=snap):
+        for video, result, error in suggest_many(suggester, found, top_k=top, snap=snap, include_short=include_short):
             if error is not None:
                 n_failed += 1
+                _print_suggest_failure(str(video), error, as_json)
                 err_console.print(f"[red]✗[/] {escape(error if str(video) in error else f'{video}: {error}')}",
                                   highlight=False, soft_wrap=True)
                 continue
             n_done += 1
-            _print_suggestions(result, as_json)
+            _print_suggestions(result, as_json, explain)
     summary = f"suggested music for {n_done} of {n_done + n_failed} video(s)" + (
         f", {n_failed} failed" if n_failed else "")
     err_console.print(summary, style="bold red" if n_failed else "bold", highlight=False, soft_wrap=True)
@@ -438,14 +532,22 @@ def _mmss(seconds: float) -> str:
     return f"{minutes:02d}:{secs:02d}"
 
 
-def _print_suggestions(result, as_json: bool) -> None:
+def _print_suggest_failure(video: str, reason: str, as_json: bool) -> None:
+    """A failed video's line on stdout for ``--json`` (the message itself goes to stderr)."""
+    import json
+
+    if as_json:
+        typer.echo(json.dumps({"video": video, "ok": False, "error": reason}))
+
+
+def _print_suggestions(result, as_json: bool, explain: bool = False) -> None:
     import json
 
     from rich.markup import escape
     from rich.table import Table
 
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
+        typer.echo(json.dumps({"ok": True, **result.to_json()}))
         return
     table = Table(title=f"{escape(Path(result.video).name)} ({result.duration:.1f} s)", title_justify="left")
     for header, justify in (("#", "right"), ("track", "left"), ("artist / title", "left"), ("score", "right"),
@@ -453,14 +555,23 @@ def _print_suggestions(result, as_json: bool) -> None:
         table.add_column(header, justify=justify, overflow="fold")
     for s in result.suggestions:
         tagged = " / ".join(x for x in (s.artist, s.title) if x) or "—"
+        cut = f"{_mmss(s.start)}–{_mmss(s.end)}"
+        if not s.fits:  # --include-short: the music ends before the clip does
+            cut += f" [yellow](short: {s.track_duration:.1f} s)[/]"
         table.add_row(str(s.rank), escape(Path(s.track).name), escape(tagged), f"{s.score:.3f}",
-                      f"{_mmss(s.start)}–{_mmss(s.end)}", f"{s.start:.2f}",
-                      f"{_mmss(s.predicted_start)}–{_mmss(s.predicted_end)}")
+                      cut, f"{s.start:.2f}", f"{_mmss(s.predicted_start)}–{_mmss(s.predicted_end)}")
     console.print(table)
+    if explain:
+        from mgsv_cli.editor.explain import relevance_strip
+
+        console.print("relevance along each track (the first 240 s; the cut in [ ]):", highlight=False)
+        for s in result.suggestions:
+            strip = relevance_strip(s.relevance or [], s.start, s.end)
+            console.print(f"{s.rank:>3} {escape(strip)}  {escape(Path(s.track).name)}", highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
-# -- render (mgsv_cli/render.py)
+# -- render / export (mgsv_cli/editor/render.py, export.py)
 
 
 @app.command("render", epilog="Example: mgsv render clip.mp4 --mix duck --snap beat   (after `mgsv suggest clip.mp4`)")
@@ -478,13 +589,14 @@ def render_command(
     index: Optional[Path] = typer.Option(None, "--index", help="music index holding the tracks' beats (for --snap)"),
     force: bool = typer.Option(False, "--force", help="overwrite existing outputs (never the inputs)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout"),
+    no_server: bool = typer.Option(False, "--no-server", help="do the work in this process even when `mgsv serve` runs"),
 ) -> None:
     """Put the suggested music moment under each video: cut to length, faded, loudness-normalised; video copied.
 
     Defaults for --mix, --fade-in, --fade-out, --loudness and --snap come from `mgsv config` when set there.
     """
     from mgsv_cli.editor import render as rendering
-    from mgsv_cli.editor.outputs import expand_video_inputs
+    from mgsv_cli.editor.outputs import expand_video_inputs, is_folder
     from mgsv_cli.errors import UsageError
     from mgsv_cli.settings import default
 
@@ -501,7 +613,14 @@ def render_command(
     if mix not in rendering.MIX_MODES:
         raise UsageError(f"--mix {mix!r}: expected one of {', '.join(rendering.MIX_MODES)}")
     options = dict(mix=mix, fade_in=fade_in, fade_out=fade_out, loudness=loudness, force=force)
-    single = len(videos) == 1 and not videos[0].is_dir()
+    single = len(videos) == 1 and not is_folder(videos[0])
+    if single and not no_server:
+        from mgsv_cli.serve import client as serve_client
+
+        if (served := serve_client.try_render(videos[0], pick=pick, track=track, start=start, out=out, snap=snap,
+                                              index=index, **options)) is not None:
+            _print_render(served, as_json)  # a running `mgsv serve` did it
+            return
     if single:
         moment = rendering.resolve_moment(videos[0], pick or 1, track, start, snap, index)
         result = rendering.render(videos[0], *moment, out=out, **options)
@@ -556,6 +675,56 @@ def _print_render_failure(video: str, reason: str, exit_code: int, as_json: bool
         message = reason if video in reason else f"{video}: {reason}"
         err_console.print(f"[red]✗[/] {escape(message)}", highlight=False)
 
+# -- serve (mgsv_cli/serve/)
+
+
+@app.command("serve", epilog="Example: mgsv serve --index ~/music/index.sqlite   (open the printed address; suggest, render and export use the server while it runs)")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; 0.0.0.0 opens it to other machines (a warning says so)"),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="port to listen on (0: any free port)"),
+    index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
+    untrained: bool = typer.Option(False, "--untrained", help="random MaDe weights instead of a checkpoint (demo; results are meaningless)"),
+    encoders: Optional[str] = typer.Option(None, "--encoders", help=ENCODERS_HELP + " (default: those of the index)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
+) -> None:
+    """Keep the models warm and serve a page to hear each suggested cut under the clip and see why it was chosen.
+
+    The first line on stdout is the page's address with its access token. While it runs, `mgsv suggest`, `render`
+    and `export` hand it their work when their options match its own (`--no-server` to never). Ctrl-C stops it.
+    """
+    from rich.markup import escape
+
+    from mgsv_cli.serve.server import exposure_warning, run_server
+    from mgsv_cli.settings import default
+
+    index, device = default("index", index), default("device", device)
+    weights_dir, offline = default("weights_dir", weights_dir), offline or default("offline")
+    _check_encoders(encoders)
+    warning = exposure_warning(host)
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    spinner = err_console.status("loading the index and models")
+    spinner.start()
+
+    def ready(state) -> None:
+        spinner.stop()
+        typer.echo(state.url)
+        sys.stdout.flush()
+        err_console.print(f"serving {escape(state.options['index'])} on {escape(state.url.split('#')[0])} "
+                          f"(pid {state.pid}); open the address above; Ctrl-C stops it", style="dim", highlight=False,
+                          soft_wrap=True)
+
+    try:
+        run_server(host=host, port=port, index_path=index, checkpoint=checkpoint, untrained=untrained,
+                   encoders=encoders, device=device, offline=offline, weights_dir=weights_dir,
+                   status=lambda message: spinner.update(message), on_ready=ready)
+    finally:
+        spinner.stop()
+    err_console.print("mgsv serve stopped", style="dim")
+
 
 # ---------------------------------------------------------------- workflow: export / models / doctor / config
 
@@ -573,24 +742,29 @@ def export_command(
     video: Path = typer.Argument(..., help="a video `mgsv suggest` has run on"),
     pick: int = typer.Option(1, "--pick", min=1, help="which remembered suggestion (1 = best)"),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help=EXPORT_FORMATS_HELP + " (default: from -o's extension, else the settings' export_format)"),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="timeline file to write (default <video>.mgsv.<ext> beside the video)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="timeline file to write, or a folder (made if missing) to write it in (default <video>.mgsv.<ext> beside the video)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output file"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start the music on the nearest downbeat/beat | off (default: settings)"),
     frame_rate: Optional[float] = typer.Option(None, "--frame-rate", help="timeline frame rate (default: the video's, else 25)"),
     index: Optional[Path] = typer.Option(None, "--index", help="music index holding the tracks' beats (for --snap beat)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    no_server: bool = typer.Option(False, "--no-server", help="do the work in this process even when `mgsv serve` runs"),
 ) -> None:
     """Write the suggested music cut as a timeline for your editing software (video on V1, music on A1)."""
-    import json
-
-    from rich.markup import escape
-
     from mgsv_cli import settings
     from mgsv_cli.editor import export as writers
     from mgsv_cli.editor.record import load_last_suggestion
 
     fmt = fmt or (writers.format_from_path(out) if out is not None else None) or settings.default("export_format")
+    writers.check_frame_rate(frame_rate)  # before anything is read or snapped
     snap = settings.effective({"snap": snap})[0].snap
+    if not no_server:
+        from mgsv_cli.serve import client as serve_client
+
+        if (served := serve_client.try_export(video, pick=pick, fmt=fmt, out=out, force=force, snap=snap,
+                                              frame_rate=frame_rate, index=settings.default("index", index))) is not None:
+            _print_export(*served, fmt=fmt, pick=pick, as_json=as_json)  # a running `mgsv serve` did it
+            return
     record = load_last_suggestion(video)
     snap_info = None
     if snap == "beat":
@@ -598,17 +772,28 @@ def export_command(
 
         with err_console.status("finding the beats of the track"):
             record, snap_info = snap_suggestion(record, pick, index_path=settings.default("index", index))
-    written = writers.export_timeline(record, video, fmt, out, pick=pick, frame_rate=frame_rate, force=force)
+    exported = writers.write_timeline(record, video, fmt, out, pick=pick, frame_rate=frame_rate, force=force)
+    _print_export(exported, record, snap_info, fmt=fmt, pick=pick, as_json=as_json)
+
+
+def _print_export(exported, record, snap_info, *, fmt: str, pick: int, as_json: bool) -> None:
+    import json
+
+    from rich.markup import escape
+
+    written = exported.out
     entry = record.pick(pick)
     if as_json:
         typer.echo(json.dumps({
             "ok": True, "out": str(written.absolute()), "format": fmt, "video": record.video, "rank": pick,
             "track": entry.track, "start": round(entry.start, 6), "end": round(entry.end, 6),
-            "snapped_to": snap_info.snapped_to if snap_info else None,
+            "snapped_to": snap_info.snapped_to if snap_info else None, "warnings": exported.warnings,
         }))
         return
     console.print(f"[green]✓[/] {escape(str(written))} ({fmt}): ♪ {escape(Path(entry.track).name)} "
                   f"{entry.start:.2f}–{entry.end:.2f} s", highlight=False)
+    for warning in exported.warnings:
+        console.print(f"  [yellow]![/] {escape(warning)}", highlight=False)
     if snap_info is not None:
         if snap_info.snapped_to:
             console.print(f"  start moved {snap_info.moved_by:+.3f} s onto a {snap_info.snapped_to} "
@@ -672,7 +857,7 @@ def doctor_command(
 ) -> None:
     """Check this installation: ffmpeg, torch and devices, folders, weights, index, checkpoints.
 
-    Exits 1 when something required (ffmpeg, torch) is missing.
+    Exits 1 when something required is missing or broken (ffmpeg, torch, the settings file, a damaged index).
     """
     import json
 
@@ -695,7 +880,7 @@ def doctor_command(
             table.add_row(mark, escape(c.name) + (" [dim](required)[/]" if c.required else ""), escape(c.detail))
         console.print(table)
         if missing:
-            err_console.print(f"[bold red]missing:[/] {', '.join(c.name for c in missing)}", highlight=False)
+            err_console.print(f"[bold red]missing or broken:[/] {', '.join(c.name for c in missing)}", highlight=False)
     if missing:
         raise typer.Exit(1)
 
@@ -757,6 +942,29 @@ def data_fetch_command(
     with err_console.status(f"downloading {repo} into {root}"):
         written = download.fetch_dataset(root, repo_id=repo)
     console.print(f"[green]✓[/] {written} is in the official layout: `mgsv train --data {written}`", highlight=False)
+
+
+@data_app.command("synth", epilog="Example: mgsv data synth /tmp/mgsv-synth   (then: mgsv train --data /tmp/mgsv-synth --config tiny --epochs 5)")
+def data_synth_command(
+    root: Path = typer.Argument(..., help="folder to write into (new, or without a dataset/ or feature files)"),
+    videos: int = typer.Option(800, "--videos", help="videos in all: 10% to val, 10% to test, the rest to train"),
+    tracks: int = typer.Option(40, "--tracks", help="train tracks, shared by their videos (long-tailed); each val/test video gets a track of its own"),
+    seed: int = typer.Option(0, "--seed", help="the same seed and sizes write the same dataset"),
+) -> None:
+    """Write a small synthetic dataset in the MGSV-EC layout, with a planted signal to learn.
+
+    For trying train/eval end to end in seconds, without the real download; numbers
+    measured on it say nothing about real music.
+    """
+    from mgsv_cli.research.synthetic import make_dataset
+
+    info = make_dataset(root, n_videos=videos, n_tracks=tracks, seed=seed)
+    sizes = ", ".join(f"{split} {n}" for split, n in info.sizes.items())
+    console.print(f"[green]✓[/] wrote a synthetic MGSV-EC dataset to {info.root}: {sizes} videos, "
+                  f"{len(info.tracks)} tracks, {len(info.split_track_ids('train'))} of them in train "
+                  f"(seed {info.seed})", highlight=False)
+    console.print(f"next: mgsv train --data {info.root} --config tiny --epochs 5\n"
+                  f"      mgsv eval --data {info.root} --split test   (or --baseline prior)", highlight=False)
 
 
 # ---------------------------------------------------------------- entry point

@@ -1,20 +1,23 @@
 """``mgsv doctor``: what this installation has and lacks, in one table.
 
 Each check is cheap (no model is loaded, nothing is downloaded, the index is opened
-read-only). Only ffmpeg and torch are *required*: without them nothing works; the
-rest (weights, index, checkpoints, GPU) explain what a command will need.
+read-only). ffmpeg, torch and a readable settings file are *required*: without them
+nothing works; the rest (weights, index, checkpoints, GPU) explain what a command will need.
+
+A missing index is only a note (a new user has none yet), but an index that exists and
+cannot be used, damaged, foreign or unreadable, fails as *required*: every command that
+touches it would stop. Damage is looked for with SQLite's ``quick_check``, which reads
+the whole file once (a second or so for a large library), because damage in the
+middle of the file can pass unnoticed by the reads that count tracks.
 """
 from __future__ import annotations
 
 import os
 import platform
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mgsv_cli.errors import MgsvError
-
-INDEX_TRACKS_TABLE = "tracks"  # library.py's table of indexed tracks
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def _settings() -> list[Check]:
     try:
         settings.load_settings()
     except MgsvError as exc:
-        return [Check("settings file", False, str(exc))]
+        return [Check("settings file", False, str(exc), required=True)]  # every command would stop on it
     return [Check("settings file", True, str(path))]
 
 
@@ -157,6 +160,7 @@ def _configured_weights_dir() -> Path | None:
 
 def _index() -> list[Check]:
     from mgsv_cli import settings
+    from mgsv_cli.index.store import check_index
 
     try:
         path = Path(settings.load_settings().index)
@@ -167,22 +171,27 @@ def _index() -> list[Check]:
     if not path.is_file():
         return [Check("music index", False, f"{path} (none yet: `mgsv index MUSIC_DIR`)")]
     try:
-        n_tracks, n_beats = index_counts(path)
-    except sqlite3.Error as exc:
-        return [Check("music index", False, f"{path}: unreadable ({exc})")]
-    detail = f"{n_tracks} track(s), {n_beats} with beats, {path.stat().st_size / 2**20:.1f} MiB — {path}"
-    return [Check("music index", n_tracks > 0, detail)]
+        health = check_index(path)
+    except MgsvError as exc:
+        # An index that exists but cannot be used stops index, suggest and render alike.
+        return [Check("music index", False, str(exc), required=True)]
+    if health.damage is not None:
+        from mgsv_cli.index.store import damaged_error
+
+        return [Check("music index", False, str(damaged_error(path, health.damage)), required=True)]
+    size_mib = path.stat().st_size / 2**20
+    detail = f"{health.n_tracks} track(s), {health.n_beats} with beats, {size_mib:.1f} MiB — {path}"
+    if health.n_failed:
+        detail += f"; {health.n_failed} file(s) could not be indexed (`mgsv index --failed` lists them)"
+    return [Check("music index", health.n_tracks > 0, detail)]
 
 
 def index_counts(path: Path) -> tuple[int, int]:
     """(tracks, tracks with a beat grid) in an index, opened read-only (never locks a writer out)."""
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
-    try:
-        n_tracks = conn.execute(f"SELECT COUNT(*) FROM {INDEX_TRACKS_TABLE}").fetchone()[0]
-        n_beats = conn.execute(f"SELECT COUNT(*) FROM {INDEX_TRACKS_TABLE} WHERE beats IS NOT NULL").fetchone()[0]
-    finally:
-        conn.close()
-    return int(n_tracks), int(n_beats)
+    from mgsv_cli.index.store import open_index
+
+    with open_index(path, require_tracks=False) as index:
+        return len(index), index.beat_count()
 
 
 def _checkpoints() -> list[Check]:

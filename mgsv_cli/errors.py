@@ -54,6 +54,10 @@ class IndexDatabaseError(MgsvError):
     exit_code = 8
 
 
+class DeviceMemoryError(MgsvError):
+    """The GPU ran out of memory; the message names the option that lowers the batch (exit code 3)."""
+
+
 class OutputExistsError(MgsvError):
     """An output file exists and ``--force`` was not given; nothing was written."""
 

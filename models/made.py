@@ -286,6 +286,16 @@ class XPool(nn.Module):
         """Per-track part of the computation, cacheable: [N, S, d] -> [N, S, d]."""
         return self.norm_in(tokens)
 
+    def attention(self, video_pooled: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """The softmax weights of the video's query over each track's segments: [N, B, S].
+
+        Exactly the weights :meth:`forward` pools with (padded segments get 0): the
+        "why this track, why here" of a suggestion, one value per 2.5 s window.
+        """
+        query = self.q(self.norm_in(video_pooled.to(keys.dtype))) @ self.k.weight  # [B, d]
+        logits = torch.einsum("bd,nsd->nbs", query.float(), keys.float()) * keys.shape[-1] ** -0.5
+        return logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+
     def forward(self, video_pooled: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """video_pooled [B, d], keys [N, S, d], mask [N, S] -> h1 for every pair [N, B, d]."""
         n_tracks = keys.shape[0]
@@ -441,6 +451,15 @@ class MaDe(nn.Module):
         """Relevance p_s of every (track, video) pair in one pass: [N, B]."""
         mean_sim, xpool_sim = self.similarities(video, music)
         return mean_sim + xpool_sim
+
+    def window_relevance(self, video: VideoTokens, music: MusicTokens) -> Tensor:
+        """How much each music window counts for each pair's match: [N, B, S] in [0, 1].
+
+        The matching attention (X-Pool) of the video over the track's windows, scaled so
+        the track's most attended window is 1; padded windows are 0.
+        """
+        weights = self.xpool.attention(video.pooled, music.keys, music.mask)
+        return weights / weights.amax(dim=-1, keepdim=True).clamp_min(1e-12)
 
     # -- detection --------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@
     models    the networks (shipped as mgsv_cli.models from the top-level models/ folder)
     index     the track store, the token cache
     editor | research   (peers: neither imports the other)
-    app       cli, settings, doctor, demo, completion, __main__
+    app       cli, settings, doctor, demo, completion, __main__, serve (the web server and its client)
 
 A module may import its own sub-package and anything in a lower layer, never a higher
 one; and the module graph has no cycle.
@@ -23,7 +23,7 @@ LAYERS = {
     "base": 0, "media": 1, "features": 2, "models": 3, "index": 4, "editor": 5, "research": 5, "app": 6,
 }
 PEERS_THAT_MUST_NOT_MEET = {("editor", "research"), ("research", "editor")}
-APP_MODULES = {"cli", "settings", "doctor", "demo", "completion", "__main__"}
+APP_MODULES = {"cli", "settings", "doctor", "demo", "completion", "__main__", "serve"}
 BASE_MODULES = {"errors", "paths", "device"}
 
 
@@ -147,7 +147,7 @@ def test_function_level_and_relative_imports_are_read(tmp_path):
     assert imports_of("mgsv_cli.media.m", source, known) == known
 
 
-@pytest.mark.parametrize("package", ["media", "features", "index", "editor", "research"])
+@pytest.mark.parametrize("package", ["media", "features", "index", "editor", "research", "serve"])
 def test_every_sub_package_says_what_it_is_for(package):
     doc = ast.get_docstring(ast.parse((REPO / "mgsv_cli" / package / "__init__.py").read_text()))
     assert doc and "May import" in doc
@@ -159,5 +159,5 @@ def test_models_package_says_what_it_is_for():
 
 
 def test_tests_mirror_the_packages():
-    for package in ("media", "features", "models", "index", "editor", "research"):
+    for package in ("media", "features", "models", "index", "editor", "research", "serve"):
         assert list((REPO / "tests" / package).glob("test_*.py")), f"tests/{package}/ has no tests"

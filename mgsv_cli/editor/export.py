@@ -11,17 +11,18 @@ video. Files are written whole to a temporary name and moved into place.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 
 from mgsv_cli import paths
 from mgsv_cli.editor import outputs
-from mgsv_cli.editor.record import SuggestionResult
-from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
+from mgsv_cli.editor.record import SuggestionResult, shorter_than_clip, track_fits, track_gone
+from mgsv_cli.errors import MediaError, OutputExistsError, UsageError, storage_error
 
 FORMATS = {  # name -> (OTIO adapter, file extension)
     "fcpxml": ("fcpx_xml", ".fcpxml"),
@@ -51,6 +52,16 @@ class TimelinePlan:
     score: float | None
     title: str | None
     artist: str | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`write_timeline` wrote: the file, the plan it holds, and what to warn about."""
+
+    out: Path
+    plan: TimelinePlan
+    warnings: list[str] = field(default_factory=list)
 
 
 def format_from_path(path: str | os.PathLike) -> str | None:
@@ -66,6 +77,13 @@ def default_output_path(video: str | os.PathLike, fmt: str) -> Path:
     """``clip.mp4`` -> ``clip.mgsv.fcpxml`` (etc.) beside the video."""
     video = Path(video)
     return outputs.beside(video, _check_format(fmt)[1])
+
+
+def check_frame_rate(frame_rate: float | None) -> None:
+    """A UsageError for a ``--frame-rate`` that is not a positive, finite number (nan, inf, 0, -5)."""
+    if frame_rate is not None and not (math.isfinite(frame_rate) and frame_rate > 0):
+        raise UsageError(f"--frame-rate {frame_rate}: must be a positive number of frames per second "
+                         "(such as 25 or 29.97)")
 
 
 def timeline_rate(fps: float | None) -> float:
@@ -88,12 +106,13 @@ def plan_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, p
     """
     from mgsv_cli.media import ffmpeg as media
 
+    check_frame_rate(frame_rate)
     entry = suggestion.pick(pick)
     video = Path(video_path).expanduser()
     info = media.probe(video)
     track = Path(entry.track).expanduser()
     if not track.is_file():
-        raise MediaError(f"{track}: the suggested track is gone (moved or deleted since `mgsv suggest`?)")
+        raise track_gone(track, video_path)
     rate = timeline_rate(frame_rate or info.fps)
     if frame_rate and abs(rate - frame_rate) > 0.01 * frame_rate:
         raise UsageError(f"frame rate {frame_rate}: not a timecode rate (23.976, 24, 25, 29.97, 30, 48, 50, 59.94, 60)")
@@ -105,10 +124,15 @@ def plan_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, p
     video_frames = max(1, round(video_seconds * rate))
     cut_start = round(start * rate)
     cut_frames = min(video_frames, max(1, round((end - start) * rate)))
+    warnings = []
+    if not track_fits(track_seconds, video_seconds):
+        warnings.append(f"{shorter_than_clip(track_seconds, video_seconds)}: the music stops "
+                        f"{video_seconds - track_seconds:.2f} s before the video ends")
     return TimelinePlan(
         name=video.stem, rate=rate, video=video.resolve(), video_frames=video_frames, track=track.resolve(),
         track_frames=max(round(track_seconds * rate), cut_start + cut_frames), cut_start_frame=cut_start,
         cut_frames=cut_frames, rank=entry.rank, score=entry.score, title=entry.title, artist=entry.artist,
+        warnings=tuple(warnings),
     )
 
 
@@ -157,13 +181,24 @@ def export_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike,
     timeline for editing software; returns the path written.
 
     ``fmt``: ``fcpxml``, ``fcp7``, ``edl`` (the music only) or ``otio``. ``out_path``
-    defaults to ``<stem>.mgsv.<ext>`` beside the video; an existing file needs ``force``.
-    Raises UsageError, MediaError or OutputExistsError; nothing is written on failure.
+    defaults to ``<stem>.mgsv.<ext>`` beside the video (a folder: that name in it, the
+    folder made when missing); an existing file needs ``force``. Raises UsageError,
+    MediaError (``StorageError`` for OS errors writing) or OutputExistsError; nothing
+    is written on failure. :func:`write_timeline` says more (the warnings).
     """
+    return write_timeline(suggestion, video_path, fmt, out_path, pick, frame_rate, force).out
+
+
+def write_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, fmt: str,
+                   out_path: str | os.PathLike | None = None, pick: int = 1, frame_rate: float | None = None,
+                   force: bool = False) -> ExportResult:
+    """:func:`export_timeline`, returning the plan written and its warnings (a track
+    shorter than the clip) along with the path."""
     import opentimelineio as otio
 
     adapter, _ = _check_format(fmt)
-    out = Path(out_path).expanduser() if out_path is not None else default_output_path(video_path, fmt)
+    check_frame_rate(frame_rate)
+    out = resolve_output_path(video_path, fmt, out_path)
     plan = plan_timeline(suggestion, video_path, pick, frame_rate)
     if fmt == "fcpxml" and _fcpx_rate(plan.rate) is None:
         plan = plan_timeline(suggestion, video_path, pick, FALLBACK_RATE)
@@ -176,8 +211,21 @@ def export_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike,
         raise MediaError(f"cannot write {fmt} for {plan.video.name}: {exc}") from None
     if fmt == "fcpxml":
         text = _fcpxml_times_on_frames(text, plan.rate)
-    paths.atomic_write_text(out, text, overwrite=force)
-    return out
+    paths.atomic_write_text(out, text, overwrite=force)  # makes a missing folder; OS errors: StorageError
+    return ExportResult(out=out, plan=plan, warnings=list(plan.warnings))
+
+
+def resolve_output_path(video_path: str | os.PathLike, fmt: str, out_path: str | os.PathLike | None) -> Path:
+    """Where the timeline goes: ``out_path``; inside it when it is a folder (one that exists, or
+    a name without an extension, made when writing), as render does; else beside the video."""
+    if out_path is None:
+        return default_output_path(video_path, fmt)
+    out = Path(out_path).expanduser()
+    try:
+        folder = out.is_dir() or (not out.exists() and not out.suffix)
+    except OSError as exc:  # a part of the path too long, unreadable, ...
+        raise storage_error("write", out, exc) from None
+    return out / default_output_path(video_path, fmt).name if folder else out
 
 
 def _check_format(fmt: str) -> tuple[str, str]:
@@ -190,9 +238,14 @@ def _check_output(out: Path, plan: TimelinePlan, force: bool) -> None:
     target = out.resolve()
     if target in (plan.video, plan.track):
         raise UsageError(f"{out}: refusing to write the timeline over its own media")
-    if out.is_dir():
+    outputs.check_output_name(out)
+    try:
+        is_dir, taken = out.is_dir(), out.exists()
+    except OSError as exc:  # a part of the path too long, unreadable, ...
+        raise storage_error("write", out, exc) from None
+    if is_dir:
         raise UsageError(f"{out} is a folder: give a file name")
-    if out.exists() and not force:
+    if taken and not force:
         raise OutputExistsError(f"{out} exists: use --force to replace it")
 
 

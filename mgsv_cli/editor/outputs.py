@@ -20,6 +20,32 @@ def beside(video: str | os.PathLike, suffix: str) -> Path:
     return video.with_name(f"{video.stem}{OUTPUT_TAG}{suffix}")
 
 
+def check_output_name(out: Path) -> None:
+    """A ``StorageError`` now, before any work, for an output name the file system cannot
+    hold (longer than its NAME_MAX), instead of an ``os.replace`` failing at the very end."""
+    import errno
+
+    from mgsv_cli.errors import storage_error
+
+    folder = out.parent
+    try:
+        while not folder.is_dir() and folder != folder.parent:  # pathconf needs a folder that exists
+            folder = folder.parent
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer
+        limit = 255
+    if len(os.fsencode(out.name)) > limit:
+        raise storage_error("write", out, OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)))
+
+
+def is_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder; False when the OS cannot say (the error comes when it is read)."""
+    try:
+        return Path(path).is_dir()
+    except OSError:
+        return False
+
+
 def is_mgsv_output(path: str | os.PathLike) -> bool:
     """Whether a file name is one mgsv writes (``<stem>.mgsv.<ext>``)."""
     return OUTPUT_TAG + "." in Path(path).name
@@ -31,6 +57,13 @@ def expand_video_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path]
     problems: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item).expanduser()
+        try:
+            path.is_file()  # a name too long, an unreadable folder: said per input, not raised
+        except OSError as exc:
+            from mgsv_cli.errors import os_error_cause
+
+            problems.append((str(path), os_error_cause(exc)))
+            continue
         if path.is_dir():
             found = sorted(
                 p for p in path.rglob("*")

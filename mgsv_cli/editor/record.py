@@ -18,7 +18,29 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_cli import paths
-from mgsv_cli.errors import UsageError, first_line
+from mgsv_cli.errors import MediaError, UsageError, first_line, os_error_cause
+
+# A track this much shorter than the clip still "fits": durations come from different
+# containers (the clip's from its video stream, the track's from its audio) and differ
+# by a few milliseconds for a track cut to the clip's length.
+FIT_TOLERANCE = 0.05
+PRUNE_HINT = "`mgsv index MUSIC_DIR --prune` drops it from the index"
+
+
+def track_fits(track_seconds: float, clip_seconds: float) -> bool:
+    """Whether a track is long enough to play under the whole clip (unknown lengths fit)."""
+    return not (track_seconds > 0 and clip_seconds > 0 and track_seconds + FIT_TOLERANCE < clip_seconds)
+
+
+def shorter_than_clip(track_seconds: float, clip_seconds: float) -> str:
+    """The words render and export both use when the chosen track is shorter than the clip."""
+    return f"the track ({track_seconds:.2f} s) is shorter than the clip ({clip_seconds:.2f} s)"
+
+
+def track_gone(track: str | os.PathLike, video: str | os.PathLike) -> MediaError:
+    """The error for a remembered suggestion whose track file was moved or deleted."""
+    return MediaError(f"{track}: the suggested track is gone (moved or deleted since `mgsv suggest`): "
+                      f"run `mgsv suggest {video}` again; {PRUNE_HINT}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,9 @@ class Suggestion:
     title: str | None = None
     artist: str | None = None
     snapped_to: str | None = None  # "downbeat" | "beat" when --snap beat moved the cut's start
+    fits: bool = True  # False: the track is shorter than the clip (ranked only with --include-short)
+    # The matching attention over the track's 2.5 s windows (max 1): why this track, why here.
+    relevance: list[float] | None = None
 
     @property
     def name(self) -> str:
@@ -44,16 +69,24 @@ class Suggestion:
         return self.title or Path(self.track).name
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Suggestion":
-        """The inverse of :meth:`to_json` (unknown keys are ignored)."""
+    def from_json(cls, data: dict[str, Any], clip_seconds: float = 0.0) -> "Suggestion":
+        """The inverse of :meth:`to_json` (unknown keys are ignored).
+
+        Records of mgsv 0.1 have no ``fits``: it is worked out from the track's and the
+        clip's (``clip_seconds``) lengths.
+        """
         try:
+            track_duration = float(data.get("track_duration") or 0.0)
+            fits = data.get("fits")
             return cls(
                 rank=int(data["rank"]), track=str(data["track"]), score=float(data["score"]),
                 start=float(data["start"]), end=float(data["end"]),
                 predicted_start=float(data.get("predicted_start", data["start"])),
                 predicted_end=float(data.get("predicted_end", data["end"])),
-                track_duration=float(data.get("track_duration") or 0.0),
+                track_duration=track_duration,
                 title=data.get("title"), artist=data.get("artist"), snapped_to=data.get("snapped_to"),
+                fits=track_fits(track_duration, clip_seconds) if fits is None else bool(fits),
+                relevance=[float(v) for v in data["relevance"]] if data.get("relevance") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"not a suggestion record: {first_line(exc)}") from None
@@ -71,6 +104,8 @@ class Suggestion:
             "title": self.title,
             "artist": self.artist,
             **({"snapped_to": self.snapped_to} if self.snapped_to else {}),
+            "fits": self.fits,
+            **({"relevance": self.relevance} if self.relevance is not None else {}),
         }
 
 
@@ -85,15 +120,27 @@ class SuggestionResult:
     encoders: str  # "pretrained" or "tiny"
     untrained: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    left_out_short: int = 0  # indexed tracks shorter than the clip, not ranked (no --include-short)
+    left_out_missing: int = 0  # top-ranked tracks skipped because their file is gone
 
     @property
     def notes(self) -> list[str]:
-        """Warnings every output made with demo models must carry."""
+        """Warnings every output must carry: demo models, tracks left out, short picks."""
         notes = []
         if self.untrained:
             notes.append("untrained model (random weights): rankings and moments are meaningless")
         if self.encoders == "tiny":
             notes.append("tiny random encoders, not CLIP/AST: for tests and demos only")
+        if self.left_out_short:
+            notes.append(f"{self.left_out_short} track(s) shorter than the clip left out "
+                         "(--include-short ranks them too)")
+        if self.left_out_missing:
+            notes.append(f"{self.left_out_missing} indexed track(s) skipped: the file is gone "
+                         "(`mgsv index MUSIC_DIR --prune` drops them from the index)")
+        short = sum(1 for s in self.suggestions if not s.fits)
+        if short:
+            notes.append(f"{short} suggestion(s) shorter than the clip: render plays such a track whole, "
+                         "then silence")
         return notes
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +151,8 @@ class SuggestionResult:
             "checkpoint": self.checkpoint,
             "encoders": self.encoders,
             "untrained": self.untrained,
+            "left_out_short": self.left_out_short,
+            "left_out_missing": self.left_out_missing,
             **({"notes": self.notes} if self.notes else {}),
         }
 
@@ -113,11 +162,14 @@ class SuggestionResult:
         if not isinstance(data, dict) or not isinstance(data.get("suggestions"), list):
             raise UsageError("not a suggestion record: no list of suggestions")
         try:
+            duration = float(data["duration"])
             return cls(
-                video=str(data["video"]), duration=float(data["duration"]),
-                suggestions=[Suggestion.from_json(s) for s in data["suggestions"]],
+                video=str(data["video"]), duration=duration,
+                suggestions=[Suggestion.from_json(s, duration) for s in data["suggestions"]],
                 checkpoint=str(data.get("checkpoint", "")), encoders=str(data.get("encoders", "pretrained")),
                 untrained=bool(data.get("untrained", False)),
+                left_out_short=int(data.get("left_out_short") or 0),
+                left_out_missing=int(data.get("left_out_missing") or 0),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"not a suggestion record: {first_line(exc)}") from None
@@ -147,7 +199,10 @@ def _remembered_path(video_path: Path) -> Path:
 def remember_suggestion(result: SuggestionResult) -> Path:
     """Store ``result`` as the last suggestion of its video (keyed by absolute path)."""
     video = Path(result.video)
-    stat = video.stat()
+    try:
+        stat = video.stat()
+    except OSError as exc:
+        raise MediaError(f"{video}: {os_error_cause(exc)}") from None
     record = {
         **result.to_json(),
         "video_size": stat.st_size,
@@ -159,13 +214,15 @@ def remember_suggestion(result: SuggestionResult) -> Path:
     return target
 
 
-def load_last_suggestion(video_path: str | os.PathLike) -> SuggestionResult:
+def load_last_suggestion(video_path: str | os.PathLike, hint: str | None = None) -> SuggestionResult:
     """The last suggestion remembered for this video (what ``mgsv suggest`` printed).
 
-    Raises ``UsageError`` when there is none, or when the video changed since.
+    Raises ``UsageError`` when there is none, or when the video changed since; its
+    message ends in ``hint`` (what the calling command offers; by default: run suggest
+    first), whose word "first" becomes "again" when the video changed.
     """
     video = Path(video_path).expanduser().resolve()
-    hint = f"run `mgsv suggest {video_path}` first, or give --track and --start"
+    hint = hint or f"run `mgsv suggest {video_path}` first"
     source = _remembered_path(video)
     if not source.is_file():
         raise UsageError(f"no suggestion remembered for {video_path}: {hint}")

@@ -7,7 +7,9 @@ a plain gain applies the difference when the true peak stays under -1.5 dBTP (as
 video's own audio, is mixed with it, or is ducked under it (a sidechain compressor keyed
 by the video's audio). The video packets are copied, never re-encoded. The output is
 written to a hidden temporary file next to its destination and moved into place only
-when complete, so an interrupted render leaves nothing half-written behind.
+when complete, so an interrupted render leaves nothing half-written behind; a render
+killed outright (``kill -9``, power loss) leaves its temporary file, named with its
+process id, and the next render into that folder removes it once that process is gone.
 """
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ import json
 import math
 import os
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from mgsv_cli.editor import outputs
+from mgsv_cli.editor.record import shorter_than_clip
 from mgsv_cli.media import ffmpeg as media
-from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, UsageError
+from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, StorageError, UsageError, storage_error
+from mgsv_cli.paths import remove_quietly
 
 MIX_MODES = ("replace", "original", "duck")
 MIN_VIDEO_SECONDS = 1.0
@@ -39,6 +44,13 @@ OUTPUT_FORMATS = {  # extension -> (ffmpeg muxer, audio codec options)
     ".webm": ("webm", ["-c:a", "libopus", "-b:a", "160k"]),
 }
 _NO_PTS = -(2 ** 63)  # how framemd5 prints a missing timestamp
+# The hidden file a render writes before moving it into place: ".<output name>.mgsv-<pid>-<random>.part".
+_TEMPORARY = re.compile(r"^\..+\.mgsv-(\d+)-[0-9a-f]{8}\.part$")
+# A temporary of a process that is gone is stale once nothing wrote to it for this long: a
+# render on another machine sharing the folder has a pid meaningless here, but keeps writing.
+STALE_AFTER_SECONDS = 60.0
+# ... and any of them after a day, whatever its pid says (the pid may have been reused).
+ABANDONED_AFTER_SECONDS = 24 * 3600.0
 # Ducking: the music drops by roughly 12-15 dB while the video's voice (normalised to the
 # target loudness for detection) is above about -30 dBFS, and comes back within ~0.3 s.
 DUCK_FILTER = "sidechaincompress=threshold=0.03:ratio=8:attack=15:release=300:knee=2:makeup=1"
@@ -96,8 +108,7 @@ def fit_cut(start: float, video_seconds: float, track_seconds: float) -> Cut:
         raise UsageError(f"start {start:.2f} s is past the end of the track ({track_seconds:.2f} s)")
     if track_seconds < video_seconds:
         padded = video_seconds - track_seconds
-        notes = [f"track ({track_seconds:.2f} s) is shorter than the video ({video_seconds:.2f} s): "
-                 f"it plays whole, then {padded:.2f} s of silence"]
+        notes = [f"{shorter_than_clip(track_seconds, video_seconds)}: it plays whole, then {padded:.2f} s of silence"]
         if start > 0:
             notes.insert(0, f"start moved from {start:.2f} s to 0 s to use the whole track")
         return Cut(0.0, track_seconds, padded, tuple(notes))
@@ -131,11 +142,21 @@ def default_output_path(video: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------- ffmpeg
 
 
+class _FfmpegFailed(MediaError):
+    """ffmpeg failed: "WHAT: REASON", with the reason kept apart to restate it for an output."""
+
+    def __init__(self, what: str, reason: str):
+        super().__init__(f"{what}: {reason}")
+        self.what, self.reason = what, reason
+
+
 def _ffmpeg(args: list[str], what: str) -> str:
     """Run ffmpeg with ``args``; return its stderr (where filters print); MediaError on failure."""
-    from mgsv_cli.media.ffmpeg import run_ffmpeg
-
-    return run_ffmpeg(["-nostats", *args], what).stderr.decode("utf-8", "replace")
+    proc = media.run_ffmpeg(["-nostats", *args], what, check=False)
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise _FfmpegFailed(what, media.ffmpeg_failure(proc.returncode, stderr))
+    return stderr
 
 
 def video_stream_seconds(path: Path) -> float | None:
@@ -324,12 +345,16 @@ def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out
         raise UsageError(f"loudness {loudness} LUFS: expected a value from -70 to -5")
     out_path = _check_output(video, track, Path(out).expanduser() if out is not None else None, force)
     plan, warnings = _plan(video, track, start, mix, fade_in, fade_out, loudness)
-    plan, music_gain, voice_gain, measured = _first_passes(plan, warnings)
-    mix_graph = _mix_graph(plan, music_gain, voice_gain)
-    normalise = "anull" if measured.silent else _normaliser(plan, mix_graph, measured)
-    # The meter branch measures what is encoded, for the result's ``loudness``.
-    final_graph = f"{mix_graph};[mix]{normalise},asplit=2[out][meter];[meter]ebur128=peak=true,anullsink"
-    (achieved,) = _ebur128_summaries(_write(plan, final_graph, out_path, force))
+    tmp = _reserve_temporary(out_path)  # an unwritable folder fails now, not after the passes
+    try:
+        plan, music_gain, voice_gain, measured = _first_passes(plan, warnings)
+        mix_graph = _mix_graph(plan, music_gain, voice_gain)
+        normalise = "anull" if measured.silent else _normaliser(plan, mix_graph, measured)
+        # The meter branch measures what is encoded, for the result's ``loudness``.
+        final_graph = f"{mix_graph};[mix]{normalise},asplit=2[out][meter];[meter]ebur128=peak=true,anullsink"
+        (achieved,) = _ebur128_summaries(_write(plan, final_graph, out_path, tmp, force))
+    finally:
+        remove_quietly(tmp)  # gone already after a success; a failing removal never hides the error
     if not measured.silent and abs(achieved.integrated - loudness) > 1.0:
         warnings.append(f"loudness reached {achieved.integrated:.1f} LUFS, not {loudness:g}: "
                         f"the music's peaks would pass the {TRUE_PEAK_DB} dBTP ceiling")
@@ -346,16 +371,29 @@ def _check_output(video: Path, track: Path, out: Path | None, force: bool) -> Pa
     """The output path, refusing to touch the inputs or (without ``force``) an existing file."""
     if out is None:
         out = default_output_path(video)
-    elif out.is_dir() or (not out.exists() and not out.suffix):  # a folder, maybe still to be made
+    elif _is_folder(out):
         out = out / default_output_path(video).name
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise UsageError(f"output {out}: the name must end in {', '.join(OUTPUT_FORMATS)}")
     for name, source in (("video", video), ("music track", track)):
         if _same_file(out, source):
             raise UsageError(f"output {out} is the input {name}: mgsv never overwrites its inputs")
-    if out.exists() and not force:
+    outputs.check_output_name(out)
+    try:
+        taken = out.exists()
+    except OSError as exc:  # a part of the path too long, unreadable, ...
+        raise storage_error("write", out, exc) from None
+    if taken and not force:
         raise OutputExistsError(f"{out} exists: use --force to overwrite it or -o to write elsewhere")
     return out
+
+
+def _is_folder(out: Path) -> bool:
+    """``-o`` names a folder: one that exists, or a name without an extension (made when needed)."""
+    try:
+        return out.is_dir() or (not out.exists() and not out.suffix)
+    except OSError as exc:
+        raise storage_error("write", out, exc) from None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -416,22 +454,93 @@ def _first_passes(plan: _Plan, warnings: list[str]) -> tuple[_Plan, float | None
     return plan, music_gain, voice_gain, mixed
 
 
-def _write(plan: _Plan, graph: str, out: Path, force: bool) -> str:
-    """Encode to a hidden temporary file beside ``out``, then move it into place; returns ffmpeg's stderr."""
+def _reserve_temporary(out: Path) -> Path:
+    """Make ``out``'s folder and create the hidden temporary file ffmpeg will write beside it.
+
+    Named with this process's id so that a later render can tell a file left by a killed
+    render (removed here, see :func:`remove_stale_temporaries`) from one still being
+    written. OS errors (read-only, no space, ...) come out as ``StorageError``.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error("create the folder", out.parent, exc) from None
+    remove_stale_temporaries(out.parent)
+    # The output's name is cut so that the suffix never makes a legal name too long.
+    tmp = out.with_name(f".{out.name[:100]}.mgsv-{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666: the umask decides
+    except OSError as exc:
+        raise storage_error("write", out, exc) from None
+    return tmp
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files of renders that were killed outright in ``folder``; returns them.
+
+    Only files named as :func:`_reserve_temporary` names them, and only when their process
+    is gone and nothing wrote to them for ``STALE_AFTER_SECONDS`` (or for a day, whatever
+    the pid). Best effort: what cannot be read or removed is left alone.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    now, removed = time.time(), []
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            idle = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if idle >= ABANDONED_AFTER_SECONDS or (idle >= STALE_AFTER_SECONDS and not _process_alive(int(match.group(1)))):
+            remove_quietly(Path(entry.path))
+            if not os.path.lexists(entry.path):
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (True when it cannot be told)."""
+    if os.name == "nt":  # os.kill would terminate it there: only the age rule applies
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only the existence is checked
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: alive, another user's
+        return True
+    return True
+
+
+def _write(plan: _Plan, graph: str, out: Path, tmp: Path, force: bool) -> str:
+    """Encode into ``tmp`` (beside ``out``), then move it into place; returns ffmpeg's stderr.
+
+    An ffmpeg failure names ``out`` (not the hidden temporary file) and, when it is the
+    place written to that failed (disk full, read-only, ...), is a ``StorageError``.
+    """
     muxer, audio_codec = OUTPUT_FORMATS[out.suffix.lower()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
     args = [*_inputs(plan), "-filter_complex", graph, "-map", "0:V:0", "-map", "[out]", "-c:v", "copy",
             *audio_codec, "-ar", str(AUDIO_RATE), "-map_metadata", "0"]
     if muxer in ("mp4", "mov"):
         args += ["-movflags", "+faststart"]
     try:
         stderr = _ffmpeg([*args, "-f", muxer, "-y", str(tmp)], f"cannot render {plan.video}")
-        if out.exists() and not force:  # appeared while we were encoding
-            raise OutputExistsError(f"{out} exists: use --force to overwrite it or -o to write elsewhere")
+    except _FfmpegFailed as exc:
+        reason = exc.reason.replace(str(tmp), str(out))
+        if media.names_storage_error(reason):
+            raise StorageError(f"cannot write {out}: {reason}") from None
+        raise MediaError(f"{exc.what}: {reason}") from None
+    if out.exists() and not force:  # appeared while we were encoding
+        raise OutputExistsError(f"{out} exists: use --force to overwrite it or -o to write elsewhere")
+    try:
         os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_error("write", out, exc) from None
     return stderr
 
 
@@ -444,10 +553,13 @@ def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None 
 
     ``snap="beat"`` moves the start onto the nearest downbeat/beat (same length, inside the track).
     """
-    from mgsv_cli.editor.record import load_last_suggestion
+    from mgsv_cli.editor.record import load_last_suggestion, track_gone
     from mgsv_cli.editor.snapping import snap_entry
 
-    entry = load_last_suggestion(video).pick(pick)
+    hint = f"run `mgsv suggest {video}` first, or give --track and --start"
+    entry = load_last_suggestion(video, hint=hint).pick(pick)
+    if not os.path.isfile(entry.track):
+        raise track_gone(entry.track, video)
     if snap is not None:
         entry, _ = snap_entry(entry, index_path=index_path)
     return Path(entry.track), entry.start
@@ -486,9 +598,12 @@ def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pi
     folder = Path(out).expanduser() if out is not None else None
     if folder is not None:
         looks_like_file = folder.suffix.lower() in OUTPUT_FORMATS
-        if folder.is_file() or (not folder.exists() and looks_like_file):
-            raise UsageError(f"-o {folder}: with several videos the output must be a folder")
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            if folder.is_file() or (not folder.exists() and looks_like_file):
+                raise UsageError(f"-o {folder}: with several videos the output must be a folder")
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error("create the folder", folder, exc) from None
     written: set[Path] = set()
     for video in videos:
         try:

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from mgsv_cli.editor.record import Suggestion, SuggestionResult
+from mgsv_cli.editor.record import Suggestion, SuggestionResult, track_gone
 from mgsv_cli.errors import MgsvError, UsageError
 from mgsv_cli.media.beats import BeatGrid, beats_of_file, snap_start
 
@@ -78,6 +78,8 @@ def snap_cut(track, start: float, length: float, track_seconds: float, *, grid: 
 def snap_suggestion(result: SuggestionResult, pick: int = 1, index_path=None) -> tuple[SuggestionResult, Snap]:
     """``result`` with suggestion ``pick``'s cut moved onto the beat (same length, inside the track)."""
     entry = result.pick(pick)
+    if not os.path.isfile(entry.track):  # say so (and how to prune it), not "cannot decode"
+        raise track_gone(entry.track, result.video)
     snapped = snap_entry(entry, index_path=index_path)
     return result.with_entry(snapped[0]), snapped[1]
 

@@ -14,14 +14,16 @@ The last suggestion per video is remembered for ``mgsv render`` and ``mgsv expor
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from mgsv_cli.editor import outputs
+from mgsv_cli.features.recipe import window_valid
 from mgsv_cli.index.token_cache import model_fingerprint, scoring_tokens_for
-from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
+from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion, track_fits
 from mgsv_cli.editor.snapping import check_snap, snap_entry
 from mgsv_cli.media.beats import BeatGrid
 from mgsv_cli.errors import CheckpointError, IndexDatabaseError, MgsvError, UsageError, first_line
@@ -34,16 +36,19 @@ StatusFn = Callable[[str], None]
 
 
 def rank_and_detect(model, video_tokens, scoring_tokens, load_music_windows, track_durations, video_duration: float,
-                    top_k: int):
+                    top_k: int, usable: Callable[[int], bool] | None = None):
     """Score every track for one video and detect the moment on the top K.
 
     ``video_tokens``: ``VideoTokens`` of one video (B = 1); ``scoring_tokens``: the cached
     :class:`ScoringTokens` of all N tracks;
     ``load_music_windows(positions)`` returns the frozen AST windows ``[K, S, music_dim]``
     and mask ``[K, S]`` of those track positions; ``track_durations`` float64 CPU tensor [N].
+    ``usable(position)``: asked of the candidates best first until K are usable (the
+    others are passed over, so K still come back when there are K usable tracks).
 
-    Returns ``(top_positions [K], scores [K], predicted [K, 2], cuts [K, 2])`` as numpy
-    arrays, best first; times in seconds.
+    Returns ``(top_positions [K], scores [K], predicted [K, 2], cuts [K, 2], relevance [K, S])``
+    as numpy arrays, best first; times in seconds; ``relevance`` is the matching attention
+    over each winner's windows (max 1, 0 on padding). K may be 0 when no track is usable.
     """
     import numpy as np
     import torch
@@ -53,17 +58,38 @@ def rank_and_detect(model, video_tokens, scoring_tokens, load_music_windows, tra
     scores = scoring_tokens.score(model, video_tokens)
     k = min(top_k, scores.shape[0])
     top_scores, top = torch.topk(scores, k)
+    if usable is not None:
+        usable = functools.lru_cache(maxsize=None)(usable)  # each candidate asked once (a file check)
+    if usable is not None and not all(usable(p) for p in top.tolist()):
+        # Only now sort everything: the usual case (all of the top K usable) stays one topk.
+        top_scores, order = torch.sort(scores, descending=True, stable=True)
+        chosen = []
+        for rank, position in enumerate(order.tolist()):
+            if usable(position):
+                chosen.append(rank)
+                if len(chosen) == top_k:
+                    break
+        top, top_scores, k = order[chosen], top_scores[chosen], len(chosen)
+        if not chosen:
+            empty = np.zeros((0, 2))
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), empty, empty, np.zeros((0, 0))
     windows, window_mask = load_music_windows(top.tolist())
     device = video_tokens.pooled.device
     music = model.encode_music(windows.to(device), window_mask.to(device))
     spans = model.detect(video_tokens.repeat(k), music)
+    relevance = model.window_relevance(video_tokens, music)[:, 0].float().cpu().numpy()  # [K, S]
     durations = track_durations[top.cpu()].numpy()  # float64: the cut must end inside the track exactly
     predicted = model.spans_to_seconds(spans, torch.from_numpy(durations).to(spans.device, spans.dtype))
     # spans are float32 (and MPS has no float64): clamp again so rounding never steps past the end.
     predicted = np.clip(predicted.cpu().double().numpy(), 0.0, durations[:, None])
     cut_start, cut_end = duration_exact_cut(predicted[:, 0], predicted[:, 1], video_duration, durations)
     cuts = np.stack([cut_start, cut_end], axis=1)
-    return top.cpu().numpy(), top_scores.cpu().numpy(), predicted, cuts
+    return top.cpu().numpy(), top_scores.cpu().numpy(), predicted, cuts, relevance
+
+
+def n_windows(track_seconds: float) -> int:
+    """How many of a track's 2.5 s windows exist (the recipe's validity rule)."""
+    return int(window_valid(track_seconds).sum())
 
 
 # ---------------------------------------------------------------- the suggester
@@ -181,43 +207,75 @@ class Suggester:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def suggest_video(self, video_path: str | os.PathLike, top_k: int = 5, snap: str | None = None) -> SuggestionResult:
+    def suggest_video(self, video_path: str | os.PathLike, top_k: int = 5, snap: str | None = None,
+                      include_short: bool = False) -> SuggestionResult:
         """Embed one video and rank the index for it; raises ``MediaError`` on an unreadable file.
 
         ``snap="beat"`` moves each cut's start onto the nearest downbeat/beat stored in the index.
+        Tracks whose file is gone are passed over (counted in ``left_out_missing``); tracks
+        shorter than the clip too, unless ``include_short`` (see :meth:`suggest_features`).
         """
         t0 = time.perf_counter()
         video = self.encoders.embed_decoded(self.prefetcher.take(video_path))
         t_embed = time.perf_counter() - t0
         result = self.suggest_features(video.feats, video.mask, float(video.duration), top_k,
-                                       video=str(Path(video_path).resolve()), snap=snap)
+                                       video=str(Path(video_path).resolve()), snap=snap,
+                                       include_short=include_short, track_exists=os.path.exists)
         result.timings["embed_video"] = t_embed
         return result
 
     def suggest_features(self, frames, frame_mask, duration: float, top_k: int = 5, video: str = "",
-                         snap: str | None = None) -> SuggestionResult:
-        """The encoder-free part: frames [F, video_dim] + mask [F] of one video -> result."""
+                         snap: str | None = None, include_short: bool = False,
+                         track_exists: Callable[[str], bool] | None = None) -> SuggestionResult:
+        """The encoder-free part: frames [F, video_dim] + mask [F] of one video -> result.
+
+        Only tracks at least as long as the clip are ranked (a shorter one would end
+        before the video does); ``include_short`` ranks them too, marked ``fits=False``.
+        ``track_exists(path)``: when given, candidates whose file it denies are passed
+        over and the next ones taken; it is asked only of candidates, best first, so a
+        library on a slow share costs K checks, not N. (None: the disk is not looked at,
+        as for an index of features without audio files.)
+
+        Raises ``UsageError`` when every track is shorter than the clip, and
+        ``IndexDatabaseError`` when no track of the index is left (files gone).
+        """
         import torch
 
         if top_k < 1:
             raise UsageError("--top must be at least 1")
         check_snap(snap)
+        fits = [track_fits(t.duration, duration) for t in self.tracks]
+        missing: list[int] = []
+
+        def usable(position: int) -> bool:
+            if not (include_short or fits[position]):
+                return False
+            if track_exists is not None and not track_exists(self.tracks[position].path):
+                missing.append(position)
+                return False
+            return True
+
         t0 = time.perf_counter()
         frames = torch.as_tensor(frames, dtype=torch.float32, device=self.device)[None]
         frame_mask = torch.as_tensor(frame_mask, device=self.device)[None]
         with torch.inference_mode():
             video_tokens = self.model.encode_video(frames, frame_mask)
-            top, scores, predicted, cuts = rank_and_detect(
+            top, scores, predicted, cuts, relevance = rank_and_detect(
                 self.model, video_tokens, self.scoring_tokens, self._load_windows, self.track_durations,
-                duration, top_k,
+                duration, top_k, usable=None if include_short and track_exists is None else usable,
             )
+        left_out_short = 0 if include_short else fits.count(False)
+        if len(top) == 0:
+            raise _nothing_to_suggest(video, duration, len(self.tracks), left_out_short, len(missing))
         suggestions = []
-        for rank, (pos, score, (ps, pe), (cs, ce)) in enumerate(zip(top, scores, predicted, cuts), start=1):
+        for rank, (pos, score, (ps, pe), (cs, ce), weights) in enumerate(
+                zip(top, scores, predicted, cuts, relevance), start=1):
             track = self.tracks[int(pos)]
             entry = Suggestion(
                 rank=rank, track=track.path, score=float(score), start=float(cs), end=float(ce),
                 predicted_start=float(ps), predicted_end=float(pe), track_duration=track.duration,
-                title=track.title, artist=track.artist,
+                title=track.title, artist=track.artist, fits=fits[int(pos)],
+                relevance=[round(float(w), 4) for w in weights[:n_windows(track.duration)]],
             )
             if snap == "beat" and track.beats:  # the grid stored with the track; none: the cut stays
                 entry, _ = snap_entry(entry, grid=BeatGrid.from_dict(track.beats))
@@ -226,6 +284,7 @@ class Suggester:
             video=video, duration=duration, suggestions=suggestions, checkpoint=self.model_id,
             encoders=self.encoders_kind, untrained=self.untrained,
             timings={"score_and_detect": time.perf_counter() - t0},
+            left_out_short=left_out_short, left_out_missing=len(missing),
         )
 
     def _load_windows(self, positions: list[int]):
@@ -234,6 +293,20 @@ class Suggester:
         ids = [self.tracks[p].id for p in positions]
         feats, mask = self.index.tokens_for(ids)
         return torch.from_numpy(feats), torch.from_numpy(mask)
+
+
+def _nothing_to_suggest(video: str, duration: float, n_tracks: int, short: int, missing: int) -> MgsvError:
+    """Why no track could be suggested: all shorter than the clip, or their files gone."""
+    name = Path(video).name if video else "the clip"
+    parts = []
+    if short:
+        parts.append(f"{short} of the {n_tracks} indexed track(s) are shorter than {name} ({duration:.1f} s): "
+                     "--include-short ranks them anyway (render fills the rest with silence)")
+    if missing:
+        parts.append(f"{missing} indexed track(s) are gone from the disk: "
+                     "`mgsv index MUSIC_DIR --prune` drops them from the index")
+    message = "no track to suggest: " + "; ".join(parts)
+    return UsageError(message) if short else IndexDatabaseError(message)
 
 
 def _encoders_for_index(index, requested: str | None) -> str:
@@ -269,7 +342,10 @@ def _load_network(checkpoint, untrained: bool, encoders, device):
         model, variant = build_untrained(video_dim=encoders.video_dim, music_dim=encoders.music_dim, seed=0)
         model.to(device)
         return model, f"untrained-{variant.name}-{model_fingerprint(model)}"
-    model, variant, meta = load_model(checkpoint, device=device)
+    try:
+        model, variant, meta = load_model(checkpoint, device=device)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; or use --untrained for a demo") from None
     cfg = model.cfg
     if (cfg.video_dim, cfg.music_dim) != (encoders.video_dim, encoders.music_dim):
         raise CheckpointError(
@@ -284,27 +360,28 @@ def _load_network(checkpoint, untrained: bool, encoders, device):
 
 
 def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, remember: bool = True,
-                 snap: str | None = None) -> Iterator[tuple[Path, SuggestionResult | None, str | None]]:
+                 snap: str | None = None, include_short: bool = False,
+                 ) -> Iterator[tuple[Path, SuggestionResult | None, str | None]]:
     """Yield ``(video, result, None)`` or ``(video, None, reason)`` per video; a bad file never stops the batch."""
     videos = list(videos)
     for position, video in enumerate(videos):
         if position + 1 < len(videos):
             suggester.prefetcher.start(videos[position + 1])  # decodes while this one goes through CLIP
         try:
-            result = suggester.suggest_video(video, top_k, snap=snap)
+            result = suggester.suggest_video(video, top_k, snap=snap, include_short=include_short)
+            if remember:  # render and export need it: a failure to store it fails the video
+                remember_suggestion(result)
         except MgsvError as exc:
             yield video, None, first_line(exc)
             continue
         except (OSError, ValueError, RuntimeError) as exc:  # a decoder or tensor error on one odd file
             yield video, None, f"{type(exc).__name__}: {first_line(exc)}"
             continue
-        if remember:
-            remember_suggestion(result)
         yield video, result, None
 
 
 def suggest(videos: Iterable[str | os.PathLike], *, top_k: int = 5, remember: bool = True,
-            **open_options) -> list[tuple[Path, SuggestionResult | None, str | None]]:
+            include_short: bool = False, **open_options) -> list[tuple[Path, SuggestionResult | None, str | None]]:
     """One call: expand ``videos`` (files or folders), load index and models once
     (``open_options`` as :meth:`Suggester.open`), suggest for each video.
 
@@ -317,5 +394,6 @@ def suggest(videos: Iterable[str | os.PathLike], *, top_k: int = 5, remember: bo
     ]
     if found:
         with Suggester.open(**open_options) as suggester:
-            outcomes.extend(suggest_many(suggester, found, top_k=top_k, remember=remember))
+            outcomes.extend(suggest_many(suggester, found, top_k=top_k, remember=remember,
+                                         include_short=include_short))
     return outcomes

@@ -62,6 +62,41 @@ TINY_MUSIC_DIM = 64
 # past 4 windows a batch gains nothing (GEMMs are already large) but costs memory.
 DEFAULT_BATCH_WINDOWS = 4
 
+# On a CUDA GPU the batch is sized from free memory (auto_batch_windows): an AST-base
+# window is 1,214 tokens of 768; in inference with SDPA attention its activations peak
+# at well under 40 MB in 16 bits (the MLP's 1,214 x 3,072 plus a few hidden states), so
+# budgeting 64 MB per window (128 MB in fp32) leaves room for the allocator's slack.
+# Past ~128 windows (155k tokens per GEMM) a GPU gains nothing but latency.
+GPU_WINDOW_BYTES_16BIT = 64 << 20
+MAX_GPU_BATCH_WINDOWS = 128
+GPU_MEMORY_FRACTION = 0.5
+
+
+def auto_batch_windows(device, dtype=None) -> int:
+    """Windows per AST forward: sized to the free memory on a CUDA GPU, else DEFAULT_BATCH_WINDOWS."""
+    import torch
+
+    from mgsv_cli.device import free_memory
+
+    free = free_memory(device) if getattr(device, "type", None) == "cuda" else None
+    if free is None:
+        return DEFAULT_BATCH_WINDOWS
+    per_window = GPU_WINDOW_BYTES_16BIT * (2 if dtype in (None, torch.float32) else 1)
+    return int(max(1, min(MAX_GPU_BATCH_WINDOWS, GPU_MEMORY_FRACTION * free // per_window)))
+
+
+def audio_workers(device) -> int:
+    """Threads decoding audio and computing filterbanks for embed_tracks.
+
+    One on a CPU (the cores are busy with AST itself; this is what always ran). On a GPU
+    the CPU side is the bottleneck: one decode + filterbank per core, leaving one core to
+    feed the GPU (ffmpeg runs in its own process and numpy's FFT, matrix products and
+    element-wise work release the GIL, so threads scale).
+    """
+    if getattr(device, "type", None) != "cuda":
+        return 1
+    return max(2, min(32, (os.cpu_count() or 2) - 1))
+
 
 
 
@@ -163,13 +198,20 @@ class Encoders:
 
     def __init__(self, *, encoder_id: str, is_tiny: bool, device, clip_model=None,
                  clip_preprocess=None, clip_dtype=None, ast_model=None, ast_dtype=None,
-                 video_dim: int, music_dim: int, batch_windows: int = DEFAULT_BATCH_WINDOWS):
+                 video_dim: int, music_dim: int, batch_windows: int | None = DEFAULT_BATCH_WINDOWS,
+                 workers: int | None = None):
         self.encoder_id = encoder_id
         self.is_tiny = is_tiny
         self.device = device
         self.video_dim = video_dim
         self.music_dim = music_dim
-        self.batch_windows = batch_windows
+        # None: sized to the device (auto_batch_windows / audio_workers).
+        self.batch_windows = auto_batch_windows(device, ast_dtype) if batch_windows is None else int(batch_windows)
+        self.workers = audio_workers(device) if workers is None else max(1, int(workers))
+        # Overlap the GPU's work on one batch with the CPU preparing the next (results of a
+        # batch are read back one batch later, through page-locked memory). On a CPU the
+        # forward is synchronous anyway, so results are read at once, as always.
+        self.overlap = getattr(device, "type", None) == "cuda"
         self._clip = clip_model
         self._clip_preprocess = clip_preprocess
         self._clip_dtype = clip_dtype
@@ -245,9 +287,14 @@ class Encoders:
         if self._ast is None:
             raise MgsvError("these encoders were loaded without the music encoder")
         inputs = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._memory_hint(len(windows)):
             out = self._ast(input_values=inputs.to(self._ast_dtype)).pooler_output
         return out.float().cpu().numpy()
+
+    def _memory_hint(self, n_windows: int):
+        from mgsv_cli.device import out_of_memory_hint
+
+        return out_of_memory_hint("embedding music", "--batch-windows", n_windows, self.device)
 
     def embed_tracks(self, items: Iterable[Any], batch_windows: int | None = None,
                      prefetch: int = 2) -> Iterator[TrackFeatures]:
@@ -257,29 +304,63 @@ class Encoders:
         Yields one :class:`TrackFeatures` per item, in input order, as soon as all of its
         windows are done (so a caller can commit per track). A track that cannot be read
         is yielded with ``.error`` set and the others go on; invalid windows are never
-        computed (zero rows, mask 0). Audio decoding runs ``prefetch`` tracks ahead in a
-        background thread.
+        computed (zero rows, mask 0). Audio decoding and filterbanks run on
+        ``self.workers`` background threads, ``prefetch`` tracks ahead (at least two per
+        worker); ``prefetch=0`` prepares each track when it is needed, in this thread.
+        With ``self.overlap`` (on a GPU) a batch's results are read back while the next
+        batch runs. Running out of GPU memory raises a one-line error naming
+        ``--batch-windows``.
         """
         batch_size = max(1, int(batch_windows or self.batch_windows))
         finished: deque[_TrackJob] = deque()
         queue: deque[tuple[_TrackJob, int]] = deque()
+        running: deque[_Launched] = deque()  # at most one batch in flight (overlap) or none
+
+        def run(batch: list[tuple[_TrackJob, int]]) -> None:
+            running.append(self._launch_batch(batch))
+            while len(running) > (1 if self.overlap else 0):
+                running.popleft().finish()
+
         for job in self._prepared_jobs(items, prefetch):
             finished.append(job)
             queue.extend((job, k) for k in job.todo)
             while len(queue) >= batch_size:
-                self._run_batch([queue.popleft() for _ in range(batch_size)])
+                run([queue.popleft() for _ in range(batch_size)])
                 yield from _pop_done(finished)
             yield from _pop_done(finished)
         while queue:
-            self._run_batch([queue.popleft() for _ in range(min(batch_size, len(queue)))])
+            run([queue.popleft() for _ in range(min(batch_size, len(queue)))])
+        while running:
+            running.popleft().finish()
         yield from _pop_done(finished)
 
     def _run_batch(self, batch: list[tuple[_TrackJob, int]]) -> None:
-        windows = np.stack([job.spectrogram.window(k) for job, k in batch])
-        outputs = self.embed_windows(windows)
-        for (job, k), row in zip(batch, outputs):
-            job.feats[k] = row
-            job.n_remaining -= 1
+        self._launch_batch(batch).finish()
+
+    def _launch_batch(self, batch: list[tuple[_TrackJob, int]]) -> "_Launched":
+        """Start AST on a batch of windows; ``.finish()`` stores the rows into their tracks.
+
+        On CUDA the windows are stacked straight into page-locked memory and copied without
+        blocking, and the pooled outputs come back the same way behind an event, so the
+        CPU can prepare the next batch meanwhile.
+        """
+        import torch
+
+        if not self.overlap:
+            return _Launched(batch, self.embed_windows(np.stack([job.spectrogram.window(k) for job, k in batch])))
+        on_gpu = getattr(self.device, "type", None) == "cuda"
+        staged = torch.empty((len(batch), N_FBANK_FRAMES, N_MEL_BINS), dtype=torch.float32, pin_memory=on_gpu)
+        np.stack([job.spectrogram.window(k) for job, k in batch], out=staged.numpy())
+        with torch.inference_mode(), self._memory_hint(len(batch)):
+            inputs = staged.to(self.device, non_blocking=True)
+            out = self._ast(input_values=inputs.to(self._ast_dtype)).pooler_output.float()
+            result = torch.empty(out.shape, dtype=torch.float32, pin_memory=on_gpu)
+            result.copy_(out, non_blocking=True)
+            done = None
+            if on_gpu:
+                done = torch.cuda.Event()
+                done.record()
+        return _Launched(batch, result, done)
 
     def _prepared_jobs(self, items: Iterable[Any], prefetch: int) -> Iterator[_TrackJob]:
         if self._ast is None:
@@ -289,14 +370,21 @@ class Encoders:
             for index, item in indexed:
                 yield self._prepare(index, item)
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgsv-audio") as pool:
+        workers = max(1, self.workers)
+        ahead_limit = max(prefetch, 2 * workers) if workers > 1 else prefetch
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mgsv-audio") as pool, \
+                _single_threaded_blas(workers > 1):
             ahead: deque = deque()
-            for index, item in indexed:
-                ahead.append(pool.submit(self._prepare, index, item))
-                if len(ahead) > prefetch:
+            try:
+                for index, item in indexed:
+                    ahead.append(pool.submit(self._prepare, index, item))
+                    if len(ahead) > ahead_limit:
+                        yield ahead.popleft().result()
+                while ahead:
                     yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
+            finally:
+                for future in ahead:  # stopped early (an error, Ctrl-C): do not decode the rest
+                    future.cancel()
 
     def _prepare(self, index: int, item: Any) -> _TrackJob:
         name = _item_name(index, item)
@@ -307,6 +395,38 @@ class Encoders:
             return _TrackJob(name, self.music_dim, error=str(exc))
         except (OSError, ValueError) as exc:
             return _TrackJob(name, self.music_dim, error=f"{name}: {exc}")
+
+
+class _Launched:
+    """A batch of windows sent through AST: its rows land in their tracks on :meth:`finish`."""
+
+    def __init__(self, batch: list[tuple[_TrackJob, int]], outputs, done=None):
+        self.batch, self.outputs, self.done = batch, outputs, done
+
+    def finish(self) -> None:
+        if self.done is not None:
+            self.done.synchronize()
+        outputs = self.outputs.numpy() if hasattr(self.outputs, "numpy") else self.outputs
+        for (job, k), row in zip(self.batch, outputs):
+            job.feats[k] = row
+            job.n_remaining -= 1
+
+
+@contextlib.contextmanager
+def _single_threaded_blas(enabled: bool):
+    """With many audio threads, one BLAS thread each (else every filterbank matrix product
+    would start a thread per core, times the number of workers). Needs threadpoolctl
+    (installed with librosa's scikit-learn); without it, nothing changes."""
+    if not enabled:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _pop_done(jobs: deque) -> Iterator[TrackFeatures]:
@@ -378,7 +498,7 @@ def _ast_dtype(device, precision: str):
 
 def load_encoders(kind: str = "pretrained", device: Any = "auto", offline: bool = False,
                   weights_dir: Path | None = None, precision: str = "auto",
-                  parts: Sequence[str] = ("video", "music")) -> Encoders:
+                  parts: Sequence[str] = ("video", "music"), batch_windows: int | None = None) -> Encoders:
     """Build the frozen encoders: the ONE entry point for features.
 
     kind: ``pretrained`` (CLIP ViT-B/32 OpenAI + AST AudioSet 0.4593, from ``weights_dir``,
@@ -387,7 +507,10 @@ def load_encoders(kind: str = "pretrained", device: Any = "auto", offline: bool 
     same recipe, fixed seed: for tests and demos, never for real suggestions).
     device: ``auto | cpu | cuda[:N] | mps`` or a torch.device. precision: ``auto | fp32 | bf16``.
     offline (or HF_HUB_OFFLINE=1): never touch the network. parts: load only
-    ``video`` and/or ``music``. Raises WeightsMissingError naming what is missing.
+    ``video`` and/or ``music``. batch_windows: AST windows per forward (None: sized to the
+    GPU's free memory on CUDA, DEFAULT_BATCH_WINDOWS elsewhere).
+    On CUDA, CLIP runs in float16 and AST in bfloat16 with SDPA attention.
+    Raises WeightsMissingError naming what is missing.
     """
     from mgsv_cli.device import resolve_device
     from mgsv_cli.errors import UsageError
@@ -396,11 +519,17 @@ def load_encoders(kind: str = "pretrained", device: Any = "auto", offline: bool 
     unknown = set(parts) - {"video", "music"}
     if unknown:
         raise UsageError(f"unknown encoder part(s) {sorted(unknown)}: expected video, music")
+    if batch_windows is not None and int(batch_windows) < 1:
+        raise UsageError(f"--batch-windows {batch_windows}: expected at least 1")
     if kind == "tiny":
-        return _load_tiny(torch_device, precision, parts)
-    if kind != "pretrained":
+        encoders = _load_tiny(torch_device, precision, parts)
+    elif kind != "pretrained":
         raise UsageError(f"encoders {kind!r}: expected pretrained or tiny")
-    return _load_pretrained(torch_device, (offline or offline_env()), weights_dir, precision, parts)
+    else:
+        encoders = _load_pretrained(torch_device, (offline or offline_env()), weights_dir, precision, parts)
+    if batch_windows is not None:
+        encoders.batch_windows = int(batch_windows)
+    return encoders
 
 
 def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) -> Encoders:
@@ -434,6 +563,7 @@ def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) 
         ast_model=ast_model, ast_dtype=ast_dtype,
         video_dim=clip_model.visual.output_dim if clip_model is not None else 512,
         music_dim=ast_model.config.hidden_size if ast_model is not None else 768,
+        batch_windows=None,
     )
 
 
@@ -545,4 +675,5 @@ def _load_tiny(device, precision: str, parts) -> Encoders:
         encoder_id=TINY_ENCODER_ID, is_tiny=True, device=device, clip_model=clip_model,
         clip_preprocess=preprocess, clip_dtype=clip_dtype, ast_model=ast_model,
         ast_dtype=_ast_dtype(device, precision), video_dim=512, music_dim=TINY_MUSIC_DIM,
+        batch_windows=None,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mgsv_cli.errors import MediaError
+from mgsv_cli.errors import MediaError, os_error_cause
 
 # Lines ffmpeg prints around the real reason for a failure; they never explain anything.
 _NOISE = (
@@ -30,6 +30,8 @@ _NOISE = (
     "terminating thread with return code",
     "task finished with error code",
     "nothing was written into output file",
+    "error sending frames to consumers",  # the consequence of an error printed before it
+    "error muxing a packet",
 )
 
 _CHANNELS_BY_LAYOUT = {
@@ -70,13 +72,95 @@ def ffmpeg_exe() -> str:
         raise MediaError(f"ffmpeg is missing: {exc}") from exc
 
 
-def last_ffmpeg_message(stderr: str) -> str:
-    """The last line of ffmpeg's stderr that says something (not a generic wrap-up line)."""
-    for line in reversed(stderr.splitlines()):
-        text = re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", line.strip())
+# Progress and summary lines ffmpeg (and its encoders, muxers and meters) print on the way,
+# often after the real error: they must never be taken for the reason of a failure.
+_STATISTICS = re.compile(
+    r"^(frame|size|fps|time|bitrate|speed|elapsed|q|Lsize)=\s*\S"  # the progress line
+    r"|^video:\s*\d|\bQavg:|^kb/s:|^(frame|mb) [IPB]\b|^(coded y,|ref [PB]|i16 v|i8 v|i4 v|i8c dc|8x8 transform"
+    r"|direct mvs|Weighted P-Frames|consecutive B-frames)"  # x264's summary
+    r"|^t:\s*[\d.]+\s+TARGET:|^Summary:|^(Integrated loudness|Loudness range|True peak|Threshold|LRA( low| high)?"
+    r"|I|Peak):"  # ebur128's meter and summary
+    r"|^Stream mapping:|^(Input|Output|Stream) #|^Press \[q\]",
+    re.IGNORECASE,
+)
+# Words of a line that states what went wrong.
+_ERROR_WORDS = re.compile(
+    r"error|fail|cannot|can't|could not|unable|invalid|no such|not found|denied|not permitted|read-only"
+    r"|no space|quota|too large|too long|does not|unknown|unsupported|not supported|unrecognized|impossible"
+    r"|corrupt|missing|matches no|mismatch|incorrect",
+    re.IGNORECASE,
+)
+
+
+def _storage_errnos() -> tuple[str, ...]:
+    import errno
+
+    names = ("ENOSPC", "EROFS", "EDQUOT", "EFBIG", "EIO", "EACCES", "EPERM", "ENAMETOOLONG")
+    return tuple(os.strerror(getattr(errno, name)) for name in names if hasattr(errno, name))
+
+
+# What ffmpeg prints for an OS error is the C library's strerror text ("No space left on
+# device"): these words decide a failure whatever ffmpeg printed after them.
+_STORAGE_CAUSE = re.compile("|".join(re.escape(text) for text in _storage_errnos()), re.IGNORECASE)
+
+
+def _message_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that may say why ffmpeg failed, without their ``[muxer @ 0x...]``
+    tag: not wrap-up noise, and not indented (the dumps of inputs, outputs and their
+    metadata, where a title may well contain the word "error")."""
+    lines = []
+    for line in stderr.splitlines():
+        if line[:1].isspace():
+            continue
+        text = re.sub(r"^\[[^\]]*@ 0x[0-9a-fA-F]+\]\s*", "", line.strip())
         if text and not any(noise in text.lower() for noise in _NOISE):
-            return text
-    return "ffmpeg failed without saying why"
+            lines.append(text)
+    return lines
+
+
+def last_ffmpeg_message(stderr: str) -> str:
+    """The line of ffmpeg's stderr that says why it failed.
+
+    ffmpeg goes on printing statistics (``frame=``, ``video:...kB``, ``[aac] Qavg:``) and
+    generic wrap-up lines after the real error, so the last line is rarely the reason. In
+    order of preference: the last line naming an OS error (``No space left on device``,
+    ``Read-only file system``, ...), the last line that reads like an error, the last line
+    that is not a statistic.
+    """
+    lines = [line for line in _message_lines(stderr) if not _STATISTICS.search(line)]
+    for wanted in (_STORAGE_CAUSE, _ERROR_WORDS):
+        for line in reversed(lines):
+            if wanted.search(line):
+                return line
+    return lines[-1] if lines else "ffmpeg failed without saying why"
+
+
+def names_storage_error(message: str) -> bool:
+    """Whether an ffmpeg message is an OS error of the place it writes to (disk full, read-only, ...)."""
+    return bool(_STORAGE_CAUSE.search(message))
+
+
+def _stopped_by_signal(returncode: int) -> str | None:
+    """What a negative return code (ffmpeg killed by a signal) means, in words; None otherwise."""
+    if returncode >= 0:
+        return None
+    import errno
+    import signal
+
+    number = -returncode
+    if number == getattr(signal, "SIGXFSZ", None):
+        return f"ffmpeg was stopped by SIGXFSZ: {os.strerror(errno.EFBIG)} (a file size limit, see `ulimit -f`)"
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    hint = " (out of memory?)" if name == "SIGKILL" else ""
+    return f"ffmpeg was stopped by {name}{hint}"
+
+
+def ffmpeg_failure(returncode: int, stderr: str) -> str:
+    """Why ffmpeg failed: the signal that stopped it, else :func:`last_ffmpeg_message`."""
+    return _stopped_by_signal(returncode) or last_ffmpeg_message(stderr)
 
 
 def run_ffmpeg(args: list[str], what: str, *, check: bool = True) -> subprocess.CompletedProcess:
@@ -87,11 +171,14 @@ def run_ffmpeg(args: list[str], what: str, *, check: bool = True) -> subprocess.
     """
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *[str(a) for a in args]]
     try:
-        proc = subprocess.run(cmd, capture_output=True, check=False)
+        # Python ignores SIGXFSZ; keeping that for ffmpeg (restore_signals=False) turns a file
+        # size limit into an EFBIG error ffmpeg reports, instead of a silent death by signal.
+        # Its pipes are read to the end, so an ignored SIGPIPE changes nothing here.
+        proc = subprocess.run(cmd, capture_output=True, check=False, restore_signals=False)
     except OSError as exc:
         raise MediaError(f"{what}: cannot start ffmpeg ({exc})") from exc
     if check and proc.returncode != 0:
-        raise MediaError(f"{what}: {last_ffmpeg_message(_text(proc.stderr))}")
+        raise MediaError(f"{what}: {ffmpeg_failure(proc.returncode, _text(proc.stderr))}")
     return proc
 
 
@@ -109,12 +196,15 @@ def _lacks_stream(stderr: str) -> bool:
 def _check_input_file(path: str | os.PathLike) -> Path:
     """Fail early, with a plain message, on files ffmpeg would reject obscurely."""
     file = Path(path)
-    if not file.exists():
-        raise MediaError(f"{file}: no such file")
-    if file.is_dir():
-        raise MediaError(f"{file}: is a folder, not a media file")
-    if file.stat().st_size == 0:
-        raise MediaError(f"{file}: file is empty (0 bytes)")
+    try:
+        if not file.exists():
+            raise MediaError(f"{file}: no such file")
+        if file.is_dir():
+            raise MediaError(f"{file}: is a folder, not a media file")
+        if file.stat().st_size == 0:
+            raise MediaError(f"{file}: file is empty (0 bytes)")
+    except OSError as exc:  # a name too long, an unreadable folder, a failing disk
+        raise MediaError(f"{file}: {os_error_cause(exc)}") from None
     return file
 
 

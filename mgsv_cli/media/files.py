@@ -20,21 +20,28 @@ def is_audio_file(path: Path) -> bool:
 
 
 def scan_audio_files(root: Path) -> list[Path]:
-    """Audio files under ``root`` (recursive, extensions case-insensitive), sorted.
+    """The audio files under ``root`` (a folder, searched recursively, or one file), sorted,
+    each by its resolved path, except a broken symbolic link, kept at its library path.
 
-    Hidden files and folders are skipped: macOS ``._song.mp3`` resource forks and
-    similar dot-files carry audio extensions but no audio.
+    A dangling link or a link loop has nothing to resolve to: it stays at the path the
+    user sees in their library, so its failure is reported by that name (never its
+    missing target's), and a loop never raises.
     """
     if root.is_file():
-        return [root.resolve()] if is_audio_file(root) else []
-    found = []
-    for folder, dirs, files in os.walk(root, onerror=None):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            path = Path(folder) / name
-            if not name.startswith(".") and is_audio_file(path):
-                found.append(path.resolve())
-    return sorted(set(found))
+        candidates = [(str(root.absolute().parent), root.name)] if is_audio_file(root) else []
+    else:
+        candidates = []
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            candidates.extend((folder, name) for name in names
+                              if not name.startswith(".") and is_audio_file(Path(name)))
+    found = set()
+    for folder, name in candidates:
+        try:
+            found.add(Path(os.path.realpath(os.path.join(folder, name), strict=True)))
+        except OSError:  # dangling link, link loop: nothing to resolve to
+            found.add(Path(os.path.realpath(folder)) / name)
+    return sorted(found)
 
 
 def content_hash(path: Path) -> str:

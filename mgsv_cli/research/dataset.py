@@ -21,6 +21,13 @@ float16 copy is bit-exact (each pack records whether that held, see ``meta.json`
 the noise the network is trained with. Music features stay float32: AST ran in full
 precision, the whole music set is ~1 GB at float32, and keeping it exact costs little.
 
+On a CUDA GPU the whole packed split fits easily (MGSV-EC's train split is ~2.5 GB of
+float16 video tokens and ~1.2 GB of float32 music tokens): :meth:`SplitData.to_device`
+copies it there once and :class:`DeviceSplit` gathers every batch on the device with
+index tensors, so training does no per-step host work or copies. :func:`place_split`
+chooses: device-resident on CUDA when the split fits in a fraction of the free memory,
+else (and always on a CPU) the memory-mapped host path. Both give identical batches.
+
 Durations: in the release ``video_segment_duration`` equals the ground-truth moment
 length ``music_end - music_start`` (to a few ms; ``video_total_duration`` can be up to
 100 s longer), so it is the "video duration" used for the exact-length cut and the
@@ -334,9 +341,7 @@ class SplitData:
             wanted, slot = np.unique(tracks, return_inverse=True)
         else:
             wanted, slot = tracks, np.arange(rows.shape[0])
-        labels = self.labels
-        moment = np.stack([labels.music_start[rows], labels.music_end[rows]], axis=1)
-        span = np.stack([moment.mean(axis=1), moment[:, 1] - moment[:, 0]], axis=1) / MAX_MUSIC_SECONDS
+        targets = _row_targets(self.labels, rows)
         return Batch(
             rows=torch.from_numpy(rows),
             frames=_gather(self.video_feats, videos) if keep_fp16 else _gather(self.video_feats, videos).float(),
@@ -344,11 +349,8 @@ class SplitData:
             windows=_gather(self.track_feats, wanted).float(),
             window_mask=_gather(self.track_masks, wanted).bool(),
             track_slot=torch.from_numpy(np.asarray(slot, dtype=np.int64)),
-            span=torch.from_numpy(span.astype(np.float32)),
-            moment=torch.from_numpy(moment.astype(np.float32)),
-            track_duration=torch.from_numpy(labels.music_total_duration[rows].astype(np.float32)),
-            video_duration=torch.from_numpy(labels.video_duration[rows].astype(np.float32)),
             track_index=torch.from_numpy(tracks.astype(np.int64)),
+            **{name: torch.from_numpy(value) for name, value in targets.items()},
         )
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
@@ -359,16 +361,249 @@ class SplitData:
         ``seed + epoch`` for a new draw each epoch); the rows inside a batch come in
         ascending order so the memmap reads stay sequential. Otherwise CSV order.
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        order = np.random.default_rng(seed).permutation(self.n) if shuffle else np.arange(self.n)
-        stop = self.n - (self.n % batch_size if drop_last else 0)
-        for begin in range(0, stop, batch_size):
-            rows = np.sort(order[begin:begin + batch_size])
+        for rows in batch_rows(self.n, batch_size, shuffle, seed, drop_last):
             yield self.batch(rows, dedupe_tracks=dedupe_tracks, keep_fp16=keep_fp16)
 
     def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return self.n // batch_size if drop_last else -(-self.n // batch_size)
+
+    # -- what evaluation needs, on any device (DeviceSplit has the same methods)
+
+    def video_inputs(self, videos, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Frames float32 [k, 50, 512] and mask bool [k, 50] of packed video rows ``videos``, on ``device``."""
+        videos = _as_numpy_index(videos)
+        return (_gather(self.video_feats, videos).float().to(device),
+                _gather(self.video_masks, videos).bool().to(device))
+
+    def track_inputs(self, tracks, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Windows float32 [k, 96, 768] and mask bool [k, 96] of distinct tracks ``tracks``, on ``device``."""
+        tracks = _as_numpy_index(tracks)
+        return (_gather(self.track_feats, tracks).float().to(device),
+                _gather(self.track_masks, tracks).bool().to(device))
+
+    def track_valid_counts(self) -> np.ndarray:
+        """Valid windows per distinct track [n_tracks] (int)."""
+        return np.asarray(self.track_masks).sum(axis=1)
+
+    # -- keeping the whole split on a device
+
+    def device_bytes(self, dtype=None) -> int:
+        """Bytes :meth:`to_device` would allocate (see there for ``dtype``)."""
+        import torch
+
+        video_item = 2 if dtype is None else torch.empty((), dtype=dtype).element_size()
+        track_item = 4 if dtype is None else torch.empty((), dtype=dtype).element_size()
+        n_videos, n_tracks = int(self.video_feats.shape[0]), self.n_tracks
+        return (n_videos * (N_FRAMES * VIDEO_DIM * video_item + N_FRAMES)
+                + n_tracks * (N_WINDOWS * MUSIC_DIM * track_item + N_WINDOWS)
+                + self.n * (2 * 8 + 6 * 4))
+
+    def to_device(self, device, dtype=None) -> "DeviceSplit":
+        """Copy the packed features and every per-row target onto ``device`` once.
+
+        ``dtype`` None keeps the stored precision (float16 video, float32 music) and gives
+        float32 batches, equal to :meth:`batch`'s; a 16-bit ``dtype`` stores both in it (less
+        memory) and gives batches in it, equal to :meth:`batch`'s converted with ``.to(dtype)``.
+        """
+        return DeviceSplit.from_split(self, device, dtype)
+
+
+def batch_rows(n: int, batch_size: int, shuffle: bool = False, seed: int = 0,
+               drop_last: bool = False) -> Iterator[np.ndarray]:
+    """The split rows of each batch, in order: what :meth:`SplitData.batches` and
+    :meth:`DeviceSplit.batches` both draw (so both paths see the same rows)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    stop = n - (n % batch_size if drop_last else 0)
+    for begin in range(0, stop, batch_size):
+        yield np.sort(order[begin:begin + batch_size])
+
+
+def _row_targets(labels: SplitLabels, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row float32 targets of :class:`Batch` (``span``, ``moment``, ``track_duration``,
+    ``video_duration``), computed in float64 as numpy does it, row by row."""
+    moment = np.stack([labels.music_start[rows], labels.music_end[rows]], axis=1)
+    span = np.stack([moment.mean(axis=1), moment[:, 1] - moment[:, 0]], axis=1) / MAX_MUSIC_SECONDS
+    return {
+        "span": span.astype(np.float32),
+        "moment": moment.astype(np.float32),
+        "track_duration": labels.music_total_duration[rows].astype(np.float32),
+        "video_duration": labels.video_duration[rows].astype(np.float32),
+    }
+
+
+def _as_numpy_index(index) -> np.ndarray:
+    if hasattr(index, "detach"):
+        index = index.detach().cpu().numpy()
+    return np.asarray(index, dtype=np.int64)
+
+
+# Rows copied per transfer when a split moves to a device: bounds the host memory the
+# copy needs (~50 MB of video rows at a time) whatever the split's size.
+_UPLOAD_ROWS = 1024
+
+
+def _upload(array: np.ndarray, device, dtype) -> "torch.Tensor":
+    """A (memory-mapped) array as one tensor on ``device``, copied in chunks of rows."""
+    import torch
+
+    out = torch.empty(array.shape, dtype=dtype, device=device)
+    for begin in range(0, array.shape[0], _UPLOAD_ROWS):
+        chunk = torch.from_numpy(np.array(array[begin:begin + _UPLOAD_ROWS]))
+        out[begin:begin + chunk.shape[0]].copy_(chunk.to(dtype) if chunk.dtype != dtype else chunk)
+    return out
+
+
+@dataclass
+class DeviceSplit:
+    """A split whose features and per-row targets live on one device (see :meth:`SplitData.to_device`).
+
+    Batches are gathered there with index tensors: :meth:`batches` draws the same rows as
+    :meth:`SplitData.batches` (uploading one epoch's row order at once) and :meth:`batch`
+    returns the same values as :meth:`SplitData.batch`, already on the device. ``host``
+    is the memory-mapped split (labels, ids); ``n``, ``split``, ``labels``, ``n_tracks``,
+    ``video_index`` and ``track_index`` (numpy) read through to it.
+    """
+
+    host: SplitData
+    device: "torch.device"
+    dtype: "torch.dtype"  # of the float tensors of a batch
+    video_feats: "torch.Tensor"
+    video_masks: "torch.Tensor"
+    track_feats: "torch.Tensor"
+    track_masks: "torch.Tensor"
+    row_video: "torch.Tensor"
+    row_track: "torch.Tensor"
+    targets: dict
+
+    @classmethod
+    def from_split(cls, split: SplitData, device, dtype=None) -> "DeviceSplit":
+        import torch
+
+        device = torch.device(device)
+        if dtype is not None and torch.empty((), dtype=dtype).element_size() != 2:
+            dtype = None  # 32-bit: the stored precision is the exact one
+        video_dtype, track_dtype = (torch.float16, torch.float32) if dtype is None else (dtype, dtype)
+        rows = np.arange(split.n)
+        return cls(
+            host=split, device=device, dtype=torch.float32 if dtype is None else dtype,
+            video_feats=_upload(split.video_feats, device, video_dtype),
+            video_masks=_upload(split.video_masks, device, torch.bool),
+            track_feats=_upload(split.track_feats, device, track_dtype),
+            track_masks=_upload(split.track_masks, device, torch.bool),
+            row_video=torch.from_numpy(split.video_index.astype(np.int64)).to(device),
+            row_track=torch.from_numpy(split.track_index.astype(np.int64)).to(device),
+            targets={name: torch.from_numpy(value).to(device)
+                     for name, value in _row_targets(split.labels, rows).items()},
+        )
+
+    @property
+    def n(self) -> int:
+        return self.host.n
+
+    @property
+    def split(self) -> str:
+        return self.host.split
+
+    @property
+    def labels(self) -> SplitLabels:
+        return self.host.labels
+
+    @property
+    def n_tracks(self) -> int:
+        return self.host.n_tracks
+
+    @property
+    def video_index(self) -> np.ndarray:
+        return self.host.video_index
+
+    @property
+    def track_index(self) -> np.ndarray:
+        return self.host.track_index
+
+    def __len__(self) -> int:
+        return self.n
+
+    def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        return self.host.n_batches(batch_size, drop_last)
+
+    def _index(self, index) -> "torch.Tensor":
+        import torch
+
+        if isinstance(index, torch.Tensor):
+            return index.to(self.device, torch.int64)
+        return torch.from_numpy(np.asarray(index, dtype=np.int64)).to(self.device)
+
+    def batch(self, rows, dedupe_tracks: bool = False, keep_fp16: bool = False) -> Batch:
+        """:meth:`SplitData.batch` gathered on the device; ``rows`` numpy or an index tensor.
+
+        ``keep_fp16`` leaves ``frames`` in the stored 16-bit dtype.
+        """
+        import torch
+
+        rows = self._index(rows)
+        videos = self.row_video[rows]
+        tracks = self.row_track[rows]
+        if dedupe_tracks:
+            wanted, slot = torch.unique(tracks, sorted=True, return_inverse=True)
+        else:
+            wanted, slot = tracks, torch.arange(rows.shape[0], device=self.device)
+        frames = self.video_feats[videos]
+        return Batch(
+            rows=rows,
+            frames=frames if keep_fp16 else frames.to(self.dtype),
+            frame_mask=self.video_masks[videos],
+            windows=self.track_feats[wanted].to(self.dtype),
+            window_mask=self.track_masks[wanted],
+            track_slot=slot,
+            track_index=tracks,
+            **{name: value[rows] for name, value in self.targets.items()},
+        )
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                dedupe_tracks: bool = False, keep_fp16: bool = False) -> Iterator[Batch]:
+        """:meth:`SplitData.batches` on the device: the epoch's rows go over in one copy."""
+        import torch
+
+        chunks = list(batch_rows(self.n, batch_size, shuffle, seed, drop_last))
+        if not chunks:
+            return
+        order = torch.from_numpy(np.concatenate(chunks)).to(self.device)
+        begin = 0
+        for chunk in chunks:
+            rows = order[begin:begin + chunk.size]
+            begin += chunk.size
+            yield self.batch(rows, dedupe_tracks=dedupe_tracks, keep_fp16=keep_fp16)
+
+    def video_inputs(self, videos, device=None) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Frames [k, 50, 512] (batch dtype) and mask bool [k, 50] of packed video rows, on the device."""
+        videos = self._index(videos)
+        return self.video_feats[videos].to(self.dtype), self.video_masks[videos]
+
+    def track_inputs(self, tracks, device=None) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Windows [k, 96, 768] (batch dtype) and mask bool [k, 96] of distinct tracks, on the device."""
+        tracks = self._index(tracks)
+        return self.track_feats[tracks].to(self.dtype), self.track_masks[tracks]
+
+    def track_valid_counts(self) -> np.ndarray:
+        return self.host.track_valid_counts()
+
+
+def place_split(split: SplitData, device, resident: str = "auto", fraction: float = 0.5, dtype=None):
+    """``split`` as training and evaluation should read it on ``device``.
+
+    ``resident``: ``auto`` moves it onto a CUDA device when it takes at most ``fraction``
+    of the free GPU memory (a :class:`DeviceSplit`) and keeps the memory-mapped host
+    path otherwise and on every other device; ``always`` / ``never`` force either.
+    """
+    from mgsv_cli.device import fits_in_memory
+
+    if resident not in ("auto", "always", "never"):
+        raise ValueError(f"resident {resident!r}: expected auto, always or never")
+    if resident == "never" or (resident == "auto" and not fits_in_memory(split.device_bytes(dtype), device, fraction)):
+        return split
+    return split.to_device(device, dtype)
 
 
 def _gather(array: np.ndarray, index: np.ndarray) -> "torch.Tensor":
@@ -478,7 +713,7 @@ def _fill(root: Path, kind: str, ids: np.ndarray, shape: tuple[int, int], feats:
     """Load each id's feature + mask into row i of the memmaps; returns the worst cast error."""
     worst = 0.0
     step = max(1, len(ids) // 200)
-    loaded = _bounded_map(lambda item_id: _load_pair(root, kind, item_id, shape), ids)
+    loaded = _bounded_map(lambda item_id: _load_pair(root, kind, item_id, shape), ids, n_workers=_pack_workers())
     for row, (feature, mask) in enumerate(loaded):
         stored = feature.astype(feats.dtype)
         if not np.isfinite(stored).all():
@@ -490,6 +725,12 @@ def _fill(root: Path, kind: str, ids: np.ndarray, shape: tuple[int, int], feats:
         if progress and (row % step == 0 or row == len(ids) - 1):
             progress(stage, row + 1, len(ids))
     return worst
+
+
+def _pack_workers() -> int:
+    """Threads reading feature files while packing: 2 (the measured best on 2 cores), up to
+    8 on bigger machines (the reads and unpickling overlap; more mostly contend for the GIL)."""
+    return max(2, min(8, os.cpu_count() or 2))
 
 
 def _bounded_map(fn: Callable, items, n_workers: int = 2, n_ahead: int = 32) -> Iterator:

@@ -40,10 +40,12 @@ def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, 
                    progress: Optional[ProgressFn] = None) -> dict[str, Any]:
     """Run the full protocol of ``model`` (a MaDe) on one loaded split.
 
+    ``split_data``: a memory-mapped ``SplitData`` or a ``DeviceSplit`` already on ``device``.
     Every distinct track is encoded once and kept on ``device``; every video is encoded
     once, scored against all tracks in blocks of ``batch_size`` tracks (one
-    ``score_pairs`` call per block of videos x block of tracks), and its moment detected
-    on its GT track. ``dtype`` (e.g. ``torch.bfloat16``) runs a copy of the model whose
+    ``score_pairs`` call per block of videos x block of tracks, so memory stays bounded
+    by ``batch_size`` squared), the scores of a block of videos gathered on the device and
+    copied back once, and its moment detected on its GT track. ``dtype`` (e.g. ``torch.bfloat16``) runs a copy of the model whose
     weights are in that dtype (cheaper than autocast, which casts every activation);
     ``None`` runs in float32. Returns the keys of :data:`RESULT_KEYS` (plus ``n_tracks``).
     """
@@ -75,17 +77,17 @@ class _EncodedTracks:
     def __init__(self, model, split_data: SplitData, device, batch_size: int, progress: Optional[ProgressFn]):
         import torch
 
-        n_valid = np.asarray(split_data.track_masks).sum(axis=1)
+        n_valid = split_data.track_valid_counts()
         self.order = np.argsort(-n_valid, kind="stable")
         self.position = np.empty_like(self.order)
         self.position[self.order] = np.arange(self.order.size)
         self.device = device
+        self.order_on_device = torch.from_numpy(self.order).to(device)  # stored position -> split track
         parts = []
         for begin in range(0, self.order.size, batch_size):
             chunk = self.order[begin:begin + batch_size]
-            windows = torch.from_numpy(np.take(split_data.track_feats, chunk, axis=0).astype(np.float32))
-            mask = torch.from_numpy(np.take(split_data.track_masks, chunk, axis=0).astype(bool))
-            parts.append(model.encode_music(windows.to(device), mask.to(device)))
+            windows, mask = split_data.track_inputs(chunk, device)
+            parts.append(model.encode_music(windows, mask))
             if progress:
                 progress("encoding music", begin + chunk.size, self.order.size)
         self.tokens = _concat_padded(parts)
@@ -152,16 +154,15 @@ def _score_and_detect(model, split_data: SplitData, tracks: _EncodedTracks, devi
     for begin in range(0, n, batch_size):
         rows = np.arange(begin, min(n, begin + batch_size))
         videos = split_data.video_index[rows]
-        frames = torch.from_numpy(np.take(split_data.video_feats, videos, axis=0).astype(np.float32))
-        frame_mask = torch.from_numpy(np.take(split_data.video_masks, videos, axis=0).astype(bool))
-        video_tokens = model.encode_video(frames.to(device), frame_mask.to(device))
-        scores = np.empty((rows.size, n_tracks), dtype=np.float32)
+        frames, frame_mask = split_data.video_inputs(videos, device)
+        video_tokens = model.encode_video(frames, frame_mask)
+        scores = torch.empty((rows.size, n_tracks), dtype=torch.float32, device=device)
         for t_begin in range(0, n_tracks, batch_size):
             t_stop = min(n_tracks, t_begin + batch_size)
             block = model.score_pairs(video_tokens, tracks.block(t_begin, t_stop))  # [tracks, videos]
-            scores[:, tracks.order[t_begin:t_stop]] = block.float().t().cpu().numpy()
+            scores[:, tracks.order_on_device[t_begin:t_stop]] = block.float().t()
         gt_tracks = split_data.track_index[rows]
-        ranks[rows] = metrics.gt_ranks(scores, gt_tracks)
+        ranks[rows] = metrics.gt_ranks(scores.cpu().numpy(), gt_tracks)
         spans = model.detect(video_tokens, tracks.of_tracks(gt_tracks)).float()
         seconds = model.spans_to_seconds(spans, torch.from_numpy(durations[rows]).float().to(device))
         moments[rows] = seconds.float().cpu().numpy()
@@ -203,17 +204,22 @@ def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.
              progress: Optional[ProgressFn] = None) -> dict[str, Any]:
     """Load ``split`` under ``root`` and a trained model, and run :func:`evaluate_model`.
 
-    ``checkpoint``: None (latest run), a run folder or a ``.safetensors`` file.
+    ``checkpoint``: None (latest run), a run folder or a ``.safetensors`` file. On a CUDA
+    GPU the split's features are copied there once when they fit (``dataset.place_split``);
+    running out of GPU memory is a one-line error naming ``--batch-size``.
     Adds ``params`` (per-module counts), ``checkpoint`` (path) and ``checkpoint_id``.
     """
     from mgsv_cli.models.checkpoint import load_model
-    from mgsv_cli.device import compute_dtype, resolve_device
+    from mgsv_cli.device import compute_dtype, out_of_memory_hint, resolve_device
+    from mgsv_cli.research.dataset import place_split
 
     torch_device = resolve_device(device)
     dtype = compute_dtype(torch_device, precision)
     model, _variant, meta = load_model(checkpoint, device=torch_device)  # first: fails fast, packing is slow
     split_data = load_split(root, split, progress=progress)
-    result = evaluate_model(model, split_data, torch_device, batch_size=batch_size, dtype=dtype, progress=progress)
+    with out_of_memory_hint("evaluating", "--batch-size", batch_size, torch_device):
+        placed = place_split(split_data, torch_device)
+        result = evaluate_model(model, placed, torch_device, batch_size=batch_size, dtype=dtype, progress=progress)
     result["params"] = parameter_counts(model)
     result["checkpoint"] = str(meta.get("path", "")) if meta else None
     result["checkpoint_id"] = meta.get("checkpoint_id") if meta else None

@@ -4,6 +4,15 @@ Loss = symmetric InfoNCE on both similarity matrices + 4 x L1 + (1 - GIoU) on ev
 layer; Adam (no weight decay), linear warm-up over 2% of the steps then cosine to zero per
 step, gradients clipped at 1.0; the weights that score best on val are kept.
 
+On a CUDA GPU the features live on the device (``dataset.place_split``: the packed
+split is copied there once when it fits in half the free memory, and every batch is
+gathered there), the network runs under bf16 autocast (``device.compute_dtype``) and Adam
+is the fused CUDA kernel; a split too large for the GPU is read from the memory map with
+the next batch gathered on a background thread. On a CPU the loop is what it always was
+(memory-mapped batches, the default Adam). ``compile=True`` (``mgsv train --compile``)
+runs the training forward through ``torch.compile``: off by default everywhere, since
+the first steps pay for compilation and the padding trims make shapes vary.
+
 The loop reports through a :class:`Reporter` so the library stays free of any UI; the CLI
 draws rich progress bars from it. A run resumes exactly from its last finished epoch: the
 weights, the Adam moments, the schedule position and the RNG state are saved after each.
@@ -112,23 +121,38 @@ def choose_run_dir(out_dir: Path | None, variant: VariantConfig, resume: bool) -
 # ----------------------------------------------------------------------------- the loop
 
 
-def build_optimizer(model, variant: VariantConfig):
+def build_optimizer(model, variant: VariantConfig, device=None):
+    """Adam without weight decay; the fused single-kernel Adam when the weights are on CUDA."""
     import torch
 
+    fused = getattr(device, "type", None) == "cuda"
+    if fused:
+        return torch.optim.Adam(model.parameters(), lr=variant.train.lr, weight_decay=0.0, fused=True)
     return torch.optim.Adam(model.parameters(), lr=variant.train.lr, weight_decay=0.0)
 
 
-def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype) -> float:
-    """One optimisation step on a batch of matched pairs; returns the loss."""
+def compiled_forward(model):
+    """``torch.compile(model)`` for the training forward (the weights stay ``model``'s)."""
+    import torch
+
+    return torch.compile(model)
+
+
+def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype, forward=None) -> float:
+    """One optimisation step on a batch of matched pairs; returns the loss.
+
+    ``forward``: what runs the network (``model`` itself, or its compiled form).
+    """
     import torch
 
     from mgsv_cli.models.losses import detection_loss, matching_loss
 
     recipe = variant.train
+    forward = model if forward is None else forward
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(batch.frames.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        out = model(batch.frames, batch.frame_mask, batch.windows, batch.window_mask)
+        out = forward(batch.frames, batch.frame_mask, batch.windows, batch.window_mask)
     track_ids = batch.track_index if recipe.mask_same_track_negatives else None
     loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale, track_ids)
     loss = loss + detection_loss(out["spans"], batch.span, recipe.l1_weight, recipe.giou_weight)
@@ -139,18 +163,52 @@ def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype
     return float(loss.detach())
 
 
-def run_epoch(model, optimizer, split, variant, epoch, state: _State, total_steps, device, dtype, reporter) -> float:
-    """One pass over the training split (a fresh shuffle per epoch); returns the mean loss."""
+def run_epoch(model, optimizer, split, variant, epoch, state: _State, total_steps, device, dtype, reporter,
+              forward=None) -> float:
+    """One pass over the training split (a fresh shuffle per epoch); returns the mean loss.
+
+    ``split`` is a memory-mapped ``SplitData`` or a ``DeviceSplit`` (same rows either way).
+    """
     recipe = variant.train
     model.train()
     losses = []
-    for batch in split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True):
+    batches = split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
+    if getattr(device, "type", None) == "cuda" and not hasattr(split, "device"):
+        batches = gathered_ahead(batches, pin=True)  # host path on a GPU: the CPU gathers while the GPU runs
+    for batch in batches:
         lr = learning_rate(state.step, total_steps, recipe.lr, recipe.warmup_fraction)
-        loss = train_step(model, optimizer, batch.to(device), variant, lr, dtype)
+        loss = train_step(model, optimizer, batch.to(device, non_blocking=True), variant, lr, dtype, forward)
         state.step += 1
         losses.append(loss)
         reporter.step(loss, lr)
     return float(sum(losses) / max(1, len(losses)))
+
+
+def gathered_ahead(batches, pin: bool = False, depth: int = 2):
+    """``batches`` produced on a background thread, up to ``depth`` ahead, in order.
+
+    ``pin`` puts each batch in page-locked memory so its copy to the GPU can overlap
+    compute. Gathering rows from the memory map is the CPU's part of a step; this keeps
+    it off the step's critical path.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from collections import deque
+
+    def produce(iterator):
+        batch = next(iterator, None)
+        if batch is not None and pin:
+            batch = type(batch)(**{name: getattr(batch, name).pin_memory() for name in batch.__dataclass_fields__})
+        return batch
+
+    iterator = iter(batches)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgsv-batches") as pool:
+        pending = deque(pool.submit(produce, iterator) for _ in range(depth))
+        while True:
+            batch = pending.popleft().result()
+            if batch is None:
+                break
+            pending.append(pool.submit(produce, iterator))
+            yield batch
 
 
 def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state: _State, train_loss: float,
@@ -180,8 +238,15 @@ def train(
     resume: bool = False,
     reporter: Reporter | None = None,
     asked: dict[str, Any] | None = None,
+    compile: bool = False,
+    resident: str = "auto",
 ) -> TrainResult:
     """Train (or resume) a MaDe run on the MGSV-EC layout at ``data_root``; returns the run folder.
+
+    ``compile``: run the training forward through ``torch.compile`` (opt-in; not part of
+    the recipe, so a resumed run may change it). ``resident``: ``auto`` keeps the splits on
+    a CUDA device when they fit (see ``dataset.place_split``), ``always``/``never`` force it.
+    A GPU that runs out of memory stops the run with a one-line error naming ``--batch-size``.
 
     ``asked``: the recipe values the user set explicitly (``epochs``, ``batch_size``, ``lr``,
     ``precision``, ``seed``, and ``model`` for a chosen variant). A resumed run keeps its own
@@ -190,8 +255,8 @@ def train(
     """
     import torch
 
-    from mgsv_cli.research.dataset import load_split
-    from mgsv_cli.device import compute_dtype, resolve_device, tune_malloc_for_training
+    from mgsv_cli.research.dataset import load_split, place_split
+    from mgsv_cli.device import compute_dtype, device_name, out_of_memory_hint, resolve_device, tune_malloc_for_training
     from mgsv_cli.models.made import MaDe
 
     reporter = reporter or Reporter()
@@ -209,15 +274,20 @@ def train(
         raise UsageError(f"batch size {recipe.batch_size} is larger than the training split ({train_split.n} videos)")
     total_steps = steps_per_epoch * recipe.epochs
 
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)  # seeds every CUDA device too
     model = MaDe(variant.model).to(torch_device)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(recipe.logit_scale_init))
-    optimizer = build_optimizer(model, variant)
+    optimizer = build_optimizer(model, variant, torch_device)
     state = _State()
     if resume:
         state = _restore(run_dir, model, optimizer)
     dtype = compute_dtype(torch_device, recipe.precision)
+    forward = compiled_forward(model) if compile else model
+    with out_of_memory_hint("loading the features", "--batch-size", recipe.batch_size, torch_device):
+        train_split = place_split(train_split, torch_device, resident)
+        val_split = place_split(val_split, torch_device, resident)
+    features = "on the device" if hasattr(train_split, "device") else "memory-mapped"
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", variant_to_dict(variant))
@@ -227,6 +297,8 @@ def train(
         "dtype": str(dtype).replace("torch.", ""), "params": model.parameter_counts(),
         "n_train": train_split.n, "n_val": val_split.n, "steps_per_epoch": steps_per_epoch,
         "epochs": recipe.epochs, "start_epoch": state.epochs_done,
+        "hardware": device_name(torch_device), "features": features, "compile": bool(compile),
+        "fused_adam": torch_device.type == "cuda",
     }
     log.write(("resumed" if resume else "started") + " " + json.dumps(info))
     reporter.start(info)
@@ -234,10 +306,11 @@ def train(
     try:
         for epoch in range(state.epochs_done, recipe.epochs):
             reporter.start_epoch(epoch, recipe.epochs, steps_per_epoch)
-            train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
-                                   torch_device, dtype, reporter)
-            record = validate_and_save(model, optimizer, val_split, variant, run_dir, state, train_loss,
-                                       torch_device, dtype)
+            with out_of_memory_hint("training", "--batch-size", recipe.batch_size, torch_device):
+                train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
+                                       torch_device, dtype, reporter, forward)
+                record = validate_and_save(model, optimizer, val_split, variant, run_dir, state, train_loss,
+                                           torch_device, dtype)
             log.write(json.dumps(record))
             reporter.end_epoch(epoch, train_loss, {k: record[k] for k in record if k not in ("epoch", "best")},
                                record["best"])
@@ -263,6 +336,9 @@ def _save_last(run_dir: Path, model, optimizer, variant: VariantConfig, state: _
         for key in ("exp_avg", "exp_avg_sq"):
             tensors[f"optim.{names[id(param)]}.{key}"] = slot[key]
     tensors["rng.torch"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # dropout draws from the GPU's generator there
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     save_weights(run_dir / LAST_NAME, tensors, variant)
     atomic_write_json(run_dir / "state.json", dataclasses.asdict(state))
 
@@ -275,14 +351,20 @@ def _restore(run_dir: Path, model, optimizer) -> _State:
     saved = json.loads((run_dir / "state.json").read_text())
     state = _State(**saved)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    fused = any(group.get("fused") for group in optimizer.param_groups)
     for name, param in model.named_parameters():
         if f"optim.{name}.exp_avg" in tensors:
             optimizer.state[param] = {
-                "step": torch.tensor(float(state.step)),
+                # the fused kernel keeps its step count on the device, as float32
+                "step": (torch.tensor(float(state.step), dtype=torch.float32, device=param.device) if fused
+                         else torch.tensor(float(state.step))),
                 "exp_avg": tensors[f"optim.{name}.exp_avg"].to(param.device),
                 "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(param.device),
             }
     torch.set_rng_state(tensors["rng.torch"])
+    device = next(model.parameters()).device
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     return state
 
 

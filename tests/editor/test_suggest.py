@@ -137,7 +137,10 @@ def test_token_cache_is_reused_then_invalidated_by_index_changes(capsys, monkeyp
     assert json_lines(second.out) == json_lines(first.out)  # identical numbers, cold or cached
 
     rng = np.random.default_rng(0)
-    extra = library.PrecomputedTrack("/elsewhere/extra.mp3", rng.standard_normal((96, tiny_encoders.music_dim)),
+    extra_file = index_copy.parent / "elsewhere" / "extra.mp3"  # suggest passes over tracks whose file is gone
+    extra_file.parent.mkdir()
+    extra_file.write_bytes(b"only its tokens are imported")
+    extra = library.PrecomputedTrack(str(extra_file), rng.standard_normal((96, tiny_encoders.music_dim)),
                                      np.ones(96, np.float32), 240.0)
     library.import_tokens(index_copy, [extra], encoder_id=tiny_encoders.encoder_id)
     counter.calls.clear()
@@ -151,7 +154,7 @@ def test_token_cache_is_reused_then_invalidated_by_index_changes(capsys, monkeyp
     assert fresh.code == 0 and counter.calls == [4, 4]
     [patched], [rebuilt] = json_lines(third.out), json_lines(fresh.out)
     assert rebuilt["suggestions"][:2] == patched["suggestions"]
-    assert "/elsewhere/extra.mp3" in [s["track"] for s in rebuilt["suggestions"]]
+    assert str(extra_file) in [s["track"] for s in rebuilt["suggestions"]]
 
 
 def test_batch_loads_models_once_and_skips_bad_files(capsys, monkeypatch, media_src, indexed, tiny_encoders):
@@ -166,8 +169,12 @@ def test_batch_loads_models_once_and_skips_bad_files(capsys, monkeypatch, media_
     result = suggest_cli(capsys, media_src / "clips", media_src / "missing.mp4", "--index", indexed,
                          "--untrained", "--json")
     assert result.code == 1
-    videos = [obj["video"] for obj in json_lines(result.out)]
+    lines = json_lines(result.out)
+    videos = [obj["video"] for obj in lines if obj["ok"]]
     assert videos == [str(clip(media_src, 0).resolve()), str(clip(media_src, 1).resolve())]
+    failed = {Path(obj["video"]).name: obj for obj in lines if not obj["ok"]}
+    assert sorted(failed) == ["corrupt.mp4", "missing.mp4"]  # --json says which videos failed, and why
+    assert all(obj["error"] and set(obj) == {"video", "ok", "error"} for obj in failed.values())
     assert "corrupt.mp4" in result.err and "missing.mp4" in result.err
     assert "suggested music for 2 of 4 video(s), 2 failed" in result.err
     assert len(encoder_loads.calls) == 1 and len(model_builds.calls) == 1
@@ -189,6 +196,7 @@ def test_last_suggestion_is_remembered_for_render(capsys, media_src, indexed, tm
         load_last_suggestion(video)
     result = suggest_cli(capsys, video, "--index", indexed, "--untrained", "--json", "--top", "3")
     [printed] = json_lines(result.out)
+    assert printed.pop("ok") is True
     remembered = load_last_suggestion(video)
     assert remembered.to_json() == printed  # the typed record round-trips what suggest printed
     assert load_last_suggestion(tmp_path / "." / "mine.mp4").video == str(video.resolve())  # any spelling
@@ -297,3 +305,26 @@ def test_expand_video_inputs(media_src, tmp_path):
     found, problems = expand_video_inputs([folder, explicit, tmp_path / "gone.mp4", folder / "a.MP4"])
     assert found == [(folder / "a.MP4").resolve(), (folder / "nested" / "b.mov").resolve(), explicit.resolve()]
     assert problems == [(str(tmp_path / "gone.mp4"), "no such file or folder")]
+
+
+def test_json_carries_relevance_per_window_and_explain_draws_it(capsys, media_src, indexed):
+    result = suggest_cli(capsys, clip(media_src), "--index", indexed, "--untrained", "--json", "--top", "2")
+    assert result.code == 0, result.err
+    [obj] = json_lines(result.out)
+    for s in obj["suggestions"]:
+        relevance = s["relevance"]
+        assert len(relevance) == int(s["track_duration"] // 2.5) + 1  # one value per valid 2.5 s window
+        assert max(relevance) == pytest.approx(1.0) and min(relevance) >= 0.0
+    explained = suggest_cli(capsys, clip(media_src), "--index", indexed, "--untrained", "--top", "2", "--explain")
+    assert explained.code == 0, explained.err
+    strips = [line for line in explained.out.splitlines() if "[" in line and "]" in line and "█" in line]
+    assert len(strips) == 2
+
+
+def test_relevance_strip_marks_the_cut_and_scales_blocks():
+    from mgsv_cli.editor.explain import relevance_strip
+
+    strip = relevance_strip([0.0, 0.5, 1.0, 0.25], start=2.5, end=7.5, width=4)
+    assert strip == " [▄█]▂"
+    assert relevance_strip([], 0.0, 1.0) == ""
+    assert len(relevance_strip([1.0] * 96, 0.0, 20.0, width=48)) == 48 + 2

@@ -223,3 +223,86 @@ def test_audio_from_a_video_and_max_seconds(tmp_path):
 def test_audio_of_silent_video_fails_clearly(tmp_path):
     with pytest.raises(MediaError, match="no audio stream"):
         read16k(counter_video(tmp_path / "v.mkv", "25", 1.0))
+
+
+# ---------------------------------------------------------------- why ffmpeg failed
+
+# The tail of ffmpeg 7-9's stderr for real failures, as written to a full disk, a file
+# size limit, a read-only mount, ...: the reason comes before statistics and wrap-up lines.
+_WRAP_UP = """[out#0/mp4 @ 0x56099dd453c0] video:181KiB audio:77KiB subtitle:0KiB other streams:0KiB global headers:0KiB muxing overhead: unknown
+frame=  125 fps=0.0 q=-1.0 Lsize=       0KiB time=00:00:04.92 bitrate=   0.1kbits/s speed=54.2x elapsed=0:00:00.09
+[aac @ 0x56099ddc1bc0] Qavg: 64525.949
+Conversion failed!
+"""
+_HEADER = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'error-clip.mp4':
+  Metadata:
+    title           : Error 404 (a clip about a broken website)
+  Duration: 00:00:05.00, start: 0.000000, bitrate: 400 kb/s
+  Stream #0:0[0x1](und): Video: h264 (High), yuv420p(progressive), 320x240, 296 kb/s, 25 fps, 25 tbr
+Stream mapping:
+  Stream #0:0 -> #0:0 (copy)
+Output #0, mp4, to '/out/.clip.mgsv.mp4.part':
+"""
+
+
+def _failure(errno_text: str) -> str:
+    return _HEADER + f"""[aost#0:1/aac @ 0x56099ddc1080] Error submitting a packet to the muxer: {errno_text}
+[out#0/mp4 @ 0x56099dd453c0] Error muxing a packet
+[out#0/mp4 @ 0x56099dd453c0] Task finished with error code: -28 ({errno_text})
+[out#0/mp4 @ 0x56099dd453c0] Terminating thread with return code -28 ({errno_text})
+[mp4 @ 0x56099dd45580] Starting second pass: moving the moov atom to the beginning of the file
+[out#0/mp4 @ 0x56099dd453c0] Error writing trailer: {errno_text}
+[out#0/mp4 @ 0x56099dd453c0] Error closing file: {errno_text}
+""" + _WRAP_UP
+
+
+@pytest.mark.parametrize("errno_text", ["No space left on device", "File too large", "Disk quota exceeded",
+                                        "Input/output error"])
+def test_the_os_error_wins_over_the_statistics_printed_after_it(errno_text):
+    message = media.last_ffmpeg_message(_failure(errno_text))
+    assert message == f"Error closing file: {errno_text}"
+    assert media.names_storage_error(message)
+
+
+@pytest.mark.parametrize("stderr,expected", [
+    (_HEADER + "[out#0/mp4 @ 0x55c483b77ac0] Error opening output /ro/x.mp4: Read-only file system\n"
+     "Error opening output file /ro/x.mp4.\nError opening output files: Read-only file system\n",
+     "Error opening output /ro/x.mp4: Read-only file system"),
+    ("/locked/x.mp4: Permission denied\n", "/locked/x.mp4: Permission denied"),
+    (_HEADER + "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5600] moov atom not found\n"
+     "/in/broken.mp4: Invalid data found when processing input\n" + _WRAP_UP,
+     "/in/broken.mp4: Invalid data found when processing input"),
+    (_HEADER + "[mp4 @ 0x1] Error writing trailer of /out/x.mp4: Error number -5 occurred\n" + _WRAP_UP,
+     "Error writing trailer of /out/x.mp4: Error number -5 occurred"),
+    # A damaged input's decoding errors do not hide the disk that filled up later.
+    (_HEADER + "[mp3float @ 0x2] Error while decoding stream #1:0: Invalid data found when processing input\n"
+     "av_interleaved_write_frame(): No space left on device\n" + _WRAP_UP,
+     "av_interleaved_write_frame(): No space left on device"),
+    (_HEADER + _WRAP_UP, "ffmpeg failed without saying why"),  # only statistics: never one of them
+    ("[aac @ 0x5] Qavg: 64525.949\n", "ffmpeg failed without saying why"),
+    ("Unrecognized option 'frobnicate'.\nError splitting the argument list: Option not found\n",
+     "Error splitting the argument list: Option not found"),
+    ("something odd happened\n" + _WRAP_UP, "something odd happened"),  # no error words: the last real line
+    # H.264 into WebM: the consequences ffmpeg prints afterwards are not the reason.
+    (_HEADER + "[webm @ 0x3] Only VP8 or VP9 or AV1 video and Vorbis or Opus audio and WebVTT subtitles are "
+     "supported for WebM.\n[out#0/webm @ 0x4] Could not write header (incorrect codec parameters ?): Invalid argument\n"
+     "[af#0:1 @ 0x5] Error sending frames to consumers: Invalid argument\n"
+     "[af#0:1 @ 0x5] Task finished with error code: -22 (Invalid argument)\n" + _WRAP_UP,
+     "Could not write header (incorrect codec parameters ?): Invalid argument"),
+])
+def test_last_ffmpeg_message_finds_the_reason(stderr, expected):
+    message = media.last_ffmpeg_message(stderr)
+    assert message == expected
+    assert "Qavg" not in message and "frame=" not in message and "\n" not in message
+
+
+def test_a_metadata_title_is_never_the_reason():
+    assert "404" not in media.last_ffmpeg_message(_HEADER + _WRAP_UP)
+
+
+def test_ffmpeg_stopped_by_a_signal_says_so():
+    import signal
+
+    assert "SIGKILL" in media.ffmpeg_failure(-signal.SIGKILL, _WRAP_UP)
+    assert "file size limit" in media.ffmpeg_failure(-signal.SIGXFSZ, "")
+    assert media.ffmpeg_failure(1, _failure("No space left on device")).endswith("No space left on device")

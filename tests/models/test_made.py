@@ -66,6 +66,31 @@ def test_folded_xpool_equals_the_plain_computation():
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
 
 
+def test_window_relevance_is_the_softmax_the_match_pools_with():
+    torch.manual_seed(2)
+    model = MaDe(load_config("tiny").model).eval()
+    for param in model.xpool.parameters():
+        param.data += 0.1 * torch.randn_like(param)
+    raw = torch.randn(4, 96, 64)
+    mask = torch.arange(96)[None] < torch.tensor([[96], [40], [1], [12]])
+    pooled = torch.randn(3, 64)
+    xpool = model.xpool
+    with torch.no_grad():
+        weights = xpool.attention(pooled, xpool.keys(raw), mask)  # [N, B, S]
+        for n in range(4):
+            for b in range(3):
+                segments = xpool.norm_in(raw[n])
+                logits = xpool.k(segments) @ xpool.q(xpool.norm_in(pooled[b])) / math.sqrt(64)
+                logits[~mask[n]] = float("-inf")
+                torch.testing.assert_close(weights[n, b], logits.softmax(0), atol=1e-5, rtol=1e-4)
+        video = type("V", (), {"pooled": pooled})()
+        music = type("M", (), {"keys": xpool.keys(raw), "mask": mask})()
+        relevance = model.window_relevance(video, music)
+    assert relevance.shape == (4, 3, 96)
+    assert torch.all(relevance[~mask[:, None, :].expand(-1, 3, -1)] == 0)
+    torch.testing.assert_close(relevance.amax(-1), torch.ones(4, 3))
+
+
 def test_xpool_projections_start_as_identity():
     xpool = MaDe(load_config("made").model).xpool
     for layer in (xpool.q, xpool.k, xpool.v, xpool.o, xpool.linear):

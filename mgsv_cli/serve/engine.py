@@ -1,0 +1,361 @@
+"""What ``mgsv serve`` keeps loaded, and the work it does with it (no HTTP here).
+
+:class:`Engine` opens a :class:`~mgsv_cli.editor.suggest.Suggester` once (encoders,
+MaDe, the index and its cached track tokens) and keeps it, with the CLIP features of
+recent clips (keyed by path, size and mtime), so asking again for the same clip, with
+another ``--top`` or ``--snap``, skips decoding and CLIP. All of it runs on one worker
+thread: the index's SQLite connection belongs to the thread that opened it, and one
+suggestion at a time is what the CPU can do anyway.
+
+Before each suggestion the engine checks that what it loaded is still what its options
+mean: when the index changed (``mgsv index`` added music) or, without ``--checkpoint``,
+a newer training run appeared, it reopens (the encoders stay loaded). A command's
+options are compared with the server's by :meth:`Engine.mismatch`; the CLI runs the
+work itself when they differ.
+
+Render, export and previews need no model: :func:`render_clip`, :func:`export_clip`
+call the editor's functions exactly as the CLI does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from mgsv_cli import __version__, paths
+from mgsv_cli.editor.record import SuggestionResult, remember_suggestion
+from mgsv_cli.errors import MediaError, MgsvError, first_line
+
+FEATURE_CACHE_SIZE = 64  # clips whose CLIP features are kept (about 100 KB each)
+StatusFn = Callable[[str], None]
+
+
+class OptionsDiffer(Exception):
+    """The command asked for another index, model, encoders or device than the server runs."""
+
+
+def _same_path(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    info = path.stat()
+    return str(path), info.st_size, info.st_mtime_ns
+
+
+class Engine:
+    """The warm models and index; thread-safe (everything runs on one worker thread)."""
+
+    def __init__(self, *, index_path=None, checkpoint=None, untrained: bool = False, encoders: str | None = None,
+                 device: str = "auto", offline: bool = False, weights_dir=None, status: StatusFn | None = None,
+                 encoders_obj=None, feature_cache_size: int = FEATURE_CACHE_SIZE):
+        self.index_path = Path(index_path).expanduser().absolute() if index_path else paths.default_index_path()
+        self.checkpoint = Path(checkpoint).expanduser().absolute() if checkpoint is not None else None
+        self.untrained = untrained
+        self.encoders_asked = encoders
+        self.device_asked = device or "auto"
+        self.offline = offline
+        self.weights_dir = Path(weights_dir).expanduser().absolute() if weights_dir is not None else None
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.reloads = 0
+        self._status = status
+        self._features: OrderedDict[tuple, Any] = OrderedDict()
+        self._feature_cache_size = feature_cache_size
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgsv-engine")
+        self._lock = threading.Lock()
+        self.suggester = None
+        self._signature: tuple | None = None
+        self._tracks_by_path: dict[str, Any] = {}
+        self._tracks_by_id: dict[int, Any] = {}
+        try:
+            self._run(self._open, encoders_obj)
+        except BaseException:
+            self._worker.shutdown(wait=False)
+            raise
+
+    # ------------------------------------------------------------ plumbing
+
+    def _run(self, fn, *args, **kwargs):
+        """Run ``fn`` on the worker thread and wait for it."""
+        return self._worker.submit(fn, *args, **kwargs).result()
+
+    def _open(self, encoders_obj=None) -> None:
+        from mgsv_cli.editor.suggest import Suggester
+
+        signature = self._current_signature()
+        suggester = Suggester.open(index_path=self.index_path, checkpoint=self.checkpoint, untrained=self.untrained,
+                                   encoders=self.encoders_asked, device=self.device_asked, offline=self.offline,
+                                   weights_dir=self.weights_dir, status=self._status, encoders_obj=encoders_obj)
+        if not isinstance(suggester.encoders, _CachingEncoders):
+            suggester.encoders = _CachingEncoders(suggester.encoders, self._features, self._feature_cache_size)
+        suggester.prefetcher = _CachingPrefetcher(suggester.prefetcher, self._features)
+        old, self.suggester = self.suggester, suggester
+        if old is not None:
+            old.close()
+        self._signature = (suggester.index.content_version, signature[1])
+        self._tracks_by_path = {t.path: t for t in suggester.tracks}
+        self._tracks_by_id = {t.id: t for t in suggester.tracks}
+        self.checkpoint_file = None if self.untrained else self._checkpoint_file(self.checkpoint)
+
+    @staticmethod
+    def _checkpoint_file(checkpoint) -> Path:
+        from mgsv_cli.models.checkpoint import resolve_checkpoint
+
+        return resolve_checkpoint(checkpoint).resolve()
+
+    def _current_signature(self) -> tuple:
+        """What the server's own options mean now: the index's content, the checkpoint file."""
+        from mgsv_cli.index.store import open_index
+
+        with open_index(self.index_path, require_tracks=False) as index:
+            content = index.content_version
+        weights = None if self.untrained else _stamp(self._checkpoint_file(self.checkpoint))
+        return content, weights
+
+    def _refresh(self) -> None:
+        """Reopen when the index or the checkpoint changed since loading (encoders kept)."""
+        if self._current_signature() != self._signature:
+            if self._status:
+                self._status("the index or checkpoint changed: reloading")
+            self._open(self.suggester.encoders)  # the features of clips stay valid: same encoders
+            self.reloads += 1
+
+    def close(self) -> None:
+        def close_suggester():
+            if self.suggester is not None:
+                self.suggester.close()
+
+        try:
+            self._run(close_suggester)
+        finally:
+            self._worker.shutdown(wait=False)
+
+    # ------------------------------------------------------------ facts
+
+    @property
+    def encoders_kind(self) -> str:
+        return self.suggester.encoders_kind
+
+    @property
+    def tracks(self) -> list:
+        return self.suggester.tracks
+
+    def mismatch(self, asked: dict[str, Any]) -> str | None:
+        """Why a command with options ``asked`` must not be served here (None: it may).
+
+        ``asked``: the command's effective ``index``, ``checkpoint``, ``untrained``,
+        ``encoders``, ``device``, ``weights_dir`` (absolute paths or None) and its
+        ``data_dir`` (where it keeps runs and remembered suggestions).
+        """
+        from mgsv_cli.errors import MgsvError as _Error
+
+        if "data_dir" in asked and not _same_path(asked["data_dir"], paths.data_dir()):
+            return "the command keeps its data elsewhere (another MGSV_HOME)"
+        if not _same_path(asked.get("index") or paths.default_index_path(), self.index_path):
+            return f"the server uses the index {self.index_path}"
+        if bool(asked.get("untrained")) != self.untrained:
+            return "the server runs " + ("an untrained model" if self.untrained else "a trained checkpoint")
+        if self.untrained:
+            if asked.get("checkpoint") is not None:
+                return "the server runs an untrained model"
+        else:
+            try:
+                wanted = self._checkpoint_file(asked.get("checkpoint"))
+            except _Error:
+                return "no such checkpoint"
+            if wanted != self.checkpoint_file:
+                return f"the server runs the checkpoint {self.checkpoint_file}"
+        if asked.get("encoders") not in (None, self.encoders_kind):
+            return f"the server runs {self.encoders_kind} encoders"
+        if not _same_path(asked.get("weights_dir"), self.weights_dir):
+            return "the server loaded its encoder weights from elsewhere"
+        try:
+            from mgsv_cli.device import resolve_device
+
+            if resolve_device(asked.get("device") or "auto") != self.suggester.device:
+                return f"the server runs on {self.suggester.device}"
+        except _Error as exc:
+            return str(exc)
+        return None
+
+    def status(self) -> dict[str, Any]:
+        def read():
+            s = self.suggester
+            return {
+                "version": __version__, "pid": os.getpid(), "started_at": self.started_at,
+                "index": {"path": str(s.index.path), "tracks": len(s.tracks), "encoder_id": s.index.encoder_id,
+                          "content_version": s.index.content_version,
+                          "with_beats": sum(1 for t in s.tracks if t.beats)},
+                "model": {"id": s.model_id, "untrained": s.untrained,
+                          "checkpoint": str(self.checkpoint_file) if self.checkpoint_file else None},
+                "encoders": s.encoders_kind, "device": str(s.device), "load_timings": s.timings,
+                "clips_cached": len(self._features), "reloads": self.reloads,
+            }
+
+        return self._run(read)
+
+    # ------------------------------------------------------------ tracks
+
+    def track(self, ref: str | int):
+        """The indexed track ``ref`` (an id, or a path) whose file really is that indexed path.
+
+        Raises NotServable for anything else: a path not in the index, or one that is a
+        symlink (or lies under one) leading elsewhere.
+        """
+        from mgsv_cli.serve.files import NotServable
+
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            info = self._tracks_by_id.get(int(ref))
+        else:
+            info = self._tracks_by_path.get(str(ref)) if ref and "\x00" not in str(ref) else None
+        if info is None:
+            raise NotServable("not a track of the index")
+        try:
+            real = Path(info.path).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise NotServable(f"the track {info.path} is gone") from None
+        if str(real) not in self._tracks_by_path or not real.is_file():
+            raise NotServable("not a track of the index")
+        return info
+
+    def tracks_json(self, wanted_paths: list[str] | None = None, beats: bool = False, offset: int = 0,
+                    limit: int | None = None) -> dict[str, Any]:
+        def read():
+            self._refresh_quietly()
+            tracks = self.suggester.tracks
+            if wanted_paths:
+                chosen = [self._tracks_by_path[p] for p in dict.fromkeys(wanted_paths) if p in self._tracks_by_path]
+            else:
+                chosen = tracks[offset:None if limit is None else offset + limit]
+            return {"total": len(tracks), "tracks": [track_json(t, beats) for t in chosen]}
+
+        return self._run(read)
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self._refresh()
+        except MgsvError:
+            pass  # keep serving what is loaded; a suggestion will report the problem
+
+    # ------------------------------------------------------------ suggest
+
+    def suggest(self, video: str | os.PathLike, top_k: int = 5, snap: str | None = None, remember: bool = True,
+                asked: dict[str, Any] | None = None, include_short: bool = False) -> SuggestionResult:
+        """What ``mgsv suggest VIDEO`` gives (and remembers), from the warm models.
+
+        ``asked``: the command's options; raises :class:`OptionsDiffer` when they do not
+        match the server's (then the command runs in its own process).
+        """
+        return self._run(self._suggest, video, top_k, snap, remember, asked, include_short)
+
+    def _suggest(self, video, top_k: int, snap: str | None, remember: bool, asked, include_short: bool):
+        if asked is not None:
+            try:
+                self._refresh()
+            except MgsvError as exc:  # e.g. the index vanished: the command says so itself
+                raise OptionsDiffer(str(exc)) from None
+            reason = self.mismatch(asked)
+            if reason:
+                raise OptionsDiffer(reason)
+        else:
+            self._refresh()
+        path = Path(video).expanduser().resolve()
+        options = {"include_short": True} if include_short else {}
+        try:
+            result = self.suggester.suggest_video(path, top_k, snap=snap, **options)
+        except (OSError, ValueError, RuntimeError) as exc:  # a decoder error on an odd file, as `mgsv suggest` says it
+            raise MediaError(f"{path}: {type(exc).__name__}: {first_line(exc)}") from None
+        if remember:
+            remember_suggestion(result)
+        return result
+
+
+class _Cached:
+    """What the caching prefetcher hands over for a clip whose features are cached."""
+
+    def __init__(self, key: tuple):
+        self.key = key
+
+
+class _Fresh:
+    """A clip decoded now, to be embedded and then cached under ``key``."""
+
+    def __init__(self, decoded, key: tuple | None):
+        self.decoded = decoded
+        self.key = key
+
+
+class _CachingPrefetcher:
+    """The suggester's decoder, skipped for clips whose CLIP features are cached.
+
+    ``Suggester.suggest_video`` runs ``encoders.embed_decoded(prefetcher.take(path))``;
+    with this prefetcher and :class:`_CachingEncoders` a cached clip is neither decoded
+    nor embedded again. Anything else is passed to the real prefetcher.
+    """
+
+    def __init__(self, real, cache: OrderedDict):
+        self._real = real
+        self._cache = cache
+
+    def take(self, video_path):
+        try:
+            key = _stamp(Path(video_path).resolve())
+        except OSError:
+            key = None
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return _Cached(key)
+        return _Fresh(self._real.take(video_path), key)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+class _CachingEncoders:
+    """The loaded encoders, remembering the CLIP features of the clips they embed."""
+
+    def __init__(self, real, cache: OrderedDict, size: int):
+        self._real = real
+        self._cache = cache
+        self._size = size
+
+    def embed_decoded(self, video):
+        if isinstance(video, _Cached):
+            return self._cache[video.key]
+        if isinstance(video, _Fresh):
+            features = self._real.embed_decoded(video.decoded)
+            if video.key is not None:
+                self._cache[video.key] = features
+                while len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+            return features
+        return self._real.embed_decoded(video)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def track_json(track, beats: bool = False) -> dict[str, Any]:
+    """One indexed track for the API (its beat grid when ``beats``)."""
+    grid = track.beats or None
+    data = {
+        "id": track.id, "path": track.path, "name": track.name, "title": track.title, "artist": track.artist,
+        "album": track.album, "duration": round(track.duration, 6),
+        "tempo_bpm": (grid or {}).get("tempo_bpm"), "has_beats": bool(grid and grid.get("beats")),
+    }
+    if beats:
+        data["beats"] = grid
+    return data
+
+
+def exact_suggestions(result: SuggestionResult) -> dict[str, Any]:
+    """Every field of the result, unrounded (``to_json`` rounds to 6 places), so the CLI
+    prints exactly what it would have printed itself."""
+    return dataclasses.asdict(result)
