@@ -1,5 +1,4 @@
 """`mgsv data synth` / mgsv_cli.research.synthetic: a small MGSV-EC-shaped dataset with a planted signal."""
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
 
 import csv
 import json

@@ -23,7 +23,7 @@ from mgsv_cli import paths
 from mgsv_cli.research.dataset import feature_path, load_split, read_split_csv
 from mgsv_cli.errors import DataError
 
-REAL_VAL = Path("/work/shared/data/MGSV-EC/val_data.csv")
+REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"  # ../shared beside the checkout
 
 
 @pytest.fixture

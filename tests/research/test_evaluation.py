@@ -17,7 +17,7 @@ from mgsv_cli.cli import main
 from mgsv_cli.research.dataset import load_split
 from mgsv_cli.research.evaluation import RESULT_KEYS, evaluate, evaluate_model, evaluate_prior
 
-REAL_VAL = Path("/work/shared/data/MGSV-EC/val_data.csv")
+REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"  # ../shared beside the checkout
 N_VAL = 40
 
 
