@@ -168,3 +168,9 @@ class CallCounter:
     def __call__(self, *args, **kwargs):
         self.calls.append(self.summarize(*args, **kwargs))
         return self.fn(*args, **kwargs)
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """:func:`run_cli` as ``(exit code, stdout, stderr)``."""
+    result = run_cli(capsys, *args)
+    return result.code, result.out, result.err

@@ -19,32 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _datagen import make_dataset
 from mgsv_cli import device as D
-from mgsv_cli.cli import main
+from _library_helpers import run
 from mgsv_cli.errors import UsageError
 from mgsv_cli.features import encoders as F
 from mgsv_cli.features import recipe as R
 from mgsv_cli.models.variants import load_config, replace_train
 from mgsv_cli.research import train as T
-from mgsv_cli.research.dataset import DeviceSplit, SplitData, load_split, place_split
+from mgsv_cli.research.dataset import DeviceSplit, load_split, place_split
 from mgsv_cli.research.evaluation import evaluate_model
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("mgsv-ec"), n_tracks=12, n_train=96, n_val=24, n_test=24, seed=3)
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def tiny(epochs: int = 1):

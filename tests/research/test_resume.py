@@ -6,24 +6,7 @@ import json
 
 import pytest
 
-from _datagen import make_dataset
-from mgsv_cli.cli import main
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("mgsv-ec"), n_tracks=12, n_train=96, n_val=24, n_test=24, seed=3)
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from _library_helpers import run
 
 
 def train_args(dataset, run_dir, *extra):
