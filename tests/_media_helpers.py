@@ -1,8 +1,16 @@
 """Media files the media/feature tests generate with ffmpeg's lavfi sources (no fixtures on disk)."""
 from __future__ import annotations
 
+import sys
+
+import shutil
+
+import contextlib
+
 import subprocess
 from pathlib import Path
+
+import pytest
 
 import numpy as np
 
@@ -72,3 +80,20 @@ def corrupt_copy(source: Path, path: Path) -> Path:
     data[keep:] = rng.integers(0, 256, len(data) - keep, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
     return path
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, options: str):
+    """A real tmpfs mounted on ``folder`` (``mount -o options``), unmounted afterwards; the test
+    is skipped where mounting is refused (not Linux, not root, no CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs Linux")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

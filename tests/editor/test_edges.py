@@ -4,7 +4,6 @@ renders. Every test drives the real CLI and checks the exit code, that an error 
 without a traceback, and that the user's files are untouched."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -26,6 +25,7 @@ from mgsv_cli.media import synth
 pytest.register_assert_rewrite("_library_helpers")
 
 from _library_helpers import run_cli  # noqa: E402
+from _media_helpers import mounted_tmpfs  # noqa: E402
 from _workflow_helpers import clear_settings_env  # noqa: E402
 
 pytest_plugins = ["_library_helpers"]  # media_src, built, indexed_music, tiny_encoders
@@ -95,23 +95,6 @@ def os_error(code: int, path) -> OSError:
     return OSError(code, os.strerror(code), str(path))
 
 
-@contextlib.contextmanager
-def tmpfs(folder: Path, options: str):
-    """A tmpfs mounted on ``folder``; skips the test where mounting is refused (not root, no
-    CAP_SYS_ADMIN, not Linux)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs Linux")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -146,7 +129,7 @@ def test_full_disk_during_render_names_the_cause(media, clip, tmp_path, isolated
 
 
 def test_render_into_a_full_file_system_says_no_space(media, clip, tmp_path, capsys):
-    with tmpfs(tmp_path / "full", "size=64k") as full:
+    with mounted_tmpfs(tmp_path / "full", "size=64k") as full:
         result = run_cli(capsys, "render", clip, "--track", media.song, "--start", "0", "-o", full / "clip.mp4")
         assert result.code == StorageError.exit_code, result.err
         line = one_error_line(result.err)
@@ -285,7 +268,7 @@ def test_export_os_errors_are_one_line_and_change_nothing(media, clip, tmp_path,
 
 
 def test_read_only_mount_for_render_and_export(media, clip, tmp_path, capsys):
-    with tmpfs(tmp_path / "ro", "size=1m") as mount:
+    with mounted_tmpfs(tmp_path / "ro", "size=1m") as mount:
         (mount / "clip.mgsv.mp4").write_bytes(b"an earlier render")
         (mount / "clip.mgsv.otio").write_text("an earlier timeline")
         remounted = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, text=True)

@@ -27,6 +27,7 @@ from mgsv_cli.index import store
 pytest.register_assert_rewrite("_library_helpers")
 
 from _library_helpers import BAD_FILES, db_meta, db_rows, integrity, run_cli
+from _media_helpers import mounted_tmpfs
 
 pytest_plugins = ["_library_helpers"]
 
@@ -390,26 +391,10 @@ def test_sqlite_write_failures_are_storage_errors_and_keep_the_index(capsys, ind
     assert integrity(index) == "ok" and db_rows(index) == rows and snapshot(music) == music_before
 
 
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str):
-    """A real tmpfs mounted at ``where`` (root only); the test is skipped where mounting is refused."""
-    where.mkdir()
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
 def test_an_index_on_a_read_only_mount_is_read_but_never_written(capsys, indexed_music, media_src, tmp_path,
                                                                  counting):
     music, index = indexed_music
-    with tmpfs(tmp_path / "mnt", "4m") as mnt:
+    with mounted_tmpfs(tmp_path / "mnt", "size=4m") as mnt:
         mounted = mnt / "index.sqlite"
         shutil.copy2(index, mounted)
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
@@ -428,7 +413,7 @@ def test_an_index_on_a_read_only_mount_is_read_but_never_written(capsys, indexed
 def test_a_disk_that_fills_up_mid_run_keeps_the_index(capsys, indexed_music, media_src, tmp_path, monkeypatch,
                                                       counting):
     music, index = indexed_music
-    with tmpfs(tmp_path / "mnt", "2m") as mnt:
+    with mounted_tmpfs(tmp_path / "mnt", "size=2m") as mnt:
         mounted = mnt / "index.sqlite"
         shutil.copy2(index, mounted)
         shutil.copy2(media_src / "spare.flac", music / "new.flac")
