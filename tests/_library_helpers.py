@@ -59,15 +59,19 @@ def tiny_encoders():
 def built(tmp_path_factory, media_src, tiny_encoders):
     """The good tracks indexed once per session: (music folder, index). Never modify either:
     tests that change things use :func:`indexed_music`."""
-    from mgsv_cli.index import store as library
+    return index_good_tracks(tmp_path_factory.mktemp("built"), media_src, tiny_encoders, detect_beats=False)
 
-    root = tmp_path_factory.mktemp("built")
+
+def index_good_tracks(root: Path, media_src: Path, encoders, detect_beats: bool) -> tuple[Path, Path]:
+    """Copy the good tracks to ``root/music`` and index them into ``root/index.sqlite``."""
+    from mgsv_cli.index import store
+
     music = root / "music"
     for rel, *_ in TRACKS:
         (music / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(media_src / "music" / rel, music / rel)
     index = root / "index.sqlite"
-    assert library.index_music(music, index, encoders=tiny_encoders, detect_beats=False).ok
+    assert store.index_music(music, index, encoders=encoders, detect_beats=detect_beats).ok
     return music.resolve(), index
 
 

@@ -4,7 +4,6 @@ the warm engine, the app behind FastAPI's TestClient, and a real server in a sub
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -12,26 +11,20 @@ import pytest
 # loaded before the test modules that register _library_helpers themselves).
 pytest.register_assert_rewrite("_library_helpers", "_serve_helpers")
 
-from _library_helpers import TRACKS, media_src, tiny_encoders  # noqa: E402,F401  (fixtures)
+from _library_helpers import index_good_tracks, media_src, tiny_encoders  # noqa: E402,F401  (fixtures)
 from _serve_helpers import Library, make_client, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def serve_library(tmp_path_factory, media_src, tiny_encoders):  # noqa: F811
     """The good tracks indexed once with their beat grids (read only: copy before changing)."""
-    from mgsv_cli.index import store
     from mgsv_cli.media import synth
 
     root = tmp_path_factory.mktemp("serve_library")
-    music = root / "music"
-    for rel, *_ in TRACKS:
-        (music / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(media_src / "music" / rel, music / rel)
-    index = root / "index.sqlite"
-    assert store.index_music(music, index, encoders=tiny_encoders, detect_beats=True).ok
+    music, index = index_good_tracks(root, media_src, tiny_encoders, detect_beats=True)
     clip = synth.synth_clip(root / "clips" / "talk.mp4", seconds=6.0, with_audio=True, speech_like=True, seed=3)
     silent = media_src / "clips" / "clip0.mp4"
-    return Library(music.resolve(), index, clip.resolve(), silent.resolve())
+    return Library(music, index, clip.resolve(), silent.resolve())
 
 
 @pytest.fixture(scope="session")
