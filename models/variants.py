@@ -58,13 +58,58 @@ class TrainConfig:
     eval_batch_size: int = 256
 
 
+# ----------------------------------------------------------------------------- ReAL (seed 003)
+
+
+@dataclass(frozen=True)
+class RealModelConfig:
+    """ReAL's architecture (spec section 6): retrieval, then Music-DETR localisation."""
+
+    video_dim: int = recipe.CLIP_EMBED_DIM
+    music_dim: int = recipe.AST_EMBED_DIM
+    n_frames: int = recipe.N_VIDEO_FRAMES
+    n_windows: int = recipe.N_MUSIC_WINDOWS
+    max_music_seconds: float = recipe.MAX_MUSIC_SECONDS
+    d_model: int = 256
+    n_heads: int = 8
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class RealTrainConfig:
+    """ReAL's recipe: two stages trained separately (spec section 6)."""
+
+    batch_size: int = 512
+    retrieval_epochs: int = 100
+    retrieval_lr: float = 1e-4
+    localisation_epochs: int = 80
+    localisation_lr: float = 3e-4
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    seed: int = 0
+    eval_batch_size: int = 256
+
+
+# ----------------------------------------------------------------------------- variants
+
+# A variant's family names the network it builds; each family has its own config types.
+FAMILIES: dict[str, tuple[type, type]] = {
+    "made": (ModelConfig, TrainConfig),
+    "real": (RealModelConfig, RealTrainConfig),
+}
+
+
 @dataclass(frozen=True)
 class VariantConfig:
-    """One model variant: its name, architecture and training recipe."""
+    """One model variant: its name, family (``made`` or ``real``), architecture and recipe."""
 
     name: str
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: Any = field(default_factory=ModelConfig)
+    train: Any = field(default_factory=TrainConfig)
+    family: str = "made"
 
 
 def _build(cls: type, table: dict[str, Any], where: str) -> Any:
@@ -80,15 +125,20 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
 
 def variant_from_dict(name: str, data: dict[str, Any], where: str = "config") -> VariantConfig:
     """Build a variant from a parsed TOML/JSON mapping with ``model``/``train`` tables."""
-    model = _build(ModelConfig, dict(data.get("model", {})), f"{where} [model]")
-    train = _build(TrainConfig, dict(data.get("train", {})), f"{where} [train]")
-    return VariantConfig(name=str(data.get("name", name)), model=model, train=train)
+    family = str(data.get("family", "made"))
+    if family not in FAMILIES:
+        raise ConfigError(f"{where}: unknown model family '{family}' (known: {', '.join(sorted(FAMILIES))})")
+    model_cls, train_cls = FAMILIES[family]
+    model = _build(model_cls, dict(data.get("model", {})), f"{where} [model]")
+    train = _build(train_cls, dict(data.get("train", {})), f"{where} [train]")
+    return VariantConfig(name=str(data.get("name", name)), model=model, train=train, family=family)
 
 
 def variant_to_dict(variant: VariantConfig) -> dict[str, Any]:
     """Inverse of :func:`variant_from_dict` (JSON-serialisable)."""
     return {
         "name": variant.name,
+        "family": variant.family,
         "model": dataclasses.asdict(variant.model),
         "train": dataclasses.asdict(variant.train),
     }
