@@ -106,21 +106,42 @@ def _variant_of(path: Path, metadata: dict[str, str]) -> VariantConfig:
     raise CheckpointError(f"{path}: no config in the file's metadata and no config.json beside it")
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, device=None):
-    """Load a trained MaDe for inference (eval mode).
+FAMILY_NAMES = {"made": "MaDe", "real": "ReAL"}
+
+
+def build_network(variant: VariantConfig):
+    """The untrained network of ``variant``'s family (``made`` -> MaDe, ``real`` -> ReAL)."""
+    if variant.family == "real":
+        from mgsv_cli.models.real import Real
+
+        return Real(variant.model)
+    from mgsv_cli.models.made import MaDe
+
+    return MaDe(variant.model)
+
+
+def check_family(path, variant: VariantConfig, expect_family: str | None) -> None:
+    """Raise :class:`CheckpointError` when ``variant`` is not of ``expect_family`` (None: any)."""
+    if expect_family is not None and variant.family != expect_family:
+        have, need = (FAMILY_NAMES.get(f, f) for f in (variant.family, expect_family))
+        raise CheckpointError(f"{path} is a {have} checkpoint; this needs a {need} one")
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, device=None, expect_family: str | None = None):
+    """Load a trained network (MaDe or ReAL, as the checkpoint's family says) for inference (eval mode).
 
     Returns ``(model, variant, meta)``; ``meta`` has ``path``, ``checkpoint_id`` and ``metrics``.
-    Raises :class:`CheckpointError` with a hint when there is no usable checkpoint.
+    Raises :class:`CheckpointError` with a hint when there is no usable checkpoint, or when
+    ``expect_family`` is given and the checkpoint is of another family.
     """
     import torch
     from safetensors.torch import load_file
 
-    from mgsv_cli.models.made import MaDe
-
     path = resolve_checkpoint(checkpoint)
     metadata = read_metadata(path)
     variant = _variant_of(path, metadata)
-    model = MaDe(variant.model)
+    check_family(path, variant, expect_family)
+    model = build_network(variant)
     try:
         state = load_file(str(path))
         model.load_state_dict(state, strict=True)
@@ -134,19 +155,17 @@ def load_model(checkpoint: str | os.PathLike | None = None, device=None):
 
 
 def build_untrained(video_dim: int = 512, music_dim: int = 768, config: str = "made", seed: int = 0):
-    """A randomly initialised MaDe (eval mode) for demos and tests: ``(model, variant)``."""
+    """A randomly initialised network of ``config`` (eval mode) for demos and tests: ``(model, variant)``."""
     import dataclasses
 
     import torch
-
-    from mgsv_cli.models.made import MaDe
 
     variant = load_config(config)
     model_cfg = dataclasses.replace(variant.model, video_dim=video_dim, music_dim=music_dim)
     variant = dataclasses.replace(variant, model=model_cfg)
     with torch.random.fork_rng():  # a demo model must not disturb the caller's random stream
         torch.manual_seed(seed)
-        model = MaDe(model_cfg).eval()
+        model = build_network(variant).eval()
     return model, variant
 
 

@@ -1,4 +1,7 @@
-"""Training losses of MaDe: symmetric InfoNCE for matching, L1 + generalised IoU for moments."""
+"""Training losses of MaDe: symmetric InfoNCE for matching, L1 + generalised IoU for moments.
+
+made-plus adds :func:`multi_positive_info_nce` (same-track pairs as positives).
+"""
 from __future__ import annotations
 
 import torch
@@ -35,15 +38,48 @@ def symmetric_info_nce(sim: Tensor, logit_scale: Tensor, same_track: Tensor | No
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def multi_positive_info_nce(sim: Tensor, logit_scale: Tensor, track_ids: Tensor) -> Tensor:
+    """Symmetric InfoNCE over the batch's distinct tracks, every same-track video a positive.
+
+    sim [B_music, B_video] cosines of a batch of matched pairs, track_ids [B]. Row i is
+    track ``track_ids[i]``; the rows of one track are copies (the same feature file), so
+    only its first row is kept. Track -> videos: each distinct track against all videos,
+    the mean over its videos of -log softmax (every video of the track a positive).
+    Video -> tracks: each video against the distinct tracks, its own the one positive.
+
+    Why not the paper's square loss: there a track with k videos in the batch is k
+    identical rows, so it is k negatives in every other video's softmax and weighs k
+    times in the track -> video direction; here each track counts once, as in the
+    candidate set at test time. Equals :func:`symmetric_info_nce` when tracks are distinct.
+    """
+    first = _first_of_each(track_ids)
+    logits = sim[first] * logit_scale  # [T, B]
+    positives = (track_ids[first][:, None] == track_ids[None, :]).to(logits.dtype)  # [T, B]
+    track_to_video = (-(logits.log_softmax(dim=1) * positives).sum(1) / positives.sum(1)).mean()
+    video_to_track = (-(logits.log_softmax(dim=0) * positives).sum(0)).mean()  # one positive per column
+    return (track_to_video + video_to_track) / 2
+
+
+def _first_of_each(ids: Tensor) -> Tensor:
+    """Positions of the first occurrence of each distinct value of ``ids`` [B] (in batch order)."""
+    earlier = torch.tril(ids[:, None] == ids[None, :], diagonal=-1).any(1)
+    return torch.nonzero(~earlier).flatten()
+
+
 def matching_loss(
-    mean_sim: Tensor, xpool_sim: Tensor, log_logit_scale: Tensor, track_ids: Tensor | None = None
+    mean_sim: Tensor, xpool_sim: Tensor, log_logit_scale: Tensor, track_ids: Tensor | None = None,
+    same_track_positives: bool = False,
 ) -> Tensor:
     """Equal-weight sum of symmetric InfoNCE on the mean-pooled and X-Pool similarity matrices.
 
-    Similarities are [B_music, B_video]; ``track_ids`` [B] masks same-track negatives when given.
+    Similarities are [B_music, B_video]; ``track_ids`` [B], when given, masks same-track
+    negatives, or with ``same_track_positives`` (made-plus) makes them positives
+    (:func:`multi_positive_info_nce`).
     """
     scale = log_logit_scale.exp()
     same_track = None if track_ids is None else track_ids[:, None] == track_ids[None, :]
+    if same_track_positives and track_ids is not None:
+        return multi_positive_info_nce(mean_sim, scale, track_ids) + multi_positive_info_nce(xpool_sim, scale, track_ids)
     return symmetric_info_nce(mean_sim, scale, same_track) + symmetric_info_nce(xpool_sim, scale, same_track)
 
 

@@ -10,6 +10,12 @@ Three modules, each a class below:
 Relevance of a track to a video is ``p_s = cos(h(v), h0(M)) + cos(h(v), h1(M))`` where
 ``h0`` is the track's mean-pooled tokens and ``h1`` the X-Pool output for that pair.
 
+made-plus switches (``ModelConfig``; all off is the paper's network, parameter for parameter):
+``n_music_scales`` > 1 adds X-Pool over the keys averaged over 2, 4, ... windows
+(:func:`pool_windows`), fused by learned softmax weights; ``known_width`` takes the cut's
+width from the video's frame count (:func:`known_width`), feeds it to the decoder query
+and regresses only the start.
+
 The X-Pool projections are folded so that scoring one video against many tracks only
 needs each track's layer-normalised tokens (``MusicTokens.keys``), which callers can
 cache: q.(W_k x + b_k) = (W_k^T q).x + q.b_k, and because attention weights sum to one,
@@ -115,6 +121,39 @@ def pack_valid_tokens(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :length]
     packed = torch.gather(tokens, 1, order[:, :, None].expand(-1, -1, tokens.shape[-1]))
     return packed, torch.arange(length, device=mask.device)[None] < n_valid[:, None]
+
+
+def pool_windows(keys: Tensor, mask: Tensor, factor: int) -> tuple[Tensor, Tensor]:
+    """Average every ``factor`` consecutive windows (made-plus multi-scale matching).
+
+    keys [N, S, d], mask [N, S] bool -> [N, ceil(S / factor), d], [N, ceil(S / factor)].
+    Groups start at window 0, so trimming trailing padding never changes a group; a
+    group averages its valid windows only and is valid when any of them is.
+    """
+    if factor == 1:
+        return keys, mask
+    n, length, dim = keys.shape
+    groups = -(-length // factor)
+    missing = groups * factor - length
+    keep = mask.to(keys.dtype)
+    if missing:
+        keys = F.pad(keys, (0, 0, 0, missing))
+        keep = F.pad(keep, (0, missing))
+    keep = keep.view(n, groups, factor)
+    summed = (keys.view(n, groups, factor, dim) * keep[..., None]).sum(2)
+    count = keep.sum(2)
+    return summed / count.clamp(min=1.0)[..., None], count > 0
+
+
+def known_width(frame_mask: Tensor, max_music_seconds: float) -> Tensor:
+    """The cut's normalised width from what inference knows: the video's length.
+
+    Frames are sampled at 1 fps from t = 0 (frame i exists iff i <= duration), so a video
+    with n valid frames lasts between n - 1 and n seconds: n - 0.5 is the unbiased guess
+    (videos over 50 s are capped at 49.5 s). frame_mask [B, F] -> width [B] (float32).
+    """
+    seconds = (frame_mask.float().sum(1) - 0.5).clamp(min=0.5)
+    return seconds / max_music_seconds
 
 
 def sinusoid_table(n_positions: int, dim: int) -> Tensor:
@@ -317,15 +356,15 @@ class XPool(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-norm DETR encoder layer; positions are added to queries and keys."""
+    """Post-norm DETR encoder layer; positions are added to queries and keys (ReAL's Music-DETR uses it too)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.detect_dropout)
-        self.norm_attn = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.detect_dropout, "relu")
-        self.norm_ffn = nn.LayerNorm(cfg.d_model)
-        self.dropout = Dropout(cfg.detect_dropout)
+        self.attn = Attention(dim, n_heads, dropout)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, "relu")
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
         qk = x + pos
@@ -334,17 +373,17 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Post-norm DETR decoder layer: self-attention, cross-attention, FFN."""
+    """Post-norm DETR decoder layer: self-attention, cross-attention, FFN (ReAL's Music-DETR uses it too)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.self_attn = Attention(cfg.d_model, cfg.n_heads, cfg.detect_dropout)
-        self.norm_self = nn.LayerNorm(cfg.d_model)
-        self.cross_attn = Attention(cfg.d_model, cfg.n_heads, cfg.detect_dropout)
-        self.norm_cross = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.detect_dropout, "relu")
-        self.norm_ffn = nn.LayerNorm(cfg.d_model)
-        self.dropout = Dropout(cfg.detect_dropout)
+        self.self_attn = Attention(dim, n_heads, dropout)
+        self.norm_self = nn.LayerNorm(dim)
+        self.cross_attn = Attention(dim, n_heads, dropout)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, dropout, "relu")
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.dropout = Dropout(dropout)
 
     def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, mask: Tensor) -> Tensor:
         qk = query + query_pos
@@ -360,13 +399,20 @@ class Detector(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         dim = cfg.d_model
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        sizes = (dim, cfg.n_heads, cfg.ffn_dim, cfg.detect_dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(*sizes) for _ in range(cfg.n_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(*sizes) for _ in range(cfg.n_decoder_layers))
         self.decoder_norm = nn.LayerNorm(dim)
         self.query_pos = nn.Embedding(1, dim)
+        # made-plus ``known_width``: the width is the video's (fed to the query), only the start is regressed.
+        self.known_width = cfg.known_width
+        self.max_music_seconds = cfg.max_music_seconds
+        self.n_frames = cfg.n_frames
         self.head = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 2)
+            nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1 if cfg.known_width else 2)
         )
+        if cfg.known_width:
+            self.width_embed = nn.Linear(1, dim)
 
     def forward(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         memory, mask = pack_valid_tokens(torch.cat([video.tokens, music.tokens], dim=1),
@@ -376,11 +422,20 @@ class Detector(nn.Module):
             memory = layer(memory, pos, mask)
         query = video.pooled[:, None, :]
         query_pos = self.query_pos.weight[None].expand(query.shape[0], -1, -1)
+        if self.known_width:
+            width = known_width(video.mask, self.max_music_seconds)  # [B]
+            of_longest = (width * (self.max_music_seconds / self.n_frames))[:, None, None]  # in [0, 1]
+            query_pos = query_pos + self.width_embed(of_longest.to(query_pos.dtype))
         outputs = []
         for layer in self.decoder:
             query = layer(query, query_pos, memory, pos, mask)
             outputs.append(self.decoder_norm(query)[:, 0])
-        return self.regress(torch.stack(outputs))
+        spans = self.regress(torch.stack(outputs))
+        if self.known_width:
+            # The head gives the cut's start; with the width known, the centre follows.
+            width = width[None, :, None].expand_as(spans)
+            spans = torch.cat([spans + width / 2, width], dim=-1)
+        return spans
 
     def regress(self, hidden: Tensor) -> Tensor:
         """The span head, always in float32: a bf16 output in (0, 1) scaled by 240 s would be
@@ -411,6 +466,9 @@ class MaDe(nn.Module):
         self.detector = Detector(cfg)
         # Temperature of the matching losses (learned, stored as a log); train.py sets its start.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.03)))
+        if cfg.n_music_scales > 1:
+            # made-plus multi-scale matching: learned fusion weights (softmax), equal at the start.
+            self.scale_logits = nn.Parameter(torch.zeros(cfg.n_music_scales))
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -443,9 +501,25 @@ class MaDe(nn.Module):
         """Cosine similarities [N, B]: to the mean-pooled track, and to the X-Pooled track."""
         v = F.normalize(video.pooled.float(), dim=-1)
         mean_sim = F.normalize(music.pooled.float(), dim=-1) @ v.T
+        if self.cfg.n_music_scales > 1:
+            return mean_sim, self.multi_scale_similarity(video, music, v)
         h1 = self.xpool(video.pooled, music.keys, music.mask)
         xpool_sim = (F.normalize(h1.float(), dim=-1) * v[None]).sum(-1)
         return mean_sim, xpool_sim
+
+    def multi_scale_similarity(self, video: VideoTokens, music: MusicTokens, v: Tensor) -> Tensor:
+        """made-plus: X-Pool over the windows pooled x1, x2, x4, ..., fused with learned weights.
+
+        Each scale's keys are the cached keys averaged in groups (:func:`pool_windows`), so
+        an index cache needs nothing new. v [B, d] normalised -> [N, B].
+        """
+        weights = self.scale_logits.float().softmax(0)
+        fused = 0.0
+        for scale, weight in enumerate(weights):
+            keys, mask = pool_windows(music.keys, music.mask, 2**scale)
+            h1 = self.xpool(video.pooled, keys, mask)
+            fused = fused + weight * (F.normalize(h1.float(), dim=-1) * v[None]).sum(-1)
+        return fused
 
     def score_pairs(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         """Relevance p_s of every (track, video) pair in one pass: [N, B]."""
@@ -522,7 +596,7 @@ class MaDe(nn.Module):
 
         counts = {
             "enhancement": count(self.video_enhancer, self.music_enhancer),
-            "matching": count(self.xpool),
+            "matching": count(self.xpool) + (self.scale_logits.numel() if hasattr(self, "scale_logits") else 0),
             "detection": count(self.detector),
         }
         counts["total"] = sum(counts.values())

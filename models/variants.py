@@ -38,6 +38,9 @@ class ModelConfig:
     n_encoder_layers: int = 2
     n_decoder_layers: int = 6
     detect_dropout: float = 0.1
+    # made-plus switches (models/README.md); the defaults are the paper's network.
+    n_music_scales: int = 1  # X-Pool over windows pooled x1, x2, x4, ... (this many scales), learned fusion
+    known_width: bool = False  # the cut's width is the video's (from its frame mask), fed to the decoder query
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class TrainConfig:
     giou_weight: float = 1.0
     logit_scale_init: float = 1.0 / 0.03
     mask_same_track_negatives: bool = False
+    same_track_positives: bool = False  # InfoNCE over the batch's distinct tracks, same-track videos positives (losses.py)
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
     eval_batch_size: int = 256
@@ -63,7 +67,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RealModelConfig:
-    """ReAL's architecture (spec section 6): retrieval, then Music-DETR localisation."""
+    """ReAL's architecture (spec section 6, seed 003): a retrieval model, then Music-DETR.
+
+    Both stages use the same context modelling (a Linear to ``d_model`` per modality, then
+    ONE masked transformer block shared by video and music), each stage its own weights.
+    Where the paper is silent the sizes are Moment-DETR's (its DETR ancestor): 10 queries,
+    2 encoder and 2 decoder layers, dropout 0.1; one cross-attention layer for the fusion.
+    """
 
     video_dim: int = recipe.CLIP_EMBED_DIM
     music_dim: int = recipe.AST_EMBED_DIM
@@ -74,23 +84,48 @@ class RealModelConfig:
     n_heads: int = 8
     ffn_dim: int = 1024
     dropout: float = 0.1
+    n_fusion_layers: int = 1  # cross-attention layers, music tokens as queries, video as keys/values
+    n_encoder_layers: int = 2  # self-attention layers over the fused music tokens
+    n_decoder_layers: int = 2
+    n_queries: int = 10  # Q moment queries
 
 
 @dataclass(frozen=True)
 class RealTrainConfig:
-    """ReAL's recipe: two stages trained separately (spec section 6)."""
+    """ReAL's recipe: two stages trained separately (spec section 6).
+
+    ``epochs``/``lr``, when set (``mgsv train --epochs/--lr``), replace both stages' own
+    values. Loss weights and the matching costs are Moment-DETR's (the paper gives none).
+    """
 
     batch_size: int = 512
     retrieval_epochs: int = 100
     retrieval_lr: float = 1e-4
     localisation_epochs: int = 80
     localisation_lr: float = 3e-4
+    epochs: int | None = None
+    lr: float | None = None
     warmup_fraction: float = 0.05
     weight_decay: float = 1e-4
-    grad_clip: float = 1.0
+    grad_clip: float = 0.1
+    temperature_init: float = 0.07  # InfoNCE temperature of retrieval (learned, CLIP's start)
+    l1_weight: float = 10.0
+    giou_weight: float = 1.0
+    class_weight: float = 4.0
+    background_weight: float = 0.1  # class weight of the unmatched (background) queries
+    align_weight: float = 0.02
+    align_temperature: float = 0.07
     precision: str = "auto"
     seed: int = 0
     eval_batch_size: int = 256
+
+    def stage_epochs(self, stage: str) -> int:
+        """Epochs of ``stage`` (``retrieval`` or ``localisation``)."""
+        return self.epochs if self.epochs is not None else getattr(self, f"{stage}_epochs")
+
+    def stage_lr(self, stage: str) -> float:
+        """Peak learning rate of ``stage``."""
+        return self.lr if self.lr is not None else getattr(self, f"{stage}_lr")
 
 
 # ----------------------------------------------------------------------------- variants

@@ -2,7 +2,8 @@
 
 ``dataset`` owns the release layout and the packed feature cache; ``synthetic`` writes a
 small MGSV-EC-shaped dataset with a planted signal; ``download`` fetches the real one;
-``train`` is the training loop; ``evaluation`` is ``mgsv eval``.
+``train`` is MaDe's training loop and ``train_real`` ReAL's two-stage one, both on
+``runs`` (run folders, schedule, model selection, log); ``evaluation`` is ``mgsv eval``.
 
 May import: base modules, ``features.recipe`` and ``models``. Never ``index``, the editor
 or the CLI.

@@ -22,36 +22,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgsv_cli.models.checkpoint import LAST_NAME, WEIGHTS_NAME, atomic_write_json, save_checkpoint, save_weights
-from mgsv_cli.models.variants import VariantConfig, variant_from_dict, variant_to_dict
-from mgsv_cli.errors import CheckpointError, UsageError
-
-PAPER_METRICS = ("miou", "r1", "r5", "r10", "mor1", "mor10", "mor100")
-
-
-class Reporter:
-    """Callbacks the training loop makes; the default does nothing."""
-
-    def start(self, info: dict[str, Any]) -> None: ...
-
-    def start_epoch(self, epoch: int, n_epochs: int, n_steps: int) -> None: ...
-
-    def step(self, loss: float, lr: float) -> None: ...
-
-    def end_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], is_best: bool) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    best_metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-
+from mgsv_cli.models.checkpoint import WEIGHTS_NAME, atomic_write_json, save_checkpoint
+from mgsv_cli.models.variants import VariantConfig, variant_to_dict
+from mgsv_cli.errors import UsageError
+from mgsv_cli.research.runs import (  # noqa: F401  (re-exported: the library API of training)
+    PAPER_METRICS,
+    Reporter,
+    RunLog,
+    TrainResult,
+    choose_run_dir,
+    latest_resumable,
+    learning_rate,
+    load_resume_point,
+    new_run_dir,
+    restore_optimizer,
+    saved_epochs_done,
+    save_resume_point,
+    saved_variant,
+    selection_score,
+)
 
 @dataclass
 class _State:
@@ -64,58 +57,6 @@ class _State:
 
 
 # ----------------------------------------------------------------------------- schedule and score
-
-
-def learning_rate(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:
-    """Linear warm-up to ``base_lr`` over the first steps, then cosine decay to zero."""
-    n_warmup = max(1, int(round(total_steps * warmup_fraction)))
-    if step < n_warmup:
-        return base_lr * (step + 1) / n_warmup
-    progress = (step - n_warmup) / max(1, total_steps - n_warmup)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def selection_score(metrics: dict[str, Any]) -> float:
-    """Model-selection criterion on val: the mean of the paper's seven numbers in percent."""
-    values = [metrics["miou"] * 100.0] + [metrics[k] for k in PAPER_METRICS[1:]]
-    return float(sum(values) / len(values))
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-def new_run_dir(variant: VariantConfig) -> Path:
-    from mgsv_cli.paths import runs_dir
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = runs_dir() / f"{stamp}-{variant.name}"
-    suffix = 1
-    while folder.exists():
-        suffix += 1
-        folder = runs_dir() / f"{stamp}-{variant.name}-{suffix}"
-    return folder
-
-
-def _latest_resumable() -> Path | None:
-    from mgsv_cli.paths import runs_dir
-
-    folder = runs_dir()
-    runs = [p for p in folder.iterdir() if (p / LAST_NAME).is_file()] if folder.is_dir() else []
-    return max(runs, key=lambda p: (p / LAST_NAME).stat().st_mtime, default=None)
-
-
-def choose_run_dir(out_dir: Path | None, variant: VariantConfig, resume: bool) -> Path:
-    """The run folder to write: never clobbers a run unless asked to resume it."""
-    if resume:
-        folder = out_dir if out_dir is not None else _latest_resumable()
-        if folder is None or not (folder / LAST_NAME).is_file():
-            raise CheckpointError(f"nothing to resume in {folder or 'the runs folder'}: no {LAST_NAME} there")
-        return folder
-    if out_dir is None:
-        return new_run_dir(variant)
-    if (out_dir / LAST_NAME).exists() or (out_dir / WEIGHTS_NAME).exists():
-        raise UsageError(f"{out_dir} already holds a training run: pass --resume to continue it, or another --out")
-    return out_dir
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -153,8 +94,9 @@ def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype
         group["lr"] = lr
     with torch.autocast(batch.frames.device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = forward(batch.frames, batch.frame_mask, batch.windows, batch.window_mask)
-    track_ids = batch.track_index if recipe.mask_same_track_negatives else None
-    loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale, track_ids)
+    same_track = recipe.mask_same_track_negatives or recipe.same_track_positives
+    track_ids = batch.track_index if same_track else None
+    loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale, track_ids, recipe.same_track_positives)
     loss = loss + detection_loss(out["spans"], batch.span, recipe.l1_weight, recipe.giou_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -240,6 +182,7 @@ def train(
     asked: dict[str, Any] | None = None,
     compile: bool = False,
     resident: str = "auto",
+    stage: str = "both",
 ) -> TrainResult:
     """Train (or resume) a MaDe run on the MGSV-EC layout at ``data_root``; returns the run folder.
 
@@ -247,6 +190,9 @@ def train(
     the recipe, so a resumed run may change it). ``resident``: ``auto`` keeps the splits on
     a CUDA device when they fit (see ``dataset.place_split``), ``always``/``never`` force it.
     A GPU that runs out of memory stops the run with a one-line error naming ``--batch-size``.
+    A ReAL variant (``family = "real"``), or resuming/continuing a ReAL run, is trained by
+    :func:`mgsv_cli.research.train_real.train_real` in two stages; ``stage`` (``both``,
+    ``retrieval``, ``localisation``) is for those only.
 
     ``asked``: the recipe values the user set explicitly (``epochs``, ``batch_size``, ``lr``,
     ``precision``, ``seed``, and ``model`` for a chosen variant). A resumed run keeps its own
@@ -259,11 +205,18 @@ def train(
     from mgsv_cli.device import compute_dtype, device_name, out_of_memory_hint, resolve_device, tune_malloc_for_training
     from mgsv_cli.models.made import MaDe
 
+    if _family_to_train(out_dir, variant, resume, stage, asked or {}) == "real":  # ReAL: two stages
+        from mgsv_cli.research.train_real import train_real
+
+        return train_real(data_root, variant, out_dir=out_dir, device=device, resume=resume, reporter=reporter,
+                          asked=asked, stage=stage)
+    if stage != "both":
+        raise UsageError(f"--stage {stage} is for ReAL configs (two stages); MaDe trains in one")
     reporter = reporter or Reporter()
     torch_device = resolve_device(device)
     run_dir = choose_run_dir(Path(out_dir).expanduser() if out_dir else None, variant, resume)
     if resume:
-        variant = resumed_variant(_saved_variant(run_dir), _saved_epochs_done(run_dir), asked or {}, run_dir)
+        variant = resumed_variant(saved_variant(run_dir), saved_epochs_done(run_dir), asked or {}, run_dir)
     recipe = variant.train
     tune_malloc_for_training()
 
@@ -291,7 +244,7 @@ def train(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", variant_to_dict(variant))
-    log = _Log(run_dir / "train.log")
+    log = RunLog(run_dir / "train.log")
     info = {
         "run_dir": str(run_dir), "variant": variant.name, "device": str(torch_device),
         "dtype": str(dtype).replace("torch.", ""), "params": model.parameter_counts(),
@@ -326,45 +279,32 @@ def train(
 # ----------------------------------------------------------------------------- resume
 
 
-def _save_last(run_dir: Path, model, optimizer, variant: VariantConfig, state: _State) -> None:
-    """Everything needed to continue exactly after this epoch."""
-    import torch
+def _family_to_train(out_dir, variant: VariantConfig, resume: bool, stage: str, asked: dict[str, Any]) -> str:
+    """The model family of the run to train: a resumed or continued run's own, else the variant's.
 
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for param, slot in optimizer.state.items():
-        for key in ("exp_avg", "exp_avg_sq"):
-            tensors[f"optim.{names[id(param)]}.{key}"] = slot[key]
-    tensors["rng.torch"] = torch.get_rng_state()
-    device = next(model.parameters()).device
-    if device.type == "cuda":  # dropout draws from the GPU's generator there
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    save_weights(run_dir / LAST_NAME, tensors, variant)
-    atomic_write_json(run_dir / "state.json", dataclasses.asdict(state))
+    A --config of another family than that run's is a clear error, never a silent switch.
+    """
+    from mgsv_cli.models.checkpoint import FAMILY_NAMES
+
+    folder = Path(out_dir).expanduser() if out_dir else (latest_resumable() if resume else None)
+    continuing = resume or (stage != "both" and folder is not None and (folder / WEIGHTS_NAME).is_file())
+    if not continuing or folder is None or not (folder / "config.json").is_file():
+        return variant.family
+    family = saved_variant(folder).family
+    if asked.get("model") is not None and variant.family != family:
+        raise UsageError(f"{folder} is a {FAMILY_NAMES.get(family, family)} run; --config {variant.name} is a "
+                         f"{FAMILY_NAMES.get(variant.family, variant.family)} config: drop --config, or start a "
+                         "new run with another --out")
+    return family
+
+
+def _save_last(run_dir: Path, model, optimizer, variant: VariantConfig, state: _State) -> None:
+    save_resume_point(run_dir, model, optimizer, variant, dataclasses.asdict(state))
 
 
 def _restore(run_dir: Path, model, optimizer) -> _State:
-    import torch
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(run_dir / LAST_NAME))
-    saved = json.loads((run_dir / "state.json").read_text())
-    state = _State(**saved)
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    fused = any(group.get("fused") for group in optimizer.param_groups)
-    for name, param in model.named_parameters():
-        if f"optim.{name}.exp_avg" in tensors:
-            optimizer.state[param] = {
-                # the fused kernel keeps its step count on the device, as float32
-                "step": (torch.tensor(float(state.step), dtype=torch.float32, device=param.device) if fused
-                         else torch.tensor(float(state.step))),
-                "exp_avg": tensors[f"optim.{name}.exp_avg"].to(param.device),
-                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(param.device),
-            }
-    torch.set_rng_state(tensors["rng.torch"])
-    device = next(model.parameters()).device
-    if device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    state = _State(**json.loads((run_dir / "state.json").read_text()))
+    restore_optimizer(model, optimizer, load_resume_point(run_dir, model), state.step)
     return state
 
 
@@ -392,27 +332,3 @@ def resumed_variant(saved: VariantConfig, epochs_done: int, asked: dict[str, Any
     # The cosine schedule is laid over the new total from here on; the warm-up is long past.
     return dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=epochs))
 
-
-def _saved_epochs_done(run_dir: Path) -> int:
-    try:
-        return int(json.loads((run_dir / "state.json").read_text())["epochs_done"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"cannot resume {run_dir}: state.json is missing or unreadable") from None
-
-
-def _saved_variant(run_dir: Path) -> VariantConfig:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"cannot resume {run_dir}: config.json is missing")
-    return variant_from_dict(run_dir.name, json.loads(path.read_text()), where=str(path))
-
-
-class _Log:
-    """Plain, append-only training log beside the checkpoint."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, line: str) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")

@@ -237,3 +237,36 @@ def test_synth_then_eval_prior(default_root, capsys):
     assert result["n"] == 80 and 0.0 < result["miou"] < 1.0
     assert result["miou"] == pytest.approx(evaluate_prior(default_root, "test")["miou"])
     assert result["miou"] < 0.5  # sections start all over the track: [0, video duration] is a weak guess
+
+
+# ------------------------------------------------------------------ harder data (bench_quality)
+
+
+def _mean_style_cosine(root: Path, info_seed: int, style_noise: float) -> float:
+    """Mean cosine between each train video's frame mean and its track's planted style direction."""
+    info = synthetic.make_dataset(root, n_videos=60, n_tracks=6, seed=info_seed, style_noise=style_noise)
+    proj = info.projections["video_style"]
+    cosines = []
+    for row in info.rows["train"]:
+        frames = torch.load(feature_path(root, "video", row["video_id"]), weights_only=True).numpy()
+        mask = torch.load(feature_path(root, "video_mask", row["video_id"]), weights_only=True).numpy() > 0
+        style = proj @ info.track(row["music_id"]).style
+        mean = frames[mask].mean(0)
+        cosines.append(float(mean @ style / np.linalg.norm(mean) / np.linalg.norm(style)))
+    return float(np.mean(cosines))
+
+
+def test_style_noise_makes_videos_stray_from_their_track(tmp_path):
+    assert _mean_style_cosine(tmp_path / "hard", 4, 1.5) < _mean_style_cosine(tmp_path / "easy", 4, 0.3) - 0.05
+
+
+def test_cli_noise_options_change_the_videos_only(tmp_path, capsys):
+    args = ["--videos", "40", "--tracks", "5", "--seed", "3"]
+    assert run_cli(["data", "synth", tmp_path / "a", *args], capsys)[0] == 0
+    assert run_cli(["data", "synth", tmp_path / "b", *args, "--style-noise", "1.5"], capsys)[0] == 0
+    a, b = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
+    assert a.keys() == b.keys()
+    changed = {path for path in a if a[path] != b[path]}
+    assert changed and all(path.startswith(FEATURE_DIRS["video"] + "/") for path in changed)  # frames only
+    code, out, err = run_cli(["data", "synth", tmp_path / "c", *args, "--noise", "-1"], capsys)
+    assert code == UsageError.exit_code and "noise" in err and "Traceback" not in err

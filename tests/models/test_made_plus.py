@@ -1,0 +1,241 @@
+"""made-plus: each switch changes the network or loss as claimed; all switches off is MaDe exactly."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _library_helpers import run_cli
+from mgsv_cli.models.checkpoint import load_model
+from mgsv_cli.models.losses import matching_loss, multi_positive_info_nce, symmetric_info_nce
+from mgsv_cli.models.made import MaDe, known_width, pool_windows
+from mgsv_cli.models.variants import ModelConfig, TrainConfig, load_config
+
+SWITCHES_OFF = {"n_music_scales": 1, "known_width": False}
+
+
+def inputs(n: int, seed: int = 0, n_frames=None):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randn(n, 50, 512, generator=g)
+    counts = torch.randint(5, 51, (n,), generator=g) if n_frames is None else torch.as_tensor(n_frames)
+    frame_mask = torch.arange(50)[None] < counts[:, None]
+    windows = torch.randn(n, 96, 768, generator=g)
+    window_mask = torch.arange(96)[None] < torch.randint(12, 97, (n, 1), generator=g)
+    return frames, frame_mask, windows, window_mask
+
+
+ALL_ON = {"n_music_scales": 3, "known_width": True}
+
+
+def plus_model(seed: int = 0, **changes) -> MaDe:
+    """tiny with every model switch on (whatever tiny-plus.toml keeps on), then ``changes``."""
+    cfg = dataclasses.replace(load_config("tiny").model, **{**ALL_ON, **changes})
+    torch.manual_seed(seed)
+    return MaDe(cfg).eval()
+
+
+# ------------------------------------------------------------------ all switches off = the paper's MaDe
+
+
+def test_switch_defaults_are_the_papers_network():
+    assert ModelConfig().n_music_scales == 1 and ModelConfig().known_width is False
+    assert TrainConfig().same_track_positives is False
+    for name in ("made", "tiny"):
+        variant = load_config(name)
+        assert (variant.model.n_music_scales, variant.model.known_width, variant.train.same_track_positives) == (
+            1, False, False)
+
+
+def test_tiny_plus_with_switches_off_is_tiny_bit_for_bit():
+    tiny = load_config("tiny").model
+    off = dataclasses.replace(load_config("tiny-plus").model, **SWITCHES_OFF)
+    assert off == tiny  # tiny-plus differs from tiny by its switches only
+    assert dataclasses.replace(load_config("tiny-plus").train, same_track_positives=False) == load_config("tiny").train
+    torch.manual_seed(5)
+    reference = MaDe(tiny).eval()
+    torch.manual_seed(5)
+    rebuilt = MaDe(off).eval()
+    ref_state, new_state = reference.state_dict(), rebuilt.state_dict()
+    assert list(ref_state) == list(new_state)
+    assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
+    batch = inputs(6, seed=2)
+    with torch.no_grad():
+        a, b = reference(*batch), rebuilt(*batch)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_made_plus_adds_few_parameters_at_paper_width():
+    paper = load_config("made").model
+    made, plus = MaDe(paper), MaDe(dataclasses.replace(paper, **ALL_ON))
+    extra = plus.parameter_counts()["total"] - made.parameter_counts()["total"]
+    # 3 fusion weights, a 1 -> d width embedding, minus the width row of the span head.
+    d = paper.d_model
+    assert extra == 3 + (d + d) - (d + 1)
+    assert load_config("made-plus").model == dataclasses.replace(paper, **{
+        k: getattr(load_config("made-plus").model, k) for k in ALL_ON})  # made-plus = made + switches only
+
+
+# ------------------------------------------------------------------ same-track positives
+
+
+def brute_force_multi_positive(sim, scale, track_ids):
+    """Loops over distinct tracks (first row of each) and videos; the mean of both directions."""
+    logits = sim * scale
+    tracks = list(dict.fromkeys(track_ids))
+    rows = [track_ids.index(t) for t in tracks]
+    track_terms = []
+    for t, row in zip(tracks, rows):
+        videos = [j for j, tid in enumerate(track_ids) if tid == t]
+        lse = torch.logsumexp(logits[row], 0)
+        track_terms.append(sum(float(lse - logits[row, j]) for j in videos) / len(videos))
+    video_terms = []
+    for j, t in enumerate(track_ids):
+        column = logits[rows, j]
+        video_terms.append(float(torch.logsumexp(column, 0) - logits[track_ids.index(t), j]))
+    return (sum(track_terms) / len(track_terms) + sum(video_terms) / len(video_terms)) / 2
+
+
+def test_same_track_positives_match_a_brute_force_reference():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(6, 6, generator=g) * 2 - 1
+    ids = [0, 1, 0, 2, 1, 0]
+    got = multi_positive_info_nce(sim, torch.tensor(10.0), torch.tensor(ids))
+    assert got.item() == pytest.approx(brute_force_multi_positive(sim, 10.0, ids), rel=1e-5)
+    # distinct tracks: exactly the paper's symmetric InfoNCE
+    distinct = torch.arange(6)
+    assert multi_positive_info_nce(sim, torch.tensor(10.0), distinct).item() == pytest.approx(
+        symmetric_info_nce(sim, torch.tensor(10.0)).item(), rel=1e-6)
+
+
+def test_two_videos_of_one_track_by_hand():
+    # Videos 0 and 1 share a track (identical music rows 0 and 1); video 2 has its own.
+    sim = torch.tensor([[0.9, 0.8, 0.1], [0.9, 0.8, 0.1], [0.2, 0.3, 0.7]])
+    lse = torch.logsumexp
+    track_a = ((lse(sim[0], 0) - sim[0, 0]) + (lse(sim[0], 0) - sim[0, 1])) / 2  # both videos positives
+    track_b = lse(sim[2], 0) - sim[2, 2]
+    videos = [lse(sim[[0, 2], 0], 0) - sim[0, 0],  # the shared track counts once in each video's softmax
+              lse(sim[[0, 2], 1], 0) - sim[0, 1],
+              lse(sim[[0, 2], 2], 0) - sim[2, 2]]
+    by_hand = ((track_a + track_b) / 2 + sum(videos) / 3) / 2
+    got = multi_positive_info_nce(sim, torch.tensor(1.0), torch.tensor([4, 4, 9]))
+    assert got.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert got.item() != pytest.approx(symmetric_info_nce(sim, torch.tensor(1.0)).item(), rel=1e-3)
+
+
+def test_matching_loss_switch_routes_both_similarities():
+    g = torch.Generator().manual_seed(1)
+    mean_sim, xpool_sim = torch.rand(4, 4, generator=g), torch.rand(4, 4, generator=g)
+    ids = torch.tensor([3, 3, 1, 2])
+    log_scale = torch.tensor(2.0)
+    expected = multi_positive_info_nce(mean_sim, log_scale.exp(), ids) + multi_positive_info_nce(
+        xpool_sim, log_scale.exp(), ids)
+    assert torch.allclose(matching_loss(mean_sim, xpool_sim, log_scale, ids, same_track_positives=True), expected)
+    # without the switch: the old behaviour (all others negatives, or masked with track ids)
+    assert torch.allclose(matching_loss(mean_sim, xpool_sim, log_scale),
+                          symmetric_info_nce(mean_sim, log_scale.exp()) + symmetric_info_nce(xpool_sim, log_scale.exp()))
+
+
+# ------------------------------------------------------------------ multi-scale matching
+
+
+def test_pool_windows_shapes_and_padding():
+    keys = torch.arange(2 * 7 * 3, dtype=torch.float32).view(2, 7, 3)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
+    pooled, pooled_mask = pool_windows(keys, mask, 2)
+    assert pooled.shape == (2, 4, 3) and pooled_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    assert torch.equal(pooled[0, 0], keys[0, :2].mean(0)) and torch.equal(pooled[0, 3], keys[0, 6])
+    assert torch.equal(pooled[1, 1], keys[1, 2])  # window 3 is padding: the group is window 2 alone
+    pooled4, mask4 = pool_windows(keys, mask, 4)
+    assert pooled4.shape == (2, 2, 3) and mask4.tolist() == [[True, True], [True, False]]
+    assert torch.equal(pooled4[1, 0], keys[1, :3].mean(0))
+    same, same_mask = pool_windows(keys, mask, 1)
+    assert same is keys and same_mask is mask
+
+
+def test_multi_scale_similarity_is_the_weighted_fusion_and_ignores_padding():
+    model = plus_model(seed=3)
+    with torch.no_grad():
+        model.scale_logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        frames, frame_mask, windows, window_mask = inputs(4, seed=4)
+        video = model.encode_video(frames, frame_mask)
+        music = model.encode_music(windows, window_mask)
+        v = F.normalize(video.pooled, dim=-1)
+        expected = 0.0
+        for scale, weight in zip((1, 2, 4), model.scale_logits.softmax(0)):
+            keys, mask = pool_windows(music.keys, music.mask, scale)
+            h1 = model.xpool(video.pooled, keys, mask)
+            expected = expected + weight * (F.normalize(h1, dim=-1) * v[None]).sum(-1)
+        _, xpool_sim = model.similarities(video, music)
+        assert torch.allclose(xpool_sim, expected, atol=1e-6)
+        # what sits in padded windows never matters, and the scoring cache (keys only) suffices
+        noisy = dataclasses.replace(music.for_scoring(), keys=music.keys + 50.0 * (~music.mask)[..., None])
+        assert torch.allclose(model.score_pairs(video, noisy), model.score_pairs(video, music), atol=1e-5)
+
+
+# ------------------------------------------------------------------ the width from the video
+
+
+def test_known_width_cut_has_the_videos_length_and_the_width_reaches_the_query():
+    counts = [6, 20, 50]
+    model = plus_model(seed=6)
+    frames, frame_mask, windows, window_mask = inputs(3, seed=7, n_frames=counts)
+    with torch.no_grad():
+        video, music = model.encode_video(frames, frame_mask), model.encode_music(windows, window_mask)
+        spans = model.detect_all_layers(video, music)
+        assert model.detector.head[-1].out_features == 1  # only the start is regressed
+        expected = (torch.tensor(counts, dtype=torch.float32) - 0.5) / 240.0
+        assert torch.allclose(spans[..., 1], expected.expand(spans.shape[0], -1))
+        assert torch.allclose(known_width(frame_mask, 240.0), expected)
+        seconds = model.spans_to_seconds(spans[-1], torch.full((3,), 240.0))
+        inside = (seconds[:, 0] > 0) & (seconds[:, 1] < 240.0)
+        lengths = seconds[:, 1] - seconds[:, 0]
+        assert torch.allclose(lengths[inside], (torch.tensor(counts, dtype=torch.float32) - 0.5)[inside], atol=1e-3)
+        # the decoder query is told the width: changing its embedding moves the centre
+        before = spans[-1, :, 0].clone()
+        model.detector.width_embed.weight.add_(1.0)
+        after = model.detect(video, music)[:, 0]
+        assert not torch.allclose(before, after)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
+    from mgsv_cli.editor.suggest import rank_and_detect
+    from mgsv_cli.index.token_cache import ScoringTokens
+    from mgsv_cli.research.dataset import load_split
+    from mgsv_cli.research.synthetic import make_dataset
+
+    root = tmp_path / "data"
+    make_dataset(root, n_videos=60, n_tracks=6, seed=1)
+    run = tmp_path / "run"
+    result = run_cli(capsys, "train", "--data", root, "--config", "tiny-plus", "--epochs", "1", "--device", "cpu",
+                     "--out", run)
+    assert result.code == 0, result.err
+    model, variant, _meta = load_model(run)
+    shipped = load_config("tiny-plus")
+    assert variant.name == "tiny-plus" and variant.model == shipped.model and variant.model.known_width
+    assert variant.train.same_track_positives == shipped.train.same_track_positives
+    assert hasattr(model, "scale_logits") == (shipped.model.n_music_scales > 1)
+
+    split = load_split(root, "test")
+    tracks = np.arange(split.n_tracks)
+    with torch.no_grad():
+        windows, window_mask = split.track_inputs(tracks, torch.device("cpu"))
+        music = model.encode_music(windows, window_mask)
+        scoring = ScoringTokens.from_full(music.keys, music.pooled, music.mask)
+        frames, frame_mask = split.video_inputs(split.video_index[:1], torch.device("cpu"))
+        video = model.encode_video(frames, frame_mask)
+        durations = torch.from_numpy(split.track_durations)
+        video_seconds = float(split.labels.video_duration[0])
+        top, scores, predicted, cuts, _relevance = rank_and_detect(
+            model, video, scoring, lambda positions: split.track_inputs(np.asarray(positions), torch.device("cpu")),
+            durations, video_seconds, top_k=3)
+    assert len(top) == 3 and np.all(np.diff(scores) <= 0)
+    assert np.allclose(cuts[:, 1] - cuts[:, 0], np.minimum(video_seconds, durations[top].numpy()), atol=1e-6)
+    n_valid = int(frame_mask.sum())
+    widths = predicted[:, 1] - predicted[:, 0]
+    assert np.all(widths <= n_valid - 0.5 + 1e-3)  # the model's own width: the video's, unless the track clips it
