@@ -66,8 +66,9 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (--out's, or the latest)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default: the config's)"),
     compile_model: bool = typer.Option(False, "--compile", help="run the training forward through torch.compile (opt-in: the first steps pay for compiling; off by default)"),
+    stage: str = typer.Option("both", "--stage", help="ReAL configs (real, real-tiny): both | retrieval | localisation; one stage on an existing ReAL --out continues that run"),
 ) -> None:
-    """Train MaDe on MGSV-EC features; keeps the best-on-val weights in the run folder.
+    """Train MaDe (or ReAL: --config real) on MGSV-EC features; keeps the best-on-val weights in the run folder.
 
     On a CUDA GPU the features are kept on the GPU, the network runs in bf16 and Adam is fused.
     """
@@ -84,7 +85,7 @@ def train_command(
     try:
         with reporter:
             result = train(data, variant, out_dir=out, device=device, resume=resume, reporter=reporter, asked=asked,
-                           compile=compile_model)
+                           compile=compile_model, stage=stage)
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
         if run_dir is None:
@@ -119,6 +120,7 @@ class _TrainProgress:
         self.bars.__exit__(*exc)
 
     def start(self, info: dict) -> None:
+        self.rows = []  # a ReAL run starts once per stage; each stage gets its own table
         params = info["params"]
         console.print(f"[bold]training[/] {info['variant']} on {info['device']} ({info['dtype']}): "
                       f"{info['n_train']:,} train / {info['n_val']:,} val videos, {info['steps_per_epoch']} steps "
@@ -269,7 +271,8 @@ def _check_encoders(kind: Optional[str]) -> None:
 
 @app.command("index", epilog="Example: mgsv index ~/Music   (again later: only new or changed files are embedded; mgsv index --failed lists the files it could not take)")
 def index_command(
-    music_dir: Optional[Path] = typer.Argument(None, show_default=False, metavar="MUSIC_DIR", help="music folder, searched recursively (mp3 wav flac m4a aac ogg opus); with --failed, only failures under it"),
+    music_dir: Optional[str] = typer.Argument(None, show_default=False, metavar="MUSIC_DIR", help="music folder, searched recursively (mp3 wav flac m4a aac ogg opus); with --failed, only failures under it; with --engine ray also an object-store prefix (s3://bucket/music)",
+                                              callback=lambda value: value if value is None or "://" in value else Path(value)),
     index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
     prune: bool = typer.Option(False, "--prune", help="drop indexed tracks (and remembered failures) whose files are gone"),
     force: bool = typer.Option(False, "--force", help="re-embed every track and retry failed files (also: rebuild with other encoders; a damaged index is moved aside and rebuilt)"),
@@ -282,6 +285,9 @@ def index_command(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
     beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid (for cuts that start on a beat)"),
     batch_windows: Optional[int] = typer.Option(None, "--batch-windows", min=1, help="AST windows per forward pass (default: sized to the GPU's free memory; 4 on a CPU); lower it if the GPU runs out of memory"),
+    engine: str = typer.Option("local", "--engine", help="local: this process (default); ray: Ray Data (decoding in CPU tasks, AST in an actor pool, one per GPU), for catalogs beyond one machine; needs --store"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="with --engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: a local Ray on this machine"),
+    store: Optional[str] = typer.Option(None, "--store", help="a Lance track store to write instead of the SQLite index: DIR.lance or s3://bucket/store (AWS_* credentials)"),
 ) -> None:
     """Embed a music folder into the index: new and changed files only; safe to interrupt and re-run.
 
@@ -310,6 +316,10 @@ def index_command(
         raise UsageError("missing MUSIC_DIR, the music folder to index: `mgsv index ~/Music` "
                          "(`mgsv index --failed` lists the files that could not be indexed)")
     _check_encoders(encoders)
+    if engine != "local" or store is not None or ray_address is not None or "://" in str(music_dir):
+        _index_into_store(music_dir, engine, store, ray_address, index_given, prune, force, retry_failed,
+                          encoders or "pretrained", device, offline, weights_dir, beats, batch_windows)
+        return
 
     def load_encoders():
         from mgsv_cli.device import resolve_device
@@ -333,6 +343,78 @@ def index_command(
     _print_index_summary(report, encoders, index_given)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _index_into_store(music_dir, engine: str, store: Optional[str], ray_address: Optional[str], index_given,
+                      prune: bool, force: bool, retry_failed: bool, encoders: str, device: Optional[str],
+                      offline: bool, weights_dir: Optional[Path], beats: bool, batch_windows: Optional[int]) -> None:
+    """`mgsv index --engine ray` / `--store`: a Lance track store (see `index.ray_engine`)."""
+    from mgsv_cli.errors import UsageError
+
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine!r}: expected local or ray")
+    if engine == "local" and "://" in str(music_dir):
+        raise UsageError(f"{music_dir}: an object-store source needs --engine ray (and --store)")
+    if store is None:
+        raise UsageError(f"--engine {engine} writes a Lance track store: pass --store DIR.lance or --store s3://bucket/store")
+    if ray_address is not None and engine != "ray":
+        raise UsageError("--ray-address goes with --engine ray")
+    clashing = [flag for flag, on in (("--index", index_given is not None), ("--prune", prune), ("--force", force),
+                                      ("--retry-failed", retry_failed)) if on]
+    if clashing:
+        raise UsageError(f"--store does not go with {', '.join(clashing)}")
+    progress = _IndexBars()
+    try:
+        with progress:
+            if engine == "ray":
+                from mgsv_cli.index.ray_engine import index_with_ray
+
+                report = index_with_ray(music_dir, store, encoder_kind=encoders, device=device or "auto",
+                                        offline=offline, weights_dir=weights_dir, batch_windows=batch_windows,
+                                        detect_beats=beats, ray_address=ray_address, progress=progress)
+            else:
+                report = _index_locally_into_store(music_dir, store, encoders, device, offline, weights_dir, beats,
+                                                   batch_windows, progress)
+    except KeyboardInterrupt as exc:
+        report = getattr(exc, "report", None)
+        saved = f"; {report.n_tracks} track(s) in the store" if report is not None else ""
+        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(130)
+    _print_index_summary(report, encoders, None)
+    if report.failed:
+        _print_failures_at_end(report.failed)
+        raise typer.Exit(1)
+
+
+def _index_locally_into_store(music_dir, store: str, encoders: str, device, offline, weights_dir, beats,
+                              batch_windows, progress):
+    from mgsv_cli.errors import UsageError
+    from mgsv_cli.index import backend
+
+    if not hasattr(backend, "index_to_store"):
+        raise UsageError("only --engine ray writes track stores in this version")
+
+    def load_encoders():
+        from mgsv_cli.device import resolve_device
+        from mgsv_cli.features.encoders import load_encoders as load
+
+        return load(kind=encoders, device=resolve_device(device), offline=offline, weights_dir=weights_dir,
+                    parts=("music",), batch_windows=batch_windows)
+
+    return backend.index_to_store(music_dir, store, load_encoders, progress, detect_beats=beats,
+                                  encoder_kind=encoders)
+
+
+def _print_failures_at_end(failed) -> None:
+    """The files a store run skipped, listed once more after the summary (stores keep no failure table)."""
+    from rich.markup import escape
+
+    console.print(f"{len(failed)} file(s) could not be indexed (skipped; tried again on the next run):",
+                  highlight=False, soft_wrap=True)
+    for path, reason in failed:
+        line = reason if path in reason else f"{path}: {reason}"  # as _IndexBars.failed shows it
+        console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _print_failed_files(index: Optional[Path], music_dir: Optional[Path], as_json: bool) -> None:
@@ -363,7 +445,7 @@ class _IndexBars:
     """Rich progress bars (stderr) for ``index_music``'s stages; failures printed above them."""
 
     LABELS = {"checking": "checking files", "probing": "reading tags", "embedding": "embedding audio",
-              "beats": "finding beats"}
+              "beats": "finding beats", "indexing": "indexing on Ray (files)"}
 
     def __init__(self) -> None:
         from rich.progress import (BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn,
@@ -445,7 +527,8 @@ def _print_index_summary(report, encoders: str, index_given: Optional[Path] = No
 @app.command("suggest", epilog="Example: mgsv suggest clip.mp4 --top 10 --snap beat   (then: mgsv render clip.mp4)")
 def suggest_command(
     videos: List[Path] = typer.Argument(..., help="video files or folders of videos (mp4 mov mkv webm avi m4v)"),
-    index: Optional[Path] = typer.Option(None, "--index", help=INDEX_HELP),
+    index: Optional[str] = typer.Option(None, "--index", help=INDEX_HELP + "; or a Lance track store: a folder, DIR.lance or s3://... URI",
+                                        callback=lambda value: value if value is None or "://" in value else Path(value)),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="run folder or .safetensors file (default: the latest run)"),
     top: Optional[int] = typer.Option(None, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these); default 5"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start each cut on the nearest downbeat/beat (beats found at index time)"),
@@ -950,6 +1033,8 @@ def data_synth_command(
     videos: int = typer.Option(800, "--videos", help="videos in all: 10% to val, 10% to test, the rest to train"),
     tracks: int = typer.Option(40, "--tracks", help="train tracks, shared by their videos (long-tailed); each val/test video gets a track of its own"),
     seed: int = typer.Option(0, "--seed", help="the same seed and sizes write the same dataset"),
+    style_noise: Optional[float] = typer.Option(None, "--style-noise", help="how far each video strays from its track's style (default 0.3: easy to rank; bench_quality's hard data: see bench/README.md)"),
+    noise: Optional[float] = typer.Option(None, "--noise", help="std of the random part of every frame and window (default 0.5)"),
 ) -> None:
     """Write a small synthetic dataset in the MGSV-EC layout, with a planted signal to learn.
 
@@ -958,7 +1043,8 @@ def data_synth_command(
     """
     from mgsv_cli.research.synthetic import make_dataset
 
-    info = make_dataset(root, n_videos=videos, n_tracks=tracks, seed=seed)
+    levels = {name: value for name, value in (("noise", noise), ("style_noise", style_noise)) if value is not None}
+    info = make_dataset(root, n_videos=videos, n_tracks=tracks, seed=seed, **levels)
     sizes = ", ".join(f"{split} {n}" for split, n in info.sizes.items())
     console.print(f"[green]✓[/] wrote a synthetic MGSV-EC dataset to {info.root}: {sizes} videos, "
                   f"{len(info.tracks)} tracks, {len(info.split_track_ids('train'))} of them in train "

@@ -9,6 +9,12 @@ What scoring needs from the tracks is cached per (checkpoint, index) by
 :mod:`mgsv_cli.index.token_cache`. Detection re-encodes the K winners from the index's
 stored AST tokens (a few milliseconds), so the cache stays at keys only.
 
+A library larger than the rerank size N (default 1,000 tracks), and any Lance track store
+(``--index DIR.lance`` or ``s3://...``), is searched in two stages instead
+(:mod:`mgsv_cli.index.search`): ``cos(v, h0)`` over every track's pooled vector keeps the
+top N, MaDe reranks those, moments on the top K as above. A library of at most N tracks
+is scored exhaustively, exactly as before.
+
 The last suggestion per video is remembered for ``mgsv render`` and ``mgsv export``
 (:mod:`mgsv_cli.editor.record`).
 """
@@ -22,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from mgsv_cli.editor import outputs
 from mgsv_cli.features.recipe import window_valid
+from mgsv_cli.index.search import DEFAULT_RERANK
 from mgsv_cli.index.token_cache import model_fingerprint, scoring_tokens_for
 from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion, track_fits
 from mgsv_cli.editor.snapping import check_snap, snap_entry
@@ -129,7 +136,9 @@ class Suggester:
     """Models, index and cached track tokens loaded once; :meth:`suggest_video` per clip."""
 
     def __init__(self, *, model, model_id: str, untrained: bool, encoders, encoders_kind: str, index, tracks,
-                 scoring_tokens, device, timings: dict[str, float]):
+                 scoring_tokens, device, timings: dict[str, float], store=None, first_stage=None,
+                 fingerprint: str | None = None, rerank: int | None = None):
+        import numpy as np
         import torch
 
         self.model = model
@@ -145,13 +154,23 @@ class Suggester:
         self.track_durations = torch.tensor([t.duration for t in tracks], dtype=torch.float64)
         self._position_of_id = {t.id: i for i, t in enumerate(tracks)}
         self.prefetcher = VideoPrefetcher()
+        # The two-stage search (None: every track scored, as for a library of at most `rerank` tracks).
+        self.store, self.first_stage, self.fingerprint = store, first_stage, fingerprint
+        self.rerank = rerank or DEFAULT_RERANK
+        self._stage_positions = None if first_stage is None else np.array(
+            [self._position_of_id.get(int(i), -1) for i in first_stage.ids], dtype=np.int64)
 
     @classmethod
     def open(cls, *, index_path=None, checkpoint=None, untrained: bool = False, encoders: str | None = None,
              device: str = "auto", offline: bool = False, weights_dir=None, status: StatusFn | None = None,
-             encoders_obj=None, use_cache: bool = True, prefetch: str | os.PathLike | None = None) -> "Suggester":
+             encoders_obj=None, use_cache: bool = True, prefetch: str | os.PathLike | None = None,
+             rerank: int | None = None, first_stage: str = "auto") -> "Suggester":
         """Load the index, encoders and model, and the tracks' scoring tokens.
 
+        ``index_path``: an ``.sqlite`` index file, or a Lance track store (a folder, ``*.lance``
+        or an ``s3://``-style URI). ``rerank``: candidates the model reranks in the two-stage
+        search (default 1,000; an SQLite library of at most that many tracks is scored
+        exhaustively); ``first_stage``: ``auto``, ``exact`` or ``ivf_pq`` (Lance only).
         ``prefetch``: a video to start decoding at once, overlapping all the loading.
 
         ``encoders``: ``"pretrained"``, ``"tiny"`` or None (whichever the index was built with).
@@ -159,8 +178,17 @@ class Suggester:
         Raises ``IndexDatabaseError`` (no/empty index, encoder mismatch) and
         ``CheckpointError`` (no checkpoint, dims that do not fit the encoders).
         """
+        from mgsv_cli.index.backend import is_lance_uri
         from mgsv_cli.index.store import open_index
 
+        rerank = DEFAULT_RERANK if rerank is None else int(rerank)
+        if rerank < 1:
+            raise UsageError("the rerank size must be at least 1")
+        if index_path is not None and is_lance_uri(str(index_path)):
+            return cls._open_store(str(index_path), checkpoint=checkpoint, untrained=untrained, encoders=encoders,
+                                   device=device, offline=offline, weights_dir=weights_dir, status=status,
+                                   encoders_obj=encoders_obj, prefetch=prefetch, rerank=rerank,
+                                   first_stage=first_stage)
         timings: dict[str, float] = {}
         prefetcher = VideoPrefetcher()
         if prefetch is not None:
@@ -169,30 +197,58 @@ class Suggester:
         try:
             index.begin_snapshot()  # one consistent view even while `mgsv index` writes
             tracks = index.tracks()
-            kind = _encoders_for_index(index, encoders)
+            kind, encoders_obj, torch_device, model, model_id = _load_models(
+                index, encoders, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)
             t0 = time.perf_counter()
-            from mgsv_cli.device import resolve_device
+            store = stage = fingerprint = scoring = None
+            if len(tracks) > rerank:  # too many to score each: the two-stage search
+                from mgsv_cli.index.sqlite_store import SqliteTrackStore
 
-            torch_device = resolve_device(device)
-            if encoders_obj is None:
-                from mgsv_cli.features.encoders import load_encoders
-
-                encoders_obj = load_encoders(kind=kind, device=torch_device, offline=offline, weights_dir=weights_dir,
-                                             parts=("video",))
-            timings["load_encoders"] = time.perf_counter() - t0
-            _check_index_encoders(index, encoders_obj, kind)
-            t0 = time.perf_counter()
-            model, model_id = _load_network(checkpoint, untrained, encoders_obj, torch_device)
-            timings["load_model"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            scoring, from_cache = scoring_tokens_for(model, model_id, index, tracks, torch_device, status, use_cache)
-            timings["music_tokens_cached" if from_cache else "music_tokens_encoded"] = time.perf_counter() - t0
+                store, fingerprint = SqliteTrackStore(index), _fingerprint(model, model_id)
+                stage = _prepare_search(store, model, fingerprint, first_stage, status, timings)
+            else:
+                scoring, from_cache = scoring_tokens_for(model, model_id, index, tracks, torch_device, status,
+                                                         use_cache)
+                timings["music_tokens_cached" if from_cache else "music_tokens_encoded"] = time.perf_counter() - t0
         except BaseException:
             index.close()
             prefetcher.close()
             raise
         suggester = cls(model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj, encoders_kind=kind,
-                   index=index, tracks=tracks, scoring_tokens=scoring, device=torch_device, timings=timings)
+                   index=index, tracks=tracks, scoring_tokens=scoring, device=torch_device, timings=timings,
+                   store=store, first_stage=stage, fingerprint=fingerprint, rerank=rerank)
+        suggester.prefetcher.close()
+        suggester.prefetcher = prefetcher
+        return suggester
+
+    @classmethod
+    def _open_store(cls, uri: str, *, checkpoint, untrained: bool, encoders, device, offline: bool, weights_dir,
+                    status, encoders_obj, prefetch, rerank: int, first_stage: str) -> "Suggester":
+        """:meth:`open` for a Lance track store: always the two-stage search (its derived rows
+        for this checkpoint are brought up to date in the store first)."""
+        from mgsv_cli.index.backend import open_store
+
+        timings: dict[str, float] = {}
+        prefetcher = VideoPrefetcher()
+        if prefetch is not None:
+            prefetcher.start(prefetch)
+        store = open_store(uri)
+        try:
+            if len(store) == 0:
+                raise IndexDatabaseError(f"the track store {store.uri} is empty: run `mgsv index MUSIC_DIR --store "
+                                         f"{store.uri}` first")
+            tracks = [_track_info(record) for record in store.tracks()]
+            kind, encoders_obj, torch_device, model, model_id = _load_models(
+                store, encoders, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)
+            fingerprint = _fingerprint(model, model_id)
+            stage = _prepare_search(store, model, fingerprint, first_stage, status, timings)
+        except BaseException:
+            store.close()
+            prefetcher.close()
+            raise
+        suggester = cls(model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj, encoders_kind=kind,
+                        index=store, tracks=tracks, scoring_tokens=None, device=torch_device, timings=timings,
+                        store=store, first_stage=stage, fingerprint=fingerprint, rerank=rerank)
         suggester.prefetcher.close()
         suggester.prefetcher = prefetcher
         return suggester
@@ -260,10 +316,24 @@ class Suggester:
         frame_mask = torch.as_tensor(frame_mask, device=self.device)[None]
         with torch.inference_mode():
             video_tokens = self.model.encode_video(frames, frame_mask)
+            if self.first_stage is None:  # every track scored
+                positions, scoring, durations = None, self.scoring_tokens, self.track_durations
+            else:  # the reranked candidates stand for the library; positions map them back
+                positions, scoring = self._candidates(video_tokens, fits, include_short)
+                if positions.size == 0:  # every track shorter than the clip
+                    raise _nothing_to_suggest(video, duration, len(self.tracks), fits.count(False), 0)
+                durations = self.track_durations[torch.from_numpy(positions)]
+
+            def at(candidate: int) -> int:
+                return candidate if positions is None else int(positions[candidate])
+
             top, scores, predicted, cuts, relevance = rank_and_detect(
-                self.model, video_tokens, self.scoring_tokens, self._load_windows, self.track_durations,
-                duration, top_k, usable=None if include_short and track_exists is None else usable,
+                self.model, video_tokens, scoring, lambda found: self._load_windows([at(c) for c in found]),
+                durations, duration, top_k,
+                usable=None if include_short and track_exists is None else (lambda c: usable(at(c))),
             )
+            if positions is not None:
+                top = positions[top]
         left_out_short = 0 if include_short else fits.count(False)
         if len(top) == 0:
             raise _nothing_to_suggest(video, duration, len(self.tracks), left_out_short, len(missing))
@@ -277,8 +347,9 @@ class Suggester:
                 title=track.title, artist=track.artist, fits=fits[int(pos)],
                 relevance=[round(float(w), 4) for w in weights[:n_windows(track.duration)]],
             )
-            if snap == "beat" and track.beats:  # the grid stored with the track; none: the cut stays
-                entry, _ = snap_entry(entry, grid=BeatGrid.from_dict(track.beats))
+            beats = self._beats(track) if snap == "beat" else None
+            if beats:  # the grid stored with the track; none: the cut stays
+                entry, _ = snap_entry(entry, grid=BeatGrid.from_dict(beats))
             suggestions.append(entry)
         return SuggestionResult(
             video=video, duration=duration, suggestions=suggestions, checkpoint=self.model_id,
@@ -293,6 +364,27 @@ class Suggester:
         ids = [self.tracks[p].id for p in positions]
         feats, mask = self.index.tokens_for(ids)
         return torch.from_numpy(feats), torch.from_numpy(mask)
+
+    def _beats(self, track) -> dict | None:
+        """The track's beat grid: from the track list (SQLite), or read from the store (Lance)."""
+        if track.beats is not None or self.store is None or self.store is not self.index:
+            return track.beats
+        return self.store.beats_for(track.id)
+
+    def _candidates(self, video_tokens, fits: list[bool], include_short: bool):
+        """The two-stage search's reranked candidates: (positions int64 [n] in :attr:`tracks`,
+        best first, and their scores in the form :func:`rank_and_detect` takes)."""
+        import numpy as np
+
+        from mgsv_cli.index.search import rerank_ids
+
+        allowed = self._stage_positions >= 0  # tracks added after loading are not in the list yet
+        if not include_short:
+            allowed &= np.asarray(fits, dtype=bool)[self._stage_positions]
+        ids, cos = self.first_stage.top(video_tokens.pooled[0].float().cpu().numpy(), self.rerank, allowed)
+        found = rerank_ids(self.model, video_tokens, self.store, self.fingerprint, ids, cos)
+        positions = np.array([self._position_of_id[int(i)] for i in found.track_ids], dtype=np.int64)
+        return positions, _CandidateScores(found.scores)
 
 
 def _nothing_to_suggest(video: str, duration: float, n_tracks: int, short: int, missing: int) -> MgsvError:
@@ -309,6 +401,81 @@ def _nothing_to_suggest(video: str, duration: float, n_tracks: int, short: int, 
     return UsageError(message) if short else IndexDatabaseError(message)
 
 
+def _load_models(index, encoders: str | None, encoders_obj, checkpoint, untrained: bool, device, offline: bool,
+                 weights_dir, timings: dict[str, float]):
+    """``(encoder kind, encoders, torch device, model, model id)`` for ``index`` (either store),
+    the encoders checked against the ones it was built with."""
+    from mgsv_cli.device import resolve_device
+
+    kind = _encoders_for_index(index, encoders)
+    t0 = time.perf_counter()
+    torch_device = resolve_device(device)
+    if encoders_obj is None:
+        from mgsv_cli.features.encoders import load_encoders
+
+        encoders_obj = load_encoders(kind=kind, device=torch_device, offline=offline, weights_dir=weights_dir,
+                                     parts=("video",))
+    timings["load_encoders"] = time.perf_counter() - t0
+    _check_index_encoders(index, encoders_obj, kind)
+    t0 = time.perf_counter()
+    model, model_id = _load_network(checkpoint, untrained, encoders_obj, torch_device)
+    timings["load_model"] = time.perf_counter() - t0
+    return kind, encoders_obj, torch_device, model, model_id
+
+
+class _CandidateScores:
+    """Scores of the reranked candidates, shaped as :class:`ScoringTokens` scores: float32 [n]."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def score(self, model, video_tokens):
+        import torch
+
+        return torch.from_numpy(self.scores).to(video_tokens.pooled.device)
+
+
+def _fingerprint(model, model_id: str) -> str:
+    """The name of the model's derived rows in a store: the checkpoint id when it is a safe name."""
+    if model_id and all(c.isalnum() or c in "-_." for c in model_id):
+        return model_id
+    return model_fingerprint(model)
+
+
+def _prepare_search(store, model, fingerprint: str, first_stage: str, status: StatusFn | None,
+                    timings: dict[str, float]):
+    """Bring the store's derived rows for ``model`` up to date and build the first stage."""
+    from mgsv_cli.index.search import FirstStage, update_derived
+
+    t0 = time.perf_counter()
+    missing = len(store.derived_missing(fingerprint))
+    if missing and status:
+        status(f"encoding {missing} of {len(store)} tracks for this model (kept in the store for later runs)")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if status:
+            status(f"encoding tracks for this model: {done} of {total}")
+
+    encoded = update_derived(store, model, fingerprint, progress=progress) if missing else 0
+    timings["music_derived_encoded" if encoded else "music_derived_current"] = time.perf_counter() - t0
+    stage = FirstStage.build(store, fingerprint, kind=first_stage)
+    timings["build_first_stage"] = stage.build_seconds
+    return stage
+
+
+def _track_info(record):
+    """A store's :class:`TrackRecord` as the ``TrackInfo`` suggestions are made of (beats read later)."""
+    from mgsv_cli.index.store import TrackInfo
+
+    tags = record.tags or {}
+    return TrackInfo(record.track_id, record.location, float(record.duration), tags.get("title"), tags.get("artist"),
+                     tags.get("album"), None)
+
+
+def _index_name(index) -> str:
+    return str(getattr(index, "path", None) or index.uri)
+
+
 def _encoders_for_index(index, requested: str | None) -> str:
     """The encoder kind to load: the index's, unless asked otherwise (checked before any loading)."""
     from mgsv_cli.index.store import encoder_kind_of
@@ -316,7 +483,7 @@ def _encoders_for_index(index, requested: str | None) -> str:
     built_with = encoder_kind_of(index.encoder_id)
     if requested is not None and requested != built_with:
         raise IndexDatabaseError(
-            f"the index {index.path} was built with encoders '{index.encoder_id}', not {requested} ones: "
+            f"the index {_index_name(index)} was built with encoders '{index.encoder_id}', not {requested} ones: "
             f"use --encoders {built_with} (or leave --encoders out), or re-index with "
             f"`mgsv index MUSIC_DIR --force --encoders {requested}`"
         )
@@ -326,7 +493,7 @@ def _encoders_for_index(index, requested: str | None) -> str:
 def _check_index_encoders(index, encoders, kind: str) -> None:
     if index.encoder_id and encoders.encoder_id != index.encoder_id:
         raise IndexDatabaseError(
-            f"the index {index.path} was built with encoders '{index.encoder_id}', but suggest loaded "
+            f"the index {_index_name(index)} was built with encoders '{index.encoder_id}', but suggest loaded "
             f"'{encoders.encoder_id}' (--encoders {kind}); use the index's encoders, or re-index with "
             f"`mgsv index MUSIC_DIR --force --encoders {kind}`"
         )

@@ -389,7 +389,7 @@ class Encoders:
     def _prepare(self, index: int, item: Any) -> _TrackJob:
         name = _item_name(index, item)
         try:
-            samples, duration = _load_track_audio(item)
+            samples, duration = load_track_audio(item)
             return _TrackJob(name, self.music_dim, TrackSpectrogram(samples, duration))
         except MgsvError as exc:
             return _TrackJob(name, self.music_dim, error=str(exc))
@@ -442,7 +442,7 @@ def _item_name(index: int, item: Any) -> str:
     return str(item)
 
 
-def _load_track_audio(item: Any) -> tuple[np.ndarray, float]:
+def load_track_audio(item: Any) -> tuple[np.ndarray, float]:
     """(samples 16 kHz float32, true duration s) of a path or a (name, samples) pair."""
     if isinstance(item, (tuple, np.ndarray)):
         samples = np.asarray(item[1] if isinstance(item, tuple) else item, dtype=np.float32).reshape(-1)

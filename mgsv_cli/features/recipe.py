@@ -188,6 +188,15 @@ class TrackSpectrogram:
         ]
         self.frames = np.concatenate(chunks) if chunks else np.zeros((0, N_MEL_BINS), np.float32)
 
+    @classmethod
+    def from_frames(cls, frames: np.ndarray, duration: float) -> "TrackSpectrogram":
+        """Around frames already computed (float32 [n, 128], e.g. by another worker), nothing redone."""
+        spectrogram = cls.__new__(cls)
+        spectrogram.duration = float(duration)
+        spectrogram.valid = window_valid(spectrogram.duration)
+        spectrogram.frames = np.asarray(frames, dtype=np.float32).reshape(-1, N_MEL_BINS)
+        return spectrogram
+
     def window(self, index: int) -> np.ndarray:
         """AST input of window ``index``. float32 [1024, 128]."""
         start, end = _window_sample_bounds(index)

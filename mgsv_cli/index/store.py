@@ -722,7 +722,8 @@ def _signature(path: Path) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _unreadable_reason(path: Path, exc: OSError) -> str:
+def unreadable_reason(path: Path, exc: OSError) -> str:
+    """Why a music file cannot be read, in words an editor can act on (one line)."""
     if os.path.islink(path):
         if exc.errno == errno.ELOOP:
             return "symbolic link loop: it never reaches a file"
@@ -777,7 +778,7 @@ def _plan(conn, files, stored_rows, force, failures: _Failures, progress, report
         except OSError as exc:
             signature = _signature(path)
             if not failures.skip(key, signature):
-                failures.add(key, signature, _unreadable_reason(path, exc))
+                failures.add(key, signature, unreadable_reason(path, exc))
             continue
         signature = (stat.st_size, stat.st_mtime_ns)
         stored = stored_rows.get(key)
@@ -795,7 +796,7 @@ def _plan(conn, files, stored_rows, force, failures: _Failures, progress, report
         try:
             digest = content_hash(path)
         except OSError as exc:
-            failures.add(key, signature, _unreadable_reason(path, exc))
+            failures.add(key, signature, unreadable_reason(path, exc))
             continue
         if stored is not None and stored[0] == stat.st_size and stored[2] == digest:
             with _transaction(conn, bump_generation=False):
@@ -922,7 +923,7 @@ def _embed_jobs(conn, jobs: list[_Job], encoders, failures: _Failures, progress:
     if not probed:
         return
     progress.stage("embedding", sum(j.audio_seconds for j in probed))
-    beat_detector = _beat_detector() if detect_beats else None
+    detect = beat_detector() if detect_beats else None
     by_path = {str(j.path): j for j in probed}
     for position, result in enumerate(encoders.embed_tracks([j.path for j in probed])):
         path, feats, mask, duration, error = _unpack_track_result(result, probed, position)
@@ -931,7 +932,7 @@ def _embed_jobs(conn, jobs: list[_Job], encoders, failures: _Failures, progress:
             failures.add(path, (job.size, job.mtime_ns), error)
             progress.advance("embedding", job.audio_seconds, path)
             continue
-        beats = _beats_json(beat_detector, job.path) if beat_detector else None
+        beats = beats_json(detect, job.path) if detect else None
         _store_track(conn, job, feats, mask, duration, encoders.encoder_id, beats, failures)
         if beats is not None:
             report.beats_added += 1
@@ -977,7 +978,7 @@ def _store_track(conn, job: _Job, feats, mask, duration, encoder_id: str, beats:
     mask = (_to_numpy(mask) > 0).astype(np.uint8)
     if feats.ndim != 2 or mask.shape != (feats.shape[0],):
         raise IndexDatabaseError(f"encoder returned tokens of shape {feats.shape} with mask {mask.shape} for {job.path}")
-    tags = _tags(job.info)
+    tags = track_tags(job.info)
     row = (
         str(job.path), job.size, job.mtime_ns, job.digest, float(duration),
         _int_or_none(getattr(job.info, "sample_rate", None)), _int_or_none(getattr(job.info, "channels", None)),
@@ -1001,7 +1002,8 @@ def _int_or_none(value) -> int | None:
         return None
 
 
-def _tags(info) -> dict[str, str]:
+def track_tags(info) -> dict[str, str]:
+    """Title, artist and album from a probe result, when present."""
     tags = getattr(info, "tags", None) or {}
     wanted = {}
     for key, value in dict(tags).items():
@@ -1076,7 +1078,7 @@ class _PrecomputedInfo:
 # ---------------------------------------------------------------- beats (optional module)
 
 
-def _beat_detector() -> Callable | None:
+def beat_detector() -> Callable | None:
     """``beats.beats_of_file`` when that module is installed, else None (beats stay NULL)."""
     try:
         from mgsv_cli.media.beats import beats_of_file
@@ -1085,7 +1087,7 @@ def _beat_detector() -> Callable | None:
     return beats_of_file
 
 
-def _beats_json(detect, path: Path) -> str | None:
+def beats_json(detect, path: Path) -> str | None:
     """The track's beat grid (``beats.BeatGrid.to_json``), or None when it cannot be
     computed: beats are an optional refinement, never a reason to fail a track."""
     try:
@@ -1096,7 +1098,7 @@ def _beats_json(detect, path: Path) -> str | None:
 
 def _fill_missing_beats(conn, progress: IndexProgress, report: IndexReport) -> None:
     """Give tracks indexed before beat detection existed their beat grid (no re-embedding)."""
-    detect = _beat_detector()
+    detect = beat_detector()
     if detect is None:
         return
     pending = [p for (p,) in conn.execute("SELECT path FROM tracks WHERE beats IS NULL")]
@@ -1106,7 +1108,7 @@ def _fill_missing_beats(conn, progress: IndexProgress, report: IndexReport) -> N
     progress.stage("beats", len(pending))
     for path in pending:
         progress.advance("beats", 1, path)
-        beats = _beats_json(detect, Path(path))
+        beats = beats_json(detect, Path(path))
         if beats is None:
             continue
         with _transaction(conn, bump_generation=False):

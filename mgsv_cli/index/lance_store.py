@@ -1,0 +1,712 @@
+"""The Lance track store: a catalog of 10^5 to 10^7 tracks in a folder or an object store.
+
+Layout under the store's root (a local folder or a ``s3://``/``gs://``/``az://`` URI,
+given to Lance unchanged; credentials come from the usual environment variables)::
+
+    ROOT/tracks.lance          one row per track (schema below)
+    ROOT/derived/<fp>.lance    one dataset per checkpoint fingerprint: track_id, pooled, n_windows, scoring
+
+Design choices:
+
+* **Ids from the content hash.** A track's id is the first 63 bits of BLAKE2b of its content
+  hash: stable, unique in practice (10^7 tracks collide with odds about 5e-6) and the same
+  whichever writer (a Ray worker, a rerun) adds it, so two writers never need to agree on a
+  counter. Tracks are only ever appended: a changed file is a new content hash, a new track.
+* **Tokens trimmed.** AST tokens are stored as fp16 bytes ``[n, 768]`` up to the last valid
+  window (a 140 s track keeps 57 of 96 windows), with the window mask ``[n]``; reads pad
+  back to 96. Pooled vectors are a ``fixed_size_list<float32, d>`` column, so that a Lance
+  vector index can be built on them.
+* **One blob per reranked track.** The rerank reads 1,000 random tracks' derived rows per
+  query, and Lance's ``take()`` costs per column read: a track's pooled vector, fp16 keys
+  ``[n, d]`` and mask ``[n]`` are one uncompressed ``scoring`` blob (decoded with slice copies
+  straight from the arrow buffer).
+* **One commit per call.** ``add_tracks`` and ``put_derived`` are each one Lance commit (a new
+  version of the dataset, written atomically by Lance): a writer killed mid-call leaves the
+  store at the previous version; its orphan data files are invisible to readers.
+* **Two writers.** On a local folder every write holds an exclusive ``flock`` on
+  ``ROOT.lock`` for the length of one commit, and inserts with ``merge_insert`` on the content
+  hash, so concurrent runs both land without duplicates. Object stores have no lock: there a
+  writer re-reads the hashes it has just inserted after its commit and deletes every copy
+  but the first (smallest row id), so racing writers converge on one row per hash; readers
+  ignore the brief duplicates (one row per id).
+* **Format version** in the schema metadata of every dataset (``mgsv_store_format``); a
+  store written by a newer mgsv is refused, never half-read.
+* **The pooled matrix** is exported once per (tracks version, derived version) to a ``.npy``
+  in the cache folder and memory-mapped: the first stage of the search multiplies a query by
+  [N, d] without copying millions of rows into Python objects.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from mgsv_cli import paths
+from mgsv_cli.errors import DataError, IndexDatabaseError, MgsvError, StorageError, first_line, storage_error
+from mgsv_cli.features import recipe
+from mgsv_cli.index.records import DerivedRows, NewTrack, TrackRecord, check_derived, pad_rows, to_numpy, \
+    valid_length
+
+FORMAT_VERSION = 1
+_FORMAT_KEY = b"mgsv_store_format"
+_KIND_KEY = b"mgsv_store_kind"
+TRACKS_NAME = "tracks.lance"
+DERIVED_FOLDER = "derived"
+_RECORD_COLUMNS = ["id", "location", "content_hash", "duration", "tags"]
+_TOKEN_COLUMNS = ["id", "n_windows", "feat_dim", "tokens", "mask"]
+_EXPORT_CHUNK = 65536  # rows per take() while exporting the pooled matrix
+SCORING_COLUMN = "scoring"  # derived: float32 LE pooled [d] | float16 LE keys [n, d] | uint8 mask [n]
+
+
+def track_id_of(content_hash: str) -> int:
+    """The stable id of the track with ``content_hash``: 63 bits of BLAKE2b (a positive int64)."""
+    digest = hashlib.blake2b(content_hash.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/")] + list(parts))
+
+
+def _tracks_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("location", pa.string()),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("duration", pa.float64()),
+        pa.field("tags", pa.string()),  # JSON object
+        pa.field("encoder_id", pa.string()),
+        pa.field("n_windows", pa.int32()),  # stored slots: up to the last valid window
+        pa.field("feat_dim", pa.int32()),
+        pa.field("tokens", pa.large_binary()),  # float16 LE [n_windows, feat_dim]
+        pa.field("mask", pa.binary()),  # uint8 [n_windows]
+        pa.field("beats", pa.string()),  # beat-grid JSON or null
+    ], metadata={_FORMAT_KEY: str(FORMAT_VERSION).encode(), _KIND_KEY: b"tracks"})
+
+
+def _derived_schema(dim: int, fingerprint: str):
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("pooled", pa.list_(pa.float32(), dim)),
+        pa.field("n_windows", pa.int32()),
+        # What the rerank reads, as one uncompressed blob per track (see _scoring_blobs): Lance's
+        # take() of 1,000 random rows costs per column read (pooled + keys + mask: 74 ms at 1M
+        # tracks, this one column: ~45 ms), and fp16 activations barely compress (~8%) while
+        # decompressing 29 MB cost ~40 ms of 2 cores. ``pooled`` above stays for the vector index
+        # and the first stage's export (1 KB of 30 per track held twice).
+        pa.field(SCORING_COLUMN, pa.large_binary(), metadata={"lance-encoding:compression": "none"}),
+    ], metadata={_FORMAT_KEY: str(FORMAT_VERSION).encode(), _KIND_KEY: b"derived",
+                 b"fingerprint": fingerprint.encode()})
+
+
+class LanceTrackStore:
+    """:class:`~mgsv_cli.index.backend.TrackStore` over Lance datasets under ``uri``.
+
+    Every read opens the latest version (appends by other writers are seen); track ids are
+    stable, so ids read from one version stay valid in later ones.
+    """
+
+    def __init__(self, uri: str, *, lock_timeout: float = 60.0, lock: bool = True):
+        self.uri = uri
+        self._tracks_uri = _join(uri, TRACKS_NAME)
+        self._lock_timeout = lock_timeout
+        # Object stores cannot be flock'ed: their writers deduplicate after committing instead.
+        self._use_lock = lock and not _is_remote(uri)
+        self._maps: dict[tuple[str, str], tuple[int, Any, Any]] = {}  # latest version's map per dataset
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, uri: str, *, create: bool = False, **kwargs) -> "LanceTrackStore":
+        """Open the store at ``uri`` (``create``: make an empty one when there is none)."""
+        if uri.startswith("file://"):
+            uri = uri[len("file://"):]
+        root = uri if "://" in uri else str(Path(uri).expanduser().absolute())
+        store = cls(root, **kwargs)
+        if store._exists(store._tracks_uri):
+            store._check_format(store._dataset(store._tracks_uri), "tracks")
+            return store
+        if not create:
+            if not _is_remote(root) and Path(root).is_dir() and any(Path(root).iterdir()):
+                raise IndexDatabaseError(f"{root} is a folder but not an mgsv track store; not touching it")
+            raise IndexDatabaseError(f"no track store at {root}: build one with `mgsv index MUSIC_DIR --store {root}`")
+        store._create()
+        return store
+
+    def _exists(self, dataset_uri: str) -> bool:
+        if not _is_remote(dataset_uri):
+            return (Path(dataset_uri) / "_versions").is_dir()
+        import lance
+
+        try:
+            lance.dataset(dataset_uri)
+            return True
+        except Exception as exc:  # Lance says "not found" for a missing dataset at an object-store URI
+            if "not found" in str(exc).lower():
+                return False
+            raise self._error(exc, "open") from None
+
+    def _create(self) -> None:
+        import lance
+
+        if not _is_remote(self.uri):
+            _make_folder(Path(self.uri))
+        schema = _tracks_schema()
+        with self._write_lock():
+            if self._exists(self._tracks_uri):  # another run created it meanwhile
+                return
+            try:
+                lance.write_dataset(schema.empty_table(), self._tracks_uri, schema=schema, mode="create")
+            except Exception as exc:  # without a lock (object stores) another run may have won the race
+                if not self._exists(self._tracks_uri):
+                    raise self._error(exc, "create") from None
+
+    def _dataset(self, dataset_uri: str):
+        import lance
+
+        with self._lance_errors("read"):
+            return lance.dataset(dataset_uri)
+
+    def _check_format(self, ds, kind: str) -> None:
+        meta = ds.schema.metadata or {}
+        if meta.get(_KIND_KEY) != kind.encode() or _FORMAT_KEY not in meta:
+            raise IndexDatabaseError(f"{self.uri} is not an mgsv track store (its {kind} dataset has no mgsv format)")
+        try:
+            version = int(meta[_FORMAT_KEY])
+        except ValueError:
+            raise IndexDatabaseError(f"{self.uri} has an unreadable store format {meta[_FORMAT_KEY]!r}") from None
+        if version > FORMAT_VERSION:
+            raise IndexDatabaseError(f"{self.uri} was written by a newer mgsv (store format {version}, "
+                                     f"this one reads up to {FORMAT_VERSION}): upgrade mgsv")
+
+    # -- errors and the writer lock --------------------------------------------------------
+
+    def _error(self, exc: BaseException, action: str) -> MgsvError:
+        if isinstance(exc, MgsvError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return storage_error(f"{action} the track store", self.uri, exc)
+        text = first_line(exc, 300)
+        lowered = text.lower()
+        for fragment, cause in (("permission denied", "permission denied"),
+                                ("read-only", "the file system is read-only"),
+                                ("no space left", "no space left on device")):
+            if fragment in lowered:
+                return StorageError(f"cannot {action} the track store {self.uri}: {cause}")
+        return IndexDatabaseError(f"cannot {action} the track store {self.uri}: {text}")
+
+    @contextlib.contextmanager
+    def _lance_errors(self, action: str):
+        try:
+            yield
+        except MgsvError:
+            raise
+        except Exception as exc:  # Lance raises OSError, ValueError, RuntimeError...: one line each
+            raise self._error(exc, action) from None
+
+    @contextlib.contextmanager
+    def _write_lock(self):
+        if not self._use_lock:
+            yield
+            return
+        from mgsv_cli.index.store import writer_lock
+
+        try:
+            with writer_lock(Path(self.uri), timeout=self._lock_timeout):
+                yield
+        except IndexDatabaseError as exc:
+            if "right now" not in str(exc):
+                raise
+            raise IndexDatabaseError(f"another writer has held the track store {self.uri} for over "
+                                     f"{self._lock_timeout:g} s (lock {self.uri}.lock); try again when it is done") \
+                from None
+
+    # -- tracks ----------------------------------------------------------------------------
+
+    def _tracks(self):
+        return self._dataset(self._tracks_uri)
+
+    def _id_map(self, ds, column: str, keep: str = "first"):
+        """(sorted unique ids, their row positions) of ``ds`` at its version; duplicates (a
+        racing writer's, until it deduplicates) resolve to their first or last row."""
+        import numpy as np
+
+        key = (ds.uri, keep)
+        cached = self._maps.get(key)
+        if cached is None or cached[0] != ds.version:
+            with self._lance_errors("read"):
+                ids = ds.to_table(columns=[column]).column(0).to_numpy()
+            if keep == "last":
+                ids = ids[::-1]
+            unique, first = np.unique(ids, return_index=True)
+            positions = first if keep == "first" else len(ids) - 1 - first
+            cached = self._maps[key] = (ds.version, unique, positions.astype(np.int64))
+        return cached[1], cached[2]
+
+    def _positions(self, ds, ids: Sequence[int], column: str = "id", keep: str = "first", what: str = "tracks"):
+        import numpy as np
+
+        unique, positions = self._id_map(ds, column, keep)
+        wanted = np.asarray(list(ids), dtype=np.int64)
+        at = np.clip(np.searchsorted(unique, wanted), 0, max(len(unique) - 1, 0))
+        found = (unique[at] == wanted) if len(unique) else np.zeros(len(wanted), bool)
+        if not found.all():
+            missing = wanted[~found][:5].tolist()
+            raise IndexDatabaseError(f"{what} {missing} are not in the track store {self.uri}")
+        return positions[at]
+
+    @property
+    def encoder_id(self) -> str | None:
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            head = ds.to_table(columns=["encoder_id"], limit=1).column(0).to_pylist()
+        return head[0] if head else None
+
+    def __len__(self) -> int:
+        return len(self._id_map(self._tracks(), "id")[0])
+
+    def tracks(self, ids: Sequence[int] | None = None) -> list[TrackRecord]:
+        """Records of ``ids`` in the order asked; every track, by id, when None."""
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            if ids is None:  # one scan, not N random reads; first row of an id (see _id_map), by id
+                table = ds.to_table(columns=_RECORD_COLUMNS)
+                table = table.take(self._id_map(ds, "id")[1]) if table.num_rows else table
+            else:
+                table = ds.take(self._positions(ds, ids), columns=_RECORD_COLUMNS)
+        table = table.to_pydict()
+        return [TrackRecord(int(i), loc, h, float(d), json.loads(t) if t else {})
+                for i, loc, h, d, t in zip(table["id"], table["location"], table["content_hash"],
+                                           table["duration"], table["tags"])]
+
+    def iter_tokens(self, batch_size: int = 256) -> Iterator[tuple[Any, Any, Any]]:
+        """Every track's tokens, in store order: (ids int64 [B], tokens float32 [B, 96, 768], mask bool [B, 96])."""
+        import pyarrow as pa
+
+        ds = self._tracks()
+        seen: set[int] = set()  # a racing writer's duplicate (until it deduplicates) is skipped
+        with self._lance_errors("read"):
+            batches = iter(ds.to_batches(columns=_TOKEN_COLUMNS, batch_size=batch_size))
+        while True:
+            with self._lance_errors("read"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            ids = batch.column(0).to_pylist()
+            keep = [k for k, i in enumerate(ids) if i not in seen and not seen.add(i)]
+            if keep:
+                yield _decode_tokens(pa.Table.from_batches([batch]).take(keep))
+
+    def tokens_for(self, ids: Sequence[int]) -> tuple[Any, Any]:
+        """AST tokens of ``ids``: float32 [K, 96, 768], mask bool [K, 96], in the order asked."""
+        ds = self._tracks()
+        positions = self._positions(ds, ids)
+        with self._lance_errors("read"):
+            table = ds.take(positions, columns=_TOKEN_COLUMNS)
+        _, tokens, mask = _decode_tokens(table)
+        return tokens, mask
+
+    def beats_for(self, track_id: int) -> dict | None:
+        ds = self._tracks()
+        positions = self._positions(ds, [track_id])
+        with self._lance_errors("read"):
+            value = ds.take(positions, columns=["beats"]).column(0)[0].as_py()
+        return json.loads(value) if value else None
+
+    def content_hashes(self) -> set[str]:
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            return set(ds.to_table(columns=["content_hash"]).column(0).to_pylist())
+
+    def add_tracks(self, tracks: Iterable[NewTrack]) -> int:
+        """Append the tracks whose content hash is not stored yet, in one commit; returns how many."""
+        table = _tracks_table(list(tracks))
+        if table.num_rows == 0:
+            return 0
+        encoders = set(table.column("encoder_id").to_pylist())
+        with self._write_lock():
+            stored = self.encoder_id
+            if len(encoders) > 1 or (stored is not None and stored not in encoders):
+                raise IndexDatabaseError(
+                    f"the track store {self.uri} holds tokens of encoders '{stored}', not "
+                    f"{', '.join(repr(e) for e in sorted(encoders - {stored}))}; use another --store for them")
+            with self._lance_errors("write"):
+                result = self._tracks().merge_insert("content_hash").when_not_matched_insert_all().execute(table)
+        added = int(result.get("num_inserted_rows", 0))
+        if not self._use_lock and added:
+            self._deduplicate(self._tracks_uri, "content_hash", table.column("content_hash").to_pylist())
+        return added
+
+    def _deduplicate(self, dataset_uri: str, column: str, values: list) -> int:
+        """Delete every copy but the first (smallest row id) of ``values`` in ``column``: what a
+        writer without a lock does after its commit, so that racing writers converge."""
+        import numpy as np
+
+        ds = self._dataset(dataset_uri)
+        with self._lance_errors("read"):
+            table = ds.to_table(columns=[column], with_row_id=True, filter=_in_filter(column, values))
+        if table.num_rows == len(set(values)):
+            return 0
+        keys = table.column(column).to_pylist()
+        row_ids = table.column("_rowid").to_numpy()
+        first: dict = {}
+        for key, row in zip(keys, row_ids.tolist()):
+            first[key] = min(first.get(key, row), row)
+        extra = np.setdiff1d(row_ids, np.fromiter(first.values(), dtype=row_ids.dtype))
+        if extra.size:
+            with self._lance_errors("write"):
+                ds.delete(f"_rowid IN ({', '.join(str(int(r)) for r in extra)})")
+        return int(extra.size)
+
+    # -- derived data ----------------------------------------------------------------------
+
+    def _derived_uri(self, fingerprint: str) -> str:
+        if not fingerprint or not all(c.isalnum() or c in "-_." for c in fingerprint):
+            raise DataError(f"bad checkpoint fingerprint {fingerprint!r} (letters, digits, - _ . only)")
+        return _join(self.uri, DERIVED_FOLDER, f"{fingerprint}.lance")
+
+    def _derived(self, fingerprint: str):
+        dataset_uri = self._derived_uri(fingerprint)
+        if not self._exists(dataset_uri):
+            return None
+        ds = self._dataset(dataset_uri)
+        self._check_format(ds, "derived")
+        return ds
+
+    def derived_missing(self, fingerprint: str) -> list[int]:
+        """Ids of tracks with no derived rows for ``fingerprint`` (tracks never change: a
+        track's rows, once written, stay current)."""
+        import numpy as np
+
+        ids = self._id_map(self._tracks(), "id")[0]
+        derived = self._derived(fingerprint)
+        if derived is not None:
+            ids = np.setdiff1d(ids, self._id_map(derived, "track_id", "last")[0])
+        return ids.tolist()
+
+    def put_derived(self, fingerprint: str, rows: DerivedRows) -> None:
+        """Store (replace) rows for ``fingerprint`` in one commit."""
+        import lance
+
+        ids, pooled, keys, mask = check_derived(rows)
+        if not len(ids):
+            return
+        self._positions(self._tracks(), ids.tolist())  # rows of unknown tracks are a caller's mistake
+        table = _derived_table(ids, pooled, keys, mask, fingerprint)
+        dataset_uri = self._derived_uri(fingerprint)
+        with self._write_lock():
+            derived = self._derived(fingerprint)
+            if derived is None:
+                try:
+                    lance.write_dataset(table, dataset_uri, schema=table.schema, mode="create")
+                except Exception as exc:  # without a lock another writer may have created it first
+                    derived = self._derived(fingerprint)
+                    if derived is None:
+                        raise self._error(exc, "write") from None
+            if derived is not None:
+                if derived.schema.field("pooled").type != table.schema.field("pooled").type:
+                    raise DataError(f"derived rows of width {pooled.shape[1]} for checkpoint {fingerprint}, "
+                                    f"whose stored rows are {derived.schema.field('pooled').type}")
+                with self._lance_errors("write"):
+                    derived.merge_insert("track_id").when_matched_update_all() \
+                        .when_not_matched_insert_all().execute(table)
+        if not self._use_lock:
+            self._deduplicate(dataset_uri, "track_id", ids.tolist())
+
+    def pooled_matrix(self, fingerprint: str) -> tuple[Any, Any]:
+        """(track_ids int64 [N], pooled float32 [N, d]) of every track with derived rows, by id;
+        both memory-mapped from ``.npy`` files exported once per store version."""
+        import numpy as np
+
+        tracks, derived = self._tracks(), self._derived(fingerprint)
+        if derived is None:
+            raise IndexDatabaseError(f"the track store {self.uri} has no derived rows for checkpoint {fingerprint}")
+        stem = hashlib.blake2b(f"{self.uri}\0{fingerprint}".encode(), digest_size=8).hexdigest()
+        folder = paths.cache_dir() / "lance_pooled"
+        name = f"{stem}-t{tracks.version}-d{derived.version}"
+        ids_file, pooled_file = folder / f"{name}.ids.npy", folder / f"{name}.pooled.npy"
+        if not (ids_file.is_file() and pooled_file.is_file()):
+            self._export_pooled(tracks, derived, folder, stem, ids_file, pooled_file)
+        try:
+            return np.load(ids_file, mmap_mode="r"), np.load(pooled_file, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise storage_error("read the exported pooled vectors", pooled_file, exc) from None
+
+    def _export_pooled(self, tracks, derived, folder: Path, stem: str, ids_file: Path, pooled_file: Path) -> None:
+        """Write the pooled matrix of the current versions in chunks (never all in Python
+        objects), atomically, and drop the exports of older versions."""
+        import numpy as np
+
+        track_ids = self._id_map(tracks, "id")[0]
+        derived_ids, positions = self._id_map(derived, "track_id", "last")
+        current = np.isin(derived_ids, track_ids)
+        derived_ids, positions = derived_ids[current], positions[current]
+        dim = derived.schema.field("pooled").type.list_size
+        _make_folder(folder)
+        tmp = folder / f".{stem}.{os.getpid()}.tmp.npy"
+        try:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(derived_ids), dim))
+            # One sequential scan (random take()s of a million rows cost 3x more): each stored
+            # row goes to its id's place; rows of stale or duplicate copies go nowhere (-1).
+            destination = np.full(derived.count_rows(), -1, dtype=np.int64)
+            destination[positions] = np.arange(len(positions))
+            row = 0
+            with self._lance_errors("read"):
+                for batch in derived.to_batches(columns=["pooled"], batch_size=_EXPORT_CHUNK):
+                    target = destination[row:row + batch.num_rows]
+                    keep = target >= 0
+                    matrix[target[keep]] = _fixed_list_to_numpy(batch.column(0), dim)[keep]
+                    row += batch.num_rows
+                    _release_mapped_pages(matrix)
+            matrix.flush()
+            del matrix
+            ids_tmp = folder / f".{stem}.{os.getpid()}.ids.tmp.npy"
+            np.save(ids_tmp, derived_ids.astype(np.int64))
+            os.replace(ids_tmp, ids_file)
+            os.replace(tmp, pooled_file)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error("export the pooled vectors to", folder, exc) from None
+        for old in folder.glob(f"{stem}-*.npy"):
+            if old not in (ids_file, pooled_file):
+                with contextlib.suppress(OSError):
+                    old.unlink()
+
+    def derived_for(self, fingerprint: str, ids: Sequence[int]) -> DerivedRows:
+        """Pooled float32 [K, d], keys float16 [K, S, d], mask bool [K, S] of ``ids`` (order asked;
+        S the longest of the K): one ``take`` of one column of K rows, in position order (Lance
+        reads neighbouring rows together), decoded straight from the arrow buffer."""
+        import numpy as np
+
+        derived = self._derived(fingerprint)
+        if derived is None:
+            raise IndexDatabaseError(f"the track store {self.uri} has no derived rows for checkpoint {fingerprint}")
+        positions = self._positions(derived, ids, "track_id", "last", what=f"derived rows ({fingerprint}) of tracks")
+        dim = derived.schema.field("pooled").type.list_size
+        order = np.argsort(positions, kind="stable")
+        with self._lance_errors("read"):
+            table = derived.take(positions[order], columns=[SCORING_COLUMN])
+        pooled, keys, mask = _decode_scoring(table.column(0), order, dim)
+        return DerivedRows(np.asarray(list(ids), dtype=np.int64), pooled, keys, mask)
+
+    def derived_dataset(self, fingerprint: str):
+        """The Lance dataset of ``fingerprint``'s derived rows (format checked), or None: for a
+        vector search on ``pooled`` (``to_table(nearest=...)``)."""
+        return self._derived(fingerprint)
+
+    def build_vector_index(self, fingerprint: str, *, num_partitions: int, num_sub_vectors: int,
+                           metric: str = "cosine") -> None:
+        """Build (replace) an IVF-PQ index on ``fingerprint``'s pooled vectors, as one commit
+        under the writer lock; rows added later are searched exactly until the next build."""
+        derived = self._derived(fingerprint)
+        if derived is None:
+            raise IndexDatabaseError(f"the track store {self.uri} has no derived rows for checkpoint {fingerprint}")
+        with self._write_lock(), self._lance_errors("index"):
+            derived.create_index("pooled", index_type="IVF_PQ", metric=metric, num_partitions=num_partitions,
+                                 num_sub_vectors=num_sub_vectors, replace=True)
+
+    # -- upkeep ---------------------------------------------------------------------------
+
+    def compact(self, *, min_fragments: int = 64, keep_versions_for_s: float = 3600.0) -> int:
+        """Merge the small fragments that many small commits leave (one per ``add_tracks`` call of
+        an engine) when a dataset has ``min_fragments`` or more; returns how many were compacted.
+
+        Scans and ``take`` slow down with thousands of fragments. Safe beside other writers
+        (Lance rebases a compaction over concurrent appends). Versions older than
+        ``keep_versions_for_s`` are then removed, with the data only they referenced, so the
+        disk does not hold the catalog twice; readers of a version that old would fail.
+        """
+        from datetime import timedelta
+
+        uris = [self._tracks_uri]
+        derived_root = Path(self.uri) / DERIVED_FOLDER
+        if not _is_remote(self.uri) and derived_root.is_dir():
+            uris += [str(d) for d in sorted(derived_root.glob("*.lance"))]
+        done = 0
+        for dataset_uri in uris:
+            ds = self._dataset(dataset_uri)
+            if len(ds.get_fragments()) < min_fragments:
+                continue
+            with self._lance_errors("compact"):
+                ds.optimize.compact_files()
+                lance_ds = self._dataset(dataset_uri)
+                lance_ds.cleanup_old_versions(older_than=timedelta(seconds=keep_versions_for_s))
+            done += 1
+        return done
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def __enter__(self) -> "LanceTrackStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- packing
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error("create the folder", folder, exc) from None
+
+
+def _in_filter(column: str, values: list) -> str:
+    """``column IN (...)`` in Lance's SQL: strings quoted (quotes doubled), ints as they are."""
+    def literal(value) -> str:
+        return str(int(value)) if not isinstance(value, str) else "'" + value.replace("'", "''") + "'"
+
+    return f"{column} IN ({', '.join(literal(v) for v in sorted(set(values)))})"
+
+
+def _release_mapped_pages(matrix) -> None:
+    """Write a memory-mapped array's dirty pages to its file and drop them from this process's
+    resident set (they stay in the page cache): an export of 1 GB would otherwise count 1 GB
+    of resident memory by its end."""
+    import mmap
+
+    matrix.flush()
+    handle = getattr(matrix, "_mmap", None)
+    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        handle.madvise(mmap.MADV_DONTNEED)
+
+
+def _fixed_list_to_numpy(column, dim: int):
+    """A ``fixed_size_list<float32, dim>`` column as a writable float32 [N, dim] (no Python objects)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    # A copy: arrow's zero-copy views are read-only, and callers hand these to torch.
+    return np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def _scoring_blobs(pooled, keys, mask, counts):
+    """The ``scoring`` column of K tracks: float32 [K, d] ``pooled``, float16 ``keys`` [K, S, d] and
+    ``mask`` [K, S] kept up to ``counts`` [K] windows -> large_binary [K], row k
+    ``pooled[k] (4d bytes) | keys[k, :n] (2dn bytes) | mask[k, :n] (n bytes)``."""
+    import numpy as np
+    import pyarrow as pa
+
+    k, dim = pooled.shape
+    counts = np.asarray(counts, dtype=np.int64)
+    sizes = 4 * dim + counts * (2 * dim + 1)
+    offsets = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for row, (begin, n) in enumerate(zip(offsets[:-1].tolist(), counts.tolist())):
+        keys_at = begin + 4 * dim
+        data[begin:keys_at] = np.ascontiguousarray(pooled[row], dtype="<f4").view(np.uint8)
+        data[keys_at:keys_at + 2 * dim * n] = np.ascontiguousarray(keys[row][:n], dtype="<f2").reshape(-1).view(np.uint8)
+        data[keys_at + 2 * dim * n:keys_at + (2 * dim + 1) * n] = np.asarray(mask[row][:n], dtype=np.uint8)
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), k, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _decode_scoring(column, order, dim: int):
+    """(pooled float32 [K, d], keys float16 [K, S, d] zero-padded, mask bool [K, S]) of a ``scoring``
+    column whose row r belongs at ``order[r]``; S the longest row. Straight from the arrow
+    buffers: one slice copy per row and part, no Python bytes objects."""
+    import numpy as np
+    import pyarrow as pa
+
+    chunks = [c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)]
+    spans = []  # (data uint8, row offsets int64 [n + 1]) per chunk
+    for chunk in chunks:
+        if chunk.null_count:
+            raise IndexDatabaseError("the track store has derived rows with no data (nulls); recompute them")
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        spans.append((np.frombuffer(chunk.buffers()[2], dtype=np.uint8), offsets))
+    sizes = np.concatenate([np.diff(o) for _, o in spans]) if spans else np.zeros(0, np.int64)
+    counts, rest = np.divmod(sizes - 4 * dim, 2 * dim + 1)
+    if (rest != 0).any() or (counts < 0).any():
+        raise IndexDatabaseError("the track store has derived rows of a size no window count explains; recompute them")
+    width = int(counts.max(initial=0))
+    pooled = np.empty((len(order), dim), dtype=np.float32)
+    keys = np.zeros((len(order), width, dim), dtype=np.float16)
+    mask = np.zeros((len(order), width), dtype=bool)
+    row = 0
+    for data, offsets in spans:
+        for begin, n in zip(offsets[:-1].tolist(), counts[row:row + len(offsets) - 1].tolist()):
+            at, keys_at = int(order[row]), begin + 4 * dim
+            pooled[at] = data[begin:keys_at].view("<f4")
+            keys[at, :n] = data[keys_at:keys_at + 2 * dim * n].view("<f2").reshape(n, dim)
+            mask[at, :n] = data[keys_at + 2 * dim * n:keys_at + (2 * dim + 1) * n].view(bool)
+            row += 1
+    return pooled, keys, mask
+
+
+def _tracks_table(tracks: list[NewTrack]):
+    """The arrow table of ``tracks`` (each content hash once), tokens trimmed to their last valid window."""
+    import numpy as np
+    import pyarrow as pa
+
+    columns: dict[str, list] = {f.name: [] for f in _tracks_schema()}
+    seen: set[str] = set()
+    for track in tracks:
+        if track.content_hash in seen:
+            continue
+        seen.add(track.content_hash)
+        tokens = to_numpy(track.tokens)
+        mask = to_numpy(track.mask).astype(bool).reshape(-1)
+        if tokens.ndim != 2 or mask.shape != (tokens.shape[0],) or tokens.shape[0] > recipe.N_MUSIC_WINDOWS:
+            raise DataError(f"tokens of shape {tokens.shape} with mask {mask.shape} for {track.location}: "
+                            f"expected [S <= {recipe.N_MUSIC_WINDOWS}, D] and [S]")
+        n = valid_length(mask)
+        columns["id"].append(track_id_of(track.content_hash))
+        columns["location"].append(str(track.location))
+        columns["content_hash"].append(track.content_hash)
+        columns["duration"].append(float(track.duration))
+        columns["tags"].append(json.dumps(dict(track.tags or {}), sort_keys=True))
+        columns["encoder_id"].append(str(track.encoder_id))
+        columns["n_windows"].append(n)
+        columns["feat_dim"].append(int(tokens.shape[1]))
+        columns["tokens"].append(np.ascontiguousarray(tokens[:n], dtype="<f2").tobytes())
+        columns["mask"].append(mask[:n].astype(np.uint8).tobytes())
+        columns["beats"].append(json.dumps(track.beats) if track.beats is not None else None)
+    return pa.Table.from_pydict(columns, schema=_tracks_schema())
+
+
+def _decode_tokens(table):
+    """(ids int64 [B], tokens float32 [B, W, D], mask bool [B, W]) of a tracks table, W >= 96."""
+    import numpy as np
+
+    counts = table.column("n_windows").to_pylist()
+    dims = set(table.column("feat_dim").to_pylist()) or {0}
+    if len(dims) > 1:
+        raise IndexDatabaseError(f"tracks of different token widths {sorted(dims)} in one store")
+    dim = dims.pop()
+    rows = [np.frombuffer(b, dtype="<f2").reshape(n, dim) for b, n in zip(table.column("tokens").to_pylist(), counts)]
+    masks = [np.frombuffer(b, dtype=np.uint8).astype(bool) for b in table.column("mask").to_pylist()]
+    width = max([recipe.N_MUSIC_WINDOWS, *counts])
+    tokens, mask = pad_rows(rows, masks, width, dim, np.float32)
+    return table.column("id").to_numpy().astype(np.int64), tokens, mask
+
+
+def _derived_table(ids, pooled, keys, mask, fingerprint: str):
+    import numpy as np
+    import pyarrow as pa
+
+    dim = pooled.shape[1]
+    counts = [valid_length(m) for m in mask]
+    schema = _derived_schema(dim, fingerprint)
+    return pa.Table.from_arrays([
+        pa.array(ids, pa.int64()),
+        pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(pooled).reshape(-1), pa.float32()), dim),
+        pa.array(counts, pa.int32()),
+        _scoring_blobs(pooled, keys, mask, counts),
+    ], schema=schema)

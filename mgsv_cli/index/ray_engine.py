@@ -1,0 +1,496 @@
+"""Indexing on Ray Data into a Lance track store: ``mgsv index SRC --engine ray --store URI``.
+
+For catalogs of 10^5 to 10^7 tracks (GPU-days of AST). The pipeline, one Ray Data
+dataset streamed end to end:
+
+1. the driver lists the audio files: a local folder (``media.files.scan_audio_files``) or
+   an object-store prefix (``s3://bucket/music``, through ``pyarrow.fs``);
+2. CPU tasks (``map_batches`` of :func:`prepare_tracks`, one CPU each) read each file,
+   hash it (``media.files.content_hash``) and skip the hashes the store holds already;
+   the others are probed (tags), decoded and turned into normalised log-mel frames
+   (``features.recipe.TrackSpectrogram``; windows overlap 4x, so the frames are a quarter
+   of the windows' bytes), and get their beat grid;
+3. an actor pool (``map_batches`` of :class:`AstEmbedder`: one AST per actor, loaded on
+   the first track that needs it; ``num_gpus=1`` per actor where the cluster has GPUs)
+   embeds the valid windows, batching windows across tracks;
+4. the driver appends the results to the store in chunks (``iter_batches`` ->
+   ``add_tracks``, one atomic commit each), so a killed run keeps what it committed and a
+   rerun skips it. Bad files become failure rows, never crashes: listed at the end.
+
+Ray restarts a killed actor and retries its batch (Ray Data's actor pools default to
+``max_restarts=-1``, ``max_task_retries=-1``); the store deduplicates by content hash, so
+nothing is lost or stored twice either way.
+
+Ray, pyarrow and torch are imported inside functions (``mgsv --help`` stays instant).
+Workers import mgsv like the driver: on a cluster, install mgsv on every node.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from mgsv_cli.errors import IndexDatabaseError, MgsvError, StorageError, UsageError, first_line
+from mgsv_cli.index.records import NewTrack
+from mgsv_cli.index.store import IndexProgress, IndexReport
+
+# The progress stage of a Ray run: files finished (stored, skipped or failed) of all listed.
+STAGE = "indexing"
+# Status of a row between the stages.
+NEW, STORED, FAILED, FATAL = "new", "stored", "failed", "fatal"
+PREPARE_MEMORY = 512 << 20  # bytes a CPU task reserves (Ray Data measured ~260 MB with beats)
+
+
+def _row_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("location", pa.string()), ("content_hash", pa.string()), ("status", pa.string()),
+        ("error", pa.string()), ("error_type", pa.string()), ("duration", pa.float64()), ("tags", pa.string()),
+        ("beats", pa.string()), ("frames", pa.large_binary()), ("tokens", pa.large_binary()),
+        ("dim", pa.int32()), ("mask", pa.binary()), ("encoder_id", pa.string()),
+    ])
+
+
+def _rows_table(rows: list[dict]):
+    import pyarrow as pa
+
+    schema = _row_schema()
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+
+
+# ---------------------------------------------------------------- listing
+
+
+def is_remote(source: str) -> bool:
+    """Is ``source`` an object-store (or any ``scheme://``) URI, read through pyarrow's file systems?"""
+    return "://" in str(source)
+
+
+def list_audio(source) -> list[str]:
+    """The audio files under ``source``: resolved local paths, or ``scheme://bucket/key`` URIs, sorted.
+
+    Hidden files and folders are skipped, as ``scan_audio_files`` does. A missing folder
+    or prefix is a ``UsageError``; an object store that cannot be listed a ``StorageError``.
+    """
+    from mgsv_cli.media.files import scan_audio_files
+
+    if not is_remote(source):
+        root = Path(source).expanduser()
+        if not root.exists():
+            raise UsageError(f"music folder {root} does not exist")
+        return [str(p) for p in scan_audio_files(root)]
+    import pyarrow.fs as pafs
+
+    from mgsv_cli.media.files import is_audio_file
+
+    scheme = str(source).split("://", 1)[0]
+    try:
+        fs, prefix = pafs.FileSystem.from_uri(str(source))
+        info = fs.get_file_info(prefix)
+        if info.type == pafs.FileType.NotFound:
+            raise UsageError(f"nothing at {source}: expected a folder (prefix) of audio files")
+        if info.type == pafs.FileType.File:
+            entries = [info]
+        else:
+            entries = fs.get_file_info(pafs.FileSelector(prefix, recursive=True))
+    except (OSError, ValueError) as exc:  # pyarrow's errors subclass these: no credentials, no bucket...
+        raise StorageError(f"cannot list {source}: {first_line(exc)}") from None
+    found = []
+    for entry in entries:
+        relative = entry.path[len(prefix):] if entry.path.startswith(prefix) else entry.path
+        if entry.type == pafs.FileType.File and is_audio_file(Path(entry.path)) \
+                and not any(part.startswith(".") for part in relative.split("/")):
+            found.append(f"{scheme}://{entry.path}")
+    return sorted(found)
+
+
+# ---------------------------------------------------------------- stage 1: CPU tasks
+
+
+def prepare_tracks(batch, *, stored: Iterable[str] = frozenset(), detect_beats: bool = False):
+    """Ray Data stage (CPU task): read, hash, probe, decode and make filterbanks.
+
+    ``batch`` a pyarrow table with a ``location`` column (paths or URIs). Returns one row per
+    file in the row schema: status ``stored`` (hash already in the store), ``failed`` (why
+    in ``error``) or ``new`` with the tags, the duration, the beat grid (JSON) and the
+    normalised log-mel frames float32 [n_frames, 128] as bytes.
+    """
+    stored = stored if isinstance(stored, (set, frozenset)) else frozenset(stored)
+    return _rows_table([_prepare_one(location, stored, detect_beats) for location in batch.column("location").to_pylist()])
+
+
+def _prepare_one(location: str, stored, detect_beats: bool) -> dict:
+    if not is_remote(location):
+        return _prepare_file(location, Path(location), stored, detect_beats)
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="mgsv-ray-") as folder:
+            local = Path(folder) / ("track" + Path(location).suffix)
+            _download(location, local)
+            row = _prepare_file(location, local, stored, detect_beats)
+    except OSError as exc:
+        return {"location": location, "status": FAILED, "error": f"{location}: cannot read ({first_line(exc)})"}
+    if row.get("error"):  # name the object, not the temporary copy ffmpeg read
+        row["error"] = row["error"].replace(str(local), location)
+    return row
+
+
+def _download(uri: str, target: Path, chunk: int = 8 << 20) -> None:
+    """Copy an object-store file to ``target`` (ffmpeg reads local files; the bytes are read once anyway)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as source, open(target, "wb") as out:
+        while data := source.read(chunk):
+            out.write(data)
+
+
+def _prepare_file(location: str, path: Path, stored, detect_beats: bool) -> dict:
+    from mgsv_cli.features.encoders import load_track_audio
+    from mgsv_cli.features.recipe import TrackSpectrogram
+    from mgsv_cli.index import store as sqlite_index
+    from mgsv_cli.media import ffmpeg as media
+    from mgsv_cli.media.files import content_hash
+
+    row: dict[str, Any] = {"location": location}
+    try:
+        size = path.stat().st_size
+        digest = content_hash(path) if size else None
+    except OSError as exc:
+        return {**row, "status": FAILED, "error": sqlite_index.unreadable_reason(Path(location), exc)}
+    if digest is None:
+        return {**row, "status": FAILED, "error": "empty file (0 bytes)"}
+    row["content_hash"] = digest
+    if digest in stored:
+        return {**row, "status": STORED}
+    try:
+        info = media.probe(path)
+        if not float(getattr(info, "duration", 0.0) or 0.0) > 0:
+            return {**row, "status": FAILED, "error": "no audio (zero duration)"}
+        samples, duration = load_track_audio(path)
+        spectrogram = TrackSpectrogram(samples, duration)
+    except MgsvError as exc:
+        return {**row, "status": FAILED, "error": first_line(exc)}
+    except (OSError, ValueError) as exc:
+        return {**row, "status": FAILED, "error": f"{location}: {first_line(exc)}"}
+    beats = sqlite_index.beats_json(sqlite_index.beat_detector(), path) if detect_beats else None
+    return {**row, "status": NEW, "duration": float(spectrogram.duration), "tags": json.dumps(sqlite_index.track_tags(info)),
+            "beats": beats, "frames": spectrogram.frames.astype("float32").tobytes()}
+
+
+def _spectrogram(frames_bytes: bytes, duration: float):
+    """A ``TrackSpectrogram`` from the frames a CPU task made (nothing recomputed)."""
+    import numpy as np
+
+    from mgsv_cli.features.recipe import TrackSpectrogram
+
+    return TrackSpectrogram.from_frames(np.frombuffer(frames_bytes, dtype=np.float32), duration)
+
+
+# ---------------------------------------------------------------- stage 2: the AST actors
+
+
+class AstEmbedder:
+    """Ray Data stage (actor): AST window features of the ``new`` rows, one model per actor.
+
+    The encoders load on the first batch that needs them (a rerun that finds everything
+    stored loads nothing). A loading failure (weights missing...) comes back as ``fatal``
+    rows that the driver raises as the original error type. ``tokens`` are float16
+    [96, dim] bytes, ``mask`` bool [96] bytes; the frames are dropped.
+    """
+
+    def __init__(self, kind: str = "pretrained", device: str = "auto", offline: bool = False,
+                 weights_dir: str | None = None, batch_windows: int | None = None, threads: int | None = None):
+        self.options = dict(kind=kind, device=device, offline=offline, weights_dir=weights_dir,
+                            batch_windows=batch_windows)
+        self.threads = threads
+        self.encoders = None
+        self.fatal: tuple[str, str] | None = None
+
+    def _load(self):
+        if self.encoders is None and self.fatal is None:
+            import torch
+
+            from mgsv_cli.device import resolve_device
+            from mgsv_cli.features.encoders import load_encoders
+
+            if self.threads:
+                torch.set_num_threads(int(self.threads))
+            options = dict(self.options)
+            weights_dir = options.pop("weights_dir")
+            try:
+                self.encoders = load_encoders(device=resolve_device(options.pop("device")), parts=("music",),
+                                              weights_dir=Path(weights_dir) if weights_dir else None, **options)
+            except MgsvError as exc:
+                self.fatal = (type(exc).__name__, first_line(exc))
+        return self.encoders
+
+    def __call__(self, batch):
+        rows = batch.to_pylist()
+        new = [row for row in rows if row["status"] == NEW]
+        if new and self._load() is None:
+            for row in new:
+                row.update(status=FATAL, error_type=self.fatal[0], error=self.fatal[1])
+        elif new:
+            self._embed(new)
+        for row in rows:
+            row["frames"] = None
+        return _rows_table(rows)
+
+    def _embed(self, rows: list[dict]) -> None:
+        """Windows of all ``rows`` through AST, ``batch_windows`` at a time across tracks."""
+        import numpy as np
+
+        from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
+
+        encoders = self.encoders
+        spectrograms = [_spectrogram(row["frames"], row["duration"]) for row in rows]
+        feats = [np.zeros((N_MUSIC_WINDOWS, encoders.music_dim), np.float32) for _ in rows]
+        todo = [(i, int(k)) for i, spec in enumerate(spectrograms) for k in np.flatnonzero(spec.valid)]
+        step = max(1, int(encoders.batch_windows))
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            out = encoders.embed_windows(np.stack([spectrograms[i].window(k) for i, k in chunk]))
+            for (i, k), vector in zip(chunk, out):
+                feats[i][k] = vector
+        for row, spec, tokens in zip(rows, spectrograms, feats):
+            row.update(tokens=tokens.astype(np.float16).tobytes(), dim=int(encoders.music_dim),
+                       mask=spec.valid.astype(bool).tobytes(), encoder_id=encoders.encoder_id)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", device: str = "auto",
+                   offline: bool = False, weights_dir=None, batch_windows: int | None = None,
+                   detect_beats: bool = True, ray_address: str | None = None, num_cpus: int | None = None,
+                   actors: int | None = None, tracks_per_batch: int = 4, commit_every: int = 32,
+                   progress: IndexProgress | None = None, embedder: type = AstEmbedder) -> IndexReport:
+    """Bring the Lance store at ``store_uri`` up to date with the audio under ``source``, on Ray.
+
+    ``source``: a local folder (single machine or a shared file system) or an object-store
+    prefix (``s3://bucket/music``; credentials from the usual ``AWS_*`` variables).
+    ``ray_address``: a running cluster (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); None
+    starts a local instance with ``num_cpus`` CPUs (all by default); an already
+    initialised Ray is used as it is. ``actors``: AST actors (default: one per GPU, else
+    one per two CPUs), ``tracks_per_batch`` tracks per actor call, ``commit_every`` tracks
+    per store commit. ``embedder``: the actor class (tests pass one that dies).
+    Returns an ``IndexReport``: ``added``, ``unchanged`` (hash already stored or seen
+    twice), ``failed`` (path, reason), ``n_tracks``. On KeyboardInterrupt the committed
+    tracks stay; the exception is re-raised with ``.report`` attached.
+    """
+    from mgsv_cli.index.backend import is_lance_uri, open_store
+
+    if not is_lance_uri(str(store_uri)):
+        raise UsageError(f"--engine ray writes a Lance track store, not an SQLite index: pass --store DIR.lance "
+                         f"or an object-store URI such as s3://bucket/mgsv-store (got {store_uri})")
+    _check_address(ray_address)
+    if not is_remote(source) and not Path(source).expanduser().exists():  # before creating any store
+        raise UsageError(f"music folder {Path(source).expanduser()} does not exist")
+    progress = progress or IndexProgress()
+    store = open_store(str(store_uri), create=True)
+    _check_encoders(store, encoder_kind)
+    report = IndexReport(index_path=store.uri)  # type: ignore[arg-type]
+    locations = list_audio(source)
+    report.n_scanned = len(locations)
+    stored = frozenset(store.content_hashes())
+    if locations:
+        progress.note("starting Ray")
+        started = _connect(ray_address, num_cpus)
+        try:
+            dataset = _pipeline(locations, stored, embedder, dict(
+                kind=encoder_kind, device=device, offline=offline,
+                weights_dir=str(weights_dir) if weights_dir else None, batch_windows=batch_windows),
+                detect_beats, actors, tracks_per_batch)
+            with _quiet("ray.data"):
+                _consume(dataset, store, progress, report, len(locations), commit_every, stored)
+        except KeyboardInterrupt as exc:
+            report.interrupted = True
+            report.n_tracks = len(store)
+            exc.report = report  # type: ignore[attr-defined]
+            raise
+        finally:
+            if started:
+                _shutdown()
+        if report.added and hasattr(store, "compact"):
+            store.compact()
+    report.n_tracks = len(store)
+    return report
+
+
+def _check_encoders(store, kind: str) -> None:
+    from mgsv_cli.features.encoders import PRETRAINED_ENCODER_ID, TINY_ENCODER_ID
+
+    wanted = {"tiny": TINY_ENCODER_ID, "pretrained": PRETRAINED_ENCODER_ID}.get(kind)
+    if wanted is None:
+        raise UsageError(f"encoders {kind!r}: expected pretrained or tiny")
+    if store.encoder_id is not None and store.encoder_id != wanted:
+        raise IndexDatabaseError(f"the track store {store.uri} holds tokens of encoders '{store.encoder_id}', not "
+                                 f"'{wanted}'; use another --store for these encoders")
+
+
+def _check_address(address: str | None) -> None:
+    """Refuse an address that cannot work in seconds: Ray itself retries an unreachable one for minutes."""
+    import socket
+
+    if address in (None, "", "auto", "local"):
+        return
+    target = str(address).split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3.0).close()
+    except OSError as exc:
+        raise UsageError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                         "start one with `ray start --head` (see Ray's cluster docs)") from None
+
+
+def _connect(address: str | None, num_cpus: int | None) -> bool:
+    """Initialise Ray unless it is already; returns whether this call started it."""
+    import logging
+    import warnings
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    if address:
+        kwargs["address"] = address
+    elif num_cpus:
+        kwargs["num_cpus"] = int(num_cpus)
+    try:
+        with warnings.catch_warnings():
+            # Ray starts its processes by fork + exec: lance's fork-safety warning does not apply.
+            warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            ray.init(**kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"cannot connect to Ray{f' at {address}' if address else ''}: {first_line(exc)}") from None
+    return True
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Ray Data logs every execution (INFO) and its tuning hints (WARNING); the caller reports
+    progress itself, and failures still arrive as exceptions."""
+    import logging
+
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _shutdown() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def _pipeline(locations: list[str], stored: frozenset, embedder: type, encoder_options: dict, detect_beats: bool,
+              actors: int | None, tracks_per_batch: int):
+    """The lazy Ray dataset: file list -> CPU prepare tasks -> AST actor pool."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # progress goes through ``IndexProgress``
+    context.print_on_execution_start = False
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    # A few files per block: enough blocks for every CPU, few enough to keep Ray's overhead small.
+    blocks = max(1, min(len(locations), max(2 * cpus, math.ceil(len(locations) / 16))))
+    dataset = ray.data.from_items([{"location": loc} for loc in locations], override_num_blocks=blocks)
+    # The memory hint (samples + frames of a 240 s track are ~30 MB, plus the libraries and
+    # beat detection's buffers) also keeps Ray Data from fusing this stage into the actors: operators with
+    # different resources stay apart, so decoding scales with the CPUs, not the actors.
+    dataset = dataset.map_batches(prepare_tracks, batch_size=1, batch_format="pyarrow", num_cpus=1,
+                                  memory=PREPARE_MEMORY,
+                                  fn_kwargs={"stored": stored, "detect_beats": detect_beats})
+    if gpus:
+        n_actors, placement = actors or gpus, {"num_gpus": 1, "num_cpus": 1}
+        threads = None
+    else:
+        # CPU AST: half the cores to the actors (each with its torch threads), half to decoding.
+        threads = 1 if cpus <= 4 else 2
+        n_actors = actors or max(1, cpus // (2 * threads))
+        placement = {"num_cpus": threads}
+    # Ray Data's actor pools restart a dead actor and retry its batch (max_restarts and
+    # max_task_retries default to -1 there).
+    return dataset.map_batches(embedder, batch_size=max(1, int(tracks_per_batch)), batch_format="pyarrow",
+                               compute=ActorPoolStrategy(size=int(n_actors)),
+                               fn_constructor_kwargs={**encoder_options, "threads": threads}, **placement)
+
+
+def _consume(dataset, store, progress: IndexProgress, report: IndexReport, n_files: int, commit_every: int,
+             stored: frozenset) -> None:
+    """Stream the results into the store, ``commit_every`` new tracks per commit."""
+    import numpy as np
+
+    from mgsv_cli.features.recipe import MAX_MUSIC_SECONDS
+
+    progress.stage(STAGE, n_files)
+    pending: list[NewTrack] = []
+    seen = set(stored)
+
+    def flush() -> None:
+        if pending:
+            report.added += store.add_tracks(pending)
+            pending.clear()
+
+    for batch in _batches(dataset, commit_every):
+        for row in batch.to_pylist():
+            location, status = row["location"], row["status"]
+            if status == FATAL:
+                raise _fatal_error(row)
+            if status == FAILED:
+                report.failed.append((location, row["error"] or "failed"))
+                progress.failed(*report.failed[-1])
+            elif status == STORED or row["content_hash"] in seen:
+                report.unchanged += 1
+            else:
+                seen.add(row["content_hash"])
+                mask = np.frombuffer(row["mask"], dtype=bool)
+                tokens = np.frombuffer(row["tokens"], dtype=np.float16).reshape(mask.shape[0], row["dim"])
+                beats = json.loads(row["beats"]) if row["beats"] else None
+                pending.append(NewTrack(location, row["content_hash"], float(row["duration"]), tokens, mask,
+                                        row.get("encoder_id") or store.encoder_id, json.loads(row["tags"] or "{}"),
+                                        beats))
+                report.beats_added += beats is not None
+                report.long_tracks += float(row["duration"]) > MAX_MUSIC_SECONDS
+            progress.advance(STAGE, 1, location)
+            if len(pending) >= commit_every:
+                flush()
+    flush()
+
+
+def _batches(dataset, size: int):
+    """``iter_batches`` with Ray's failures as one-line errors (the tracks committed so far stay)."""
+    from ray.exceptions import RayError
+
+    iterator = iter(dataset.iter_batches(batch_size=max(1, int(size)), batch_format="pyarrow", prefetch_batches=1))
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RayError as exc:
+            raise IndexDatabaseError(f"the Ray run failed: {first_line(exc)}; the tracks stored so far stay, "
+                                     "run the same command again to resume") from None
+        yield batch
+
+
+def _fatal_error(row: dict) -> MgsvError:
+    from mgsv_cli import errors
+
+    kind = getattr(errors, row.get("error_type") or "", None)
+    kind = kind if isinstance(kind, type) and issubclass(kind, MgsvError) else MgsvError
+    return kind(row["error"])

@@ -1,0 +1,122 @@
+"""The records a track store exchanges, and the packing every backend shares.
+
+Kept apart from ``backend.py`` (which picks a backend) so that both backends can import
+them without an import cycle. ``backend.py`` re-exports everything here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class TrackRecord:
+    """One indexed track, without its tokens."""
+
+    track_id: int
+    location: str
+    content_hash: str
+    duration: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class NewTrack:
+    """A track to add: its record fields and frozen features.
+
+    ``tokens`` float16/float32 [S, 768], ``mask`` bool [S] (S <= 96, padded slots False),
+    ``beats`` the beat-grid dict or None, ``encoder_id`` the encoders that made the tokens.
+    """
+
+    location: str
+    content_hash: str
+    duration: float
+    tokens: Any
+    mask: Any
+    encoder_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    beats: dict | None = None
+
+
+@dataclass
+class DerivedRows:
+    """Derived data of some tracks for one checkpoint.
+
+    ``track_ids`` int64 [K]; ``pooled`` float32 [K, d] (h0 before normalisation);
+    ``keys`` float16 [K, S, d] and ``mask`` bool [K, S] padded to the longest of the K.
+    """
+
+    track_ids: Any
+    pooled: Any
+    keys: Any
+    mask: Any
+
+
+def to_numpy(x):
+    """A numpy view of a numpy array or a (CPU or device) torch tensor."""
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def valid_length(mask) -> int:
+    """Slots up to and including the last valid one: what a trimmed row keeps of ``mask`` [S]."""
+    import numpy as np
+
+    valid = np.flatnonzero(np.asarray(mask))
+    return int(valid[-1]) + 1 if valid.size else 0
+
+
+def pad_rows(rows: Sequence, masks: Sequence, width: int, dim: int, dtype):
+    """Stack trimmed rows ``[S_i, dim]`` (masks ``[S_i]``) into ``[K, width, dim]`` and bool ``[K, width]``."""
+    import numpy as np
+
+    out = np.zeros((len(rows), width, dim), dtype=dtype)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for k, (row, m) in enumerate(zip(rows, masks)):
+        out[k, :row.shape[0]] = row
+        mask[k, :m.shape[0]] = m
+    return out, mask
+
+
+def check_derived(rows: DerivedRows):
+    """``rows`` as numpy (ids int64 [K], pooled float32 [K, d], keys float16 [K, S, d], mask bool [K, S]),
+    with their shapes checked: a caller's mistake is an error here, not a store with bad rows."""
+    import numpy as np
+
+    from mgsv_cli.errors import DataError
+
+    ids = to_numpy(rows.track_ids).astype(np.int64).reshape(-1)
+    pooled = to_numpy(rows.pooled).astype(np.float32)
+    keys = to_numpy(rows.keys).astype(np.float16)
+    mask = to_numpy(rows.mask).astype(bool)
+    k = ids.shape[0]
+    if pooled.ndim != 2 or pooled.shape[0] != k or keys.ndim != 3 or keys.shape[0] != k \
+            or keys.shape[2] != pooled.shape[1] or mask.shape != keys.shape[:2]:
+        raise DataError(f"derived rows of mismatched shapes: ids {ids.shape}, pooled {pooled.shape}, "
+                        f"keys {keys.shape}, mask {mask.shape}")
+    return ids, pooled, keys, mask
+
+
+def derive_rows(model, track_ids, tokens, mask) -> DerivedRows:
+    """What the search keeps of tracks for ``model``: ``tokens`` float32 [K, S, 768], ``mask`` [K, S].
+
+    Runs ``model.encode_music`` (MaDe's music enhancer and X-Pool key projection) on the
+    model's device; returns pooled float32 [K, d] and keys float16 [K, S', d] (S' <= S).
+    """
+    import numpy as np
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        music = model.encode_music(torch.as_tensor(np.asarray(tokens, dtype=np.float32), device=device),
+                                   torch.as_tensor(np.asarray(mask), device=device).bool())
+    return DerivedRows(np.asarray(track_ids, dtype=np.int64), to_numpy(music.pooled.float()).astype(np.float32),
+                       to_numpy(music.keys.float()).astype(np.float16), to_numpy(music.mask).astype(bool))

@@ -1,0 +1,101 @@
+"""`mgsv suggest --index` on a Lance track store and the two-stage search inside the Suggester
+(tiny encoders, --untrained): the same suggestions as the SQLite index of the same folder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mgsv_cli.errors import IndexDatabaseError
+
+pytest.register_assert_rewrite("_library_helpers")
+from _library_helpers import TRACKS, run_cli  # noqa: E402
+
+pytest_plugins = ["_library_helpers"]
+
+
+def clip(media_src, i: int = 0):
+    return media_src / "clips" / f"clip{i}.mp4"
+
+
+def suggestions(capsys, video, index) -> list[dict]:
+    result = run_cli(capsys, "suggest", video, "--index", index, "--untrained", "--json", "--top", "3",
+                     "--device", "cpu", "--no-server")
+    assert result.code == 0, result.err
+    [obj] = [json.loads(line) for line in result.out.splitlines() if line.strip()]
+    return obj["suggestions"]
+
+
+@pytest.fixture
+def lance_store(tmp_path, built, tiny_encoders) -> str:
+    pytest.importorskip("lance")
+    from mgsv_cli.index.backend import index_to_store
+
+    uri = str(tmp_path / "catalog.lance")
+    assert index_to_store(built[0], uri, encoders=lambda: tiny_encoders).added == len(TRACKS)
+    return uri
+
+
+def test_lance_store_and_sqlite_index_of_one_folder_give_the_same_suggestions(capsys, media_src, built,
+                                                                              lance_store):
+    for i in range(2):
+        from_sqlite = suggestions(capsys, clip(media_src, i), built[1])
+        from_lance = suggestions(capsys, clip(media_src, i), lance_store)
+        assert [s["track"] for s in from_lance] == [s["track"] for s in from_sqlite]
+        for a, b in zip(from_lance, from_sqlite):
+            assert a["score"] == pytest.approx(b["score"], abs=2e-3)  # keys kept in fp16 by the store
+            for key in ("start", "end", "predicted_start", "predicted_end", "track_duration"):
+                assert a[key] == pytest.approx(b[key], abs=1e-4), key  # moments from the same fp16 tokens
+            assert a["relevance"] == pytest.approx(b["relevance"], abs=1e-3)
+            assert (a["title"], a["artist"]) == (b["title"], b["artist"])
+
+
+def test_a_library_larger_than_the_rerank_size_is_searched_in_two_stages(media_src, built, tiny_encoders):
+    from mgsv_cli.editor.suggest import Suggester
+
+    def open_with(rerank):
+        return Suggester.open(index_path=built[1], untrained=True, encoders_obj=tiny_encoders, device="cpu",
+                              rerank=rerank)
+
+    with open_with(None) as everything, open_with(len(TRACKS)) as same, open_with(2) as two_stage:
+        assert everything.first_stage is None and same.first_stage is None  # at most N tracks: scored as before
+        assert two_stage.first_stage is not None and two_stage.scoring_tokens is None
+        for i in range(2):
+            full = everything.suggest_video(clip(media_src, i), top_k=3).suggestions
+            assert same.suggest_video(clip(media_src, i), top_k=3).suggestions == full
+            found = two_stage.suggest_video(clip(media_src, i), top_k=3).suggestions
+            assert len(found) == 2  # only the first stage's top 2 are reranked
+
+            # The candidates are the two tracks nearest the clip's pooled vector (cos(v, h0)) ...
+            video = tiny_encoders.embed_video(clip(media_src, i))
+            with torch.inference_mode():
+                pooled = two_stage.model.encode_video(torch.as_tensor(video.feats)[None],
+                                                      torch.as_tensor(video.mask)[None]).pooled[0].numpy()
+            ids, matrix = two_stage.store.pooled_matrix(two_stage.fingerprint)
+            cos = (matrix @ pooled) / np.linalg.norm(matrix, axis=1)
+            path_of = {t.id: t.path for t in two_stage.tracks}
+            assert {s.track for s in found} == {path_of[int(ids[k])] for k in np.argsort(-cos)[:2]}
+            # ... with the model's full score, as exhaustive scoring gives it, in that order.
+            score_of = {s.track: s.score for s in full}
+            assert [s.score for s in found] == pytest.approx([score_of[s.track] for s in found], abs=2e-3)
+            assert [s.score for s in found] == sorted((s.score for s in found), reverse=True)
+    with open_with(2) as again:  # the derived rows were kept: nothing to encode
+        assert "music_derived_current" in again.timings
+
+
+def test_an_empty_or_foreign_store_is_a_one_line_error(capsys, media_src, tmp_path, tiny_encoders):
+    pytest.importorskip("lance")
+    from mgsv_cli.editor.suggest import Suggester
+    from mgsv_cli.index.backend import open_store
+
+    open_store(str(tmp_path / "empty.lance"), create=True).close()
+    with pytest.raises(IndexDatabaseError, match="empty"):
+        Suggester.open(index_path=str(tmp_path / "empty.lance"), untrained=True, encoders_obj=tiny_encoders,
+                       device="cpu")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("not a store")
+    result = run_cli(capsys, "suggest", clip(media_src), "--index", tmp_path / "notes", "--untrained",
+                     "--device", "cpu", "--no-server")
+    assert result.code != 0 and "not an mgsv track store" in result.err and "Traceback" not in result.err

@@ -1,0 +1,196 @@
+"""The two-stage search (index/search.py) on both stores: exactness, the rerank's scores,
+incremental derived rows, the first stage against numpy, and Lance's IVF-PQ index."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mgsv_cli.errors import UsageError
+from mgsv_cli.index import search
+from mgsv_cli.index.backend import NewTrack, open_store, update_derived
+
+N_TRACKS = 40
+MUSIC_DIM = 768
+
+
+def tiny_made(seed: int = 0):
+    from mgsv_cli.models.made import MaDe
+    from mgsv_cli.models.variants import load_config
+
+    torch.manual_seed(seed)
+    return MaDe(dataclasses.replace(load_config("tiny").model, music_dim=MUSIC_DIM)).eval()
+
+
+def new_track(i: int) -> NewTrack:
+    """Track ``i``: 4-96 valid windows of random tokens around a per-track direction."""
+    rng = np.random.default_rng(i)
+    n = 4 + (i * 7) % 93
+    tokens = np.zeros((96, MUSIC_DIM), np.float32)
+    tokens[:n] = rng.standard_normal(MUSIC_DIM) + 0.7 * rng.standard_normal((n, MUSIC_DIM))
+    return NewTrack(f"/music/{i}.wav", f"{i:032x}", 2.5 * n, tokens, np.arange(96) < n, "tiny-test",
+                    {"title": f"T{i}"})
+
+
+def fill(store, numbers) -> None:
+    assert store.add_tracks([new_track(i) for i in numbers]) == len(list(numbers))
+
+
+@pytest.fixture(params=["sqlite", "lance"])
+def store(request, tmp_path):
+    uri = tmp_path / ("lib.sqlite" if request.param == "sqlite" else "lib.lance")
+    store = open_store(str(uri), create=True)
+    fill(store, range(N_TRACKS))
+    yield store
+    store.close()
+
+
+def video_of(model, seed: int):
+    frames = torch.randn(1, 50, model.cfg.video_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return model.encode_video(frames, torch.arange(50)[None] < 10 + seed % 40)
+
+
+def direct_scores(model, video, store, ids):
+    """The model's relevance straight from the stored AST tokens (no derived rows)."""
+    tokens, mask = store.tokens_for(list(ids))
+    with torch.inference_mode():
+        music = model.encode_music(torch.from_numpy(tokens), torch.from_numpy(mask))
+        return model.score_pairs(video, music)[:, 0].numpy()
+
+
+def test_rerank_of_the_whole_catalog_is_exhaustive_scoring_exactly(store):
+    model = tiny_made()
+    fp = "tiny0"
+    assert update_derived(store, model, fp) == N_TRACKS
+    stage = search.FirstStage.build(store, fp)
+    assert stage.kind == "exact" and len(stage) == N_TRACKS
+    for seed in range(3):
+        video = video_of(model, seed)
+        full = search.exhaustive(model, video, store, fp, stage)
+        found = search.search(model, video, store, fp, rerank=N_TRACKS, top_k=5, first_stage=stage)
+        np.testing.assert_array_equal(found.candidates.track_ids, full.track_ids)
+        np.testing.assert_array_equal(found.candidates.scores, full.scores)
+        assert found.top_ids.tolist() == full.track_ids[:5].tolist()
+        # The derived rows (fp16 keys) score as the model does from the tokens themselves.
+        np.testing.assert_allclose(full.scores, direct_scores(model, video, store, full.track_ids), atol=2e-3)
+        assert found.predicted.shape == (5, 2) and (found.predicted[:, 1] <= found.durations + 1e-9).all()
+        assert found.relevance.shape[0] == 5 and np.isclose(found.relevance.max(1), 1.0).all()
+
+
+def test_a_smaller_rerank_keeps_the_first_stage_top_n_with_their_exact_scores(store):
+    model = tiny_made()
+    fp = "tiny0"
+    update_derived(store, model, fp)
+    stage = search.FirstStage.build(store, fp)
+    ids, pooled = store.pooled_matrix(fp)
+    video = video_of(model, 5)
+    v = video.pooled[0].numpy()
+    cos = (np.asarray(pooled) @ v) / np.linalg.norm(pooled, axis=1) / np.linalg.norm(v)
+    top_ids, top_cos = stage.top(v, 10)
+    assert set(top_ids.tolist()) == set(np.asarray(ids)[np.argsort(-cos)[:10]].tolist())
+    np.testing.assert_allclose(top_cos, np.sort(cos)[::-1][:10], rtol=1e-5)
+
+    full = search.exhaustive(model, video, store, fp, stage)
+    found = search.search(model, video, store, fp, rerank=10, top_k=3, first_stage=stage)
+    assert set(found.candidates.track_ids.tolist()) == set(top_ids.tolist())
+    score_of = dict(zip(full.track_ids.tolist(), full.scores.tolist()))
+    # The model's full score of each candidate (batched with other tracks: float rounding only).
+    np.testing.assert_allclose(found.candidates.scores, [score_of[i] for i in found.candidates.track_ids.tolist()],
+                               rtol=1e-6, atol=1e-7)
+    assert (np.diff(found.candidates.scores) <= 0).all()
+
+    allowed = np.zeros(len(stage), bool)
+    allowed[::3] = True
+    kept, _ = stage.top(v, 100, allowed)
+    assert len(kept) == allowed.sum() and set(kept.tolist()) == set(np.asarray(ids)[allowed].tolist())
+    with pytest.raises(UsageError):
+        search.search(model, video, store, fp, rerank=0, first_stage=stage)
+
+
+def test_update_derived_encodes_only_new_tracks(store):
+    model = tiny_made()
+    fp = "tiny0"
+    encoded: list[int] = []
+    encode = model.encode_music
+
+    def counting(windows, mask):
+        encoded.append(int(windows.shape[0]))
+        return encode(windows, mask)
+
+    model.encode_music = counting
+    assert search.update_derived(store, model, fp, batch_size=16) == N_TRACKS
+    assert sum(encoded) == N_TRACKS and max(encoded) <= 16
+    encoded.clear()
+    assert search.update_derived(store, model, fp) == 0 and encoded == []
+    fill(store, range(N_TRACKS, N_TRACKS + 3))
+    assert search.update_derived(store, model, fp) == 3 and encoded == [3]
+    assert len(search.FirstStage.build(store, fp)) == N_TRACKS + 3
+    other = tiny_made(seed=1)  # another checkpoint: its own rows, all of them
+    assert search.update_derived(store, other, "tiny1") == N_TRACKS + 3
+
+
+def test_ivf_pq_first_stage_finds_the_exact_top_tracks(tmp_path):
+    pytest.importorskip("lance")
+    store = open_store(str(tmp_path / "big.lance"), create=True)
+    fill(store, range(300))  # PQ trains 256 centroids per sub-vector
+    model = tiny_made()
+    update_derived(store, model, "tiny0", batch_size=300)
+    exact = search.FirstStage.build(store, "tiny0", kind="exact")
+    ivf = search.FirstStage.build(store, "tiny0", kind="ivf_pq", nprobes=64, refine_factor=10)
+    assert ivf.kind == "ivf_pq"
+    import lance
+
+    version = lance.dataset(store._derived_uri("tiny0")).version
+    again = search.FirstStage.build(store, "tiny0", kind="auto", ivf_min_tracks=100)
+    assert again.kind == "ivf_pq" and lance.dataset(store._derived_uri("tiny0")).version == version  # index reused
+    hits = 0
+    for seed in range(5):
+        v = video_of(model, seed).pooled[0].numpy()
+        hits += len(set(exact.top(v, 10)[0].tolist()) & set(ivf.top(v, 10)[0].tolist()))
+        allowed = np.arange(len(exact)) % 2 == 0
+        assert set(ivf.top(v, 10, allowed)[0].tolist()) <= set(exact.ids[allowed].tolist())
+    assert hits >= 45  # all 16 partitions probed and the PQ scores refined: (nearly) exact
+    sqlite = open_store(str(tmp_path / "lib.sqlite"), create=True)
+    fill(sqlite, range(3))
+    update_derived(sqlite, model, "tiny0")
+    with pytest.raises(UsageError, match="Lance"):
+        search.FirstStage.build(sqlite, "tiny0", kind="ivf_pq")
+
+
+def test_the_bfloat16_first_stage_keeps_nearly_the_same_candidates(store):
+    model = tiny_made()
+    update_derived(store, model, "tiny0")
+    exact = search.FirstStage.build(store, "tiny0")
+    half = search.FirstStage.build(store, "tiny0", bf16_min_tracks=1)
+    assert exact.unit is None and half.unit is not None and half.pooled is None
+    for seed in range(4):
+        video = video_of(model, seed)
+        v = video.pooled[0].numpy()
+        ids_a, cos_a = exact.top(v, N_TRACKS)
+        ids_b, cos_b = half.top(v, N_TRACKS)
+        np.testing.assert_allclose(cos_b, cos_a, atol=1e-2)  # bf16 rows and query, float32 sums
+        assert len(set(ids_a[:10].tolist()) & set(ids_b[:10].tolist())) >= 8
+        # The rerank scores exactly whatever the first stage's precision.
+        full = search.exhaustive(model, video, store, "tiny0", exact)
+        found = search.search(model, video, store, "tiny0", rerank=N_TRACKS, top_k=3, first_stage=half)
+        np.testing.assert_array_equal(found.candidates.track_ids, full.track_ids)
+        np.testing.assert_array_equal(found.candidates.scores, full.scores)
+
+
+def test_a_model_that_scores_with_pooled_vectors_only_is_searched_the_same_way(store):
+    from mgsv_cli.models.real import Real
+    from mgsv_cli.models.variants import load_config
+
+    torch.manual_seed(0)
+    model = Real(load_config("real-tiny").model).eval()  # ReAL: relevance = cos(v, h0) alone
+    update_derived(store, model, "real0")
+    stage = search.FirstStage.build(store, "real0")
+    video = video_of(model, 2)
+    found = search.search(model, video, store, "real0", rerank=12, top_k=3, first_stage=stage)
+    first_ids, first_cos = stage.top(video.pooled[0].numpy(), 12)
+    # The rerank recomputes the same cosine: the first stage's order stands.
+    np.testing.assert_allclose(found.candidates.scores, first_cos, atol=1e-5)
+    assert found.predicted.shape == (3, 2) and (found.predicted[:, 1] <= found.durations + 1e-9).all()
