@@ -1,7 +1,7 @@
 """The Lance track store at catalog size: reads the two-stage search makes, for N tracks.
 
 Builds a store of N tracks (tiny tokens: the reads measured here never touch them at
-size) and one checkpoint's derived rows (pooled float32 [d], keys float16 [S, d]) with
+size) and one checkpoint's derived rows (pooled float32 [d], keys float16 [S, d]: the ``scoring`` blob) with
 Lance directly, in the layout ``lance_store`` writes, then times through the store's API:
 opening, ``derived_missing``, ``pooled_matrix`` (first call exports the ``.npy``; later
 calls memory-map it), one first-stage product ``pooled @ q`` + top-1000, ``derived_for``
@@ -51,10 +51,12 @@ def build(root: str, n: int, dim: int, key_windows: int, chunk: int = 100_000) -
         ], schema=ls._tracks_schema())
         lance.write_dataset(tokens, ls._join(root, ls.TRACKS_NAME), mode="create" if start == 0 else "append")
         pooled = np.random.default_rng(start).standard_normal((k, dim)).astype(np.float32)
+        # Random bit patterns as fp16 keys: what is measured is the read, not the values.
+        keys = np.random.default_rng(start + 1).integers(0, 1 << 14, (k, key_windows, dim), dtype=np.uint16)
         derived = pa.Table.from_arrays([
             ids, pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), dim),
-            pa.array(np.full(k, key_windows, np.int32)), _binary(k, key_windows * dim * 2),
-            pa.array([b"\x01" * key_windows] * k, pa.binary()),
+            pa.array(np.full(k, key_windows, np.int32)),
+            ls._scoring_blobs(pooled, keys.view(np.float16), np.ones((k, key_windows), bool), np.full(k, key_windows)),
         ], schema=ls._derived_schema(dim, fp))
         lance.write_dataset(derived, ls._join(root, ls.DERIVED_FOLDER, f"{fp}.lance"),
                             mode="create" if start == 0 else "append")

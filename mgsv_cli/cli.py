@@ -541,8 +541,13 @@ def suggest_command(
     offline: bool = typer.Option(False, "--offline", help="never download encoder weights"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="folder holding downloaded encoder weights"),
     no_server: bool = typer.Option(False, "--no-server", help="do the work in this process even when `mgsv serve` runs"),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="catalogs: how many first-stage candidates the full model rescores (default 1000; a library of at most that many is scored whole)"),
+    first_stage: str = typer.Option("auto", "--first-stage", help="catalogs: auto | exact (pooled-vector product) | ivf_pq (Lance vector index; auto from 4M tracks)"),
 ) -> None:
-    """Rank every indexed track for each video and find the moment to cut (remembered for `mgsv render`).
+    """Rank the indexed tracks for each video and find the moment to cut (remembered for `mgsv render`).
+
+    A library of up to 1,000 tracks is scored whole; a larger one, or a Lance store, is searched in
+    two stages: the pooled track vectors pick --rerank candidates, which the full model rescores.
 
     Defaults for --index, --top, --snap, --device, --weights-dir and --offline come from `mgsv config` when set there.
     """
@@ -562,6 +567,11 @@ def suggest_command(
     if snap not in (None, "beat"):
         raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
     _check_encoders(encoders)
+    from mgsv_cli.index.search import first_stage_kinds
+
+    if first_stage not in first_stage_kinds():
+        raise UsageError(f"--first-stage {first_stage!r}: expected one of {', '.join(first_stage_kinds())}")
+    no_server = no_server or rerank is not None or first_stage != "auto"  # search options the server doesn't take
     found, problems = expand_video_inputs(videos)
     for name, reason in problems:
         _print_suggest_failure(name, reason, as_json)
@@ -578,7 +588,8 @@ def suggest_command(
     with err_console.status("loading the index and models") as status:
         suggester = Suggester.open(index_path=index, checkpoint=checkpoint, untrained=untrained, encoders=encoders,
                                    device=device, offline=offline, weights_dir=weights_dir,
-                                   status=lambda message: status.update(message), prefetch=found[0])
+                                   status=lambda message: status.update(message), prefetch=found[0],
+                                   rerank=rerank, first_stage=first_stage)
     if len(videos) == 1 and not is_folder(videos[0]):
         with suggester:  # one clip: its error (and exit code) is the command's
             try:

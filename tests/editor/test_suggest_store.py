@@ -99,3 +99,19 @@ def test_an_empty_or_foreign_store_is_a_one_line_error(capsys, media_src, tmp_pa
     result = run_cli(capsys, "suggest", clip(media_src), "--index", tmp_path / "notes", "--untrained",
                      "--device", "cpu", "--no-server")
     assert result.code != 0 and "not an mgsv track store" in result.err and "Traceback" not in result.err
+
+
+def test_the_rerank_and_first_stage_options_reach_the_search(capsys, media_src, built, tiny_encoders):
+    from mgsv_cli.editor.suggest import Suggester
+
+    with Suggester.open(index_path=built[1], untrained=True, encoders_obj=tiny_encoders, device="cpu",
+                        rerank=2) as two_stage:
+        expected = [s.track for s in two_stage.suggest_video(clip(media_src), top_k=3).suggestions]
+    result = run_cli(capsys, "suggest", clip(media_src), "--index", built[1], "--untrained", "--json", "--top", "3",
+                     "--device", "cpu", "--rerank", "2", "--first-stage", "exact")
+    assert result.code == 0, result.err
+    [obj] = [json.loads(line) for line in result.out.splitlines() if line.strip()]
+    assert [s["track"] for s in obj["suggestions"]] == expected and len(expected) == 2
+
+    result = run_cli(capsys, "suggest", clip(media_src), "--index", built[1], "--untrained", "--first-stage", "hnsw")
+    assert result.code == 2 and "--first-stage 'hnsw'" in result.err and "Traceback" not in result.err
