@@ -328,21 +328,26 @@ def index_command(
         return load(kind=encoders, device=resolve_device(device), offline=offline, weights_dir=weights_dir,
                     parts=("music",), batch_windows=batch_windows)
 
-    progress = _IndexBars()
-    try:
-        with progress:
-            report = index_music(music_dir, index, encoders=load_encoders, prune=prune, force=force,
-                                 progress=progress, detect_beats=beats, encoder_kind=encoders,
-                                 retry_failed=retry_failed)
-    except KeyboardInterrupt as exc:
-        report = getattr(exc, "report", None)
-        saved = f"; {report.n_tracks} track(s) in the index" if report is not None else ""
-        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
-                          soft_wrap=True)
-        raise typer.Exit(130)
+    report = _interruptible(lambda progress: index_music(
+        music_dir, index, encoders=load_encoders, prune=prune, force=force, progress=progress, detect_beats=beats,
+        encoder_kind=encoders, retry_failed=retry_failed), "index")
     _print_index_summary(report, encoders, index_given)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _interruptible(run, where: str):
+    """``run(progress)`` under the index progress bars; Ctrl-C keeps what was written and says how to resume."""
+    progress = _IndexBars()
+    try:
+        with progress:
+            return run(progress)
+    except KeyboardInterrupt as exc:
+        report = getattr(exc, "report", None)
+        saved = f"; {report.n_tracks} track(s) in the {where}" if report is not None else ""
+        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(130)
 
 
 def _index_into_store(music_dir, engine: str, store: Optional[str], ray_address: Optional[str], index_given,
@@ -363,24 +368,17 @@ def _index_into_store(music_dir, engine: str, store: Optional[str], ray_address:
                                       ("--retry-failed", retry_failed)) if on]
     if clashing:
         raise UsageError(f"--store does not go with {', '.join(clashing)}")
-    progress = _IndexBars()
-    try:
-        with progress:
-            if engine == "ray":
-                from mgsv_cli.index.ray_engine import index_with_ray
+    def run(progress):
+        if engine == "ray":
+            from mgsv_cli.index.ray_engine import index_with_ray
 
-                report = index_with_ray(music_dir, store, encoder_kind=encoders, device=device or "auto",
-                                        offline=offline, weights_dir=weights_dir, batch_windows=batch_windows,
-                                        detect_beats=beats, ray_address=ray_address, progress=progress)
-            else:
-                report = _index_locally_into_store(music_dir, store, encoders, device, offline, weights_dir, beats,
-                                                   batch_windows, progress)
-    except KeyboardInterrupt as exc:
-        report = getattr(exc, "report", None)
-        saved = f"; {report.n_tracks} track(s) in the store" if report is not None else ""
-        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
-                          soft_wrap=True)
-        raise typer.Exit(130)
+            return index_with_ray(music_dir, store, encoder_kind=encoders, device=device or "auto", offline=offline,
+                                  weights_dir=weights_dir, batch_windows=batch_windows, detect_beats=beats,
+                                  ray_address=ray_address, progress=progress)
+        return _index_locally_into_store(music_dir, store, encoders, device, offline, weights_dir, beats,
+                                         batch_windows, progress)
+
+    report = _interruptible(run, "store")
     _print_index_summary(report, encoders, None)
     if report.failed:
         _print_failures_at_end(report.failed)

@@ -214,9 +214,14 @@ class Suggester:
             index.close()
             prefetcher.close()
             raise
-        suggester = cls(model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj, encoders_kind=kind,
-                   index=index, tracks=tracks, scoring_tokens=scoring, device=torch_device, timings=timings,
-                   store=store, first_stage=stage, fingerprint=fingerprint, rerank=rerank)
+        return cls._built(prefetcher, model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj,
+                          encoders_kind=kind, index=index, tracks=tracks, scoring_tokens=scoring, device=torch_device,
+                          timings=timings, store=store, first_stage=stage, fingerprint=fingerprint, rerank=rerank)
+
+    @classmethod
+    def _built(cls, prefetcher: "VideoPrefetcher", **parts) -> "Suggester":
+        """The suggester from its loaded parts, keeping the video prefetch already under way."""
+        suggester = cls(**parts)
         suggester.prefetcher.close()
         suggester.prefetcher = prefetcher
         return suggester
@@ -246,12 +251,9 @@ class Suggester:
             store.close()
             prefetcher.close()
             raise
-        suggester = cls(model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj, encoders_kind=kind,
-                        index=store, tracks=tracks, scoring_tokens=None, device=torch_device, timings=timings,
-                        store=store, first_stage=stage, fingerprint=fingerprint, rerank=rerank)
-        suggester.prefetcher.close()
-        suggester.prefetcher = prefetcher
-        return suggester
+        return cls._built(prefetcher, model=model, model_id=model_id, untrained=untrained, encoders=encoders_obj,
+                          encoders_kind=kind, index=store, tracks=tracks, scoring_tokens=None, device=torch_device,
+                          timings=timings, store=store, first_stage=stage, fingerprint=fingerprint, rerank=rerank)
 
     def close(self) -> None:
         self.prefetcher.close()
