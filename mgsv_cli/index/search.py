@@ -230,22 +230,16 @@ class _LanceVectorIndex:
     @classmethod
     def open(cls, store, fingerprint: str, n_tracks: int, dim: int, nprobes: int, refine_factor: int):
         """Open (building it first when missing) the vector index of ``store``'s derived rows."""
-        if not hasattr(store, "_derived_uri"):
+        if not hasattr(store, "build_vector_index"):
             raise UsageError("the IVF-PQ first stage needs a Lance track store (an .sqlite index is searched exactly)")
-        import contextlib
-
-        dataset_uri = store._derived_uri(fingerprint)
-        derived = store._derived(fingerprint)
+        derived = store.derived_dataset(fingerprint)
         if derived is None:
             raise IndexDatabaseError(f"the track store {store.uri} has no derived rows for checkpoint {fingerprint}")
+        dataset_uri = derived.uri
         if not _has_vector_index(derived):
             # About sqrt(N) partitions of ~N/sqrt(N) rows; 8 dims per PQ sub-vector.
-            partitions = max(1, min(4096, int(n_tracks ** 0.5)))
-            sub_vectors = max(1, dim // 8) if dim % 8 == 0 else 1
-            lock = store._write_lock() if hasattr(store, "_write_lock") else contextlib.nullcontext()
-            with lock, store._lance_errors("index"):
-                derived.create_index("pooled", index_type="IVF_PQ", metric="cosine", num_partitions=partitions,
-                                     num_sub_vectors=sub_vectors, replace=True)
+            store.build_vector_index(fingerprint, num_partitions=max(1, min(4096, int(n_tracks ** 0.5))),
+                                     num_sub_vectors=max(1, dim // 8) if dim % 8 == 0 else 1)
         return cls(dataset_uri, nprobes, refine_factor)
 
     def top(self, query, n: int, ids, allowed):
