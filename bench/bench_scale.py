@@ -16,7 +16,8 @@ Sections (``--sections``; all by default):
 ``million``
     ``--tracks`` (1,000,000) synthetic tracks written straight into a Lance track store in
     the layout ``lance_store`` writes (chunks of ``--chunk`` rows): tracks with no AST tokens,
-    derived rows with pooled float32 [256] and fp16 keys [S_i, 256] (the ``scoring`` blob), S_i drawn like real
+    derived rows with pooled float32 [256] and keys [S_i, 256] (the ``scoring`` blob) in ``--keys`` (int8 by
+    default, as ``mgsv index --store ... --keys int8`` keeps them: 15 GiB at 1M; float16: 29 GiB), S_i drawn like real
     tracks (durations ~ N(140 s, 45 s) in [15, 300] s: mean ~57 of 96 windows). Then, in a
     fresh process (so that its peak resident memory is the search's alone): the first stage's
     build time (export of the pooled matrix to a memory-mapped .npy + inverse norms), and
@@ -82,8 +83,9 @@ class MemoryStore:
 
     uri = "memory"
 
-    def __init__(self, ids, pooled, keys, mask, durations):
+    def __init__(self, ids, pooled, keys, mask, durations, key_scales=None):
         self.ids, self.pooled, self.keys, self.mask, self.durations = ids, pooled, keys, mask, durations
+        self.key_scales = key_scales  # float32 [N, S] when keys are int8 (records.quantize_keys)
         self._row = {int(i): k for k, i in enumerate(ids)}
 
     def __len__(self) -> int:
@@ -105,7 +107,15 @@ class MemoryStore:
 
         rows = np.array([self._row[int(i)] for i in ids], dtype=np.int64)
         width = max(1, int(self.mask[rows].any(0).nonzero()[0].max(initial=0)) + 1)
-        return DerivedRows(self.ids[rows], self.pooled[rows], self.keys[rows, :width], self.mask[rows, :width])
+        scales = None if self.key_scales is None else self.key_scales[rows, :width]
+        return DerivedRows(self.ids[rows], self.pooled[rows], self.keys[rows, :width], self.mask[rows, :width], scales)
+
+    def quantized(self) -> "MemoryStore":
+        """The same catalog with int8 keys, as a Lance store created with ``key_encoding="int8"`` keeps them."""
+        from mgsv_cli.index.records import quantize_keys
+
+        keys, scales = quantize_keys(self.keys)
+        return MemoryStore(self.ids, self.pooled, keys, self.mask, self.durations, scales)
 
 
 # ---------------------------------------------------------------- agreement
@@ -182,7 +192,10 @@ def run_agreement(args, results: dict) -> None:
     log(f"catalog: {args.catalog} tracks (derived rows of the trained model) and {args.queries} queries in "
         f"{time.perf_counter() - start:.0f} s")
     stage = search.FirstStage.build(store, FINGERPRINT, kind="exact")
+    int8_store = store.quantized()
     sizes = sorted(args.rerank_sizes)
+    int8_same_set = {n: 0 for n in sizes}  # the rerank on int8 keys against exhaustive float16 scoring
+    int8_same_list = {n: 0 for n in sizes}
     same_set = {n: 0 for n in sizes}
     same_list = {n: 0 for n in sizes}
     recall_target = {n: 0 for n in sizes}
@@ -195,6 +208,8 @@ def run_agreement(args, results: dict) -> None:
         score_of = dict(zip(full.track_ids.tolist(), full.scores.tolist()))
         reference = full.track_ids[:TOP].tolist()
         exhaustive_hits += int(targets[q] in reference)
+        int8 = search.exhaustive(model, video, int8_store, FINGERPRINT, stage)
+        int8_score_of = dict(zip(int8.track_ids.tolist(), int8.scores.tolist()))
         first_ids, _ = stage.top(video.pooled[0].numpy(), max(sizes))
         for n in sizes:
             # The rerank scores each candidate as exhaustive scoring does (tests check it exactly).
@@ -202,6 +217,9 @@ def run_agreement(args, results: dict) -> None:
             same_set[n] += set(kept) == set(reference)
             same_list[n] += kept == reference
             recall_target[n] += int(targets[q] in kept)
+            kept = sorted(first_ids[:n].tolist(), key=lambda i: (-int8_score_of[i], i))[:TOP]
+            int8_same_set[n] += set(kept) == set(reference)
+            int8_same_list[n] += kept == reference
         if 1000 in sizes and q < args.check_queries:
             real = search.search(model, video, store, FINGERPRINT, rerank=1000, top_k=TOP, first_stage=stage,
                                  moments=False)
@@ -212,10 +230,12 @@ def run_agreement(args, results: dict) -> None:
     n_q = len(frames)
     log(f"{n_q} queries over {args.catalog} tracks ({seconds:.0f} s); exhaustive top-10 holds the query's own "
         f"track for {100 * exhaustive_hits / n_q:.1f}%")
-    log(f"{'N':>6} {'same top-10 set':>16} {'same ordered':>13} {'own track in top-10':>20}")
+    log(f"{'N':>6} {'same top-10 set':>16} {'same ordered':>13} {'own track in top-10':>20}"
+        f" {'int8 keys: same set':>20} {'same ordered':>13}")
     for n in sizes:
         log(f"{n:>6} {100 * same_set[n] / n_q:>15.1f}% {100 * same_list[n] / n_q:>12.1f}% "
-            f"{100 * recall_target[n] / n_q:>19.1f}%")
+            f"{100 * recall_target[n] / n_q:>19.1f}% {100 * int8_same_set[n] / n_q:>19.1f}% "
+            f"{100 * int8_same_list[n] / n_q:>12.1f}%")
     if checked:
         log(f"search.search at N=1000 agrees with the computation above on {checked - mismatched} of {checked} queries")
     results["agreement"] = {
@@ -223,6 +243,8 @@ def run_agreement(args, results: dict) -> None:
         "same_set_pct": {str(n): round(100 * same_set[n] / n_q, 2) for n in sizes},
         "same_order_pct": {str(n): round(100 * same_list[n] / n_q, 2) for n in sizes},
         "own_track_in_top10_pct": {str(n): round(100 * recall_target[n] / n_q, 2) for n in sizes},
+        "int8_keys_same_set_pct": {str(n): round(100 * int8_same_set[n] / n_q, 2) for n in sizes},
+        "int8_keys_same_order_pct": {str(n): round(100 * int8_same_list[n] / n_q, 2) for n in sizes},
         "exhaustive_own_track_in_top10_pct": round(100 * exhaustive_hits / n_q, 2),
         "search_checked": checked, "search_mismatched": mismatched,
     }
@@ -251,8 +273,10 @@ def _binary_rows(data, lengths, row_bytes: int):
                                             [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compressed_keys: bool = False) -> None:
-    """``n`` tracks and their derived rows for :data:`FINGERPRINT`, written with Lance in the store's layout."""
+def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compressed_keys: bool = False,
+                key_encoding: str = "int8") -> None:
+    """``n`` tracks and their derived rows for :data:`FINGERPRINT`, written with Lance in the layout of a
+    store created with ``key_encoding``."""
     import lance
     import numpy as np
     import pyarrow as pa
@@ -264,7 +288,7 @@ def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compress
     # not depend on their values, and drawing 15e9 normals would dominate the build.
     pool = rng.standard_normal((1 << 16, dim), dtype=np.float32).astype(np.float16)
     tracks_uri, derived_uri = ls._join(root, ls.TRACKS_NAME), ls._join(root, ls.DERIVED_FOLDER, f"{FINGERPRINT}.lance")
-    schema = ls._derived_schema(dim, FINGERPRINT)
+    schema = ls._derived_schema(dim, FINGERPRINT, key_encoding)
     if compressed_keys:  # an experiment: the scoring rows with Lance's default compression (slower take())
         at = schema.get_field_index(ls.SCORING_COLUMN)
         schema = schema.set(at, schema.field(at).with_metadata({}))
@@ -279,7 +303,7 @@ def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compress
             pa.array(["{}"] * k), pa.array(["bench-scale"] * k), pa.array(np.zeros(k, np.int32)),
             pa.array(np.full(k, 768, np.int32)), _binary_rows(b"", np.zeros(k), 0),
             pa.array([b""] * k, pa.binary()), pa.nulls(k, pa.string()),
-        ], schema=ls._tracks_schema())
+        ], schema=ls._tracks_schema(key_encoding))
         lance.write_dataset(tracks, tracks_uri, mode="create" if begin == 0 else "append")
         total = int(counts.sum())
         start = int(rng.integers(0, pool.shape[0]))
@@ -289,7 +313,7 @@ def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compress
         derived = pa.Table.from_arrays([
             ids, pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), dim),
             pa.array(counts.astype(np.int32)),
-            ls._scoring_blobs(pooled, rows, [np.ones(len(r), bool) for r in rows], counts),
+            ls._scoring_blobs(pooled, rows, [np.ones(len(r), bool) for r in rows], counts, key_encoding),
         ], schema=schema)
         lance.write_dataset(derived, derived_uri, mode="create" if begin == 0 else "append")
         del keys, rows, derived
@@ -382,7 +406,7 @@ def query_phase(args) -> dict:
     gc.collect()
     build_peak = peak_rss_mb()
     reset = reset_peak_rss()
-    numbers = {"tracks": len(stage), "first_stage_kind": stage.kind,
+    numbers = {"tracks": len(stage), "first_stage_kind": stage.kind, "keys": store.key_encoding,
                "first_stage_dtype": "bfloat16" if stage.unit is not None else "float32",
                "build_first_stage_s": round(build_s, 2), "build_first_stage_again_s": round(reopen_s, 3),
                "queries": args.repeats, "by_rerank": {}}
@@ -422,7 +446,7 @@ def run_million(args, results: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     root = str(folder / "catalog.lance")
     free_gb = shutil.disk_usage(folder).free / 2 ** 30
-    need_gb = args.tracks * 57 * 512 * 1.1 / 2 ** 30 + args.tracks * 1100 * 2 / 2 ** 30
+    need_gb = args.tracks * 57 * (261 if args.keys == "int8" else 513) * 1.1 / 2 ** 30 + args.tracks * 1100 * 2 / 2 ** 30
     log(f"store in {folder}: {free_gb:.0f} GiB free, the build needs about {need_gb:.1f} GiB")
     if not args.reuse and need_gb > free_gb - 10:
         raise SystemExit(f"not enough free disk for {args.tracks:,} tracks ({need_gb:.0f} GiB + 10 GiB spare)")
@@ -430,7 +454,8 @@ def run_million(args, results: dict) -> None:
     try:
         if not args.reuse:
             start = time.perf_counter()
-            build_store(root, args.tracks, 256, args.chunk, compressed_keys=args.compressed_keys)
+            build_store(root, args.tracks, 256, args.chunk, compressed_keys=args.compressed_keys,
+                        key_encoding=args.keys)
             build_s = time.perf_counter() - start
             log(f"wrote {args.tracks:,} tracks + derived rows in {build_s:.0f} s")
         else:
@@ -445,7 +470,7 @@ def run_million(args, results: dict) -> None:
             raise SystemExit(f"the query phase failed:\n{child.stderr[-3000:]}")
         numbers = json.loads(child.stdout.strip().splitlines()[-1])
         numbers.update(store_gib=round(size_gb, 1), write_store_s=None if build_s is None else round(build_s, 1))
-        log(f"{numbers['tracks']:,} tracks ({size_gb:.1f} GiB store): first stage ({numbers['first_stage_kind']}, "
+        log(f"{numbers['tracks']:,} tracks ({size_gb:.1f} GiB store, {numbers['keys']} keys): first stage ({numbers['first_stage_kind']}, "
             f"{numbers['first_stage_dtype']}) built in {numbers['build_first_stage_s']:.2f} s "
             f"({numbers['build_first_stage_again_s']:.3f} s when its export exists)")
         share = numbers["store_cached_share_before_queries"]
@@ -499,6 +524,8 @@ def main() -> None:
                         help="million: queries at the first --rerank size after evicting the store from the page cache")
     parser.add_argument("--compressed-keys", action="store_true",
                         help="million: write the keys column with Lance's default compression (not the store's layout)")
+    parser.add_argument("--keys", default="int8", choices=["int8", "float16"],
+                        help="million: the store's key encoding (`mgsv index --store ... --keys`; default int8)")
     parser.add_argument("--folder", default=None, help="million: where to build the store (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="million: keep the store (default: deleted)")
     parser.add_argument("--reuse", action="store_true", help="million: query the store kept in --folder")

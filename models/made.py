@@ -14,7 +14,10 @@ made-plus switches (``ModelConfig``; all off is the paper's network, parameter f
 ``n_music_scales`` > 1 adds X-Pool over the keys averaged over 2, 4, ... windows
 (:func:`pool_windows`), fused by learned softmax weights; ``known_width`` takes the cut's
 width from the video's frame count (:func:`known_width`), feeds it to the decoder query
-and regresses only the start.
+and regresses only the start; ``duration_query`` adds an embedding of the video's length
+(:func:`duration_features`, through a zero-initialised linear layer) to its pooled vector,
+the query of both matching terms, so that a track can be ranked by whether it has a passage
+of the clip's length (the cut is exactly as long as the video).
 
 The X-Pool projections are folded so that scoring one video against many tracks only
 needs each track's layer-normalised tokens (``MusicTokens.keys``), which callers can
@@ -154,6 +157,22 @@ def known_width(frame_mask: Tensor, max_music_seconds: float) -> Tensor:
     """
     seconds = (frame_mask.float().sum(1) - 0.5).clamp(min=0.5)
     return seconds / max_music_seconds
+
+
+DURATION_FREQUENCIES = 8  # duration_features: sin and cos of k * pi * (length / longest), k = 1..8
+
+
+def duration_features(frame_mask: Tensor, n_frames: int) -> Tensor:
+    """The video's length as Fourier features: frame_mask [B, F] -> [B, 2 * DURATION_FREQUENCIES].
+
+    The length is the share of the model's ``n_frames`` that are valid (1 fps: the duration in
+    seconds / n_frames, whatever padding the caller's mask has),
+    encoded as sin and cos of k pi x for k = 1..8, so that a linear layer can respond to
+    lengths ~3 s apart (F = 50) without a hand-picked scale.
+    """
+    share = (frame_mask.float().sum(1, keepdim=True) / n_frames).clamp(max=1.0)  # [B, 1]
+    angles = share * torch.arange(1, DURATION_FREQUENCIES + 1, device=frame_mask.device).float() * math.pi
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def sinusoid_table(n_positions: int, dim: int) -> Tensor:
@@ -469,6 +488,11 @@ class MaDe(nn.Module):
         if cfg.n_music_scales > 1:
             # made-plus multi-scale matching: learned fusion weights (softmax), equal at the start.
             self.scale_logits = nn.Parameter(torch.zeros(cfg.n_music_scales))
+        if cfg.duration_query:
+            # made-plus: zero at the start, so training begins from the paper's network.
+            self.duration_embed = nn.Linear(2 * DURATION_FREQUENCIES, cfg.d_model)
+            nn.init.zeros_(self.duration_embed.weight)
+            nn.init.zeros_(self.duration_embed.bias)
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -477,8 +501,12 @@ class MaDe(nn.Module):
 
         Tokens come back trimmed to the batch's last valid frame (F' <= F).
         """
+        # The length is read from the full mask: trimming keeps only the batch's longest video's frames.
+        length = duration_features(frame_mask.bool(), self.cfg.n_frames) if self.cfg.duration_query else None
         frames, mask = trim_padding(frames, frame_mask.bool())
         tokens, pooled = self.video_enhancer(frames.to(self.dtype), mask)
+        if length is not None:
+            pooled = pooled + self.duration_embed(length.to(device=pooled.device, dtype=pooled.dtype))
         return VideoTokens(tokens, mask, pooled)
 
     def encode_music(self, windows: Tensor, window_mask: Tensor) -> MusicTokens:
@@ -595,7 +623,8 @@ class MaDe(nn.Module):
             return sum(p.numel() for m in modules for p in m.parameters())
 
         counts = {
-            "enhancement": count(self.video_enhancer, self.music_enhancer),
+            "enhancement": count(self.video_enhancer, self.music_enhancer)
+            + (count(self.duration_embed) if hasattr(self, "duration_embed") else 0),
             "matching": count(self.xpool) + (self.scale_logits.numel() if hasattr(self, "scale_logits") else 0),
             "detection": count(self.detector),
         }

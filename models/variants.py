@@ -41,6 +41,7 @@ class ModelConfig:
     # made-plus switches (models/README.md); the defaults are the paper's network.
     n_music_scales: int = 1  # X-Pool over windows pooled x1, x2, x4, ... (this many scales), learned fusion
     known_width: bool = False  # the cut's width is the video's (from its frame mask), fed to the decoder query
+    duration_query: bool = False  # the video's length added to its pooled vector (the matching query), zero at start
 
 
 @dataclass(frozen=True)

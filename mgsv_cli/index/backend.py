@@ -85,13 +85,15 @@ def is_lance_uri(uri: str) -> bool:
     return "://" in text or text.rstrip("/\\").endswith(".lance") or os.path.isdir(os.path.expanduser(text))
 
 
-def open_store(uri, *, create: bool = False) -> TrackStore:
+def open_store(uri, *, create: bool = False, key_encoding: str | None = None) -> TrackStore:
     """The backend meant by ``uri``: a ``*.lance`` folder, an existing folder or any
     ``scheme://`` URI opens a Lance store, anything else the SQLite index file.
 
     ``create`` makes an empty store when there is none (for either backend); without it a
     missing store is an ``IndexDatabaseError`` naming `mgsv index`. Object-store URIs go to
     Lance unchanged: credentials come from the usual environment variables (``AWS_*``...).
+    ``key_encoding``: how a new Lance store keeps X-Pool keys (``float16``, ``int8``; see
+    ``lance_store``); an SQLite index keeps float16.
     """
     from mgsv_cli.errors import UsageError
 
@@ -101,7 +103,10 @@ def open_store(uri, *, create: bool = False) -> TrackStore:
     if is_lance_uri(text):
         from mgsv_cli.index.lance_store import LanceTrackStore
 
-        return LanceTrackStore.open(text, create=create)
+        return LanceTrackStore.open(text, create=create, key_encoding=key_encoding)
+    if key_encoding not in (None, "float16"):
+        raise UsageError(f"{key_encoding} keys are for Lance track stores (--store DIR.lance); "
+                         "an SQLite index keeps float16 keys")
     from mgsv_cli.index.sqlite_store import SqliteTrackStore
 
     return SqliteTrackStore.open(text, create=create)
@@ -125,7 +130,7 @@ def update_derived(store: TrackStore, model, fingerprint: str, *, batch_size: in
 
 
 def index_to_store(root, store_uri, encoders, progress=None, *, batch_size: int = 32, detect_beats: bool = False,
-                   encoder_kind: str | None = None):
+                   encoder_kind: str | None = None, key_encoding: str | None = None):
     """Bring the store at ``store_uri`` up to date with the audio files under ``root`` (the local engine).
 
     An SQLite index goes through :func:`mgsv_cli.index.store.index_music` unchanged. A Lance
@@ -133,11 +138,17 @@ def index_to_store(root, store_uri, encoders, progress=None, *, batch_size: int 
     embedded here and added ``batch_size`` tracks per commit (a killed run keeps the
     batches committed; the rerun skips them). ``encoders`` and ``progress`` are those of
     ``index_music`` (an ``Encoders`` or a zero-argument loader; an ``IndexProgress``).
+    ``key_encoding``: how a new Lance store keeps its X-Pool keys (see :func:`open_store`).
     Returns an :class:`~mgsv_cli.index.store.IndexReport` (``index_path`` is the URI for Lance).
     """
     from mgsv_cli.index import store as sqlite_index
 
     if not is_lance_uri(str(store_uri)):
+        if key_encoding not in (None, "float16"):
+            from mgsv_cli.errors import UsageError
+
+            raise UsageError(f"{key_encoding} keys are for Lance track stores (--store DIR.lance); "
+                             "an SQLite index keeps float16 keys")
         return sqlite_index.index_music(root, store_uri, encoders=encoders, progress=progress,
                                         detect_beats=detect_beats, encoder_kind=encoder_kind)
     from pathlib import Path
@@ -148,7 +159,7 @@ def index_to_store(root, store_uri, encoders, progress=None, *, batch_size: int 
     source = Path(root).expanduser()
     if not source.exists():
         raise UsageError(f"music folder {source} does not exist")
-    target = LanceTrackStore.open(str(store_uri), create=True)
+    target = LanceTrackStore.open(str(store_uri), create=True, key_encoding=key_encoding)
     progress = progress or sqlite_index.IndexProgress()
     report = sqlite_index.IndexReport(index_path=target.uri)  # type: ignore[arg-type]
     jobs = _lance_jobs(source, target, progress, report)

@@ -20,6 +20,11 @@ Design choices:
   query, and Lance's ``take()`` costs per column read: a track's pooled vector, fp16 keys
   ``[n, d]`` and mask ``[n]`` are one uncompressed ``scoring`` blob (decoded with slice copies
   straight from the arrow buffer).
+* **Keys in float16 or int8**, chosen when the store is created (``key_encoding``, recorded in
+  the tracks dataset's metadata; each derived dataset records its own). int8 keeps each
+  window's key as int8 [d] with one float32 scale (:func:`~mgsv_cli.index.records.quantize_keys`):
+  ~16 KB instead of ~30 KB per track, so a million tracks' derived rows (15 GB instead of 29)
+  stay in a 23 GB machine's page cache, at a cost of ~0.3% of each key's norm.
 * **One commit per call.** ``add_tracks`` and ``put_derived`` are each one Lance commit (a new
   version of the dataset, written atomically by Lance): a writer killed mid-call leaves the
   store at the previous version; its orphan data files are invisible to readers.
@@ -50,15 +55,17 @@ from mgsv_cli.features import recipe
 from mgsv_cli.index.records import DerivedRows, NewTrack, TrackRecord, check_derived, pad_rows, to_numpy, \
     valid_length
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this mgsv reads: 1, and 2 for derived datasets of int8 keys
 _FORMAT_KEY = b"mgsv_store_format"
+_KEY_ENCODING_KEY = b"mgsv_key_encoding"  # tracks: the store's choice for new derived datasets; derived: its own
 _KIND_KEY = b"mgsv_store_kind"
 TRACKS_NAME = "tracks.lance"
 DERIVED_FOLDER = "derived"
 _RECORD_COLUMNS = ["id", "location", "content_hash", "duration", "tags"]
 _TOKEN_COLUMNS = ["id", "n_windows", "feat_dim", "tokens", "mask"]
 _EXPORT_CHUNK = 65536  # rows per take() while exporting the pooled matrix
-SCORING_COLUMN = "scoring"  # derived: float32 LE pooled [d] | float16 LE keys [n, d] | uint8 mask [n]
+SCORING_COLUMN = "scoring"  # derived, per row: float32 LE pooled [d] | keys | uint8 mask [n]; keys are
+# float16 LE [n, d], or with int8 keys float32 LE scales [n] | int8 [n, d]
 
 
 def track_id_of(content_hash: str) -> int:
@@ -75,7 +82,12 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/")] + list(parts))
 
 
-def _tracks_schema():
+def _format_of(key_encoding: str) -> int:
+    """The format a derived dataset of ``key_encoding`` is written in (1 stays readable by older mgsv)."""
+    return 2 if key_encoding == "int8" else 1
+
+
+def _tracks_schema(key_encoding: str = "float16"):
     import pyarrow as pa
 
     return pa.schema([
@@ -90,10 +102,10 @@ def _tracks_schema():
         pa.field("tokens", pa.large_binary()),  # float16 LE [n_windows, feat_dim]
         pa.field("mask", pa.binary()),  # uint8 [n_windows]
         pa.field("beats", pa.string()),  # beat-grid JSON or null
-    ], metadata={_FORMAT_KEY: str(FORMAT_VERSION).encode(), _KIND_KEY: b"tracks"})
+    ], metadata={_FORMAT_KEY: b"1", _KIND_KEY: b"tracks", _KEY_ENCODING_KEY: key_encoding.encode()})
 
 
-def _derived_schema(dim: int, fingerprint: str):
+def _derived_schema(dim: int, fingerprint: str, key_encoding: str = "float16"):
     import pyarrow as pa
 
     return pa.schema([
@@ -106,8 +118,8 @@ def _derived_schema(dim: int, fingerprint: str):
         # decompressing 29 MB cost ~40 ms of 2 cores. ``pooled`` above stays for the vector index
         # and the first stage's export (1 KB of 30 per track held twice).
         pa.field(SCORING_COLUMN, pa.large_binary(), metadata={"lance-encoding:compression": "none"}),
-    ], metadata={_FORMAT_KEY: str(FORMAT_VERSION).encode(), _KIND_KEY: b"derived",
-                 b"fingerprint": fingerprint.encode()})
+    ], metadata={_FORMAT_KEY: str(_format_of(key_encoding)).encode(), _KIND_KEY: b"derived",
+                 b"fingerprint": fingerprint.encode(), _KEY_ENCODING_KEY: key_encoding.encode()})
 
 
 class LanceTrackStore:
@@ -117,8 +129,9 @@ class LanceTrackStore:
     stable, so ids read from one version stay valid in later ones.
     """
 
-    def __init__(self, uri: str, *, lock_timeout: float = 60.0, lock: bool = True):
+    def __init__(self, uri: str, *, lock_timeout: float = 60.0, lock: bool = True, key_encoding: str = "float16"):
         self.uri = uri
+        self.key_encoding = key_encoding  # for derived datasets created from now on (see open)
         self._tracks_uri = _join(uri, TRACKS_NAME)
         self._lock_timeout = lock_timeout
         # Object stores cannot be flock'ed: their writers deduplicate after committing instead.
@@ -128,14 +141,28 @@ class LanceTrackStore:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, uri: str, *, create: bool = False, **kwargs) -> "LanceTrackStore":
-        """Open the store at ``uri`` (``create``: make an empty one when there is none)."""
+    def open(cls, uri: str, *, create: bool = False, key_encoding: str | None = None, **kwargs) -> "LanceTrackStore":
+        """Open the store at ``uri`` (``create``: make an empty one when there is none).
+
+        ``key_encoding`` (``float16`` or ``int8``): how the store keeps X-Pool keys, fixed
+        when it is created (default float16); asking an existing store for another is an error.
+        """
+        from mgsv_cli.errors import UsageError
+        from mgsv_cli.index.records import KEY_ENCODINGS
+
+        if key_encoding is not None and key_encoding not in KEY_ENCODINGS:
+            raise UsageError(f"key encoding {key_encoding!r}: expected one of {', '.join(KEY_ENCODINGS)}")
         if uri.startswith("file://"):
             uri = uri[len("file://"):]
         root = uri if "://" in uri else str(Path(uri).expanduser().absolute())
-        store = cls(root, **kwargs)
+        store = cls(root, key_encoding=key_encoding or "float16", **kwargs)
         if store._exists(store._tracks_uri):
-            store._check_format(store._dataset(store._tracks_uri), "tracks")
+            tracks = store._dataset(store._tracks_uri)
+            store._check_format(tracks, "tracks")
+            store.key_encoding = _key_encoding_of(tracks)
+            if key_encoding is not None and key_encoding != store.key_encoding:
+                raise UsageError(f"the track store {root} keeps {store.key_encoding} keys (fixed when it was "
+                                 f"created); build a new store for {key_encoding} keys")
             return store
         if not create:
             if not _is_remote(root) and Path(root).is_dir() and any(Path(root).iterdir()):
@@ -162,9 +189,10 @@ class LanceTrackStore:
 
         if not _is_remote(self.uri):
             _make_folder(Path(self.uri))
-        schema = _tracks_schema()
+        schema = _tracks_schema(self.key_encoding)
         with self._write_lock():
             if self._exists(self._tracks_uri):  # another run created it meanwhile
+                self.key_encoding = _key_encoding_of(self._dataset(self._tracks_uri))
                 return
             try:
                 lance.write_dataset(schema.empty_table(), self._tracks_uri, schema=schema, mode="create")
@@ -331,7 +359,7 @@ class LanceTrackStore:
 
     def add_tracks(self, tracks: Iterable[NewTrack]) -> int:
         """Append the tracks whose content hash is not stored yet, in one commit; returns how many."""
-        table = _tracks_table(list(tracks))
+        table = _tracks_table(list(tracks), self.key_encoding)
         if table.num_rows == 0:
             return 0
         encoders = set(table.column("encoder_id").to_pylist())
@@ -403,10 +431,12 @@ class LanceTrackStore:
         if not len(ids):
             return
         self._positions(self._tracks(), ids.tolist())  # rows of unknown tracks are a caller's mistake
-        table = _derived_table(ids, pooled, keys, mask, fingerprint)
         dataset_uri = self._derived_uri(fingerprint)
         with self._write_lock():
             derived = self._derived(fingerprint)
+            # A dataset keeps the encoding it was created with.
+            encoding = self.key_encoding if derived is None else _key_encoding_of(derived)
+            table = _derived_table(ids, pooled, keys, mask, fingerprint, encoding)
             if derived is None:
                 try:
                     lance.write_dataset(table, dataset_uri, schema=table.schema, mode="create")
@@ -486,7 +516,9 @@ class LanceTrackStore:
     def derived_for(self, fingerprint: str, ids: Sequence[int]) -> DerivedRows:
         """Pooled float32 [K, d], keys float16 [K, S, d], mask bool [K, S] of ``ids`` (order asked;
         S the longest of the K): one ``take`` of one column of K rows, in position order (Lance
-        reads neighbouring rows together), decoded straight from the arrow buffer."""
+        reads neighbouring rows together), decoded straight from the arrow buffer. A dataset of
+        int8 keys gives keys int8 [K, S, d] and ``key_scales`` float32 [K, S] (not dequantized:
+        the search converts them once, into the dtype it scores in)."""
         import numpy as np
 
         derived = self._derived(fingerprint)
@@ -497,8 +529,8 @@ class LanceTrackStore:
         order = np.argsort(positions, kind="stable")
         with self._lance_errors("read"):
             table = derived.take(positions[order], columns=[SCORING_COLUMN])
-        pooled, keys, mask = _decode_scoring(table.column(0), order, dim)
-        return DerivedRows(np.asarray(list(ids), dtype=np.int64), pooled, keys, mask)
+        pooled, keys, mask, scales = _decode_scoring(table.column(0), order, dim, _key_encoding_of(derived))
+        return DerivedRows(np.asarray(list(ids), dtype=np.int64), pooled, keys, mask, scales)
 
     def derived_dataset(self, fingerprint: str):
         """The Lance dataset of ``fingerprint``'s derived rows (format checked), or None: for a
@@ -596,31 +628,52 @@ def _fixed_list_to_numpy(column, dim: int):
     return np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
-def _scoring_blobs(pooled, keys, mask, counts):
-    """The ``scoring`` column of K tracks: float32 [K, d] ``pooled``, float16 ``keys`` [K, S, d] and
-    ``mask`` [K, S] kept up to ``counts`` [K] windows -> large_binary [K], row k
-    ``pooled[k] (4d bytes) | keys[k, :n] (2dn bytes) | mask[k, :n] (n bytes)``."""
+def _key_encoding_of(dataset) -> str:
+    """The key encoding a dataset's metadata records (float16 for stores of format 1, which had no other)."""
+    return (dataset.schema.metadata or {}).get(_KEY_ENCODING_KEY, b"float16").decode()
+
+
+def _key_bytes(dim: int, key_encoding: str) -> int:
+    """Bytes of one window's key (its scale included) in a ``scoring`` blob."""
+    return dim + 4 if key_encoding == "int8" else 2 * dim
+
+
+def _scoring_blobs(pooled, keys, mask, counts, key_encoding: str = "float16"):
+    """The ``scoring`` column of K tracks: float32 [K, d] ``pooled``, float ``keys`` [K, S, d] (or a
+    list of [S_k, d]) and ``mask`` [K, S] kept up to ``counts`` [K] windows -> large_binary [K], row k
+    ``pooled[k] (4d bytes) | keys[k, :n] | mask[k, :n] (n bytes)``, the keys float16 (2dn bytes) or
+    int8 (:func:`~mgsv_cli.index.records.quantize_keys`: float32 scales, 4n bytes, then int8, dn)."""
     import numpy as np
     import pyarrow as pa
 
+    from mgsv_cli.index.records import quantize_keys
+
     k, dim = pooled.shape
     counts = np.asarray(counts, dtype=np.int64)
-    sizes = 4 * dim + counts * (2 * dim + 1)
+    per_window = _key_bytes(dim, key_encoding) + 1
+    sizes = 4 * dim + counts * per_window
     offsets = np.zeros(k + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     data = np.empty(int(offsets[-1]), dtype=np.uint8)
     for row, (begin, n) in enumerate(zip(offsets[:-1].tolist(), counts.tolist())):
         keys_at = begin + 4 * dim
+        mask_at = keys_at + (per_window - 1) * n
         data[begin:keys_at] = np.ascontiguousarray(pooled[row], dtype="<f4").view(np.uint8)
-        data[keys_at:keys_at + 2 * dim * n] = np.ascontiguousarray(keys[row][:n], dtype="<f2").reshape(-1).view(np.uint8)
-        data[keys_at + 2 * dim * n:keys_at + (2 * dim + 1) * n] = np.asarray(mask[row][:n], dtype=np.uint8)
+        if key_encoding == "int8":
+            quantized, scales = quantize_keys(keys[row][:n])
+            data[keys_at:keys_at + 4 * n] = scales.astype("<f4").view(np.uint8)
+            data[keys_at + 4 * n:mask_at] = quantized.reshape(-1).view(np.uint8)
+        else:
+            data[keys_at:mask_at] = np.ascontiguousarray(keys[row][:n], dtype="<f2").reshape(-1).view(np.uint8)
+        data[mask_at:mask_at + n] = np.asarray(mask[row][:n], dtype=np.uint8)
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), k, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _decode_scoring(column, order, dim: int):
-    """(pooled float32 [K, d], keys float16 [K, S, d] zero-padded, mask bool [K, S]) of a ``scoring``
-    column whose row r belongs at ``order[r]``; S the longest row. Straight from the arrow
-    buffers: one slice copy per row and part, no Python bytes objects."""
+def _decode_scoring(column, order, dim: int, key_encoding: str = "float16"):
+    """(pooled float32 [K, d], keys [K, S, d] zero-padded, mask bool [K, S], scales) of a ``scoring``
+    column whose row r belongs at ``order[r]``; S the longest row. Keys are float16 (scales None)
+    or int8 with scales float32 [K, S]. Straight from the arrow buffers: one slice copy per row
+    and part, no Python bytes objects."""
     import numpy as np
     import pyarrow as pa
 
@@ -632,25 +685,33 @@ def _decode_scoring(column, order, dim: int):
         offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
         spans.append((np.frombuffer(chunk.buffers()[2], dtype=np.uint8), offsets))
     sizes = np.concatenate([np.diff(o) for _, o in spans]) if spans else np.zeros(0, np.int64)
-    counts, rest = np.divmod(sizes - 4 * dim, 2 * dim + 1)
+    quantized = key_encoding == "int8"
+    per_window = _key_bytes(dim, key_encoding) + 1
+    counts, rest = np.divmod(sizes - 4 * dim, per_window)
     if (rest != 0).any() or (counts < 0).any():
         raise IndexDatabaseError("the track store has derived rows of a size no window count explains; recompute them")
     width = int(counts.max(initial=0))
     pooled = np.empty((len(order), dim), dtype=np.float32)
-    keys = np.zeros((len(order), width, dim), dtype=np.float16)
+    keys = np.zeros((len(order), width, dim), dtype=np.int8 if quantized else np.float16)
+    scales = np.zeros((len(order), width), dtype=np.float32) if quantized else None
     mask = np.zeros((len(order), width), dtype=bool)
     row = 0
     for data, offsets in spans:
         for begin, n in zip(offsets[:-1].tolist(), counts[row:row + len(offsets) - 1].tolist()):
             at, keys_at = int(order[row]), begin + 4 * dim
+            mask_at = keys_at + (per_window - 1) * n
             pooled[at] = data[begin:keys_at].view("<f4")
-            keys[at, :n] = data[keys_at:keys_at + 2 * dim * n].view("<f2").reshape(n, dim)
-            mask[at, :n] = data[keys_at + 2 * dim * n:keys_at + (2 * dim + 1) * n].view(bool)
+            if quantized:
+                scales[at, :n] = data[keys_at:keys_at + 4 * n].view("<f4")
+                keys[at, :n] = data[keys_at + 4 * n:mask_at].view(np.int8).reshape(n, dim)
+            else:
+                keys[at, :n] = data[keys_at:mask_at].view("<f2").reshape(n, dim)
+            mask[at, :n] = data[mask_at:mask_at + n].view(bool)
             row += 1
-    return pooled, keys, mask
+    return pooled, keys, mask, scales
 
 
-def _tracks_table(tracks: list[NewTrack]):
+def _tracks_table(tracks: list[NewTrack], key_encoding: str = "float16"):
     """The arrow table of ``tracks`` (each content hash once), tokens trimmed to their last valid window."""
     import numpy as np
     import pyarrow as pa
@@ -678,7 +739,7 @@ def _tracks_table(tracks: list[NewTrack]):
         columns["tokens"].append(np.ascontiguousarray(tokens[:n], dtype="<f2").tobytes())
         columns["mask"].append(mask[:n].astype(np.uint8).tobytes())
         columns["beats"].append(json.dumps(track.beats) if track.beats is not None else None)
-    return pa.Table.from_pydict(columns, schema=_tracks_schema())
+    return pa.Table.from_pydict(columns, schema=_tracks_schema(key_encoding))
 
 
 def _decode_tokens(table):
@@ -697,16 +758,16 @@ def _decode_tokens(table):
     return table.column("id").to_numpy().astype(np.int64), tokens, mask
 
 
-def _derived_table(ids, pooled, keys, mask, fingerprint: str):
+def _derived_table(ids, pooled, keys, mask, fingerprint: str, key_encoding: str = "float16"):
     import numpy as np
     import pyarrow as pa
 
     dim = pooled.shape[1]
     counts = [valid_length(m) for m in mask]
-    schema = _derived_schema(dim, fingerprint)
+    schema = _derived_schema(dim, fingerprint, key_encoding)
     return pa.Table.from_arrays([
         pa.array(ids, pa.int64()),
         pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(pooled).reshape(-1), pa.float32()), dim),
         pa.array(counts, pa.int32()),
-        _scoring_blobs(pooled, keys, mask, counts),
+        _scoring_blobs(pooled, keys, mask, counts, key_encoding),
     ], schema=schema)

@@ -269,7 +269,8 @@ def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", 
                    offline: bool = False, weights_dir=None, batch_windows: int | None = None,
                    detect_beats: bool = True, ray_address: str | None = None, num_cpus: int | None = None,
                    actors: int | None = None, tracks_per_batch: int = 4, commit_every: int = 32,
-                   progress: IndexProgress | None = None, embedder: type = AstEmbedder) -> IndexReport:
+                   progress: IndexProgress | None = None, embedder: type = AstEmbedder,
+                   key_encoding: str | None = None) -> IndexReport:
     """Bring the Lance store at ``store_uri`` up to date with the audio under ``source``, on Ray.
 
     ``source``: a local folder (single machine or a shared file system) or an object-store
@@ -279,6 +280,7 @@ def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", 
     initialised Ray is used as it is. ``actors``: AST actors (default: one per GPU, else
     one per two CPUs), ``tracks_per_batch`` tracks per actor call, ``commit_every`` tracks
     per store commit. ``embedder``: the actor class (tests pass one that dies).
+    ``key_encoding``: how a new store keeps its X-Pool keys (``float16``, ``int8``).
     Returns an ``IndexReport``: ``added``, ``unchanged`` (hash already stored or seen
     twice), ``failed`` (path, reason), ``n_tracks``. On KeyboardInterrupt the committed
     tracks stay; the exception is re-raised with ``.report`` attached.
@@ -292,7 +294,7 @@ def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", 
     if not is_remote(source) and not Path(source).expanduser().exists():  # before creating any store
         raise UsageError(f"music folder {Path(source).expanduser()} does not exist")
     progress = progress or IndexProgress()
-    store = open_store(str(store_uri), create=True)
+    store = open_store(str(store_uri), create=True, key_encoding=key_encoding)
     _check_encoders(store, encoder_kind)
     report = IndexReport(index_path=store.uri)  # type: ignore[arg-type]
     locations = list_audio(source)

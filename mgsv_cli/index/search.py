@@ -18,9 +18,12 @@ catalog of 10^5 to 10^7 tracks is searched in two stages:
    and more or when asked.
 2. **Rerank** (:func:`rerank_ids`): ``model.score_pairs`` on the N candidates' derived rows
    (``store.derived_for``: pooled + keys), the model's full score; tracks are grouped by
-   length as the token cache groups them (padding costs nothing then). At 1M tracks on 2
-   cores the rerank of 1,000 is ~105 ms: Lance's ``take`` of the 1,000 rows (~29 MB) ~45 ms,
-   their decoding ~15 ms, the fp16 -> float32 copy into the length buckets ~20 ms, X-Pool ~12 ms.
+   length as the token cache groups them (padding costs nothing then), converted into a
+   per-thread workspace that is reused from query to query (a fresh 60 MB buffer per query
+   cost more in page faults than the conversion itself). At 1M tracks on 2 cores
+   (``bench/bench_scale.py``) the rerank of 1,000 is ~47 ms from a store of int8 keys
+   (``mgsv index --store ... --keys int8``) and ~68 ms from float16 keys, most of it Lance's
+   ``take`` of the 1,000 rows.
 3. **Moments** (:func:`detect_moments`) on the top K, from the stored AST tokens
    (``store.tokens_for``), as ``mgsv suggest`` does.
 
@@ -32,6 +35,7 @@ a model family that scores with the pooled vectors alone (ReAL) works unchanged.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -145,17 +149,31 @@ class FirstStage:
         query = query / max(float(np.linalg.norm(query)), _NORM_EPS)
         if self._vector_index is not None:
             return self._vector_index.top(query, n, self.ids, allowed)
-        if self.unit is not None:
-            import torch
+        import torch
 
+        if self.unit is not None:
             # bf16 x bf16 -> float32 accumulation inside; the result rounded to bf16, so cast back.
             cos = torch.mv(self.unit, torch.from_numpy(query).to(self.unit.dtype)).float().numpy()
         else:
-            cos = (self.pooled @ query) * self.inv_norm  # one pass over the (memory-mapped) matrix
+            # One pass over the (memory-mapped) matrix, in torch rather than numpy: numpy's BLAS
+            # threads spin after each call and take the cores from torch's for the rerank that
+            # follows (50k tracks: rerank 112 ms after a numpy product, 49 ms after this one).
+            cos = (torch.mv(_as_tensor(self.pooled), torch.from_numpy(query)) * _as_tensor(self.inv_norm)).numpy()
         if allowed is not None:
             cos = np.where(allowed, cos, -np.inf).astype(np.float32)
             n = min(n, int(np.count_nonzero(allowed)))
         return _best(self.ids, cos, n)
+
+
+def _as_tensor(array):
+    """A torch view of a numpy array, a read-only memory map included (torch only reads it)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": nothing here writes through it
+        return torch.from_numpy(array)
 
 
 def _row_chunks(pooled):
@@ -267,20 +285,54 @@ def _has_vector_index(dataset) -> bool:
 # ---------------------------------------------------------------- rerank and moments
 
 
-def _bucket_keys(keys, members, width: int, dtype):
-    """Rows ``members`` of keys float16 numpy [K, S, d], windows [:width] (zero-padded past S), as a
-    torch [k_b, width, d] of ``dtype`` on the CPU: one pass that reads each row's windows once and
-    writes them converted. The float32 result is allocated by numpy, which asks the kernel for huge
-    pages: a fresh 60 MB torch allocation costs ~15k page faults (tens of ms on 2 cores)."""
+_workspaces = threading.local()  # per thread: one reusable buffer for the rerank's key buckets
+
+
+def _workspace(shape, dtype):
+    """A torch tensor of ``shape`` and ``dtype`` (contents undefined) in this thread's reusable
+    buffer, which grows to the largest bucket asked and stays. A fresh 60 MB array for every
+    query costs ~15k page faults (the allocator hands it back to the kernel when freed): tens of
+    ms on 2 cores, more than converting the keys. Valid until the next call in the thread."""
+    import torch
+
+    count = 1
+    for size in shape:
+        count *= int(size)
+    buffers = getattr(_workspaces, "buffers", None)
+    if buffers is None:
+        buffers = _workspaces.buffers = {}
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.numel() < count:
+        buffer = buffers[dtype] = torch.empty(count, dtype=dtype)
+    return buffer[:count].view(shape)
+
+
+def _bucket_keys(keys, members, width: int, dtype, scales=None):
+    """Rows ``members`` of keys numpy [K, S, d], windows [:width] (zero-padded past S), as a torch
+    [k_b, width, d] of ``dtype`` on the CPU, in this thread's workspace (valid until the next
+    bucket). Keys are float16, or int8 with ``scales`` float32 [K, S] (see
+    ``records.quantize_keys``), dequantized here. Each row's windows are read once and written
+    converted."""
     import numpy as np
     import torch
 
-    shape = (len(members), width, keys.shape[2])
-    out = torch.from_numpy(np.empty(shape, np.float32)) if dtype == torch.float32 else torch.empty(shape, dtype=dtype)
+    out = _workspace((len(members), width, keys.shape[2]), dtype)
     kept = min(width, keys.shape[1])
     if kept < width:
         out[:, kept:] = 0
     source = torch.from_numpy(keys)
+    if scales is not None:
+        # int8 rows are a quarter of float32's bytes: gathering them first (contiguous) costs
+        # little, then one conversion and one scaling pass over contiguous memory.
+        pick = torch.from_numpy(np.asarray(members, dtype=np.int64))
+        gathered = source[:, :kept].index_select(0, pick)
+        factors = torch.from_numpy(scales)[:, :kept].index_select(0, pick).unsqueeze(-1).to(dtype)
+        if kept == width:
+            out.copy_(gathered)
+            out.mul_(factors)
+        else:
+            out[:, :kept] = gathered.to(dtype) * factors
+        return out
     # Row by row: a gather (index_select) would first write an fp16 copy of every row.
     for j, row in enumerate(members.tolist()):
         out[j, :kept].copy_(source[row, :kept])
@@ -309,14 +361,15 @@ def score_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_id
             chunk = track_ids[begin:begin + batch_size]
             rows = store.derived_for(fingerprint, chunk.tolist())
             mask = np.ascontiguousarray(rows.mask, dtype=bool)
-            keys = np.ascontiguousarray(rows.keys, dtype=np.float16)
+            scales = None if rows.key_scales is None else np.ascontiguousarray(rows.key_scales, dtype=np.float32)
+            keys = np.ascontiguousarray(rows.keys, dtype=np.float16 if scales is None else np.int8)
             mask_t = torch.from_numpy(_pad_to(mask, N_MUSIC_WINDOWS))
             pooled = torch.from_numpy(np.ascontiguousarray(rows.pooled, dtype=np.float32))
             for members, width in _length_buckets(mask):
                 pick = torch.from_numpy(members)
                 music = MusicTokens(None, mask_t[:, :width].index_select(0, pick).to(device),
                                     pooled.index_select(0, pick).to(device=device, dtype=dtype),
-                                    _bucket_keys(keys, members, width, dtype).to(device))
+                                    _bucket_keys(keys, members, width, dtype, scales).to(device))
                 scores = model.score_pairs(video_tokens, music)[:, 0].float()
                 out[begin + members] = torch.nan_to_num(scores, nan=float("-inf")).cpu().numpy()
     return out

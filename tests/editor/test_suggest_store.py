@@ -52,6 +52,22 @@ def test_lance_store_and_sqlite_index_of_one_folder_give_the_same_suggestions(ca
             assert (a["title"], a["artist"]) == (b["title"], b["artist"])
 
 
+def test_a_store_of_int8_keys_gives_the_same_tracks_and_near_scores(capsys, media_src, built, tmp_path):
+    pytest.importorskip("lance")
+    uri = str(tmp_path / "int8.lance")
+    result = run_cli(capsys, "index", built[0], "--store", uri, "--keys", "int8", "--encoders", "tiny", "--no-beats")
+    assert result.code == 0, result.err
+    again = run_cli(capsys, "index", built[0], "--store", uri, "--keys", "float16", "--encoders", "tiny")
+    assert again.code == 2 and "keeps int8 keys" in again.err and "Traceback" not in again.err
+    for i in range(2):
+        from_sqlite = suggestions(capsys, clip(media_src, i), built[1])
+        from_int8 = suggestions(capsys, clip(media_src, i), uri)
+        assert [s["track"] for s in from_int8] == [s["track"] for s in from_sqlite]
+        for a, b in zip(from_int8, from_sqlite):
+            assert a["score"] == pytest.approx(b["score"], abs=5e-3)  # keys rounded to int8 steps
+            assert a["start"] == pytest.approx(b["start"], abs=1e-4)  # moments come from the tokens
+
+
 def test_a_library_larger_than_the_rerank_size_is_searched_in_two_stages(media_src, built, tiny_encoders):
     from mgsv_cli.editor.suggest import Suggester
 

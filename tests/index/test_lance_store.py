@@ -136,6 +136,72 @@ def test_derived_rows_are_incremental_and_memory_mapped(tmp_path):
         store.derived_missing("../escape")
 
 
+def test_int8_keys_are_the_stores_choice_and_decode_within_the_quantization_step(tmp_path):
+    import lance
+
+    from mgsv_cli.errors import UsageError
+    from mgsv_cli.index.records import dequantize_keys, quantize_keys
+
+    root = tmp_path / "int8.lance"
+    store = open_store(str(root), create=True, key_encoding="int8")
+    store.add_tracks([make_track(i) for i in range(5)])
+    again = open_store(str(root))  # the choice is the store's, read back from its metadata
+    assert again.key_encoding == "int8"
+    with pytest.raises(UsageError, match="keeps int8 keys"):
+        open_store(str(root), key_encoding="float16")
+    with pytest.raises(UsageError, match="Lance track stores"):
+        open_store(str(tmp_path / "lib.sqlite"), create=True, key_encoding="int8")
+    with pytest.raises(UsageError, match="key encoding 'int4'"):
+        open_store(str(tmp_path / "other.lance"), create=True, key_encoding="int4")
+
+    ids = again.derived_missing("fp1")
+    rows = random_derived(ids)
+    rows.keys[0, 0] = 0  # an all-zero window: scale 0, decodes to zeros
+    again.put_derived("fp1", rows)
+    meta = lance.dataset(str(root / "derived" / "fp1.lance")).schema.metadata
+    assert meta[b"mgsv_key_encoding"] == b"int8" and meta[b"mgsv_store_format"] == b"2"  # older mgsv refuse it
+
+    ask = [ids[4], ids[0], ids[2]]
+    got = again.derived_for("fp1", ask)
+    assert got.keys.dtype == np.int8 and got.key_scales.shape == got.mask.shape == got.keys.shape[:2]
+    exact = rows.keys[[4, 0, 2], :got.keys.shape[1]].astype(np.float32)
+    decoded = dequantize_keys(got.keys, got.key_scales)
+    step = np.abs(exact).max(-1, keepdims=True) / 127
+    assert (np.abs(decoded - exact) <= step / 2 + 1e-6).all()  # rounding: at most half a step per entry
+    np.testing.assert_array_equal(decoded[1, 0], 0.0)
+    expected_q, expected_s = quantize_keys(exact)
+    np.testing.assert_array_equal(got.keys, expected_q)
+    np.testing.assert_array_equal(got.key_scales, expected_s)
+    np.testing.assert_array_equal(got.mask, rows.mask[[4, 0, 2], :got.keys.shape[1]])
+    np.testing.assert_array_equal(got.pooled, rows.pooled[[4, 0, 2]])
+
+
+def test_the_search_dequantizes_int8_keys_as_records_does(tmp_path):
+    """score_ids on an int8 store equals the model's score on the keys dequantized by
+    records.dequantize_keys: the search's own gather-convert-scale pass is exact."""
+    import torch
+
+    from mgsv_cli.index import search
+    from mgsv_cli.index.backend import update_derived
+    from mgsv_cli.index.records import dequantize_keys
+    from mgsv_cli.models.made import MaDe, MusicTokens
+    from mgsv_cli.models.variants import load_config
+
+    torch.manual_seed(0)
+    model = MaDe(load_config("tiny").model).eval()
+    store = open_store(str(tmp_path / "int8.lance"), create=True, key_encoding="int8")
+    store.add_tracks([make_track(i) for i in range(12)])
+    assert update_derived(store, model, "fp") == 12
+    ids = sorted(r.track_id for r in store.tracks())
+    with torch.inference_mode():
+        video = model.encode_video(torch.randn(1, 50, 512), torch.arange(50)[None] < 30)
+        rows = store.derived_for("fp", ids)
+        music = MusicTokens(None, torch.from_numpy(rows.mask), torch.from_numpy(rows.pooled),
+                            torch.from_numpy(dequantize_keys(rows.keys, rows.key_scales)))
+        expected = model.score_pairs(video, music)[:, 0].numpy()
+    np.testing.assert_allclose(search.score_ids(model, video, store, "fp", ids), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_derived_for_decodes_masks_with_holes_repeats_and_any_order(tmp_path):
     """The scoring blob's decoder (slice copies from the arrow buffer) against the rows put: masks
     with holes, rows from two commits (fragments), ids asked twice and out of position order."""
@@ -202,7 +268,8 @@ def test_a_store_of_a_newer_format_is_refused(tmp_path):
     meta = dict(table.schema.metadata)
     meta[b"mgsv_store_format"] = str(lance_store.FORMAT_VERSION + 2).encode()
     lance.write_dataset(table.replace_schema_metadata(meta), str(root / "tracks.lance"), mode="overwrite")
-    with pytest.raises(IndexDatabaseError, match=r"newer mgsv \(store format 3, this one reads up to 1\): upgrade"):
+    newer, known = lance_store.FORMAT_VERSION + 2, lance_store.FORMAT_VERSION
+    with pytest.raises(IndexDatabaseError, match=rf"newer mgsv \(store format {newer}, this one reads up to {known}\): upgrade"):
         open_store(str(root))
 
 

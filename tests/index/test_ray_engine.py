@@ -151,6 +151,8 @@ def test_cli_mistakes_are_one_line_errors(capsys, tmp_path, good_music_dir):
         (("--engine", "spark", "--store", lance), "expected local or ray"),
         (("--engine", "ray", "--store", lance, "--prune"), "--prune"),
         (("--ray-address", "auto", "--store", lance), "--engine ray"),
+        (("--keys", "int8"), "--keys goes with --store"),
+        (("--store", lance, "--keys", "int4"), "--keys 'int4'"),
     ]
     for extra, message in cases:
         result = run_cli(capsys, "index", good_music_dir, *extra, *TINY)

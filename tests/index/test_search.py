@@ -38,10 +38,10 @@ def fill(store, numbers) -> None:
     assert store.add_tracks([new_track(i) for i in numbers]) == len(list(numbers))
 
 
-@pytest.fixture(params=["sqlite", "lance"])
+@pytest.fixture(params=["sqlite", "lance", "lance-int8"])
 def store(request, tmp_path):
     uri = tmp_path / ("lib.sqlite" if request.param == "sqlite" else "lib.lance")
-    store = open_store(str(uri), create=True)
+    store = open_store(str(uri), create=True, key_encoding="int8" if request.param == "lance-int8" else None)
     fill(store, range(N_TRACKS))
     yield store
     store.close()

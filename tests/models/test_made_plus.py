@@ -14,7 +14,7 @@ from mgsv_cli.models.losses import matching_loss, multi_positive_info_nce, symme
 from mgsv_cli.models.made import MaDe, known_width, pool_windows
 from mgsv_cli.models.variants import ModelConfig, TrainConfig, load_config
 
-SWITCHES_OFF = {"n_music_scales": 1, "known_width": False}
+SWITCHES_OFF = {"n_music_scales": 1, "known_width": False, "duration_query": False}
 
 
 def inputs(n: int, seed: int = 0, n_frames=None):
@@ -27,7 +27,7 @@ def inputs(n: int, seed: int = 0, n_frames=None):
     return frames, frame_mask, windows, window_mask
 
 
-ALL_ON = {"n_music_scales": 3, "known_width": True}
+ALL_ON = {"n_music_scales": 3, "known_width": True, "duration_query": True}
 
 
 def plus_model(seed: int = 0, **changes) -> MaDe:
@@ -42,11 +42,11 @@ def plus_model(seed: int = 0, **changes) -> MaDe:
 
 def test_switch_defaults_are_the_papers_network():
     assert ModelConfig().n_music_scales == 1 and ModelConfig().known_width is False
-    assert TrainConfig().same_track_positives is False
+    assert ModelConfig().duration_query is False and TrainConfig().same_track_positives is False
     for name in ("made", "tiny"):
         variant = load_config(name)
-        assert (variant.model.n_music_scales, variant.model.known_width, variant.train.same_track_positives) == (
-            1, False, False)
+        assert (variant.model.n_music_scales, variant.model.known_width, variant.model.duration_query,
+                variant.train.same_track_positives) == (1, False, False, False)
 
 
 def test_tiny_plus_with_switches_off_is_tiny_bit_for_bit():
@@ -71,9 +71,10 @@ def test_made_plus_adds_few_parameters_at_paper_width():
     paper = load_config("made").model
     made, plus = MaDe(paper), MaDe(dataclasses.replace(paper, **ALL_ON))
     extra = plus.parameter_counts()["total"] - made.parameter_counts()["total"]
-    # 3 fusion weights, a 1 -> d width embedding, minus the width row of the span head.
+    # 3 fusion weights, a 1 -> d width embedding, minus the width row of the span head, a 16 -> d
+    # duration embedding.
     d = paper.d_model
-    assert extra == 3 + (d + d) - (d + 1)
+    assert extra == 3 + (d + d) - (d + 1) + (16 * d + d)
     assert load_config("made-plus").model == dataclasses.replace(paper, **{
         k: getattr(load_config("made-plus").model, k) for k in ALL_ON})  # made-plus = made + switches only
 
@@ -201,6 +202,33 @@ def test_known_width_cut_has_the_videos_length_and_the_width_reaches_the_query()
 
 
 # ------------------------------------------------------------------ end to end
+
+
+def test_duration_query_starts_as_the_plain_network_and_then_reads_the_videos_length():
+    from mgsv_cli.models.made import duration_features
+
+    off = plus_model(seed=3, duration_query=False)
+    on = plus_model(seed=3)
+    missing, unexpected = on.load_state_dict(off.state_dict(), strict=False)
+    assert missing == ["duration_embed.weight", "duration_embed.bias"] and unexpected == []
+    frames, frame_mask, windows, window_mask = inputs(4, seed=1, n_frames=[5, 12, 30, 50])
+    with torch.no_grad():
+        plain, zero = off.encode_video(frames, frame_mask), on.encode_video(frames, frame_mask)
+        assert torch.equal(plain.pooled, zero.pooled)  # zero-initialised: training starts from the paper's network
+        torch.nn.init.normal_(on.duration_embed.weight)
+        moved = on.encode_video(frames, frame_mask)
+        shift = moved.pooled - plain.pooled
+        expected = on.duration_embed(duration_features(frame_mask, 50))
+        torch.testing.assert_close(shift, expected)
+        assert not torch.allclose(shift[0], shift[1])  # lengths 5 and 12 s move the query differently
+        # The length comes from the valid frames, not the mask's padding: a mask trimmed to the
+        # clip's own frames gives the same query.
+        trimmed = on.encode_video(frames[:1, :5], frame_mask[:1, :5])
+        torch.testing.assert_close(trimmed.pooled, moved.pooled[:1])
+        scores = on.score_pairs(moved, on.encode_music(windows, window_mask))
+    assert scores.shape == (4, 4) and torch.isfinite(scores).all()
+    features = duration_features(torch.arange(50)[None] < torch.tensor([[10], [50]]), 50)
+    assert features.shape == (2, 16) and torch.allclose(features.norm(dim=1), torch.full((2,), 8 ** 0.5))
 
 
 def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
