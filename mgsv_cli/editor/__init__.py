@@ -3,7 +3,8 @@
 ``record`` is the one typed suggestion record (``Suggestion``, ``SuggestionResult``;
 to/from JSON, remembered per video, ``pick``); ``snapping`` is the one path that moves a
 cut onto the beat; ``suggest`` ranks tracks and finds moments; ``render`` is the ffmpeg
-mixdown (it owns the mix modes); ``export`` writes timelines through OpenTimelineIO.
+mixdown (it owns the mix modes); ``export`` writes timelines through OpenTimelineIO;
+``tracklist`` is the suggester's view of the library's tracks (arrays for all, records on demand).
 
 May import: base modules, ``media``, ``features``, ``models`` and ``index``. Never
 ``research`` or the CLI.

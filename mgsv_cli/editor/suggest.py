@@ -30,8 +30,9 @@ from mgsv_cli.editor import outputs
 from mgsv_cli.features.recipe import window_valid
 from mgsv_cli.index.search import DEFAULT_RERANK
 from mgsv_cli.index.token_cache import model_fingerprint, scoring_tokens_for
-from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion, track_fits
+from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
 from mgsv_cli.editor.snapping import check_snap, snap_entry
+from mgsv_cli.editor.tracklist import TrackList
 from mgsv_cli.media.beats import BeatGrid
 from mgsv_cli.errors import CheckpointError, IndexDatabaseError, MgsvError, UsageError, first_line
 
@@ -147,18 +148,16 @@ class Suggester:
         self.encoders = encoders
         self.encoders_kind = encoders_kind
         self.index = index
-        self.tracks = tracks
+        self.tracks = tracks if isinstance(tracks, TrackList) else TrackList.of(tracks)
         self.scoring_tokens = scoring_tokens
         self.device = device
         self.timings = timings
-        self.track_durations = torch.tensor([t.duration for t in tracks], dtype=torch.float64)
-        self._position_of_id = {t.id: i for i, t in enumerate(tracks)}
+        self.track_durations = torch.from_numpy(np.array(self.tracks.durations, dtype=np.float64))
         self.prefetcher = VideoPrefetcher()
         # The two-stage search (None: every track scored, as for a library of at most `rerank` tracks).
         self.store, self.first_stage, self.fingerprint = store, first_stage, fingerprint
         self.rerank = rerank or DEFAULT_RERANK
-        self._stage_positions = None if first_stage is None else np.array(
-            [self._position_of_id.get(int(i), -1) for i in first_stage.ids], dtype=np.int64)
+        self._stage_positions = None if first_stage is None else self.tracks.positions_of(first_stage.ids)
 
     @classmethod
     def open(cls, *, index_path=None, checkpoint=None, untrained: bool = False, encoders: str | None = None,
@@ -242,7 +241,8 @@ class Suggester:
             if len(store) == 0:
                 raise IndexDatabaseError(f"the track store {store.uri} is empty: run `mgsv index MUSIC_DIR --store "
                                          f"{store.uri}` first")
-            tracks = [_track_info(record) for record in store.tracks()]
+            ids, durations = store.ids_and_durations()
+            tracks = TrackList.lazy(ids, durations, lambda wanted: [_track_info(r) for r in store.tracks(wanted)])
             kind, encoders_obj, torch_device, model, model_id = _load_models(
                 store, encoders, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)
             fingerprint = _fingerprint(model, model_id)
@@ -297,12 +297,13 @@ class Suggester:
         Raises ``UsageError`` when every track is shorter than the clip, and
         ``IndexDatabaseError`` when no track of the index is left (files gone).
         """
+        import numpy as np
         import torch
 
         if top_k < 1:
             raise UsageError("--top must be at least 1")
         check_snap(snap)
-        fits = [track_fits(t.duration, duration) for t in self.tracks]
+        fits = self.tracks.fits(duration)  # bool [N]
         missing: list[int] = []
 
         def usable(position: int) -> bool:
@@ -323,7 +324,7 @@ class Suggester:
             else:  # the reranked candidates stand for the library; positions map them back
                 positions, scoring = self._candidates(video_tokens, fits, include_short)
                 if positions.size == 0:  # every track shorter than the clip
-                    raise _nothing_to_suggest(video, duration, len(self.tracks), fits.count(False), 0)
+                    raise _nothing_to_suggest(video, duration, len(self.tracks), int(np.count_nonzero(~fits)), 0)
                 durations = self.track_durations[torch.from_numpy(positions)]
 
             def at(candidate: int) -> int:
@@ -336,17 +337,18 @@ class Suggester:
             )
             if positions is not None:
                 top = positions[top]
-        left_out_short = 0 if include_short else fits.count(False)
+        left_out_short = 0 if include_short else int(np.count_nonzero(~fits))
         if len(top) == 0:
             raise _nothing_to_suggest(video, duration, len(self.tracks), left_out_short, len(missing))
         suggestions = []
+        self.tracks.load(top)  # one read for a lazy (store) list
         for rank, (pos, score, (ps, pe), (cs, ce), weights) in enumerate(
                 zip(top, scores, predicted, cuts, relevance), start=1):
             track = self.tracks[int(pos)]
             entry = Suggestion(
                 rank=rank, track=track.path, score=float(score), start=float(cs), end=float(ce),
                 predicted_start=float(ps), predicted_end=float(pe), track_duration=track.duration,
-                title=track.title, artist=track.artist, fits=fits[int(pos)],
+                title=track.title, artist=track.artist, fits=bool(fits[int(pos)]),
                 relevance=[round(float(w), 4) for w in weights[:n_windows(track.duration)]],
             )
             beats = self._beats(track) if snap == "beat" else None
@@ -363,7 +365,7 @@ class Suggester:
     def _load_windows(self, positions: list[int]):
         import torch
 
-        ids = [self.tracks[p].id for p in positions]
+        ids = [int(self.tracks.ids[p]) for p in positions]
         feats, mask = self.index.tokens_for(ids)
         return torch.from_numpy(feats), torch.from_numpy(mask)
 
@@ -373,7 +375,7 @@ class Suggester:
             return track.beats
         return self.store.beats_for(track.id)
 
-    def _candidates(self, video_tokens, fits: list[bool], include_short: bool):
+    def _candidates(self, video_tokens, fits, include_short: bool):
         """The two-stage search's reranked candidates: (positions int64 [n] in :attr:`tracks`,
         best first, and their scores in the form :func:`rank_and_detect` takes)."""
         import numpy as np
@@ -385,8 +387,7 @@ class Suggester:
             allowed &= np.asarray(fits, dtype=bool)[self._stage_positions]
         ids, cos = self.first_stage.top(video_tokens.pooled[0].float().cpu().numpy(), self.rerank, allowed)
         found = rerank_ids(self.model, video_tokens, self.store, self.fingerprint, ids, cos)
-        positions = np.array([self._position_of_id[int(i)] for i in found.track_ids], dtype=np.int64)
-        return positions, _CandidateScores(found.scores)
+        return self.tracks.positions_of(found.track_ids), _CandidateScores(found.scores)
 
 
 def _nothing_to_suggest(video: str, duration: float, n_tracks: int, short: int, missing: int) -> MgsvError:

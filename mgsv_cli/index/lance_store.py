@@ -304,6 +304,19 @@ class LanceTrackStore:
     def __len__(self) -> int:
         return len(self._id_map(self._tracks(), "id")[0])
 
+    def ids_and_durations(self) -> tuple[Any, Any]:
+        """(ids int64 [N], durations float64 [N] seconds) of every track, by id: what a search
+        over the whole store needs of each track, without N records (1M records: ~6 s, ~1 GB)."""
+        import numpy as np
+
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            table = ds.to_table(columns=["id", "duration"])
+        ids = table.column("id").to_numpy()
+        unique, first = np.unique(ids, return_index=True)  # first row of an id, as _id_map keeps
+        durations = table.column("duration").to_numpy(zero_copy_only=False)[first]
+        return unique.astype(np.int64), np.nan_to_num(durations.astype(np.float64), nan=0.0)
+
     def tracks(self, ids: Sequence[int] | None = None) -> list[TrackRecord]:
         """Records of ``ids`` in the order asked; every track, by id, when None."""
         ds = self._tracks()

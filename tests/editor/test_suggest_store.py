@@ -52,6 +52,24 @@ def test_lance_store_and_sqlite_index_of_one_folder_give_the_same_suggestions(ca
             assert (a["title"], a["artist"]) == (b["title"], b["artist"])
 
 
+def test_a_store_is_searched_without_reading_every_track_record(monkeypatch, capsys, media_src, built, lance_store):
+    """A catalog's records are read for the suggested tracks only (1M records: ~6 s, ~1 GB)."""
+    from mgsv_cli.index.lance_store import LanceTrackStore
+
+    whole = LanceTrackStore.tracks
+    asked = []
+
+    def tracks(self, ids=None):
+        assert ids is not None, "every record read"
+        asked.append(len(ids))
+        return whole(self, ids)
+
+    monkeypatch.setattr(LanceTrackStore, "tracks", tracks)
+    found = suggestions(capsys, clip(media_src), lance_store)
+    assert [s["track"] for s in found] == [s["track"] for s in suggestions(capsys, clip(media_src), built[1])]
+    assert asked and max(asked) <= 3
+
+
 def test_a_store_of_int8_keys_gives_the_same_tracks_and_near_scores(capsys, media_src, built, tmp_path):
     pytest.importorskip("lance")
     uri = str(tmp_path / "int8.lance")

@@ -56,6 +56,10 @@ def test_tracks_round_trip_exactly(tmp_path):
     assert len(store) == 11 and store.encoder_id == ENCODER
     assert store.content_hashes() == {f"{i:032x}" for i in range(11)}
 
+    ids, durations = store.ids_and_durations()
+    assert ids.tolist() == sorted(r.track_id for r in store.tracks())
+    assert durations.tolist() == [r.duration for r in store.tracks(ids.tolist())]
+
     by_hash = {t.content_hash: t for t in tracks}
     records = store.tracks()
     assert sorted(r.track_id for r in records) == [r.track_id for r in records]
