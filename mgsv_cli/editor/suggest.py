@@ -238,10 +238,10 @@ class Suggester:
             prefetcher.start(prefetch)
         store = open_store(uri)
         try:
-            if len(store) == 0:
+            ids, durations = store.ids_and_durations()
+            if len(ids) == 0:
                 raise IndexDatabaseError(f"the track store {store.uri} is empty: run `mgsv index MUSIC_DIR --store "
                                          f"{store.uri}` first")
-            ids, durations = store.ids_and_durations()
             tracks = TrackList.lazy(ids, durations, lambda wanted: [_track_info(r) for r in store.tracks(wanted)])
             kind, encoders_obj, torch_device, model, model_id = _load_models(
                 store, encoders, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)

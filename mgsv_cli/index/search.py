@@ -293,11 +293,11 @@ def _workspace(shape, dtype):
     buffer, which grows to the largest bucket asked and stays. A fresh 60 MB array for every
     query costs ~15k page faults (the allocator hands it back to the kernel when freed): tens of
     ms on 2 cores, more than converting the keys. Valid until the next call in the thread."""
+    import math
+
     import torch
 
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = math.prod(int(size) for size in shape)
     buffers = getattr(_workspaces, "buffers", None)
     if buffers is None:
         buffers = _workspaces.buffers = {}
