@@ -104,12 +104,19 @@ def open_store(uri, *, create: bool = False, key_encoding: str | None = None) ->
         from mgsv_cli.index.lance_store import LanceTrackStore
 
         return LanceTrackStore.open(text, create=create, key_encoding=key_encoding)
-    if key_encoding not in (None, "float16"):
-        raise UsageError(f"{key_encoding} keys are for Lance track stores (--store DIR.lance); "
-                         "an SQLite index keeps float16 keys")
+    _check_sqlite_keys(key_encoding)
     from mgsv_cli.index.sqlite_store import SqliteTrackStore
 
     return SqliteTrackStore.open(text, create=create)
+
+
+def _check_sqlite_keys(key_encoding: str | None) -> None:
+    """An SQLite index keeps float16 keys: asking it for another encoding is a usage error."""
+    from mgsv_cli.errors import UsageError
+
+    if key_encoding not in (None, "float16"):
+        raise UsageError(f"{key_encoding} keys are for Lance track stores (--store DIR.lance); "
+                         "an SQLite index keeps float16 keys")
 
 
 def update_derived(store: TrackStore, model, fingerprint: str, *, batch_size: int = 128,
@@ -144,11 +151,7 @@ def index_to_store(root, store_uri, encoders, progress=None, *, batch_size: int 
     from mgsv_cli.index import store as sqlite_index
 
     if not is_lance_uri(str(store_uri)):
-        if key_encoding not in (None, "float16"):
-            from mgsv_cli.errors import UsageError
-
-            raise UsageError(f"{key_encoding} keys are for Lance track stores (--store DIR.lance); "
-                             "an SQLite index keeps float16 keys")
+        _check_sqlite_keys(key_encoding)  # before any work
         return sqlite_index.index_music(root, store_uri, encoders=encoders, progress=progress,
                                         detect_beats=detect_beats, encoder_kind=encoder_kind)
     from pathlib import Path

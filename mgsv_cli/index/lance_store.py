@@ -310,11 +310,9 @@ class LanceTrackStore:
         import numpy as np
 
         ds = self._tracks()
+        unique, first = self._id_map(ds, "id")  # cached: the records read later use it too
         with self._lance_errors("read"):
-            table = ds.to_table(columns=["id", "duration"])
-        ids = table.column("id").to_numpy()
-        unique, first = np.unique(ids, return_index=True)  # first row of an id, as _id_map keeps
-        durations = table.column("duration").to_numpy(zero_copy_only=False)[first]
+            durations = ds.to_table(columns=["duration"]).column(0).to_numpy(zero_copy_only=False)[first]
         return unique.astype(np.int64), np.nan_to_num(durations.astype(np.float64), nan=0.0)
 
     def tracks(self, ids: Sequence[int] | None = None) -> list[TrackRecord]:

@@ -308,12 +308,11 @@ def _workspace(shape, dtype):
 
 
 def _bucket_keys(keys, members, width: int, dtype, scales=None):
-    """Rows ``members`` of keys numpy [K, S, d], windows [:width] (zero-padded past S), as a torch
+    """Rows ``members`` (numpy int64 [k_b]) of keys numpy [K, S, d], windows [:width] (zero-padded past S), as a torch
     [k_b, width, d] of ``dtype`` on the CPU, in this thread's workspace (valid until the next
     bucket). Keys are float16, or int8 with ``scales`` float32 [K, S] (see
     ``records.quantize_keys``), dequantized here. Each row's windows are read once and written
     converted."""
-    import numpy as np
     import torch
 
     out = _workspace((len(members), width, keys.shape[2]), dtype)
@@ -324,7 +323,7 @@ def _bucket_keys(keys, members, width: int, dtype, scales=None):
     if scales is not None:
         # int8 rows are a quarter of float32's bytes: gathering them first (contiguous) costs
         # little, then one conversion and one scaling pass over contiguous memory.
-        pick = torch.from_numpy(np.asarray(members, dtype=np.int64))
+        pick = torch.from_numpy(members)
         gathered = source[:, :kept].index_select(0, pick)
         factors = torch.from_numpy(scales)[:, :kept].index_select(0, pick).unsqueeze(-1).to(dtype)
         if kept == width:
