@@ -1,6 +1,7 @@
 """Training losses of MaDe: symmetric InfoNCE for matching, L1 + generalised IoU for moments.
 
-made-plus adds :func:`multi_positive_info_nce` (same-track pairs as positives).
+made-plus adds :func:`multi_positive_info_nce` (same-track pairs as positives) and
+:func:`start_window_loss` (the ``start_pointer`` decoder's cross-entropy on the start window).
 """
 from __future__ import annotations
 
@@ -93,3 +94,19 @@ def detection_loss(spans: Tensor, target: Tensor, l1_weight: float = 4.0, giou_w
     l1 = (spans - target).abs().sum(-1).mean(-1)
     giou = generalized_iou(span_cxw_to_se(spans), span_cxw_to_se(target)).mean(-1)
     return (l1_weight * l1 + giou_weight * (1 - giou)).sum()
+
+
+def start_window_loss(start_logits: Tensor, target: Tensor, n_windows: int) -> Tensor:
+    """Cross-entropy of the pointed start window, summed over decoder layers (made-plus ``start_pointer``).
+
+    start_logits [L, B, S] over a pair's music windows (-inf where padded; window j is
+    centred at j / ``n_windows`` of the longest track, S <= n_windows);
+    target [B, 2] normalised (centre, width). The labelled window is the one whose centre
+    is nearest the cut's start, or the track's last valid window if the start lies beyond it.
+    """
+    layers, batch, length = start_logits.shape
+    start = target[:, 0].float() - target[:, 1].float() / 2
+    valid = torch.isfinite(start_logits[0])  # [B, S]
+    last_valid = (valid * torch.arange(length, device=valid.device)).amax(1)
+    window = torch.minimum((start * n_windows).round().long().clamp(min=0), last_valid)
+    return F.cross_entropy(start_logits.reshape(layers * batch, length), window.repeat(layers), reduction="sum") / batch

@@ -17,7 +17,12 @@ width from the video's frame count (:func:`known_width`), feeds it to the decode
 and regresses only the start; ``duration_query`` adds an embedding of the video's length
 (:func:`duration_features`, through a zero-initialised linear layer) to its pooled vector,
 the query of both matching terms, so that a track can be ranked by whether it has a passage
-of the clip's length (the cut is exactly as long as the video).
+of the clip's length (the cut is exactly as long as the video); ``xpool_sharpness`` > 0
+multiplies X-Pool's attention logits by a learned scale starting at that value (the paper's
+are fixed at q.k / sqrt(d), about sqrt(d) cos for layer-normed vectors: 8 cos at the tiny
+width, so the attention starts nearly uniform and its identity-initialised projections
+must grow to focus it); ``start_pointer`` has the decoder point at the window where the cut
+starts and regress only an offset from it (:class:`Detector`).
 
 The X-Pool projections are folded so that scoring one video against many tracks only
 needs each track's layer-normalised tokens (``MusicTokens.keys``), which callers can
@@ -339,10 +344,24 @@ class XPool(nn.Module):
         for layer in (self.q, self.k, self.v, self.o, self.linear):
             nn.init.eye_(layer.weight)
             nn.init.zeros_(layer.bias)
+        # made-plus ``xpool_sharpness``: a learned multiplier of the attention logits (stored as a log).
+        self.log_sharpness = (nn.Parameter(torch.tensor(math.log(cfg.xpool_sharpness)))
+                              if cfg.xpool_sharpness > 0 else None)
 
     def keys(self, tokens: Tensor) -> Tensor:
         """Per-track part of the computation, cacheable: [N, S, d] -> [N, S, d]."""
         return self.norm_in(tokens)
+
+    def query(self, video_pooled: Tensor, dtype: torch.dtype) -> Tensor:
+        """The video's query folded with the key projection: [B, d] -> [B, d].
+
+        q.(W_k x + b_k) = (W_k^T q).x + q.b_k, and the bias term is the same for every
+        segment, so the softmax ignores it.
+        """
+        query = self.q(self.norm_in(video_pooled.to(dtype))) @ self.k.weight
+        if self.log_sharpness is not None:
+            query = query * self.log_sharpness.exp().to(dtype)
+        return query
 
     def attention(self, video_pooled: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """The softmax weights of the video's query over each track's segments: [N, B, S].
@@ -350,16 +369,13 @@ class XPool(nn.Module):
         Exactly the weights :meth:`forward` pools with (padded segments get 0): the
         "why this track, why here" of a suggestion, one value per 2.5 s window.
         """
-        query = self.q(self.norm_in(video_pooled.to(keys.dtype))) @ self.k.weight  # [B, d]
+        query = self.query(video_pooled, keys.dtype)  # [B, d]
         logits = torch.einsum("bd,nsd->nbs", query.float(), keys.float()) * keys.shape[-1] ** -0.5
         return logits.masked_fill(~mask.bool()[:, None, :], float("-inf")).softmax(dim=-1).nan_to_num(0.0)
 
     def forward(self, video_pooled: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         """video_pooled [B, d], keys [N, S, d], mask [N, S] -> h1 for every pair [N, B, d]."""
-        n_tracks = keys.shape[0]
-        query = self.q(self.norm_in(video_pooled.to(keys.dtype)))  # [B, d]
-        # q.(W_k x + b_k): the bias term is the same for every segment, so the softmax ignores it.
-        query = (query @ self.k.weight)[None, None].expand(n_tracks, 1, -1, -1)
+        query = self.query(video_pooled, keys.dtype)[None, None].expand(keys.shape[0], 1, -1, -1)
         pooled = F.scaled_dot_product_attention(
             query, keys[:, None], keys[:, None], attn_mask=mask[:, None, None, :], scale=keys.shape[-1] ** -0.5
         )[:, 0]  # one fused pass over the segment tokens: [N, B, d]
@@ -412,8 +428,19 @@ class DecoderLayer(nn.Module):
         return self.norm_ffn(query + self.dropout(self.ffn(query)))
 
 
+POINTER_REACH_WINDOWS = 2  # start_pointer: the regressed offset stays within 2 window steps (5 s) of the pointed start
+
+
 class Detector(nn.Module):
-    """[video; music] tokens -> normalised (centre, width) after every decoder layer [L, B, 2]."""
+    """[video; music] tokens -> normalised (centre, width) after every decoder layer [L, B, 2].
+
+    made-plus ``start_pointer``: each layer's query also points at the music window where
+    the cut starts (``start_logits`` [L, B, S], a softmax over the encoder's music tokens);
+    the start is the pointed window's expected centre plus a regressed offset of at most
+    :data:`POINTER_REACH_WINDOWS` steps. Why: one DETR query regressing an absolute
+    position in (0, 1) learns slowly (DETR's known slow convergence), while matching the
+    video against each window in the encoder's memory is what the encoder is good at.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -427,13 +454,17 @@ class Detector(nn.Module):
         self.known_width = cfg.known_width
         self.max_music_seconds = cfg.max_music_seconds
         self.n_frames = cfg.n_frames
+        self.n_windows = cfg.n_windows
+        # One output per unknown: the start (or the pointer's offset), and the centre or width unless known.
         self.head = nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1 if cfg.known_width else 2)
         )
         if cfg.known_width:
             self.width_embed = nn.Linear(1, dim)
+        self.pointer = nn.Linear(dim, dim) if cfg.start_pointer else None
 
-    def forward(self, video: VideoTokens, music: MusicTokens) -> Tensor:
+    def forward(self, video: VideoTokens, music: MusicTokens) -> tuple[Tensor, Tensor | None]:
+        """-> spans [L, B, 2] (float32) and, with ``start_pointer``, start_logits [L, B, S] (else None)."""
         memory, mask = pack_valid_tokens(torch.cat([video.tokens, music.tokens], dim=1),
                                          torch.cat([video.mask, music.mask], dim=1))
         pos = cumulative_sine_positions(mask, memory.shape[-1]).to(memory.dtype)
@@ -441,6 +472,7 @@ class Detector(nn.Module):
             memory = layer(memory, pos, mask)
         query = video.pooled[:, None, :]
         query_pos = self.query_pos.weight[None].expand(query.shape[0], -1, -1)
+        width = None
         if self.known_width:
             width = known_width(video.mask, self.max_music_seconds)  # [B]
             of_longest = (width * (self.max_music_seconds / self.n_frames))[:, None, None]  # in [0, 1]
@@ -449,21 +481,55 @@ class Detector(nn.Module):
         for layer in self.decoder:
             query = layer(query, query_pos, memory, pos, mask)
             outputs.append(self.decoder_norm(query)[:, 0])
-        spans = self.regress(torch.stack(outputs))
-        if self.known_width:
-            # The head gives the cut's start; with the width known, the centre follows.
-            width = width[None, :, None].expand_as(spans)
-            spans = torch.cat([spans + width / 2, width], dim=-1)
-        return spans
+        hidden = torch.stack(outputs)  # [L, B, d]
+        raw = self.regress(hidden)  # [L, B, 1 or 2]
+        if self.pointer is None:
+            return self._spans(raw.sigmoid(), width), None
+        start_logits = self.point(hidden, memory, video.mask, music.mask)
+        return self._pointed_spans(raw, start_logits, width), start_logits
+
+    def point(self, hidden: Tensor, memory: Tensor, video_mask: Tensor, music_mask: Tensor) -> Tensor:
+        """Each layer's query against each music window's encoder token: [L, B, S] float32, -inf where padded.
+
+        ``memory`` is packed (:func:`pack_valid_tokens`): a pair's valid video tokens, then its valid windows in order.
+        """
+        slot = video_mask.sum(1, keepdim=True) + (music_mask.cumsum(1) - 1).clamp(min=0)  # [B, S]
+        slot = slot.clamp(max=memory.shape[1] - 1)
+        windows = torch.gather(memory, 1, slot[:, :, None].expand(-1, -1, memory.shape[-1]))  # [B, S, d]
+        with torch.autocast(hidden.device.type, enabled=False):
+            query = F.linear(hidden.float(), self.pointer.weight.float(), self.pointer.bias.float())
+            logits = torch.einsum("lbd,bsd->lbs", query, windows.float()) * hidden.shape[-1] ** -0.5
+        return logits.masked_fill(~music_mask.bool()[None], float("-inf"))
+
+    def _pointed_spans(self, raw: Tensor, start_logits: Tensor, width: Tensor | None) -> Tensor:
+        """The pointed start (the expected window centre) plus the bounded offset: [L, B, 2]."""
+        centres = torch.arange(start_logits.shape[-1], device=raw.device, dtype=torch.float32) / self.n_windows
+        pointed = (start_logits.softmax(-1) * centres).sum(-1, keepdim=True)  # [L, B, 1], normalised like spans
+        start = pointed + raw[..., :1].tanh() * (POINTER_REACH_WINDOWS / self.n_windows)
+        if width is None:
+            return _start_width_to_spans(start, raw[..., 1:].sigmoid())
+        return _start_width_to_spans(start, width[None, :, None].expand_as(start))
+
+    def _spans(self, squashed: Tensor, width: Tensor | None) -> Tensor:
+        """The head's sigmoid outputs as (centre, width): [L, B, 2]."""
+        if width is None:
+            return squashed  # (centre, width) regressed
+        # The head gives the cut's start; with the width known, the centre follows.
+        return _start_width_to_spans(squashed, width[None, :, None].expand_as(squashed))
 
     def regress(self, hidden: Tensor) -> Tensor:
-        """The span head, always in float32: a bf16 output in (0, 1) scaled by 240 s would be
-        quantised to about half a second."""
+        """The span head's raw outputs, always in float32: a bf16 output in (0, 1) scaled by 240 s
+        would be quantised to about half a second."""
         with torch.autocast(hidden.device.type, enabled=False):
             x = hidden.float()
             for layer in self.head:
                 x = F.linear(x, layer.weight.float(), layer.bias.float()) if isinstance(layer, nn.Linear) else layer(x)
-            return x.sigmoid()
+            return x
+
+
+def _start_width_to_spans(start: Tensor, width: Tensor) -> Tensor:
+    """start, width [..., 1] -> (centre, width) [..., 2]."""
+    return torch.cat([start + width / 2, width], dim=-1)
 
 
 # ----------------------------------------------------------------------------- the network
@@ -567,9 +633,12 @@ class MaDe(nn.Module):
 
     def detect_all_layers(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         """One-to-one pairs (B == N) -> normalised (centre, width) after every decoder layer [L, B, 2]."""
+        return self._detect(video, music)[0]
+
+    def _detect(self, video: VideoTokens, music: MusicTokens) -> tuple[Tensor, Tensor | None]:
         if music.tokens is None:
             raise ValueError("detection needs the music tokens; encode the tracks with encode_music")
-        return self.detector(video, music).float()
+        return self.detector(video, music)
 
     def detect(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         """One-to-one pairs (B == N) -> normalised (centre, width) of the final layer [B, 2]."""
@@ -607,13 +676,18 @@ class MaDe(nn.Module):
     def forward(self, frames: Tensor, frame_mask: Tensor, windows: Tensor, window_mask: Tensor) -> dict[str, Tensor]:
         """A training batch of B matched pairs.
 
-        Returns ``mean_sim`` and ``xpool_sim`` [B_music, B_video] over all pairs of the batch
-        and ``spans`` [L, B, 2], the moment of each matched pair after every decoder layer.
+        Returns ``mean_sim`` and ``xpool_sim`` [B_music, B_video] over all pairs of the batch,
+        ``spans`` [L, B, 2], the moment of each matched pair after every decoder layer, and
+        with ``start_pointer`` its ``start_logits`` [L, B, S] over the track's windows.
         """
         video = self.encode_video(frames, frame_mask)
         music = self.encode_music(windows, window_mask)
         mean_sim, xpool_sim = self.similarities(video, music)
-        return {"mean_sim": mean_sim, "xpool_sim": xpool_sim, "spans": self.detect_all_layers(video, music)}
+        spans, start_logits = self._detect(video, music)
+        out = {"mean_sim": mean_sim, "xpool_sim": xpool_sim, "spans": spans}
+        if start_logits is not None:
+            out["start_logits"] = start_logits
+        return out
 
     # -- bookkeeping ------------------------------------------------------------------------
 

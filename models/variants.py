@@ -42,6 +42,14 @@ class ModelConfig:
     n_music_scales: int = 1  # X-Pool over windows pooled x1, x2, x4, ... (this many scales), learned fusion
     known_width: bool = False  # the cut's width is the video's (from its frame mask), fed to the decoder query
     duration_query: bool = False  # the video's length added to its pooled vector (the matching query), zero at start
+    xpool_sharpness: float = 0.0  # > 0: X-Pool's attention logits times a learned scale starting here (0: fixed)
+    start_pointer: bool = False  # the decoder points at the window where the cut starts, then regresses an offset
+
+    def __post_init__(self):
+        if self.n_music_scales < 1:
+            raise ValueError(f"n_music_scales must be at least 1, not {self.n_music_scales}")
+        if self.xpool_sharpness < 0:
+            raise ValueError(f"xpool_sharpness must be 0 (the paper's fixed scale) or positive, not {self.xpool_sharpness}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class TrainConfig:
     logit_scale_init: float = 1.0 / 0.03
     mask_same_track_negatives: bool = False
     same_track_positives: bool = False  # InfoNCE over the batch's distinct tracks, same-track videos positives (losses.py)
+    start_weight: float = 1.0  # cross-entropy on the labelled start window (models with start_pointer only)
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
     eval_batch_size: int = 256
@@ -155,7 +164,7 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     try:
         return cls(**table)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 

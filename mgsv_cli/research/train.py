@@ -86,7 +86,7 @@ def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype
     """
     import torch
 
-    from mgsv_cli.models.losses import detection_loss, matching_loss
+    from mgsv_cli.models.losses import detection_loss, matching_loss, start_window_loss
 
     recipe = variant.train
     forward = model if forward is None else forward
@@ -98,6 +98,8 @@ def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype
     track_ids = batch.track_index if same_track else None
     loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale, track_ids, recipe.same_track_positives)
     loss = loss + detection_loss(out["spans"], batch.span, recipe.l1_weight, recipe.giou_weight)
+    if "start_logits" in out:  # made-plus start_pointer
+        loss = loss + recipe.start_weight * start_window_loss(out["start_logits"], batch.span, model.cfg.n_windows)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)

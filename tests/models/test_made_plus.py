@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from _library_helpers import run_cli
 from mgsv_cli.models.checkpoint import load_model
-from mgsv_cli.models.losses import matching_loss, multi_positive_info_nce, symmetric_info_nce
-from mgsv_cli.models.made import MaDe, known_width, pool_windows
+from mgsv_cli.models.losses import matching_loss, multi_positive_info_nce, start_window_loss, symmetric_info_nce
+from mgsv_cli.models.made import POINTER_REACH_WINDOWS, MaDe, known_width, pool_windows
 from mgsv_cli.models.variants import ModelConfig, TrainConfig, load_config
 
-SWITCHES_OFF = {"n_music_scales": 1, "known_width": False, "duration_query": False}
+SWITCHES_OFF = {"n_music_scales": 1, "known_width": False, "duration_query": False, "start_pointer": False,
+                "xpool_sharpness": 0.0}
 
 
 def inputs(n: int, seed: int = 0, n_frames=None):
@@ -27,7 +28,8 @@ def inputs(n: int, seed: int = 0, n_frames=None):
     return frames, frame_mask, windows, window_mask
 
 
-ALL_ON = {"n_music_scales": 3, "known_width": True, "duration_query": True}
+ALL_ON = {"n_music_scales": 3, "known_width": True, "duration_query": True, "start_pointer": True,
+          "xpool_sharpness": 2.0}
 
 
 def plus_model(seed: int = 0, **changes) -> MaDe:
@@ -43,10 +45,12 @@ def plus_model(seed: int = 0, **changes) -> MaDe:
 def test_switch_defaults_are_the_papers_network():
     assert ModelConfig().n_music_scales == 1 and ModelConfig().known_width is False
     assert ModelConfig().duration_query is False and TrainConfig().same_track_positives is False
+    assert ModelConfig().start_pointer is False and ModelConfig().xpool_sharpness == 0.0
     for name in ("made", "tiny"):
         variant = load_config(name)
         assert (variant.model.n_music_scales, variant.model.known_width, variant.model.duration_query,
-                variant.train.same_track_positives) == (1, False, False, False)
+                variant.model.start_pointer, variant.model.xpool_sharpness, variant.train.same_track_positives
+                ) == (1, False, False, False, 0.0, False)
 
 
 def test_tiny_plus_with_switches_off_is_tiny_bit_for_bit():
@@ -72,9 +76,9 @@ def test_made_plus_adds_few_parameters_at_paper_width():
     made, plus = MaDe(paper), MaDe(dataclasses.replace(paper, **ALL_ON))
     extra = plus.parameter_counts()["total"] - made.parameter_counts()["total"]
     # 3 fusion weights, a 1 -> d width embedding, minus the width row of the span head, a 16 -> d
-    # duration embedding.
+    # duration embedding, the d -> d start pointer, X-Pool's sharpness.
     d = paper.d_model
-    assert extra == 3 + (d + d) - (d + 1) + (16 * d + d)
+    assert extra == 3 + (d + d) - (d + 1) + (16 * d + d) + (d * d + d) + 1
     assert load_config("made-plus").model == dataclasses.replace(paper, **{
         k: getattr(load_config("made-plus").model, k) for k in ALL_ON})  # made-plus = made + switches only
 
@@ -199,6 +203,82 @@ def test_known_width_cut_has_the_videos_length_and_the_width_reaches_the_query()
         model.detector.width_embed.weight.add_(1.0)
         after = model.detect(video, music)[:, 0]
         assert not torch.allclose(before, after)
+
+
+# ------------------------------------------------------------------ X-Pool sharpness
+
+
+def test_xpool_sharpness_scales_the_attention_logits_and_one_is_the_paper():
+    paper = plus_model(seed=4, xpool_sharpness=0.0)
+    sharp = plus_model(seed=4, xpool_sharpness=1.0)
+    missing, unexpected = sharp.load_state_dict(paper.state_dict(), strict=False)
+    assert missing == ["xpool.log_sharpness"] and unexpected == []
+    frames, frame_mask, windows, window_mask = inputs(3, seed=5)
+    with torch.no_grad():
+        video, music = paper.encode_video(frames, frame_mask), paper.encode_music(windows, window_mask)
+        torch.testing.assert_close(sharp.score_pairs(video, music), paper.score_pairs(video, music))
+        sharp.xpool.log_sharpness.fill_(float(np.log(3.0)))
+        # the weights are softmax(3 * the paper's logits), and scoring pools with those same weights
+        logits = paper.xpool.attention(video.pooled, music.keys, music.mask).clamp_min(1e-30).log()
+        expected = (3 * logits).masked_fill(~music.mask[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+        torch.testing.assert_close(sharp.xpool.attention(video.pooled, music.keys, music.mask), expected)
+        assert not torch.allclose(sharp.score_pairs(video, music), paper.score_pairs(video, music))
+    assert sharp.xpool.log_sharpness.requires_grad
+    with pytest.raises(ValueError, match="xpool_sharpness"):
+        ModelConfig(xpool_sharpness=-1.0)
+
+
+# ------------------------------------------------------------------ the start pointer
+
+
+def test_start_window_loss_by_hand():
+    logits = torch.tensor([[[0.0, 1.0, 2.0, float("-inf")], [3.0, 0.0, -1.0, 0.5]]])  # [L=1, B=2, S=4]
+    logits = torch.cat([logits, logits * 2])  # two layers: the loss is their sum
+    n_windows = 4  # window j centred at j / 4 of the longest track
+    # pair 0 starts at 0.27 (nearest centre: window 1); pair 1 at 0.9, beyond its last window: window 3
+    target = torch.tensor([[0.27 + 0.05, 0.1], [0.9 + 0.05, 0.1]])
+    expected = sum(F.cross_entropy(layer, torch.tensor([1, 3]), reduction="sum") for layer in logits) / 2
+    assert start_window_loss(logits, target, n_windows).item() == pytest.approx(expected.item(), rel=1e-6)
+    # a start beyond the last VALID window (pair 0: window 2) is labelled with that window
+    late = torch.tensor([[0.95, 0.1], [0.0 + 0.05, 0.1]])
+    expected = sum(F.cross_entropy(layer, torch.tensor([2, 0]), reduction="sum") for layer in logits) / 2
+    assert start_window_loss(logits, late, n_windows).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("width_known", [True, False])
+def test_start_pointer_cuts_near_the_window_it_points_at(width_known):
+    model = plus_model(seed=8, known_width=width_known, n_music_scales=1, duration_query=False)
+    frames, frame_mask, windows, window_mask = inputs(3, seed=9, n_frames=[8, 20, 40])
+    window_mask = torch.arange(96)[None] < torch.tensor([[30], [60], [96]])
+    with torch.no_grad():
+        video, music = model.encode_video(frames, frame_mask), model.encode_music(windows, window_mask)
+        out = model(frames, frame_mask, windows, window_mask)
+        start_logits = out["start_logits"]
+        assert start_logits.shape == (2, 3, 96)  # [layers, pairs, windows]
+        assert torch.isneginf(start_logits[:, 0, 30:]).all() and torch.isfinite(start_logits[:, 0, :30]).all()
+        spans = model.detect_all_layers(video, music)
+        torch.testing.assert_close(spans, out["spans"])
+        # the start is the softmax-expected window centre, plus at most POINTER_REACH_WINDOWS steps
+        centres = torch.arange(96) / 96
+        pointed = (start_logits.softmax(-1) * centres).sum(-1)
+        start = spans[..., 0] - spans[..., 1] / 2
+        assert ((start - pointed).abs() <= POINTER_REACH_WINDOWS / 96 + 1e-6).all()
+        if width_known:
+            expected = (torch.tensor([8.0, 20.0, 40.0]) - 0.5) / 240.0
+            assert torch.allclose(spans[..., 1], expected.expand(2, -1))
+        else:
+            assert ((spans[..., 1] > 0) & (spans[..., 1] < 1)).all()
+        # what sits in padded windows never matters
+        noisy = windows + 30.0 * (~window_mask)[..., None]
+        torch.testing.assert_close(model(frames, frame_mask, noisy, window_mask)["spans"], out["spans"])
+        # a sharp pointer (near one-hot softmax): the cut starts within reach of the window it picks
+        model.detector.pointer.weight.mul_(1e4)
+        model.detector.pointer.bias.mul_(1e4)
+        sharp = model(frames, frame_mask, windows, window_mask)
+        picked = sharp["start_logits"][-1].argmax(-1)  # [pairs]
+        assert (sharp["start_logits"][-1].softmax(-1).amax(-1) > 0.999).all()
+        start_seconds = (sharp["spans"][-1, :, 0] - sharp["spans"][-1, :, 1] / 2) * 240.0
+        assert ((start_seconds - picked * 2.5).abs() <= POINTER_REACH_WINDOWS * 2.5 + 1e-3).all()
 
 
 # ------------------------------------------------------------------ end to end
