@@ -32,7 +32,7 @@ ONE JSON line with everything.
 ``--lock FILE`` takes an exclusive ``flock`` on FILE around each training run only, so a
 shared machine's other heavy jobs can run between them. ``--quick``: a smoke size.
 
-    .venv/bin/python bench/bench_quality.py --lock /tmp/mgsv-cpu.lock   # ~45 runs of ~25 s: 25+ min on 2 cores
+    .venv/bin/python bench/bench_quality.py --lock /tmp/mgsv-cpu.lock   # ~55 runs of ~25-30 s: ~35 min on 2 cores
     .venv/bin/python bench/bench_quality.py --quick                      # ~20 s
 """
 from __future__ import annotations
