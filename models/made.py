@@ -483,10 +483,8 @@ class Detector(nn.Module):
             outputs.append(self.decoder_norm(query)[:, 0])
         hidden = torch.stack(outputs)  # [L, B, d]
         raw = self.regress(hidden)  # [L, B, 1 or 2]
-        if self.pointer is None:
-            return self._spans(raw.sigmoid(), width), None
-        start_logits = self.point(hidden, memory, video.mask, music.mask)
-        return self._pointed_spans(raw, start_logits, width), start_logits
+        start_logits = None if self.pointer is None else self.point(hidden, memory, video.mask, music.mask)
+        return self._spans(raw, start_logits, width), start_logits
 
     def point(self, hidden: Tensor, memory: Tensor, video_mask: Tensor, music_mask: Tensor) -> Tensor:
         """Each layer's query against each music window's encoder token: [L, B, S] float32, -inf where padded.
@@ -501,21 +499,24 @@ class Detector(nn.Module):
             logits = torch.einsum("lbd,bsd->lbs", query, windows.float()) * hidden.shape[-1] ** -0.5
         return logits.masked_fill(~music_mask.bool()[None], float("-inf"))
 
-    def _pointed_spans(self, raw: Tensor, start_logits: Tensor, width: Tensor | None) -> Tensor:
-        """The pointed start (the expected window centre) plus the bounded offset: [L, B, 2]."""
-        centres = torch.arange(start_logits.shape[-1], device=raw.device, dtype=torch.float32) / self.n_windows
-        pointed = (start_logits.softmax(-1) * centres).sum(-1, keepdim=True)  # [L, B, 1], normalised like spans
-        start = pointed + raw[..., :1].tanh() * (POINTER_REACH_WINDOWS / self.n_windows)
-        if width is None:
-            return _start_width_to_spans(start, raw[..., 1:].sigmoid())
-        return _start_width_to_spans(start, width[None, :, None].expand_as(start))
+    def _spans(self, raw: Tensor, start_logits: Tensor | None, width: Tensor | None) -> Tensor:
+        """The head's raw outputs [L, B, 1 or 2] as (centre, width) [L, B, 2].
 
-    def _spans(self, squashed: Tensor, width: Tensor | None) -> Tensor:
-        """The head's sigmoid outputs as (centre, width): [L, B, 2]."""
-        if width is None:
-            return squashed  # (centre, width) regressed
-        # The head gives the cut's start; with the width known, the centre follows.
-        return _start_width_to_spans(squashed, width[None, :, None].expand_as(squashed))
+        The paper's head gives sigmoid (centre, width). With the width known it gives the
+        start; with the pointer, an offset (at most :data:`POINTER_REACH_WINDOWS` steps) from
+        the pointed start, the softmax-expected window centre. Any width it is not told comes
+        last, through a sigmoid.
+        """
+        if start_logits is None:
+            if width is None:
+                return raw.sigmoid()
+            start = raw.sigmoid()
+        else:
+            centres = torch.arange(start_logits.shape[-1], device=raw.device, dtype=torch.float32) / self.n_windows
+            pointed = (start_logits.softmax(-1) * centres).sum(-1, keepdim=True)  # [L, B, 1], normalised like spans
+            start = pointed + raw[..., :1].tanh() * (POINTER_REACH_WINDOWS / self.n_windows)
+        cut_width = raw[..., 1:].sigmoid() if width is None else width[None, :, None].expand_as(start)
+        return torch.cat([start + cut_width / 2, cut_width], dim=-1)
 
     def regress(self, hidden: Tensor) -> Tensor:
         """The span head's raw outputs, always in float32: a bf16 output in (0, 1) scaled by 240 s
@@ -525,11 +526,6 @@ class Detector(nn.Module):
             for layer in self.head:
                 x = F.linear(x, layer.weight.float(), layer.bias.float()) if isinstance(layer, nn.Linear) else layer(x)
             return x
-
-
-def _start_width_to_spans(start: Tensor, width: Tensor) -> Tensor:
-    """start, width [..., 1] -> (centre, width) [..., 2]."""
-    return torch.cat([start + width / 2, width], dim=-1)
 
 
 # ----------------------------------------------------------------------------- the network
