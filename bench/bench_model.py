@@ -3,7 +3,9 @@
 Prints: a training step at batch 64 (fp32 and bf16), SmG inference throughput over 512
 pairs, the reference-style B x B forward of 512 pairs, scoring one video against 4,000
 cached tracks plus moments on the top 5, peak memory, and bf16-vs-fp32 agreement.
-Targets (issue 2): step <= 1.5 s; >= 500 pairs/s; 4,000-track query < 0.1 s.
+Targets (issue 2): step <= 1.5 s; >= 500 pairs/s; 4,000-track query < 0.1 s. Then what a
+made-plus querybank (2,048 training videos) adds to encoding a track for the index (its score
+offset; once per track and checkpoint). ``bench_model.py querybank`` prints only that.
 """
 from __future__ import annotations
 
@@ -104,7 +106,27 @@ def query_seconds(model, dtype, n_tracks: int = 4000, top_k: int = 5):
     return timed(query, 5), query
 
 
+@torch.no_grad()
+def querybank_cost(n_tracks: int = 128, bank: int = 2048) -> None:
+    """Encoding tracks for search with and without made-plus's querybank offsets, per track."""
+    import dataclasses
+
+    variant = load_config("made-plus")
+    model = MaDe(dataclasses.replace(variant.model, querybank_size=bank)).eval()
+    model.set_querybank(torch.randn(bank, variant.model.d_model))
+    _, _, windows, window_mask, _ = fake_batch(n_tracks, seed=3)
+    for dtype in (torch.float32, torch.bfloat16):
+        runner = inference_copy(model, dtype)
+        plain = timed(lambda: runner.encode_music(windows, window_mask), 1)
+        banked = timed(lambda: runner.encode_music(windows, window_mask, for_search=True), 1)
+        print(f"made-plus track encoding for the index [{dtype}], querybank of {bank}: "
+              f"{plain / n_tracks * 1000:.2f} ms/track plain, {banked / n_tracks * 1000:.2f} ms/track with offsets")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["querybank"]:
+        querybank_cost()
+        return
     torch.manual_seed(0)
     tune_malloc_for_training()
     variant = load_config("made")
@@ -123,6 +145,7 @@ def main() -> None:
         seconds, _ = query_seconds(model, dtype)
         print(f"1 video vs 4,000 cached tracks + top-5 moments [{dtype}]: {seconds * 1000:.1f} ms (target < 100)")
     agreement(model)
+    querybank_cost()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {peak:.0f} MiB")
 

@@ -13,9 +13,10 @@ Variants (all at the tiny widths, d = 64, so the whole bench runs on two CPU cor
 
 - ``made``: ``models/tiny.toml`` as it is: the paper's architecture and recipe.
 - ``made-plus``: ``models/tiny-plus.toml``: tiny + every switch that helped.
-- ``+positives`` / ``+multiscale`` / ``+width`` / ``+duration`` / ``+pointer`` / ``+sharpness``:
-  tiny + ONE switch (``same_track_positives``, ``n_music_scales = 3``, ``known_width``,
-  ``duration_query``, ``start_pointer``, ``xpool_sharpness = 4``);
+- ``+positives`` / ``+multiscale`` / ``+width`` / ``+duration`` / ``+pointer`` / ``+sharpness`` /
+  ``+querybank``: tiny + ONE switch (``same_track_positives``, ``n_music_scales = 3``,
+  ``known_width``, ``duration_query``, ``start_pointer``, ``xpool_sharpness = 4``,
+  ``querybank_size = 2048``: every train video);
   names joined by ``+`` (``+width+multiscale``) turn on several.
 - ``+all``: tiny + every switch, helpful or not.
 - A recipe is trained once: a variant whose model and training configs equal an earlier
@@ -26,13 +27,14 @@ Variants (all at the tiny widths, d = 64, so the whole bench runs on two CPU cor
 Prints a table of mean +- sample std over seeds (and the min..max range) of mIoU,
 R@1/5/10, MoR@1/10/100 per variant on test (and the val selection score), whether
 made-plus beats made on mIoU, R@1 and MoR@1 by more than the seed spread (the gain in
-means above both variants' std; and, stricter, its worst seed above made's best), then
+means above both variants' std; and, stricter, its worst seed above made's best; and in how
+many seeds it beats made's run of the same seed), then
 ONE JSON line with everything.
 
 ``--lock FILE`` takes an exclusive ``flock`` on FILE around each training run only, so a
 shared machine's other heavy jobs can run between them. ``--quick``: a smoke size.
 
-    .venv/bin/python bench/bench_quality.py --lock /tmp/mgsv-cpu.lock   # ~55 runs of ~25-30 s: ~35 min on 2 cores
+    .venv/bin/python bench/bench_quality.py --lock /tmp/mgsv-cpu.lock   # 60 runs of ~25-40 s: ~40 min on 2 cores
     .venv/bin/python bench/bench_quality.py --quick                      # ~20 s
 """
 from __future__ import annotations
@@ -59,6 +61,7 @@ SWITCHES = {  # name -> (table, field, value): one made-plus switch on top of ti
     "+duration": ("model", "duration_query", True),
     "+pointer": ("model", "start_pointer", True),
     "+sharpness": ("model", "xpool_sharpness", 4.0),
+    "+querybank": ("model", "querybank_size", 2048),
 }
 # Hard data: the default style noise (0.3) makes the right track easy to rank; at 1.2 tiny MaDe still
 # got R@1 60% (one seed, 12 epochs), at 1.5 46%. 100 train tracks: 100 of the 150 test tracks are train
@@ -68,7 +71,7 @@ SWITCHES = {  # name -> (table, field, value): one made-plus switch on top of ti
 # seed's R@1 move by 2-3 points, as large as the switches' effects.
 HARD = {"n_videos": 2340, "n_tracks": 200, "n_val": 240, "n_test": 240, "style_noise": 1.5}
 HARD_EPOCHS = 6  # over 1,860 train videos at batch 32: the steps of 12 epochs over 930
-# Every switch alone, the two that move mIoU together, made-plus (those and +sharpness), then all of them.
+# Every switch alone, the two that move mIoU together, made-plus (those, +sharpness, +querybank), then all of them.
 DEFAULT_VARIANTS = ["made", *SWITCHES, "+width+pointer", "made-plus", "+all", "real"]
 QUICK = {"n_videos": 300, "n_tracks": 30, "n_val": 40, "n_test": 40, "style_noise": 1.2}
 
@@ -232,14 +235,21 @@ def main() -> None:
     verdict = {}
     if "made" in results and "made-plus" in results:
         base, plus = results["made"]["stats"], results["made-plus"]["stats"]
+        # Same seed, same data order and initial draws: the per-seed gain is the paired comparison.
+        base_runs = {r["seed"]: r for r in results["made"]["runs"]}
         for key in HEADLINE:
             gain = plus[key]["mean"] - base[key]["mean"]
+            paired = [r[key] - base_runs[r["seed"]][key] for r in results["made-plus"]["runs"] if r["seed"] in base_runs]
             verdict[key] = {"gain": gain, "beats_std": gain > max(plus[key]["std"], base[key]["std"]),
-                            "beats_range": plus[key]["min"] > base[key]["max"]}
+                            "beats_range": plus[key]["min"] > base[key]["max"],
+                            "seeds_ahead": sum(g > 0 for g in paired), "seeds": len(paired),
+                            "smallest_paired_gain": min(paired, default=float("nan"))}
         print("made-plus vs made (beats std: the gain in means above both variants' seed std; "
-              "range: made-plus's worst seed above made's best): " + ", ".join(
+              "range: made-plus's worst seed above made's best; ahead: seeds where made-plus beats made's run "
+              "of the same seed): " + ", ".join(
                   f"{k} {'+' if v['gain'] >= 0 else ''}{v['gain']:.3f}"
-                  f" ({'beats' if v['beats_std'] else 'within'} std, {'beats' if v['beats_range'] else 'within'} range)"
+                  f" ({'beats' if v['beats_std'] else 'within'} std, {'beats' if v['beats_range'] else 'within'} range,"
+                  f" ahead in {v['seeds_ahead']}/{v['seeds']})"
                   for k, v in verdict.items()))
     print(json.dumps({"bench": "quality", "data": size, "epochs": epochs, "seeds": seeds, "notes": notes,
                       "verdict": verdict, "results": results}))

@@ -22,7 +22,15 @@ multiplies X-Pool's attention logits by a learned scale starting at that value (
 are fixed at q.k / sqrt(d), about sqrt(d) cos for layer-normed vectors: 8 cos at the tiny
 width, so the attention starts nearly uniform and its identity-initialised projections
 must grow to focus it); ``start_pointer`` has the decoder point at the window where the cut
-starts and regress only an offset from it (:class:`Detector`).
+starts and regress only an offset from it (:class:`Detector`); ``querybank_size`` > 0
+ranks with querybank normalisation (QB-Norm, Bogolin et al., CVPR 2022): a few thousand
+training videos' pooled vectors are kept in the checkpoint (``querybank``, filled after
+each epoch by ``research/train.py``), and at inference each track's score is lowered by its
+soft maximum similarity to them (:meth:`MaDe.score_offsets`). A "hub" track that
+every video finds similar (one track serves up to 1,941 MGSV-EC training videos, and
+pooled embeddings crowd) stops outranking the right one; the offset depends on the track
+alone, so the search computes it once per track with the derived rows
+(``encode_music(..., for_search=True)``) and training never sees it.
 
 The X-Pool projections are folded so that scoring one video against many tracks only
 needs each track's layer-normalised tokens (``MusicTokens.keys``), which callers can
@@ -39,6 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgsv_cli.models.variants import ModelConfig
+
+
+QUERYBANK_CHUNK_ELEMENTS = 1 << 23  # tracks x querybank videos x d per similarities() call (32 MB in float32)
 
 
 # ----------------------------------------------------------------------------- token bundles
@@ -69,17 +80,21 @@ class MusicTokens:
 
     ``tokens`` [N, S, d] (None when only scoring is needed), ``mask`` [N, S] bool,
     ``pooled`` [N, d] (h0 before normalisation), ``keys`` [N, S, d]: the tokens after the
-    X-Pool layer norm, all that :meth:`MaDe.score_pairs` needs (and what a cache keeps).
+    X-Pool layer norm, all that :meth:`MaDe.score_pairs` needs (and what a cache keeps);
+    ``offsets`` float32 [N], what :meth:`MaDe.score_pairs` subtracts from each track's score
+    (made-plus querybank normalisation; None: nothing).
     """
 
     tokens: Tensor | None
     mask: Tensor
     pooled: Tensor
     keys: Tensor
+    offsets: Tensor | None = None
 
     def take(self, index: Tensor) -> "MusicTokens":
         tokens = None if self.tokens is None else self.tokens[index]
-        return MusicTokens(tokens, self.mask[index], self.pooled[index], self.keys[index])
+        offsets = None if self.offsets is None else self.offsets[index]
+        return MusicTokens(tokens, self.mask[index], self.pooled[index], self.keys[index], offsets)
 
     def for_scoring(self) -> "MusicTokens":
         """Drop the detection tokens: what an index cache needs to keep."""
@@ -91,7 +106,7 @@ class MusicTokens:
         if length == self.mask.shape[1]:
             return self
         tokens = None if self.tokens is None else self.tokens[:, :length]
-        return MusicTokens(tokens, self.mask[:, :length], self.pooled, self.keys[:, :length])
+        return MusicTokens(tokens, self.mask[:, :length], self.pooled, self.keys[:, :length], self.offsets)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -555,6 +570,11 @@ class MaDe(nn.Module):
             self.duration_embed = nn.Linear(2 * DURATION_FREQUENCIES, cfg.d_model)
             nn.init.zeros_(self.duration_embed.weight)
             nn.init.zeros_(self.duration_embed.bias)
+        if cfg.querybank_size > 0:
+            # made-plus querybank: pooled vectors of training videos (set_querybank), the first
+            # ``querybank_rows`` valid. Buffers, so the checkpoint carries them; zero rows: no effect.
+            self.register_buffer("querybank", torch.zeros(cfg.querybank_size, cfg.d_model))
+            self.register_buffer("querybank_rows", torch.zeros((), dtype=torch.int64))
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -571,14 +591,19 @@ class MaDe(nn.Module):
             pooled = pooled + self.duration_embed(length.to(device=pooled.device, dtype=pooled.dtype))
         return VideoTokens(tokens, mask, pooled)
 
-    def encode_music(self, windows: Tensor, window_mask: Tensor) -> MusicTokens:
+    def encode_music(self, windows: Tensor, window_mask: Tensor, for_search: bool = False) -> MusicTokens:
         """windows [N, S, music_dim], window_mask [N, S] -> :class:`MusicTokens`.
 
-        Tokens come back trimmed to the batch's last valid window (S' <= S).
+        Tokens come back trimmed to the batch's last valid window (S' <= S). ``for_search``:
+        also the tracks' score ``offsets`` (:meth:`score_offsets`), for tracks that will be
+        ranked; detection and training do not need them.
         """
         windows, mask = trim_padding(windows, window_mask.bool())
         tokens, pooled = self.music_enhancer(windows.to(self.dtype), mask)
-        return MusicTokens(tokens, mask, pooled, self.xpool.keys(tokens))
+        music = MusicTokens(tokens, mask, pooled, self.xpool.keys(tokens))
+        if for_search:
+            music.offsets = self.score_offsets(music)
+        return music
 
     @property
     def dtype(self) -> torch.dtype:
@@ -612,9 +637,53 @@ class MaDe(nn.Module):
         return fused
 
     def score_pairs(self, video: VideoTokens, music: MusicTokens) -> Tensor:
-        """Relevance p_s of every (track, video) pair in one pass: [N, B]."""
+        """Relevance p_s of every (track, video) pair in one pass: [N, B]; minus the tracks'
+        ``music.offsets`` when they have them (made-plus querybank normalisation)."""
         mean_sim, xpool_sim = self.similarities(video, music)
-        return mean_sim + xpool_sim
+        if music.offsets is None:
+            return mean_sim + xpool_sim
+        return mean_sim + xpool_sim - music.offsets.to(mean_sim.dtype)[:, None]
+
+    # -- querybank normalisation (made-plus) ---------------------------------------------------
+
+    def set_querybank(self, pooled: Tensor) -> None:
+        """Keep the pooled vectors [n, d] of training videos (``encode_video(...).pooled``) as the
+        querybank: the first ``querybank_size`` of them. A model without a querybank refuses."""
+        if self.cfg.querybank_size <= 0:
+            raise ValueError("this model has no querybank (querybank_size = 0)")
+        rows = min(int(pooled.shape[0]), self.cfg.querybank_size)
+        with torch.no_grad():
+            self.querybank.zero_()
+            self.querybank[:rows] = pooled[:rows].to(self.querybank.dtype)
+            self.querybank_rows.fill_(rows)
+
+    @property
+    def has_score_offsets(self) -> bool:
+        """Whether :meth:`score_offsets` gives offsets (a filled querybank), so caches keep them."""
+        return self.cfg.querybank_size > 0 and int(self.querybank_rows) > 0
+
+    def score_offsets(self, music: MusicTokens) -> Tensor | None:
+        """What the querybank normalisation subtracts from each track's score: float32 [N], or None
+        without a (filled) querybank.
+
+        ``weight / beta * log mean_q exp(beta * p_s(q, track))`` over the querybank's videos q:
+        a soft maximum of the track's similarity to training videos, 0 for a track no more
+        similar to them than the rest. It depends on the track alone (cacheable), and costs one
+        :meth:`similarities` of the track against every querybank video.
+        """
+        if not self.has_score_offsets:
+            return None
+        rows = int(self.querybank_rows)
+        bank = self.querybank[:rows].to(self.dtype)
+        n_tracks = music.keys.shape[0]
+        chunk = max(1, QUERYBANK_CHUNK_ELEMENTS // max(1, n_tracks * music.keys.shape[-1]))
+        sims = []
+        for begin in range(0, rows, chunk):
+            queries = bank[begin:begin + chunk]
+            mean_sim, xpool_sim = self.similarities(VideoTokens(None, None, queries), music)
+            sims.append((mean_sim + xpool_sim).float())
+        beta, weight = self.cfg.querybank_beta, self.cfg.querybank_weight
+        return weight / beta * (torch.logsumexp(beta * torch.cat(sims, dim=1), dim=1) - math.log(rows))
 
     def window_relevance(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         """How much each music window counts for each pair's match: [N, B, S] in [0, 1].

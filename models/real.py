@@ -231,9 +231,12 @@ class Real(nn.Module):
         _, pooled = self.retrieval.video(frames, mask)
         return VideoTokens(self.localisation.context.video(frames, mask), mask, pooled)
 
-    def encode_music(self, windows: Tensor, window_mask: Tensor) -> MusicTokens:
+    has_score_offsets = False  # MaDe's made-plus querybank normalisation; ReAL scores without
+
+    def encode_music(self, windows: Tensor, window_mask: Tensor, for_search: bool = False) -> MusicTokens:
         """windows [N, S, music_dim], mask [N, S] -> MusicTokens: Music-DETR's context tokens,
-        the retrieval vector ``pooled`` [N, d] and the retrieval window tokens ``keys`` [N, S', d]."""
+        the retrieval vector ``pooled`` [N, d] and the retrieval window tokens ``keys`` [N, S', d].
+        ``for_search`` is MaDe's (score offsets); ReAL's scores have none."""
         windows, mask = trim_padding(windows.to(self.dtype), window_mask.bool())
         keys, pooled = self.retrieval.music(windows, mask)
         return MusicTokens(self.localisation.context.music(windows, mask), mask, pooled, keys)

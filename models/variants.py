@@ -44,12 +44,20 @@ class ModelConfig:
     duration_query: bool = False  # the video's length added to its pooled vector (the matching query), zero at start
     xpool_sharpness: float = 0.0  # > 0: X-Pool's attention logits times a learned scale starting here (0: fixed)
     start_pointer: bool = False  # the decoder points at the window where the cut starts, then regresses an offset
+    querybank_size: int = 0  # > 0: rank with querybank normalisation over this many training videos (QB-Norm)
+    querybank_beta: float = 10.0  # inverse temperature of the soft maximum over the querybank
+    querybank_weight: float = 0.5  # how much of that soft maximum each track's score loses
 
     def __post_init__(self):
         if self.n_music_scales < 1:
             raise ValueError(f"n_music_scales must be at least 1, not {self.n_music_scales}")
         if self.xpool_sharpness < 0:
             raise ValueError(f"xpool_sharpness must be 0 (the paper's fixed scale) or positive, not {self.xpool_sharpness}")
+        if self.querybank_size < 0:
+            raise ValueError(f"querybank_size must be 0 (off) or positive, not {self.querybank_size}")
+        if self.querybank_beta <= 0 or self.querybank_weight < 0:
+            raise ValueError(f"querybank_beta must be positive and querybank_weight at least 0, not "
+                             f"{self.querybank_beta} and {self.querybank_weight}")
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,10 @@ from mgsv_cli.features import recipe
 from mgsv_cli.index.records import DerivedRows, NewTrack, TrackRecord, check_derived, pad_rows, to_numpy, \
     valid_length
 
-FORMAT_VERSION = 2  # the newest format this mgsv reads: 1, and 2 for derived datasets of int8 keys
+FORMAT_VERSION = 3  # the newest format this mgsv reads: 1; 2: derived datasets of int8 keys; 3: with score offsets
 _FORMAT_KEY = b"mgsv_store_format"
 _KEY_ENCODING_KEY = b"mgsv_key_encoding"  # tracks: the store's choice for new derived datasets; derived: its own
+_OFFSETS_KEY = b"mgsv_score_offsets"  # derived: b"1" when each scoring blob holds the model's score offset
 _KIND_KEY = b"mgsv_store_kind"
 TRACKS_NAME = "tracks.lance"
 DERIVED_FOLDER = "derived"
@@ -82,9 +83,10 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/")] + list(parts))
 
 
-def _format_of(key_encoding: str) -> int:
-    """The format a derived dataset of ``key_encoding`` is written in (1 stays readable by older mgsv)."""
-    return 2 if key_encoding == "int8" else 1
+def _format_of(key_encoding: str, offsets: bool = False) -> int:
+    """The format a derived dataset of ``key_encoding`` (and score ``offsets``) is written in: the
+    oldest that has what it needs, so that older mgsv still reads what it can score right."""
+    return 3 if offsets else 2 if key_encoding == "int8" else 1
 
 
 def _tracks_schema(key_encoding: str = "float16"):
@@ -105,7 +107,7 @@ def _tracks_schema(key_encoding: str = "float16"):
     ], metadata={_FORMAT_KEY: b"1", _KIND_KEY: b"tracks", _KEY_ENCODING_KEY: key_encoding.encode()})
 
 
-def _derived_schema(dim: int, fingerprint: str, key_encoding: str = "float16"):
+def _derived_schema(dim: int, fingerprint: str, key_encoding: str = "float16", offsets: bool = False):
     import pyarrow as pa
 
     return pa.schema([
@@ -118,8 +120,9 @@ def _derived_schema(dim: int, fingerprint: str, key_encoding: str = "float16"):
         # decompressing 29 MB cost ~40 ms of 2 cores. ``pooled`` above stays for the vector index
         # and the first stage's export (1 KB of 30 per track held twice).
         pa.field(SCORING_COLUMN, pa.large_binary(), metadata={"lance-encoding:compression": "none"}),
-    ], metadata={_FORMAT_KEY: str(_format_of(key_encoding)).encode(), _KIND_KEY: b"derived",
-                 b"fingerprint": fingerprint.encode(), _KEY_ENCODING_KEY: key_encoding.encode()})
+    ], metadata={_FORMAT_KEY: str(_format_of(key_encoding, offsets)).encode(), _KIND_KEY: b"derived",
+                 b"fingerprint": fingerprint.encode(), _KEY_ENCODING_KEY: key_encoding.encode(),
+                 _OFFSETS_KEY: b"1" if offsets else b"0"})
 
 
 class LanceTrackStore:
@@ -438,7 +441,7 @@ class LanceTrackStore:
         """Store (replace) rows for ``fingerprint`` in one commit."""
         import lance
 
-        ids, pooled, keys, mask = check_derived(rows)
+        ids, pooled, keys, mask, offsets = check_derived(rows)
         if not len(ids):
             return
         self._positions(self._tracks(), ids.tolist())  # rows of unknown tracks are a caller's mistake
@@ -447,7 +450,10 @@ class LanceTrackStore:
             derived = self._derived(fingerprint)
             # A dataset keeps the encoding it was created with.
             encoding = self.key_encoding if derived is None else _key_encoding_of(derived)
-            table = _derived_table(ids, pooled, keys, mask, fingerprint, encoding)
+            if derived is not None and _has_offsets(derived) != (offsets is not None):
+                raise DataError(f"derived rows {'with' if offsets is not None else 'without'} score offsets for "
+                                f"checkpoint {fingerprint}, whose stored rows are the other kind")
+            table = _derived_table(ids, pooled, keys, mask, fingerprint, encoding, offsets)
             if derived is None:
                 try:
                     lance.write_dataset(table, dataset_uri, schema=table.schema, mode="create")
@@ -540,8 +546,9 @@ class LanceTrackStore:
         order = np.argsort(positions, kind="stable")
         with self._lance_errors("read"):
             table = derived.take(positions[order], columns=[SCORING_COLUMN])
-        pooled, keys, mask, scales = _decode_scoring(table.column(0), order, dim, _key_encoding_of(derived))
-        return DerivedRows(np.asarray(list(ids), dtype=np.int64), pooled, keys, mask, scales)
+        pooled, keys, mask, scales, offsets = _decode_scoring(table.column(0), order, dim, _key_encoding_of(derived),
+                                                              _has_offsets(derived))
+        return DerivedRows(np.asarray(list(ids), dtype=np.int64), pooled, keys, mask, scales, offsets)
 
     def derived_dataset(self, fingerprint: str):
         """The Lance dataset of ``fingerprint``'s derived rows (format checked), or None: for a
@@ -644,16 +651,27 @@ def _key_encoding_of(dataset) -> str:
     return (dataset.schema.metadata or {}).get(_KEY_ENCODING_KEY, b"float16").decode()
 
 
+def _has_offsets(dataset) -> bool:
+    """Whether a derived dataset's scoring blobs hold score offsets (format 3)."""
+    return (dataset.schema.metadata or {}).get(_OFFSETS_KEY) == b"1"
+
+
+def _header_bytes(dim: int, offsets: bool) -> int:
+    """Bytes of a ``scoring`` blob before its keys: pooled float32 [d], then the offset float32."""
+    return 4 * dim + (4 if offsets else 0)
+
+
 def _key_bytes(dim: int, key_encoding: str) -> int:
     """Bytes of one window's key (its scale included) in a ``scoring`` blob."""
     return dim + 4 if key_encoding == "int8" else 2 * dim
 
 
-def _scoring_blobs(pooled, keys, mask, counts, key_encoding: str = "float16"):
+def _scoring_blobs(pooled, keys, mask, counts, key_encoding: str = "float16", offsets=None):
     """The ``scoring`` column of K tracks: float32 [K, d] ``pooled``, float ``keys`` [K, S, d] (or a
     list of [S_k, d]) and ``mask`` [K, S] kept up to ``counts`` [K] windows -> large_binary [K], row k
-    ``pooled[k] (4d bytes) | keys[k, :n] | mask[k, :n] (n bytes)``, the keys float16 (2dn bytes) or
-    int8 (:func:`~mgsv_cli.index.records.quantize_keys`: float32 scales, 4n bytes, then int8, dn)."""
+    ``pooled[k] (4d bytes) | offsets[k] (4 bytes, when given) | keys[k, :n] | mask[k, :n] (n bytes)``,
+    the keys float16 (2dn bytes) or int8 (:func:`~mgsv_cli.index.records.quantize_keys`: float32
+    scales, 4n bytes, then int8, dn)."""
     import numpy as np
     import pyarrow as pa
 
@@ -662,14 +680,17 @@ def _scoring_blobs(pooled, keys, mask, counts, key_encoding: str = "float16"):
     k, dim = pooled.shape
     counts = np.asarray(counts, dtype=np.int64)
     per_window = _key_bytes(dim, key_encoding) + 1
-    sizes = 4 * dim + counts * per_window
-    offsets = np.zeros(k + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    data = np.empty(int(offsets[-1]), dtype=np.uint8)
-    for row, (begin, n) in enumerate(zip(offsets[:-1].tolist(), counts.tolist())):
-        keys_at = begin + 4 * dim
+    header = _header_bytes(dim, offsets is not None)
+    sizes = header + counts * per_window
+    starts = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    data = np.empty(int(starts[-1]), dtype=np.uint8)
+    for row, (begin, n) in enumerate(zip(starts[:-1].tolist(), counts.tolist())):
+        keys_at = begin + header
         mask_at = keys_at + (per_window - 1) * n
-        data[begin:keys_at] = np.ascontiguousarray(pooled[row], dtype="<f4").view(np.uint8)
+        data[begin:begin + 4 * dim] = np.ascontiguousarray(pooled[row], dtype="<f4").view(np.uint8)
+        if offsets is not None:
+            data[begin + 4 * dim:keys_at] = np.asarray([offsets[row]], dtype="<f4").view(np.uint8)
         if key_encoding == "int8":
             quantized, scales = quantize_keys(keys[row][:n])
             data[keys_at:keys_at + 4 * n] = scales.astype("<f4").view(np.uint8)
@@ -677,28 +698,30 @@ def _scoring_blobs(pooled, keys, mask, counts, key_encoding: str = "float16"):
         else:
             data[keys_at:mask_at] = np.ascontiguousarray(keys[row][:n], dtype="<f2").reshape(-1).view(np.uint8)
         data[mask_at:mask_at + n] = np.asarray(mask[row][:n], dtype=np.uint8)
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), k, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), k, [None, pa.py_buffer(starts), pa.py_buffer(data)])
 
 
-def _decode_scoring(column, order, dim: int, key_encoding: str = "float16"):
-    """(pooled float32 [K, d], keys [K, S, d] zero-padded, mask bool [K, S], scales) of a ``scoring``
-    column whose row r belongs at ``order[r]``; S the longest row. Keys are float16 (scales None)
-    or int8 with scales float32 [K, S]. Straight from the arrow buffers: one slice copy per row
-    and part, no Python bytes objects."""
+def _decode_scoring(column, order, dim: int, key_encoding: str = "float16", has_offsets: bool = False):
+    """(pooled float32 [K, d], keys [K, S, d] zero-padded, mask bool [K, S], scales, offsets) of a
+    ``scoring`` column whose row r belongs at ``order[r]``; S the longest row. Keys are float16
+    (scales None) or int8 with scales float32 [K, S]; offsets float32 [K] when the blobs hold them,
+    else None. Straight from the arrow buffers: one slice copy per row and part, no Python bytes
+    objects."""
     import numpy as np
     import pyarrow as pa
 
     chunks = [c for c in (column.chunks if isinstance(column, pa.ChunkedArray) else [column]) if len(c)]
-    spans = []  # (data uint8, row offsets int64 [n + 1]) per chunk
+    spans = []  # (data uint8, row starts int64 [n + 1]) per chunk
     for chunk in chunks:
         if chunk.null_count:
             raise IndexDatabaseError("the track store has derived rows with no data (nulls); recompute them")
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-        spans.append((np.frombuffer(chunk.buffers()[2], dtype=np.uint8), offsets))
+        starts = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        spans.append((np.frombuffer(chunk.buffers()[2], dtype=np.uint8), starts))
     sizes = np.concatenate([np.diff(o) for _, o in spans]) if spans else np.zeros(0, np.int64)
     quantized = key_encoding == "int8"
     per_window = _key_bytes(dim, key_encoding) + 1
-    counts, rest = np.divmod(sizes - 4 * dim, per_window)
+    header = _header_bytes(dim, has_offsets)
+    counts, rest = np.divmod(sizes - header, per_window)
     if (rest != 0).any() or (counts < 0).any():
         raise IndexDatabaseError("the track store has derived rows of a size no window count explains; recompute them")
     width = int(counts.max(initial=0))
@@ -706,12 +729,15 @@ def _decode_scoring(column, order, dim: int, key_encoding: str = "float16"):
     keys = np.zeros((len(order), width, dim), dtype=np.int8 if quantized else np.float16)
     scales = np.zeros((len(order), width), dtype=np.float32) if quantized else None
     mask = np.zeros((len(order), width), dtype=bool)
+    offsets = np.empty(len(order), dtype=np.float32) if has_offsets else None
     row = 0
-    for data, offsets in spans:
-        for begin, n in zip(offsets[:-1].tolist(), counts[row:row + len(offsets) - 1].tolist()):
-            at, keys_at = int(order[row]), begin + 4 * dim
+    for data, starts in spans:
+        for begin, n in zip(starts[:-1].tolist(), counts[row:row + len(starts) - 1].tolist()):
+            at, keys_at = int(order[row]), begin + header
             mask_at = keys_at + (per_window - 1) * n
-            pooled[at] = data[begin:keys_at].view("<f4")
+            pooled[at] = data[begin:begin + 4 * dim].view("<f4")
+            if has_offsets:
+                offsets[at] = data[begin + 4 * dim:keys_at].view("<f4")[0]
             if quantized:
                 scales[at, :n] = data[keys_at:keys_at + 4 * n].view("<f4")
                 keys[at, :n] = data[keys_at + 4 * n:mask_at].view(np.int8).reshape(n, dim)
@@ -719,7 +745,7 @@ def _decode_scoring(column, order, dim: int, key_encoding: str = "float16"):
                 keys[at, :n] = data[keys_at:mask_at].view("<f2").reshape(n, dim)
             mask[at, :n] = data[mask_at:mask_at + n].view(bool)
             row += 1
-    return pooled, keys, mask, scales
+    return pooled, keys, mask, scales, offsets
 
 
 def _tracks_table(tracks: list[NewTrack], key_encoding: str = "float16"):
@@ -769,16 +795,16 @@ def _decode_tokens(table):
     return table.column("id").to_numpy().astype(np.int64), tokens, mask
 
 
-def _derived_table(ids, pooled, keys, mask, fingerprint: str, key_encoding: str = "float16"):
+def _derived_table(ids, pooled, keys, mask, fingerprint: str, key_encoding: str = "float16", offsets=None):
     import numpy as np
     import pyarrow as pa
 
     dim = pooled.shape[1]
     counts = [valid_length(m) for m in mask]
-    schema = _derived_schema(dim, fingerprint, key_encoding)
+    schema = _derived_schema(dim, fingerprint, key_encoding, offsets is not None)
     return pa.Table.from_arrays([
         pa.array(ids, pa.int64()),
         pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(pooled).reshape(-1), pa.float32()), dim),
         pa.array(counts, pa.int32()),
-        _scoring_blobs(pooled, keys, mask, counts, key_encoding),
+        _scoring_blobs(pooled, keys, mask, counts, key_encoding, offsets),
     ], schema=schema)

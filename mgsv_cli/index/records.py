@@ -48,6 +48,8 @@ class DerivedRows:
     ``keys`` float16 [K, S, d] and ``mask`` bool [K, S] padded to the longest of the K.
     A store that keeps its keys in int8 (see :func:`quantize_keys`) returns ``keys`` int8
     [K, S, d] with ``key_scales`` float32 [K, S]: key = keys * key_scales[..., None].
+    ``offsets`` float32 [K]: what the model subtracts from each track's score (made-plus
+    querybank normalisation, ``MusicTokens.offsets``); None for a model without them.
     """
 
     track_ids: Any
@@ -55,6 +57,7 @@ class DerivedRows:
     keys: Any
     mask: Any
     key_scales: Any = None
+    offsets: Any = None
 
 
 KEY_ENCODINGS = ("float16", "int8")  # how a store may keep X-Pool keys (int8: half the bytes)
@@ -117,9 +120,9 @@ def pad_rows(rows: Sequence, masks: Sequence, width: int, dim: int, dtype):
 
 
 def check_derived(rows: DerivedRows):
-    """``rows`` as numpy (ids int64 [K], pooled float32 [K, d], keys float16 [K, S, d], mask bool [K, S]),
-    with their shapes checked: a caller's mistake is an error here, not a store with bad rows.
-    Quantized keys (``key_scales`` given) come back dequantized."""
+    """``rows`` as numpy (ids int64 [K], pooled float32 [K, d], keys float16 [K, S, d], mask bool [K, S],
+    offsets float32 [K] or None), with their shapes checked: a caller's mistake is an error here, not
+    a store with bad rows. Quantized keys (``key_scales`` given) come back dequantized."""
     import numpy as np
 
     from mgsv_cli.errors import DataError
@@ -139,14 +142,18 @@ def check_derived(rows: DerivedRows):
             or keys.shape[2] != pooled.shape[1] or mask.shape != keys.shape[:2]:
         raise DataError(f"derived rows of mismatched shapes: ids {ids.shape}, pooled {pooled.shape}, "
                         f"keys {keys.shape}, mask {mask.shape}")
-    return ids, pooled, keys, mask
+    offsets = None if rows.offsets is None else to_numpy(rows.offsets).astype(np.float32)
+    if offsets is not None and offsets.shape != (k,):
+        raise DataError(f"derived rows of mismatched shapes: ids {ids.shape}, offsets {offsets.shape}")
+    return ids, pooled, keys, mask, offsets
 
 
 def derive_rows(model, track_ids, tokens, mask) -> DerivedRows:
     """What the search keeps of tracks for ``model``: ``tokens`` float32 [K, S, 768], ``mask`` [K, S].
 
     Runs ``model.encode_music`` (MaDe's music enhancer and X-Pool key projection) on the
-    model's device; returns pooled float32 [K, d] and keys float16 [K, S', d] (S' <= S).
+    model's device; returns pooled float32 [K, d], keys float16 [K, S', d] (S' <= S) and the
+    score offsets float32 [K] of a model that has them.
     """
     import numpy as np
     import torch
@@ -154,6 +161,8 @@ def derive_rows(model, track_ids, tokens, mask) -> DerivedRows:
     device = next(model.parameters()).device
     with torch.inference_mode():
         music = model.encode_music(torch.as_tensor(np.asarray(tokens, dtype=np.float32), device=device),
-                                   torch.as_tensor(np.asarray(mask), device=device).bool())
+                                   torch.as_tensor(np.asarray(mask), device=device).bool(), for_search=True)
+    offsets = None if music.offsets is None else to_numpy(music.offsets.float()).astype(np.float32)
     return DerivedRows(np.asarray(track_ids, dtype=np.int64), to_numpy(music.pooled.float()).astype(np.float32),
-                       to_numpy(music.keys.float()).astype(np.float16), to_numpy(music.mask).astype(bool))
+                       to_numpy(music.keys.float()).astype(np.float16), to_numpy(music.mask).astype(bool),
+                       offsets=offsets)

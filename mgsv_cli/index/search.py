@@ -30,7 +30,8 @@ catalog of 10^5 to 10^7 tracks is searched in two stages:
 With N at least the catalog size the result is exhaustive scoring exactly (the rerank
 sees every track). The search needs of a model only ``encode_music`` (for the derived
 rows), ``score_pairs`` on a :class:`~mgsv_cli.models.made.MusicTokens` of pooled vectors,
-keys and mask, and for moments ``detect``, ``window_relevance``, ``spans_to_seconds``:
+keys, mask and the score offsets the derived rows carry (made-plus querybank normalisation: a
+per-track constant, so the first stage ignores it and the rerank applies it), and for moments ``detect``, ``window_relevance``, ``spans_to_seconds``:
 a model family that scores with the pooled vectors alone (ReAL) works unchanged.
 """
 from __future__ import annotations
@@ -364,11 +365,13 @@ def score_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_id
             keys = np.ascontiguousarray(rows.keys, dtype=np.float16 if scales is None else np.int8)
             mask_t = torch.from_numpy(_pad_to(mask, N_MUSIC_WINDOWS))
             pooled = torch.from_numpy(np.ascontiguousarray(rows.pooled, dtype=np.float32))
+            offsets = None if rows.offsets is None else torch.from_numpy(np.asarray(rows.offsets, dtype=np.float32))
             for members, width in _length_buckets(mask):
                 pick = torch.from_numpy(members)
                 music = MusicTokens(None, mask_t[:, :width].index_select(0, pick).to(device),
                                     pooled.index_select(0, pick).to(device=device, dtype=dtype),
-                                    _bucket_keys(keys, members, width, dtype, scales).to(device))
+                                    _bucket_keys(keys, members, width, dtype, scales).to(device),
+                                    None if offsets is None else offsets.index_select(0, pick).to(device))
                 scores = model.score_pairs(video_tokens, music)[:, 0].float()
                 out[begin + members] = torch.nan_to_num(scores, nan=float("-inf")).cpu().numpy()
     return out

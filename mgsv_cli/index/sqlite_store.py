@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS derived (
     dim         INTEGER NOT NULL,
     pooled      BLOB NOT NULL,
     keys        BLOB NOT NULL,
-    mask        BLOB NOT NULL
+    mask        BLOB NOT NULL,
+    offset      REAL  -- the model's score offset (made-plus querybank), NULL for models without
 )
 """
 
@@ -181,6 +182,9 @@ class SqliteTrackStore:
             if write:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(_DERIVED_SCHEMA)
+            if "offset" not in {row[1] for row in conn.execute("PRAGMA table_info(derived)")}:
+                # A cache written before score offsets existed: its rows have none (NULL).
+                conn.execute("ALTER TABLE derived ADD COLUMN offset REAL")
             return conn
         except sqlite3.Error as exc:
             if not write and store._is_damage(exc, path):
@@ -207,7 +211,7 @@ class SqliteTrackStore:
         return sorted(i for i, s in self._stamps().items() if have.get(i) != s)
 
     def put_derived(self, fingerprint: str, rows: DerivedRows) -> None:
-        ids, pooled, keys, mask = check_derived(rows)
+        ids, pooled, keys, mask, offsets = check_derived(rows)
         stamps = self._stamps()
         _require(stamps, ids.tolist(), self.uri)
         stamps.update({i: self._read_stamps[i] for i in ids.tolist() if i in self._read_stamps})
@@ -217,10 +221,11 @@ class SqliteTrackStore:
             for k, track_id in enumerate(ids.tolist()):
                 n = valid_length(mask[k])
                 conn.execute(
-                    "INSERT OR REPLACE INTO derived(track_id, token_stamp, n_windows, dim, pooled, keys, mask) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO derived(track_id, token_stamp, n_windows, dim, pooled, keys, mask, offset) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (track_id, stamps[track_id], n, pooled.shape[1], pooled[k].astype("<f4").tobytes(),
-                     keys[k, :n].astype("<f2").tobytes(), mask[k, :n].astype("uint8").tobytes()))
+                     keys[k, :n].astype("<f2").tobytes(), mask[k, :n].astype("uint8").tobytes(),
+                     None if offsets is None else float(offsets[k])))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise store._db_error(exc, self._derived_path(fingerprint), "write the derived-data cache") from None
@@ -264,7 +269,7 @@ class SqliteTrackStore:
     def derived_for(self, fingerprint: str, ids: Sequence[int]) -> DerivedRows:
         import numpy as np
 
-        rows = self._current_rows(fingerprint, ids, "n_windows, dim, pooled, keys, mask")
+        rows = self._current_rows(fingerprint, ids, "n_windows, dim, pooled, keys, mask, offset")
         missing = [int(i) for i in ids if int(i) not in rows]
         if missing:
             raise IndexDatabaseError(f"derived rows ({fingerprint}) of tracks {missing[:5]} are not in the "
@@ -275,7 +280,13 @@ class SqliteTrackStore:
         keys = [np.frombuffer(r[3], dtype="<f2").reshape(r[0], dim) for r in picked]
         masks = [np.frombuffer(r[4], dtype=np.uint8).astype(bool) for r in picked]
         keys, mask = pad_rows(keys, masks, max((r[0] for r in picked), default=0), dim, np.float16)
-        return DerivedRows(np.asarray([int(i) for i in ids], dtype=np.int64), pooled.astype(np.float32), keys, mask)
+        have_offsets = {r[5] is not None for r in picked}
+        if len(have_offsets) > 1:
+            raise IndexDatabaseError(f"the derived-data cache of checkpoint {fingerprint} mixes rows with and "
+                                     f"without score offsets; delete {self._derived_path(fingerprint)}")
+        offsets = np.asarray([r[5] for r in picked], dtype=np.float32) if have_offsets == {True} else None
+        return DerivedRows(np.asarray([int(i) for i in ids], dtype=np.int64), pooled.astype(np.float32), keys, mask,
+                           offsets=offsets)
 
     def close(self) -> None:
         self._index.close()

@@ -49,22 +49,32 @@ class ScoringTokens:
             scores[positions] = model.score_pairs(video_tokens, music)[:, 0].float()
         return torch.nan_to_num(scores, nan=float("-inf"))
 
+    @property
+    def has_offsets(self) -> bool:
+        """Whether the tracks carry score offsets (a model with a made-plus querybank)."""
+        return any(music.offsets is not None for _, music in self.buckets)
+
     def to_full(self, width: int):
-        """Inverse of :meth:`from_full`: keys [N, width, d], pooled [N, d], mask [N, width] in track order."""
+        """Inverse of :meth:`from_full`: keys [N, width, d], pooled [N, d], mask [N, width], offsets [N]
+        (or None) in track order."""
         import torch
 
         _, first = self.buckets[0]
         keys = first.keys.new_zeros(self.n_tracks, width, first.keys.shape[-1])
         pooled = first.pooled.new_zeros(self.n_tracks, first.pooled.shape[-1])
         mask = torch.zeros(self.n_tracks, width, dtype=torch.bool, device=first.mask.device)
+        offsets = torch.zeros(self.n_tracks, device=first.mask.device) if self.has_offsets else None
         for positions, music in self.buckets:
             kept = music.keys.shape[1]
             keys[positions, :kept], mask[positions, :kept], pooled[positions] = music.keys, music.mask, music.pooled
-        return keys, pooled, mask
+            if offsets is not None:
+                offsets[positions] = music.offsets
+        return keys, pooled, mask, offsets
 
     @classmethod
-    def from_full(cls, keys, pooled, mask) -> "ScoringTokens":
-        """Bucket full-length tensors: keys [N, S, d], pooled [N, d], mask [N, S] bool."""
+    def from_full(cls, keys, pooled, mask, offsets=None) -> "ScoringTokens":
+        """Bucket full-length tensors: keys [N, S, d], pooled [N, d], mask [N, S] bool, score
+        offsets [N] (or None: a model without them)."""
         import torch
 
         from mgsv_cli.models.made import MusicTokens
@@ -76,7 +86,8 @@ class ScoringTokens:
             positions = torch.nonzero(bucket_of == b).flatten()
             width = max(1, int(last_valid[positions].max()))
             music = MusicTokens(None, mask[positions, :width].contiguous(), pooled[positions].contiguous(),
-                                keys[positions, :width].contiguous())
+                                keys[positions, :width].contiguous(),
+                                None if offsets is None else offsets[positions].contiguous())
             buckets.append((positions.to(keys.device), music))
         return cls(buckets, int(keys.shape[0]))
 
@@ -109,6 +120,8 @@ def scoring_tokens_for(model, model_id: str, index, tracks, device, status: Stat
     ids = torch.tensor([t.id for t in tracks], dtype=torch.int64)
     stamps = torch.tensor([t.token_stamp for t in tracks], dtype=torch.int64)
     cached = _read_token_cache(cache_file, index.encoder_id, device) if use_cache else None
+    if cached is not None and cached[2].has_offsets != model.has_score_offsets:
+        cached = None  # offsets where the model has none, or none where it has them: rebuilt, never trusted
     if cached is not None and torch.equal(cached[0], ids) and torch.equal(cached[1], stamps):
         return cached[2], True
     known = {} if cached is None else {
@@ -118,16 +131,18 @@ def scoring_tokens_for(model, model_id: str, index, tracks, device, status: Stat
     todo = sorted(set(range(len(tracks))) - {pos for pos, _ in from_cache})
     if status:
         status(f"encoding {len(todo)} of {len(tracks)} indexed tracks for this model (cached for later runs)")
-    keys, pooled, mask = _assemble(model, index, tracks, device, cached[2] if cached else None, from_cache, todo)
-    tokens = ScoringTokens.from_full(keys, pooled, mask)
+    keys, pooled, mask, offsets = _assemble(model, index, tracks, device, cached[2] if cached else None, from_cache,
+                                            todo)
+    tokens = ScoringTokens.from_full(keys, pooled, mask, offsets)
     if use_cache:
         _write_token_cache(cache_file, tokens, ids, stamps, index.encoder_id, model_id)
     return tokens, False
 
 
 def _assemble(model, index, tracks, device, cached: ScoringTokens | None, from_cache, todo):
-    """Full-width keys [N, S, d], pooled [N, d], mask [N, S]: rows ``from_cache`` copied from
-    the old cache (``(new position, old position)`` pairs), rows ``todo`` encoded now."""
+    """Full-width keys [N, S, d], pooled [N, d], mask [N, S], score offsets [N] (None for a model
+    without them): rows ``from_cache`` copied from the old cache (``(new position, old position)``
+    pairs), rows ``todo`` encoded now."""
     import torch
 
     width, dim = model.cfg.n_windows, model.cfg.d_model
@@ -135,21 +150,28 @@ def _assemble(model, index, tracks, device, cached: ScoringTokens | None, from_c
     keys = torch.zeros(n_tracks, width, dim, device=device)
     pooled = torch.zeros(n_tracks, dim, device=device)
     mask = torch.zeros(n_tracks, width, dtype=torch.bool, device=device)
+    # One score offset per track when the model has them (a made-plus querybank; see MusicTokens).
+    offsets = torch.zeros(n_tracks, device=device) if model.has_score_offsets else None
     if from_cache:
-        old_keys, old_pooled, old_mask = cached.to_full(width)
+        old_keys, old_pooled, old_mask, old_offsets = cached.to_full(width)
         new_pos, old_pos = (torch.tensor(p, device=device) for p in zip(*from_cache))
         keys[new_pos], pooled[new_pos], mask[new_pos] = old_keys[old_pos], old_pooled[old_pos], old_mask[old_pos]
+        if offsets is not None:
+            offsets[new_pos] = old_offsets[old_pos]
     with torch.inference_mode():
         for start in range(0, len(todo), ENCODE_CHUNK):
             chunk = todo[start:start + ENCODE_CHUNK]
             feats, feat_mask = index.tokens_for([tracks[p].id for p in chunk])
-            music = model.encode_music(torch.from_numpy(feats).to(device), torch.from_numpy(feat_mask).to(device))
+            music = model.encode_music(torch.from_numpy(feats).to(device), torch.from_numpy(feat_mask).to(device),
+                                       for_search=True)
             rows = torch.tensor(chunk, device=device)
             n_kept = music.keys.shape[1]  # encode_music trims each batch to its last valid window
             keys[rows, :n_kept] = music.keys.to(keys.dtype)
             mask[rows, :n_kept] = music.mask
             pooled[rows] = music.pooled.to(pooled.dtype)
-    return keys, pooled, mask
+            if offsets is not None:
+                offsets[rows] = music.offsets.float()
+    return keys, pooled, mask, offsets
 
 
 def _read_token_cache(path: Path, encoder_id: str | None, device):
@@ -170,7 +192,9 @@ def _read_token_cache(path: Path, encoder_id: str | None, device):
                 def read(name: str):
                     return handle.get_tensor(f"{name}.{b}").to(device)
 
-                buckets.append((read("positions"), MusicTokens(None, read("mask").bool(), read("pooled"), read("keys"))))
+                offsets = read("offsets") if f"offsets.{b}" in handle.keys() else None
+                buckets.append((read("positions"), MusicTokens(None, read("mask").bool(), read("pooled"), read("keys"),
+                                                               offsets)))
             ids, stamps = handle.get_tensor("track_ids"), handle.get_tensor("token_stamps")
     except Exception:  # a truncated or foreign cache file is rebuilt, never trusted
         return None
@@ -194,6 +218,8 @@ def _write_token_cache(path: Path, tokens: ScoringTokens, track_ids, token_stamp
         tensors[f"pooled.{b}"] = music.pooled.cpu().contiguous()
         tensors[f"mask.{b}"] = music.mask.to(torch.uint8).cpu().contiguous()
         tensors[f"positions.{b}"] = positions.cpu().contiguous()
+        if music.offsets is not None:
+            tensors[f"offsets.{b}"] = music.offsets.float().cpu().contiguous()
     meta = {"format": TOKEN_CACHE_FORMAT, "encoder_id": str(encoder_id), "model_id": model_id,
             "n_buckets": str(len(tokens.buckets))}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

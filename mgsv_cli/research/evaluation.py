@@ -87,7 +87,7 @@ class _EncodedTracks:
         for begin in range(0, self.order.size, batch_size):
             chunk = self.order[begin:begin + batch_size]
             windows, mask = split_data.track_inputs(chunk, device)
-            parts.append(model.encode_music(windows, mask))
+            parts.append(model.encode_music(windows, mask, for_search=True))
             if progress:
                 progress("encoding music", begin + chunk.size, self.order.size)
         self.tokens = _concat_padded(parts)

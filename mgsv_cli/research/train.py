@@ -2,7 +2,10 @@
 
 Loss = symmetric InfoNCE on both similarity matrices + 4 x L1 + (1 - GIoU) on every decoder
 layer; Adam (no weight decay), linear warm-up over 2% of the steps then cosine to zero per
-step, gradients clipped at 1.0; the weights that score best on val are kept.
+step, gradients clipped at 1.0; the weights that score best on val are kept. A made-plus
+model with a querybank (``querybank_size``) has it refilled before every validation: the
+pooled vectors of the same sample of training videos (:func:`fill_querybank`), under the
+epoch's weights, so val ranks the way the saved checkpoint will.
 
 On a CUDA GPU the features live on the device (``dataset.place_split``: the packed
 split is copied there once when it fits in half the free memory, and every batch is
@@ -155,11 +158,37 @@ def gathered_ahead(batches, pin: bool = False, depth: int = 2):
             yield batch
 
 
+def fill_querybank(model, train_split, seed: int, device, batch_size: int = 256) -> None:
+    """Refill a made-plus model's querybank (no-op without one) with the pooled vectors of
+    ``querybank_size`` distinct training videos, a sample fixed by ``seed``, under the
+    current weights (eval mode, no gradients; no RNG state is touched, so resuming stays exact)."""
+    import numpy as np
+    import torch
+
+    size = model.cfg.querybank_size
+    if size <= 0:
+        return
+    videos = np.unique(np.asarray(train_split.video_index))
+    videos = np.sort(np.random.default_rng(seed).permutation(videos)[:size])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pooled = [model.encode_video(*train_split.video_inputs(videos[begin:begin + batch_size], device)).pooled
+                      for begin in range(0, len(videos), batch_size)]
+        model.set_querybank(torch.cat(pooled))
+    finally:
+        model.train(was_training)
+
+
 def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state: _State, train_loss: float,
-                      device, dtype) -> dict[str, Any]:
-    """Score the epoch's weights on val, keep them if best, save the resume state; returns the record."""
+                      device, dtype, train_split=None) -> dict[str, Any]:
+    """Score the epoch's weights on val, keep them if best, save the resume state; returns the record.
+    ``train_split``: where a made-plus querybank is sampled from (:func:`fill_querybank`)."""
     from mgsv_cli.research.evaluation import evaluate_model
 
+    if train_split is not None:
+        fill_querybank(model, train_split, variant.train.seed, device, variant.train.eval_batch_size)
     metrics = evaluate_model(model, val_split, device, batch_size=variant.train.eval_batch_size, dtype=dtype)
     score = selection_score(metrics)
     is_best = score > state.best_score
@@ -265,7 +294,7 @@ def train(
                 train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
                                        torch_device, dtype, reporter, forward)
                 record = validate_and_save(model, optimizer, val_split, variant, run_dir, state, train_loss,
-                                           torch_device, dtype)
+                                           torch_device, dtype, train_split)
             log.write(json.dumps(record))
             reporter.end_epoch(epoch, train_loss, {k: record[k] for k in record if k not in ("epoch", "best")},
                                record["best"])

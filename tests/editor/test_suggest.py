@@ -118,9 +118,9 @@ def test_token_cache_is_reused_then_invalidated_by_index_changes(capsys, monkeyp
     real_encode_music = MaDe.encode_music
     counter = CallCounter(None)
 
-    def counting_encode_music(self, windows, window_mask):
+    def counting_encode_music(self, windows, window_mask, **options):
         counter.calls.append(int(windows.shape[0]))
-        return real_encode_music(self, windows, window_mask)
+        return real_encode_music(self, windows, window_mask, **options)
 
     monkeypatch.setattr(MaDe, "encode_music", counting_encode_music)
     args = (clip(media_src), "--index", index_copy, "--untrained", "--json", "--top", "2")
@@ -274,6 +274,45 @@ def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encod
                                seconds.numpy(), atol=1e-3)
 
 
+def test_a_querybank_checkpoint_ranks_with_its_offsets_cold_and_cached(media_src, indexed, tiny_encoders, tmp_path):
+    """made-plus querybank normalisation: the token cache keeps each track's offset, and the
+    suggestions score exactly as the model does with them."""
+    from safetensors import safe_open
+
+    from mgsv_cli.editor.suggest import Suggester
+    from mgsv_cli.models.checkpoint import save_checkpoint
+    from mgsv_cli.models.made import MaDe
+    from mgsv_cli.models.variants import load_config
+
+    variant = load_config("tiny-plus")
+    variant = dataclasses.replace(variant, model=dataclasses.replace(
+        variant.model, video_dim=tiny_encoders.video_dim, music_dim=tiny_encoders.music_dim, querybank_size=8))
+    torch.manual_seed(4)
+    model = MaDe(variant.model).eval()
+    model.set_querybank(torch.randn(8, variant.model.d_model))
+    save_checkpoint(tmp_path / "qb", model, variant, {})
+    video = tiny_encoders.embed_video(clip(media_src))
+    with library.open_index(indexed) as index, torch.inference_mode():
+        _, feats, mask = next(index.iter_tokens())
+        vt = model.encode_video(torch.as_tensor(video.feats)[None].float(), torch.as_tensor(video.mask)[None])
+        music = model.encode_music(torch.from_numpy(feats), torch.from_numpy(mask), for_search=True)
+        expected = model.score_pairs(vt, music)[:, 0]
+    assert music.offsets is not None and music.offsets.abs().min() > 0
+    runs = []
+    for _ in range(2):  # cold (the cache is written), then from the cache
+        with Suggester.open(index_path=indexed, checkpoint=tmp_path / "qb", device="cpu",
+                            encoders_obj=tiny_encoders) as s:
+            runs.append(s.suggest_video(clip(media_src), top_k=3))
+            tracks = s.tracks
+    order = torch.argsort(expected, descending=True)
+    for result in runs:
+        assert [s.track for s in result.suggestions] == [tracks[i].path for i in order.tolist()]
+        np.testing.assert_allclose([s.score for s in result.suggestions], expected[order].numpy(), atol=1e-5)
+    [cache_file] = [f for f in (paths.cache_dir() / "music_tokens").glob("*.safetensors")]
+    with safe_open(str(cache_file), framework="pt") as handle:
+        assert any(key.startswith("offsets.") for key in handle.keys())
+
+
 def test_length_buckets_score_exactly_like_full_tokens():
     from mgsv_cli.models.checkpoint import build_untrained
     from mgsv_cli.index.token_cache import ScoringTokens
@@ -288,6 +327,11 @@ def test_length_buckets_score_exactly_like_full_tokens():
         video = model.encode_video(torch.randn(1, 50, 32, generator=gen), torch.ones(1, 50))
         full = model.score_pairs(video, music)[:, 0]
         bucketed = ScoringTokens.from_full(music.keys, music.pooled, music.mask).score(model, video)
+        # Score offsets (a made-plus querybank) follow their tracks into the buckets and back.
+        offsets = torch.randn(len(lengths), generator=gen)
+        with_offsets = ScoringTokens.from_full(music.keys, music.pooled, music.mask, offsets)
+        torch.testing.assert_close(with_offsets.score(model, video), full - offsets, atol=1e-5, rtol=1e-5)
+        assert torch.equal(with_offsets.to_full(96)[3], offsets) and with_offsets.has_offsets
     assert len(ScoringTokens.from_full(music.keys, music.pooled, music.mask).buckets) == 4
     torch.testing.assert_close(bucketed, full, atol=1e-5, rtol=1e-5)
 

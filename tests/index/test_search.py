@@ -57,8 +57,69 @@ def direct_scores(model, video, store, ids):
     """The model's relevance straight from the stored AST tokens (no derived rows)."""
     tokens, mask = store.tokens_for(list(ids))
     with torch.inference_mode():
-        music = model.encode_music(torch.from_numpy(tokens), torch.from_numpy(mask))
+        music = model.encode_music(torch.from_numpy(tokens), torch.from_numpy(mask), for_search=True)
         return model.score_pairs(video, music)[:, 0].numpy()
+
+
+def banked_made(seed: int = 0):
+    """tiny with a made-plus querybank of 16 random video vectors: its scores have per-track offsets."""
+    from mgsv_cli.models.made import MaDe
+    from mgsv_cli.models.variants import load_config
+
+    torch.manual_seed(seed)
+    model = MaDe(dataclasses.replace(load_config("tiny").model, music_dim=MUSIC_DIM, querybank_size=16)).eval()
+    model.set_querybank(torch.randn(16, model.cfg.d_model) * 3)
+    return model
+
+
+def test_a_querybank_models_offsets_live_in_the_derived_rows_and_reach_the_rerank(store):
+    model, fp = banked_made(), "banked0"
+    assert update_derived(store, model, fp) == N_TRACKS
+    stage = search.FirstStage.build(store, fp)
+    ids = stage.ids.tolist()
+    rows = store.derived_for(fp, ids)
+    tokens, mask = store.tokens_for(ids)
+    with torch.inference_mode():
+        offsets = model.encode_music(torch.from_numpy(tokens), torch.from_numpy(mask), for_search=True).offsets
+    assert rows.offsets.shape == (N_TRACKS,) and offsets.std() > 0.01  # the tracks differ: ranking changes
+    np.testing.assert_allclose(rows.offsets, offsets.numpy(), atol=2e-3)  # from fp16 (int8) keys
+    for seed in range(2):
+        video = video_of(model, seed)
+        full = search.exhaustive(model, video, store, fp, stage)
+        np.testing.assert_allclose(full.scores, direct_scores(model, video, store, full.track_ids), atol=3e-3)
+        found = search.search(model, video, store, fp, rerank=N_TRACKS, top_k=3, first_stage=stage)
+        assert found.top_ids.tolist() == full.track_ids[:3].tolist()
+    # Beside it, a plain model's rows of the same tracks have none.
+    update_derived(store, tiny_made(), "tiny0")
+    assert store.derived_for("tiny0", ids[:3]).offsets is None
+    if store.uri.endswith(".lance"):
+        from mgsv_cli.errors import DataError
+        from mgsv_cli.index import lance_store
+
+        meta = store.derived_dataset(fp).schema.metadata
+        assert meta[b"mgsv_store_format"] == b"3" and lance_store._has_offsets(store.derived_dataset(fp))
+        assert not lance_store._has_offsets(store.derived_dataset("tiny0"))
+        with pytest.raises(DataError, match="score offsets"):
+            store.put_derived(fp, dataclasses.replace(rows, offsets=None))
+
+
+def test_a_derived_cache_from_before_score_offsets_still_reads(tmp_path):
+    import sqlite3
+
+    store = open_store(str(tmp_path / "lib.sqlite"), create=True)
+    fill(store, range(5))
+    model = tiny_made()
+    update_derived(store, model, "old")
+    path = store._derived_path("old")
+    with sqlite3.connect(path) as conn:  # the schema of mgsv before score offsets
+        conn.execute("ALTER TABLE derived DROP COLUMN offset")
+    assert store.derived_missing("old") == []  # its rows stay current
+    ids = store.pooled_matrix("old")[0].tolist()
+    assert store.derived_for("old", ids).offsets is None
+    video = video_of(model, 0)
+    np.testing.assert_allclose(search.exhaustive(model, video, store, "old").scores,
+                               np.sort(direct_scores(model, video, store, ids))[::-1], atol=2e-3)
+    store.close()
 
 
 def test_rerank_of_the_whole_catalog_is_exhaustive_scoring_exactly(store):
@@ -116,9 +177,9 @@ def test_update_derived_encodes_only_new_tracks(store):
     encoded: list[int] = []
     encode = model.encode_music
 
-    def counting(windows, mask):
+    def counting(windows, mask, **options):
         encoded.append(int(windows.shape[0]))
-        return encode(windows, mask)
+        return encode(windows, mask, **options)
 
     model.encode_music = counting
     assert search.update_derived(store, model, fp, batch_size=16) == N_TRACKS

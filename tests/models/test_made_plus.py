@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from _library_helpers import run_cli
 from mgsv_cli.models.checkpoint import load_model
 from mgsv_cli.models.losses import matching_loss, multi_positive_info_nce, start_window_loss, symmetric_info_nce
-from mgsv_cli.models.made import POINTER_REACH_WINDOWS, MaDe, known_width, pool_windows
+from mgsv_cli.models.made import POINTER_REACH_WINDOWS, MaDe, VideoTokens, known_width, pool_windows
 from mgsv_cli.models.variants import ModelConfig, TrainConfig, load_config
 
 SWITCHES_OFF = {"n_music_scales": 1, "known_width": False, "duration_query": False, "start_pointer": False,
-                "xpool_sharpness": 0.0}
+                "xpool_sharpness": 0.0, "querybank_size": 0}
 
 
 def inputs(n: int, seed: int = 0, n_frames=None):
@@ -29,7 +29,7 @@ def inputs(n: int, seed: int = 0, n_frames=None):
 
 
 ALL_ON = {"n_music_scales": 3, "known_width": True, "duration_query": True, "start_pointer": True,
-          "xpool_sharpness": 2.0}
+          "xpool_sharpness": 2.0, "querybank_size": 2048}  # a querybank does nothing until it is filled
 
 
 def plus_model(seed: int = 0, **changes) -> MaDe:
@@ -46,11 +46,12 @@ def test_switch_defaults_are_the_papers_network():
     assert ModelConfig().n_music_scales == 1 and ModelConfig().known_width is False
     assert ModelConfig().duration_query is False and TrainConfig().same_track_positives is False
     assert ModelConfig().start_pointer is False and ModelConfig().xpool_sharpness == 0.0
+    assert ModelConfig().querybank_size == 0
     for name in ("made", "tiny"):
         variant = load_config(name)
         assert (variant.model.n_music_scales, variant.model.known_width, variant.model.duration_query,
-                variant.model.start_pointer, variant.model.xpool_sharpness, variant.train.same_track_positives
-                ) == (1, False, False, False, 0.0, False)
+                variant.model.start_pointer, variant.model.xpool_sharpness, variant.train.same_track_positives,
+                variant.model.querybank_size) == (1, False, False, False, 0.0, False, 0)
 
 
 def test_tiny_plus_with_switches_off_is_tiny_bit_for_bit():
@@ -76,7 +77,7 @@ def test_made_plus_adds_few_parameters_at_paper_width():
     made, plus = MaDe(paper), MaDe(dataclasses.replace(paper, **ALL_ON))
     extra = plus.parameter_counts()["total"] - made.parameter_counts()["total"]
     # 3 fusion weights, a 1 -> d width embedding, minus the width row of the span head, a 16 -> d
-    # duration embedding, the d -> d start pointer, X-Pool's sharpness.
+    # duration embedding, the d -> d start pointer, X-Pool's sharpness (the querybank is a buffer).
     d = paper.d_model
     assert extra == 3 + (d + d) - (d + 1) + (16 * d + d) + (d * d + d) + 1
     assert load_config("made-plus").model == dataclasses.replace(paper, **{
@@ -316,6 +317,7 @@ def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
     from mgsv_cli.index.token_cache import ScoringTokens
     from mgsv_cli.research.dataset import load_split
     from mgsv_cli.research.synthetic import make_dataset
+    from mgsv_cli.research.train import fill_querybank
 
     root = tmp_path / "data"
     make_dataset(root, n_videos=60, n_tracks=6, seed=1)
@@ -328,13 +330,22 @@ def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
     assert variant.name == "tiny-plus" and variant.model == shipped.model and variant.model.known_width
     assert variant.train.same_track_positives == shipped.train.same_track_positives
     assert hasattr(model, "scale_logits") == (shipped.model.n_music_scales > 1)
+    # The querybank was filled from the training videos under the saved weights: refilling it now
+    # gives the same vectors.
+    train_split = load_split(root, "train")
+    n_bank = min(shipped.model.querybank_size, len(np.unique(train_split.video_index)))
+    assert int(model.querybank_rows) == n_bank > 0
+    saved_bank = model.querybank.clone()
+    fill_querybank(model, train_split, variant.train.seed, torch.device("cpu"))
+    torch.testing.assert_close(model.querybank, saved_bank)
 
     split = load_split(root, "test")
     tracks = np.arange(split.n_tracks)
     with torch.no_grad():
         windows, window_mask = split.track_inputs(tracks, torch.device("cpu"))
-        music = model.encode_music(windows, window_mask)
-        scoring = ScoringTokens.from_full(music.keys, music.pooled, music.mask)
+        music = model.encode_music(windows, window_mask, for_search=True)
+        assert music.offsets is not None
+        scoring = ScoringTokens.from_full(music.keys, music.pooled, music.mask, music.offsets)
         frames, frame_mask = split.video_inputs(split.video_index[:1], torch.device("cpu"))
         video = model.encode_video(frames, frame_mask)
         durations = torch.from_numpy(split.track_durations)
@@ -347,3 +358,95 @@ def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
     n_valid = int(frame_mask.sum())
     widths = predicted[:, 1] - predicted[:, 0]
     assert np.all(widths <= n_valid - 0.5 + 1e-3)  # the model's own width: the video's, unless the track clips it
+
+
+# ------------------------------------------------------------------ querybank normalisation
+
+
+def banked_model(size: int = 12, rows: int | None = None, seed: int = 3, **changes) -> MaDe:
+    """tiny-plus-like, with a querybank of ``rows`` (default ``size``) random pooled video vectors."""
+    model = plus_model(seed=seed, querybank_size=size, **changes)
+    model.set_querybank(torch.randn(size if rows is None else rows, model.cfg.d_model,
+                                    generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
+def test_score_offsets_are_the_weighted_soft_maximum_over_the_querybank_by_hand():
+    model = banked_model(size=12, rows=7, querybank_beta=4.0, querybank_weight=0.75)
+    assert int(model.querybank_rows) == 7 and model.has_score_offsets
+    frames, frame_mask, windows, window_mask = inputs(5, seed=4)
+    with torch.no_grad():
+        plain = model.encode_music(windows, window_mask)
+        music = model.encode_music(windows, window_mask, for_search=True)
+        assert plain.offsets is None and music.offsets.shape == (5,)
+        def pair_score(q: int, t: int) -> torch.Tensor:  # one (bank video, track) pair, without offsets
+            mean_sim, xpool_sim = model.similarities(VideoTokens(None, None, model.querybank[q:q + 1]),
+                                                     plain.take(torch.tensor([t])))
+            return (mean_sim + xpool_sim)[0, 0]
+
+        to_bank = torch.stack([torch.stack([pair_score(q, t) for q in range(7)]) for t in range(5)])
+        expected = 0.75 / 4.0 * (torch.logsumexp(4.0 * to_bank, dim=1) - np.log(7))
+        torch.testing.assert_close(music.offsets, expected, rtol=1e-5, atol=1e-6)
+        video = model.encode_video(frames, frame_mask)
+        torch.testing.assert_close(model.score_pairs(video, music),
+                                   model.score_pairs(video, plain) - expected[:, None], rtol=1e-5, atol=1e-6)
+        # Offsets travel with the rows they belong to.
+        torch.testing.assert_close(music.take(torch.tensor([3, 1])).offsets, music.offsets[[3, 1]])
+        assert music.trimmed().offsets is music.offsets and music.for_scoring().offsets is music.offsets
+
+
+def test_a_track_close_to_every_querybank_video_loses_more_than_one_close_to_none():
+    model = plus_model(seed=5, querybank_size=64, n_music_scales=1)
+    frames, frame_mask, windows, window_mask = inputs(2, seed=6)
+    with torch.no_grad():
+        music = model.encode_music(windows, window_mask)
+        # A bank of videos that all point at track 0's mean vector: track 0 is their "hub".
+        hub = music.pooled[0] / music.pooled[0].norm()
+        model.set_querybank(hub * 10 + 0.1 * torch.randn(64, model.cfg.d_model, generator=torch.Generator().manual_seed(1)))
+        offsets = model.encode_music(windows, window_mask, for_search=True).offsets
+    assert offsets[0] > offsets[1]
+
+
+def test_set_querybank_keeps_the_first_rows_and_an_empty_bank_changes_nothing():
+    model = plus_model(seed=2, querybank_size=4)
+    frames, frame_mask, windows, window_mask = inputs(3, seed=2)
+    with torch.no_grad():
+        assert not model.has_score_offsets  # built, not filled: no offsets, the plain scores
+        video, music = model.encode_video(frames, frame_mask), model.encode_music(windows, window_mask, for_search=True)
+        assert music.offsets is None
+        pooled = torch.randn(9, model.cfg.d_model)
+        model.set_querybank(pooled)
+    assert int(model.querybank_rows) == 4 and torch.equal(model.querybank, pooled[:4])
+    model.set_querybank(pooled[:2])
+    assert int(model.querybank_rows) == 2 and torch.equal(model.querybank[:2], pooled[:2])
+    assert not model.querybank[2:].any()
+    with pytest.raises(ValueError, match="no querybank"):
+        plus_model(seed=2, querybank_size=0).set_querybank(pooled)
+
+
+def test_model_config_rejects_impossible_switch_values(tmp_path):
+    from mgsv_cli.errors import ConfigError
+    from mgsv_cli.models.variants import variant_from_dict
+
+    for bad in ({"n_music_scales": 0}, {"xpool_sharpness": -1.0}, {"querybank_size": -1},
+                {"querybank_beta": 0.0}, {"querybank_weight": -0.5}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            variant_from_dict("bad", {"model": bad})
+
+
+def test_the_querybank_survives_a_checkpoint_and_bf16(tmp_path):
+    from mgsv_cli.models.checkpoint import save_checkpoint
+
+    model = banked_model(size=8, rows=5)
+    variant = dataclasses.replace(load_config("tiny-plus"), model=model.cfg)
+    save_checkpoint(tmp_path, model, variant, {})
+    loaded, _variant, _meta = load_model(tmp_path)
+    assert int(loaded.querybank_rows) == 5 and torch.equal(loaded.querybank, model.querybank)
+    frames, frame_mask, windows, window_mask = inputs(4, seed=9)
+    with torch.no_grad():
+        before = model.encode_music(windows, window_mask, for_search=True).offsets
+        torch.testing.assert_close(loaded.encode_music(windows, window_mask, for_search=True).offsets, before)
+        half = loaded.to(torch.bfloat16)
+        assert int(half.querybank_rows) == 5  # the count is not a float: casting keeps it
+        torch.testing.assert_close(half.encode_music(windows, window_mask, for_search=True).offsets, before,
+                                   atol=0.05, rtol=0.05)
