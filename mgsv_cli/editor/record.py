@@ -27,9 +27,18 @@ FIT_TOLERANCE = 0.05
 PRUNE_HINT = "`mgsv index MUSIC_DIR --prune` drops it from the index"
 
 
+def tracks_fit(track_seconds, clip_seconds: float):
+    """Which tracks are long enough to play under the whole clip: ``track_seconds`` float [N] ->
+    bool [N] (unknown lengths, 0 or NaN, fit; so does everything for a clip of unknown length)."""
+    import numpy as np
+
+    seconds = np.asarray(track_seconds, dtype=np.float64)
+    return ~((seconds > 0) & (clip_seconds > 0) & (seconds + FIT_TOLERANCE < clip_seconds))
+
+
 def track_fits(track_seconds: float, clip_seconds: float) -> bool:
-    """Whether a track is long enough to play under the whole clip (unknown lengths fit)."""
-    return not (track_seconds > 0 and clip_seconds > 0 and track_seconds + FIT_TOLERANCE < clip_seconds)
+    """Whether a track is long enough to play under the whole clip (:func:`tracks_fit` of one)."""
+    return bool(tracks_fit(track_seconds, clip_seconds))
 
 
 def shorter_than_clip(track_seconds: float, clip_seconds: float) -> str:

@@ -76,14 +76,10 @@ class TrackList:
         self._loaded.update(zip(wanted, infos))
 
     def fits(self, clip_seconds: float):
-        """bool [N]: which tracks are long enough for a clip of ``clip_seconds`` (``record.track_fits``)."""
-        from mgsv_cli.editor.record import FIT_TOLERANCE
+        """bool [N]: which tracks are long enough for a clip of ``clip_seconds`` (``record.tracks_fit``)."""
+        from mgsv_cli.editor.record import tracks_fit
 
-        if clip_seconds <= 0:
-            import numpy as np
-
-            return np.ones(len(self), dtype=bool)
-        return ~((self.durations > 0) & (self.durations + FIT_TOLERANCE < clip_seconds))
+        return tracks_fit(self.durations, clip_seconds)
 
     def positions_of(self, ids):
         """Positions int64 [K] of track ``ids`` [K]; -1 for an id not in the list."""

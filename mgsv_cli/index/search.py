@@ -31,8 +31,9 @@ With N at least the catalog size the result is exhaustive scoring exactly (the r
 sees every track). The search needs of a model only ``encode_music`` (for the derived
 rows), ``score_pairs`` on a :class:`~mgsv_cli.models.made.MusicTokens` of pooled vectors,
 keys, mask and the score offsets the derived rows carry (made-plus querybank normalisation: a
-per-track constant, so the first stage ignores it and the rerank applies it), and for moments ``detect``, ``window_relevance``, ``spans_to_seconds``:
-a model family that scores with the pooled vectors alone (ReAL) works unchanged.
+per-track constant, so the first stage ignores it and the rerank applies it), and for moments
+``detect``, ``window_relevance``, ``spans_to_seconds``: a model family that scores with the
+pooled vectors alone (ReAL) works unchanged.
 """
 from __future__ import annotations
 
