@@ -21,6 +21,12 @@ Ray restarts a killed actor and retries its batch (Ray Data's actor pools defaul
 ``max_restarts=-1``, ``max_task_retries=-1``); the store deduplicates by content hash, so
 nothing is lost or stored twice either way.
 
+Ray's own console output is kept from a CLI user: its C++ core's log lines (started at
+level FATAL unless ``RAY_BACKEND_LOG_LEVEL`` says otherwise), Ray Data's console logs
+during the run (its session log files keep them), progress bars and the worker logs. A
+failure arrives as an exception and becomes one ``IndexDatabaseError`` line naming the
+remote cause (:func:`ray_failure`).
+
 Ray, pyarrow and torch are imported inside functions (``mgsv --help`` stays instant).
 Workers import mgsv like the driver: on a cluster, install mgsv on every node.
 """
@@ -29,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,6 +49,14 @@ STAGE = "indexing"
 # Status of a row between the stages.
 NEW, STORED, FAILED, FATAL = "new", "stored", "failed", "fatal"
 PREPARE_MEMORY = 512 << 20  # bytes a CPU task reserves (Ray Data measured ~260 MB with beats)
+# Ray's own output a CLI user should not see (see ``_quiet_start``): its C++ core's log lines
+# below FATAL, and the usage-stats notice ray.init prints on nightly wheels.
+QUIET_RAY_ENV = {"RAY_BACKEND_LOG_LEVEL": "fatal", "RAY_USAGE_STATS_PROMPT_ENABLED": "0"}
+# A line of Ray's C++ logger: "[2026-01-02 03:04:05,678 E 123 456] core_worker.cc:2465: ..."
+RAY_BACKEND_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [TDIWEF] \d+ \d+\] \S+:\d+: ")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The first line of a Python exception in a Ray traceback ("ImportError: cannot import ...").
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)\b(?::.*)?$")
 
 
 def _row_schema():
@@ -367,7 +383,7 @@ def _connect(address: str | None, num_cpus: int | None) -> bool:
     elif num_cpus:
         kwargs["num_cpus"] = int(num_cpus)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_start():
             # Ray starts its processes by fork + exec: lance's fork-safety warning does not apply.
             warnings.filterwarnings("ignore", message="lance is not fork-safe")
             ray.init(**kwargs)
@@ -377,18 +393,79 @@ def _connect(address: str | None, num_cpus: int | None) -> bool:
 
 
 @contextlib.contextmanager
+def _quiet_start():
+    """Start Ray without its C++ core's log lines on this process's stderr.
+
+    The core writes its ERROR lines to the driver's fd 2, such as every Ray Data actor pool's
+    "constructor arguments in the object store" (ray#57733, ``core_worker.cc``): noise to a CLI
+    user, since a real failure reaches mgsv as an exception. The only switch is the level the
+    core reads from ``RAY_BACKEND_LOG_LEVEL`` when ``ray.init`` starts it (and the processes of
+    a local instance), so it is set only around that call, and a value the user exported wins
+    (``RAY_BACKEND_LOG_LEVEL=info`` brings the lines back, and keeps them in Ray's session
+    logs). Setting it makes the core announce the level, one more such line, so fd 2 goes to a
+    temporary file for the call: Ray's lines are dropped, anything else is passed on after.
+    """
+    added = {name: value for name, value in QUIET_RAY_ENV.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        with _held_stderr():
+            yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """fd 2 into a temporary file for the block; then what was written, less Ray's C++ log lines."""
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = memoryview(b"".join(line for line in held if not RAY_BACKEND_LINE.match(line)))
+            while kept:
+                kept = kept[os.write(2, kept):]
+
+
+@contextlib.contextmanager
 def _quiet(logger_name: str):
-    """Ray Data logs every execution (INFO) and its tuning hints (WARNING); the caller reports
-    progress itself, and failures still arrive as exceptions."""
+    """Ray Data logs each execution (INFO), its tuning hints (WARNING) and a failing task
+    (ERROR, before the driver gets the exception) to the console; the caller shows progress
+    itself, and a failure arrives as an exception that mgsv reports in one line. So the
+    logger's console handlers drop everything for the run; its session log files keep it all."""
     import logging
 
     logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
+    consoles = [h for h in logger.handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    for handler in consoles:
+        handler.addFilter(drop)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for handler in consoles:
+            handler.removeFilter(drop)
 
 
 def _shutdown() -> None:
@@ -485,9 +562,21 @@ def _batches(dataset, size: int):
         except StopIteration:
             return
         except RayError as exc:
-            raise IndexDatabaseError(f"the Ray run failed: {first_line(exc)}; the tracks stored so far stay, "
+            raise IndexDatabaseError(f"the Ray run failed: {ray_failure(exc)}; the tracks stored so far stay, "
                                      "run the same command again to resume") from None
         yield batch
+
+
+def ray_failure(exc: BaseException) -> str:
+    """What went wrong in a Ray error, in one line: the first exception line of the remote
+    traceback it carries (the root cause: "ImportError: cannot import name ..."), else its
+    first line, without Ray's colour codes and ``ray::Actor.method()`` header."""
+    lines = [ANSI.sub("", line).rstrip() for line in str(exc).splitlines()]
+    for line in lines:
+        if EXCEPTION_LINE.match(line):
+            return line
+    useful = [line.strip() for line in lines if line.strip() and not line.startswith("ray::")]
+    return useful[0] if useful else type(exc).__name__
 
 
 def _fatal_error(row: dict) -> MgsvError:

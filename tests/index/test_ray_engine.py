@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("lance")
 
-from mgsv_cli.errors import UsageError  # noqa: E402
+from mgsv_cli.errors import IndexDatabaseError, UsageError  # noqa: E402
 from mgsv_cli.index.backend import open_store  # noqa: E402
 from mgsv_cli.index.ray_engine import AstEmbedder, index_with_ray, list_audio  # noqa: E402
 from mgsv_cli.index.store import IndexProgress  # noqa: E402
@@ -57,6 +57,45 @@ def suggestions(capsys, video: Path, index) -> list[dict]:
     assert result.code == 0, result.err
     [obj] = [json.loads(line) for line in result.out.splitlines() if line.strip()]
     return obj["suggestions"]
+
+
+def test_a_cli_run_shows_mgsv_lines_only(capfd, monkeypatch, music_dir, tmp_path):
+    """Ray's C++ core writes to fd 2 (capfd sees it, capsys would not): no `core_worker.cc` line,
+    no banner, only mgsv's own report of each bad file. First in this module: it starts Ray
+    the way the CLI does, before `local_ray` has."""
+    import ray
+
+    from mgsv_cli import cli
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)  # a level the user sets wins
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.main([str(a) for a in ("index", music_dir, "--engine", "ray", "--store", tmp_path / "c.lance", *TINY)])
+    out, err = capfd.readouterr()
+    assert exited.value.code == 1 and f"{len(TRACKS)} added" in out, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == len(BAD_FILES) and all(line.startswith("✗ ") for line in lines), err
+    assert ".cc:" not in err + out and "Ray instance" not in err + out
+    assert "RAY_BACKEND_LOG_LEVEL" not in os.environ  # set only while Ray started
+
+
+def test_a_failing_ray_run_is_one_line_naming_the_cause(local_ray, good_music_dir, tmp_path, capfd):
+    """The remote exception's own line, not Ray's coloured `ray::MapWorker(...)` header, and
+    none of Ray Data's console logs of the failure (its log files keep them)."""
+
+    class BrokenEmbedder(AstEmbedder):
+        def __call__(self, batch):
+            raise ImportError("cannot import name 'X' from 'y'")
+
+    with pytest.raises(IndexDatabaseError) as caught:
+        index_with_ray(good_music_dir, str(tmp_path / "c.lance"), encoder_kind="tiny", device="cpu",
+                       detect_beats=False, embedder=BrokenEmbedder)
+    assert str(caught.value).startswith("the Ray run failed: ImportError: cannot import name 'X' from 'y';")
+    assert "\x1b" not in str(caught.value) and "ray::" not in str(caught.value)
+    out, err = capfd.readouterr()
+    assert "UDF" not in err + out and "Dataset execution will now abort" not in err + out
 
 
 def test_ray_store_holds_the_tokens_of_the_local_index_and_gives_the_same_suggestions(
