@@ -1,15 +1,26 @@
 """Reading video frames and audio samples with ffmpeg (from the ``imageio-ffmpeg`` wheel).
 
-There is no ffprobe here: :func:`probe` reads what ``ffmpeg -i`` prints about its input.
-Every ffmpeg call takes an argument list (never a shell) and a failure becomes a
-:class:`~mgsv_cli.errors.MediaError` that names the file and the last line ffmpeg had to say.
+There is no ffprobe here: :func:`probe` reads what ``ffmpeg -i`` prints about its input
+(the displayed frame size after the display matrix's rotation, the average and the nominal
+frame rates, whether there is sound). Every ffmpeg call takes an argument list (never a
+shell) and a failure becomes a :class:`~mgsv_cli.errors.MediaError` that names the file and
+the last line ffmpeg had to say.
+
+Every ffmpeg child dies with the process that started it: on Linux it asks the kernel for
+SIGKILL when its parent goes (``PR_SET_PDEATHSIG``, see :func:`_die_with_parent`), so a
+``kill -9`` of mgsv never leaves an ffmpeg writing on for seconds into a file nobody will
+move into place. Other systems have no such request; there the render's clean-up of stale
+temporaries (``editor/render.py``) waits until the file stops changing.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,9 +55,21 @@ _CHANNELS_BY_LAYOUT = {
 _TAG_KEYS = ("title", "artist", "album")
 
 
+# The average and the nominal frame rate of a constant-rate video agree to ffmpeg's two
+# printed decimals; a variable-rate one (a phone dropping frames in low light: "14.90 fps,
+# 30 tbr") differs by far more than this fraction.
+VFR_TOLERANCE = 0.01
+
+
 @dataclass(frozen=True)
 class MediaInfo:
-    """What ``ffmpeg -i`` says about a file. Sizes are as displayed (rotation applied)."""
+    """What ``ffmpeg -i`` says about a file. Sizes are as displayed (rotation applied).
+
+    ``fps`` is the first video stream's average frame rate (frames / duration; ffmpeg's
+    ``fps``), ``nominal_fps`` the rate its timestamps are laid on (``r_frame_rate``,
+    ffmpeg's ``tbr``); ``rotation`` the display rotation in degrees (0, 90, 180 or 270,
+    counter-clockwise as the display matrix says), already applied to ``width``/``height``.
+    """
 
     path: str
     duration: float
@@ -58,6 +81,22 @@ class MediaInfo:
     sample_rate: int | None = None
     channels: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    nominal_fps: float | None = None
+    rotation: int = 0
+
+    @property
+    def variable_frame_rate(self) -> bool:
+        """Whether frames come at a varying rate: the average rate is not the nominal one.
+
+        A nominal rate of exactly twice the average is an interlaced stream's field rate
+        ("25 fps, 50 tbr" from MPEG-TS), not a variable rate: "exactly" as far as ffmpeg's
+        two printed decimals tell (a phone's "14.90 fps, 30 tbr" is variable).
+        """
+        if not (self.fps and self.nominal_fps):
+            return False
+        if abs(self.nominal_fps - 2 * self.fps) <= 0.02:
+            return False
+        return abs(self.nominal_fps - self.fps) > VFR_TOLERANCE * self.nominal_fps
 
 
 def ffmpeg_exe() -> str:
@@ -163,18 +202,75 @@ def ffmpeg_failure(returncode: int, stderr: str) -> str:
     return _stopped_by_signal(returncode) or last_ffmpeg_message(stderr)
 
 
-def run_ffmpeg(args: list[str], what: str, *, check: bool = True) -> subprocess.CompletedProcess:
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+@functools.lru_cache(maxsize=1)
+def _prctl():
+    """libc's ``prctl``, looked up once in the parent (None off Linux or without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` making the child get SIGKILL when this process dies; None where
+    the OS cannot (only Linux has ``PR_SET_PDEATHSIG``).
+
+    The signal comes when the *thread* that started the child ends; every ffmpeg here is
+    waited for by the thread that started it, so that is never before the work is done.
+    A parent that died between ``fork`` and ``prctl`` would send no signal: the child
+    checks that its parent is still the one that started it, and kills itself otherwise.
+    The function runs between fork and exec and does only that system call (no imports,
+    no locks), which is what makes a ``preexec_fn`` safe with other threads running.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return in_child
+
+
+def ffmpeg_child_options() -> dict:
+    """Keyword arguments for ``subprocess.run``/``Popen`` of every ffmpeg mgsv starts.
+
+    The child dies with mgsv (:func:`_die_with_parent`), and Python's ignored SIGXFSZ is
+    kept (``restore_signals=False``), which turns a file size limit into an EFBIG error
+    ffmpeg reports instead of a silent death by signal (its pipes are read to the end, so
+    an ignored SIGPIPE changes nothing).
+    """
+    options: dict = {"restore_signals": False}
+    in_child = _die_with_parent()
+    if in_child is not None:
+        options["preexec_fn"] = in_child
+    return options
+
+
+def run_ffmpeg(args: list[str], what: str, *, check: bool = True,
+               input: bytes | None = None) -> subprocess.CompletedProcess:
     """Run ``ffmpeg -hide_banner -nostdin ARGS`` capturing stdout (bytes) and stderr.
 
     ``what`` says what was being done ("decoding audio of x.mp3"); on a non-zero exit
     (when ``check``) a MediaError "WHAT: <ffmpeg's last meaningful line>" is raised.
+    ``input``: bytes for ffmpeg's stdin (then ``-nostdin`` is left out).
     """
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *[str(a) for a in args]]
+    cmd = [ffmpeg_exe(), "-hide_banner", *([] if input is not None else ["-nostdin"]), *[str(a) for a in args]]
     try:
-        # Python ignores SIGXFSZ; keeping that for ffmpeg (restore_signals=False) turns a file
-        # size limit into an EFBIG error ffmpeg reports, instead of a silent death by signal.
-        # Its pipes are read to the end, so an ignored SIGPIPE changes nothing here.
-        proc = subprocess.run(cmd, capture_output=True, check=False, restore_signals=False)
+        proc = subprocess.run(cmd, input=input, capture_output=True, check=False, **ffmpeg_child_options())
     except OSError as exc:
         raise MediaError(f"{what}: cannot start ffmpeg ({exc})") from exc
     if check and proc.returncode != 0:
@@ -277,17 +373,24 @@ def parse_ffmpeg_input_info(stderr: str, path: str = "") -> MediaInfo:
             elif current_stream and current_stream == audio:
                 section = audio_tags
         elif current_stream == video and video is not None:
+            # "Display Matrix: rotation of -90.00 degrees" (side data), or before ffmpeg 5 the
+            # stream tag "rotate : 90", which turns the other way.
             match = re.search(r"rotation of (-?[\d.]+) degrees", text, re.IGNORECASE)
+            tag = re.match(r"rotate\s*:\s*(-?[\d.]+)$", text, re.IGNORECASE)
             if match:
                 rotation = float(match.group(1))
+            elif tag and rotation == 0.0:
+                rotation = -float(tag.group(1))
     tags = {**audio_tags, **container_tags}
-    width, height, fps = _parse_video_stream(video)
-    if width and height and round(abs(rotation)) % 180 == 90:
+    width, height, fps, nominal_fps = _parse_video_stream(video)
+    quarter_turns = round(rotation / 90) % 4
+    if width and height and quarter_turns % 2:
         width, height = height, width
     sample_rate, channels = _parse_audio_stream(audio)
     return MediaInfo(
         path=path, duration=duration, has_video=video is not None, has_audio=audio is not None,
         width=width, height=height, fps=fps, sample_rate=sample_rate, channels=channels, tags=tags,
+        nominal_fps=nominal_fps, rotation=90 * quarter_turns,
     )
 
 
@@ -308,17 +411,29 @@ def _stream_kind(line: str) -> str:
     return "other"
 
 
-def _parse_video_stream(line: str | None) -> tuple[int | None, int | None, float | None]:
+def _parse_video_stream(line: str | None) -> tuple[int | None, int | None, float | None, float | None]:
+    """``(width, height, fps, nominal_fps)`` of a ``Stream #0:N: Video:`` line, as stored.
+
+    ``fps`` is the average rate ("14.90 fps"), else the nominal one; ``nominal_fps`` the
+    nominal rate ("30 tbr"), else the average one.
+    """
     if line is None:
-        return None, None, None
+        return None, None, None, None
     size = re.search(r",\s*(\d+)x(\d+)\b", line)
-    rate = re.search(r"([\d.]+)(k?) fps", line) or re.search(r"([\d.]+)(k?) tbr", line)
-    fps = None
-    if rate:
-        fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
+    average, nominal = _rate(line, "fps"), _rate(line, "tbr")
+    fps, nominal_fps = average or nominal, nominal or average
     if size:
-        return int(size.group(1)), int(size.group(2)), fps
-    return None, None, fps
+        return int(size.group(1)), int(size.group(2)), fps, nominal_fps
+    return None, None, fps, nominal_fps
+
+
+def _rate(line: str, unit: str) -> float | None:
+    """The number before ``unit`` ("29.97 fps", "1k tbr") in a stream line, None if absent."""
+    match = re.search(rf"([\d.]+)(k?) {unit}\b", line)
+    if not match:
+        return None
+    value = float(match.group(1)) * (1000 if match.group(2) else 1)
+    return value if value > 0 else None
 
 
 def _parse_audio_stream(line: str | None) -> tuple[int | None, int | None]:
@@ -387,7 +502,7 @@ def _decode_frames_1fps(path, max_frames: int | None, short_side: int | None,
     frames = []
     with tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, **ffmpeg_child_options())
         except OSError as exc:
             raise MediaError(f"decoding frames of {file}: cannot start ffmpeg ({exc})") from exc
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 import pytest
@@ -65,6 +66,127 @@ def test_probe_applies_display_rotation(tmp_path):
     assert (info.width, info.height) == (240, 320)
     frames, _ = media.read_frames_1fps(rotated)
     assert frames.shape[1:] == (320, 240, 3)
+
+
+def test_probe_a_vertical_clip_and_a_portrait_clip_stored_landscape(tmp_path):
+    """A phone's portrait clip is either stored 1080x1920 or stored 1920x1080 with a display
+    matrix turning it: both are 1080x1920 on screen."""
+    vertical = tmp_path / "vertical.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=1080x1920:r=30:d=0.2", "-c:v", "libx264", "-preset", "ultrafast",
+           "-pix_fmt", "yuv420p", vertical)
+    landscape = pattern_video(tmp_path / "landscape.mp4", 0.2, size="1920x1080", with_audio=False)
+    for degrees, expected in (("90", 90), ("-90", 270), ("180", 180)):
+        turned = tmp_path / f"turned{degrees}.mp4"
+        ffmpeg("-display_rotation:v:0", degrees, "-i", landscape, "-c", "copy", turned)
+        info = media.probe(turned)
+        assert info.rotation == expected
+        assert (info.width, info.height) == ((1920, 1080) if expected == 180 else (1080, 1920))
+    info = media.probe(vertical)
+    assert (info.width, info.height, info.rotation) == (1080, 1920, 0)
+    assert not info.variable_frame_rate and info.fps == pytest.approx(30.0) and info.nominal_fps == pytest.approx(30.0)
+
+
+def test_probe_tells_a_variable_frame_rate(tmp_path):
+    # A 30 fps recording that dropped frames irregularly, as a phone does in low light.
+    vfr = tmp_path / "vfr.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=30:d=3", "-vf", "select='lt(mod(n,5),2)'",
+           "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", vfr)
+    info = media.probe(vfr)
+    assert info.nominal_fps == pytest.approx(30.0)
+    assert info.fps == pytest.approx(12.0, abs=0.5)  # 2 frames of every 5 kept
+    assert info.variable_frame_rate
+    assert not media.probe(pattern_video(tmp_path / "cfr.mp4", 1.0, with_audio=False)).variable_frame_rate
+
+
+def test_probe_tells_sound_even_when_silent(tmp_path):
+    silent = tmp_path / "silent.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1", "-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo",
+           "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", silent)
+    info = media.probe(silent)
+    assert info.has_audio and (info.sample_rate, info.channels) == (48000, 2)
+    assert not media.probe(pattern_video(tmp_path / "mute.mp4", 1.0, with_audio=False)).has_audio
+
+
+@pytest.mark.parametrize("stream,expected", [
+    # (stream line and what follows it, (width, height, fps, nominal fps, rotation, variable))
+    ("Video: h264, yuv420p, 1080x1920, 14.90 fps, 30 tbr, 90k tbn", (1080, 1920, 14.9, 30.0, 0, True)),
+    ("Video: h264, yuv420p, 1920x1080, 29.97 fps, 29.97 tbr, 30k tbn\n    Side data:\n"
+     "      Display Matrix: rotation of -90.00 degrees", (1080, 1920, 29.97, 29.97, 270, False)),
+    # ffmpeg before 5 printed the rotation as a stream tag, turning the other way.
+    ("Video: h264, yuv420p, 1920x1080, 30 fps, 30 tbr, 90k tbn\n    Metadata:\n      rotate          : 90",
+     (1080, 1920, 30.0, 30.0, 270, False)),
+    # An interlaced stream's nominal rate is its field rate: not a variable frame rate.
+    ("Video: h264, yuv420p(top first), 1920x1080, 25 fps, 50 tbr, 90k tbn", (1920, 1080, 25.0, 50.0, 0, False)),
+    ("Video: vp8, yuv420p, 640x480, 1k tbr, 1k tbn", (640, 480, 1000.0, 1000.0, 0, False)),
+])
+def test_parse_video_rates_and_rotation(stream, expected):
+    stderr = f"Input #0, mov, from 'x.mp4':\n  Duration: 00:00:05.00, start: 0.0\n  Stream #0:0: {stream}\n"
+    info = media.parse_ffmpeg_input_info(stderr)
+    assert (info.width, info.height, info.rotation, info.variable_frame_rate) == (
+        expected[0], expected[1], expected[4], expected[5])
+    assert (info.fps, info.nominal_fps) == pytest.approx(expected[2:4])
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    fields = handle.read().rpartition(b")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` is dead: no such process, or a zombie nobody has reaped yet (it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except OSError:
+        return True
+
+
+def wait_for(condition, what: str, deadline_s: float = 60.0, poll_s: float = 0.05):
+    """Poll ``condition()`` until it returns something true; fail after a generous ``deadline_s``."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"{what}: not within {deadline_s:.0f} s")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_ffmpeg_dies_with_the_process_that_started_it(tmp_path):
+    """kill -9 of mgsv must not leave its ffmpeg running: here one that would run for 10 minutes."""
+    import os
+    import signal
+    import subprocess
+
+    script = ("from mgsv_cli.media.ffmpeg import run_ffmpeg\n"
+              "run_ffmpeg(['-re', '-f', 'lavfi', '-i', 'sine=d=600', '-f', 'null', '-'], 'playing a tone')\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    child = None
+    try:
+        child = wait_for(lambda: next(iter(_children(parent.pid)), None), "ffmpeg started")
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        wait_for(lambda: _gone(child), "the orphaned ffmpeg died")
+    finally:
+        parent.kill()
+        parent.wait()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_probe_decodes_when_container_has_no_duration(tmp_path):
