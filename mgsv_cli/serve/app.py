@@ -7,8 +7,16 @@ no-framing and a same-origin content policy; an unexpected exception becomes a J
 (logged with its traceback), never a traceback sent out. Then every route but
 ``/api/health``, ``/`` and ``/static/*`` wants the run's token: ``Authorization: Bearer
 TOKEN``, or, for what ``<video>``/``<audio>`` elements and downloads fetch (``/files/*``,
-``/api/preview``, ``/docs``), ``?token=TOKEN``. A library error (``MgsvError``) becomes
-a 4xx JSON ``{"error", "type", "exit_code"}``.
+``/api/preview``, ``/docs``), ``?token=TOKEN``.
+
+Every error answer has one shape, ``{"error", "type", "exit_code"}`` (:func:`error_response`),
+whoever raised it. A library error (``MgsvError``) keeps its class name and exit code, so
+the CLI's client gives it back as the same error. The server's own refusals (no or a wrong
+token, a foreign Host, an unknown route or method, a malformed body, other options, a bug)
+add a ``reason`` (``unauthorized``, ``forbidden_host``, ``not_found``, ``bad_request``,
+``options_differ``, ``internal`` ...): the client does the work in-process then, as it
+would without a server. Their exit code is the CLI's for the same fault: 2 for a request
+that is wrong, 70 for a bug.
 
 Only the index's tracks, uploads and the server's outputs are ever served
 (:mod:`mgsv_cli.serve.files`).
@@ -19,8 +27,10 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import socket
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
@@ -52,6 +62,27 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; 
 DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; "
             "style-src 'self' https://cdn.jsdelivr.net; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
             "connect-src 'self'; frame-ancestors 'none'")
+
+
+USAGE_EXIT, INTERNAL_EXIT = errors.UsageError.exit_code, 70  # the CLI's codes: a wrong request, a bug
+
+
+def error_response(status: int, message: str, kind: str, exit_code: int, *, headers: dict | None = None,
+                   **extra) -> JSONResponse:
+    """The one shape of every error answer: ``{"error", "type", "exit_code", ...extra}``."""
+    return JSONResponse({"error": message, "type": kind, "exit_code": exit_code, **extra}, status_code=status,
+                        headers=headers)
+
+
+def refusal(status: int, message: str, *, headers: dict | None = None, **extra) -> JSONResponse:
+    """An error answer of the server's own (not a library error): type and reason from the HTTP status."""
+    try:
+        words = re.findall(r"[A-Za-z]+", HTTPStatus(status).phrase)
+    except ValueError:  # a status without a name
+        words = ["HTTP", "Error"]
+    extra.setdefault("reason", "_".join(w.lower() for w in words))
+    return error_response(status, message, "".join(w.capitalize() for w in words),
+                          INTERNAL_EXIT if status >= 500 else USAGE_EXIT, headers=headers, **extra)
 
 
 # ---------------------------------------------------------------- which Host headers are ours
@@ -111,7 +142,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if not host_allowed(headers.get("host", ""), self.allowed, self.port):
-            response = JSONResponse({"error": "forbidden"}, status_code=403)
+            response = refusal(403, "forbidden: the Host header does not name this server", reason="forbidden_host")
             return await response(scope, receive, send)
         started = False
         docs = scope.get("path") == "/docs"
@@ -136,8 +167,8 @@ class Guard:
         except Exception as exc:  # a bug: logged here, a one-line JSON answer out there
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                response = JSONResponse({"error": f"internal error: {type(exc).__name__} (see the server's log)",
-                                         "type": "InternalError"}, status_code=500)
+                response = error_response(500, f"internal error: {type(exc).__name__} (see the server's log)",
+                                          "InternalError", INTERNAL_EXIT, reason="internal")
                 await response(scope, receive, send_with_headers)
 
 
@@ -239,22 +270,26 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     @app.exception_handler(errors.MgsvError)
     async def library_error(request: Request, exc: errors.MgsvError):
         status = next(code for kind, code in STATUS_OF if isinstance(exc, kind))
-        return JSONResponse({"error": str(exc), "type": type(exc).__name__, "exit_code": exc.exit_code},
-                            status_code=status)
+        return error_response(status, str(exc), type(exc).__name__, exc.exit_code)
 
     @app.exception_handler(OptionsDiffer)
     async def options_differ(request: Request, exc: OptionsDiffer):
-        return JSONResponse({"error": f"not served here: {exc}", "reason": "options_differ"}, status_code=409)
+        return error_response(409, f"not served here: {exc}", "OptionsDiffer", USAGE_EXIT, reason="options_differ")
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # ours (401, 411) and Starlette's (unknown route 404, 405)
     async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            # Starlette's bare words for an unknown route or method: say which
+            message = f"{message.lower()}: {request.method} {request.url.path}"
+        return refusal(exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
                     for e in exc.errors()]
-        return JSONResponse({"error": "bad request: " + "; ".join(problems), "type": "BadRequest"}, status_code=422)
+        return error_response(422, "bad request: " + "; ".join(problems), "BadRequest", USAGE_EXIT,
+                              reason="bad_request")
 
     # -------------------------------------------------------- page and docs
 

@@ -5,10 +5,12 @@ server. Each ``try_*`` function returns what the command would have computed its
 or None when it should do the work itself: no server (no state file, a dead pid,
 nothing answering, another program on the port), a server of another mgsv version,
 one that runs other options (index, checkpoint, encoders, device, data folder: the
-server decides and answers 409), or one that failed unexpectedly. A library error the
-server met (a bad clip, an existing output) is raised here as the same ``MgsvError``
-class with the same message, so the command prints it and exits with its code exactly
-as it would have in-process.
+server decides and answers 409), one that refuses the request itself (any error
+answer with a ``reason``: other options, a token it does not take, a body it does not
+read), or one that failed unexpectedly. A library error the server met (a bad clip, an
+existing output: an error answer without a ``reason``) is raised here as the same
+``MgsvError`` class with the same message, so the command prints it and exits with its
+code exactly as it would have in-process.
 
 Relative paths are sent through a link to this process's working folder, and every path
 in the answer (and in error messages) made from them is given back in the form the
@@ -98,9 +100,9 @@ def _served(path: str, body: dict, rewrite=lambda text: text) -> dict | None:
         return None
     if status == 200:
         return data
-    if 400 <= status < 500 and "exit_code" in data and data.get("reason") != "options_differ":
+    if 400 <= status < 500 and "exit_code" in data and "reason" not in data:
         raise _library_error(data, rewrite)
-    return None  # options differ, token refused, server error: the command does it itself
+    return None  # the server's own refusal (options differ, token refused, ...) or its bug: the command does it itself
 
 
 # ---------------------------------------------------------------- paths as the command would print them

@@ -49,12 +49,50 @@ PROTECTED = [
 ]
 
 
+def error_of(reply, status: int) -> dict:
+    """The answer's JSON, checked to be an error of the README's shape `{"error", "type", "exit_code"}`."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json" and "Traceback" not in reply.text
+    body = reply.json()
+    assert isinstance(body["error"], str) and body["error"] and isinstance(body["type"], str) and body["type"]
+    assert type(body["exit_code"]) is int
+    return body
+
+
 @pytest.mark.parametrize("method,path", PROTECTED)
 def test_every_other_route_needs_the_token(api, method, path):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
         reply = api.request(method, path, headers=headers)
-        assert reply.status_code == 401, (path, headers, reply.text)
-        assert reply.json()["error"].startswith("missing or wrong access token")
+        body = error_of(reply, 401)
+        assert body["error"].startswith("missing or wrong access token"), (path, headers)
+        assert (body["type"], body["exit_code"], body["reason"]) == ("Unauthorized", 2, "unauthorized")
+        assert reply.headers["www-authenticate"] == "Bearer"
+
+
+# (method, path, request options, status, type, exit code, reason: None for a library error)
+ERRORS = [
+    ("GET", "/api/status", {"headers": {"Host": "evil.example:8765"}}, 403, "Forbidden", 2, "forbidden_host"),
+    ("GET", "/api/nothing-here", {}, 404, "NotFound", 2, "not_found"),
+    ("DELETE", "/api/status", {}, 405, "MethodNotAllowed", 2, "method_not_allowed"),
+    ("POST", "/api/suggest", {"json": {"video": "/x.mp4", "top": 0}}, 422, "BadRequest", 2, "bad_request"),
+    ("GET", "/api/tracks?offset=-1", {}, 422, "BadRequest", 2, "bad_request"),
+    ("POST", "/api/suggest", {"json": {"video": "/x.mp4", "options": {"index": "/elsewhere.sqlite"}}}, 409,
+     "OptionsDiffer", 2, "options_differ"),
+    ("POST", "/api/suggest", {"content": b"{oops", "headers": {"Content-Type": "application/json"}}, 400,
+     "UsageError", 2, None),
+    ("GET", "/api/tracks/999", {}, 404, "NotServable", 2, None),
+    ("POST", "/api/suggest", {"json": {"video": "/no/such/clip.mp4"}}, 422, "MediaError", 5, None),
+]
+
+
+@pytest.mark.parametrize("method,path,options,status,kind,code,reason", ERRORS)
+def test_every_error_is_json_of_one_shape(api, method, path, options, status, kind, code, reason):
+    """The server's own refusals (Host check, routing, validation, other options) and library errors
+    alike; only the server's own carry a `reason` (the CLI's client then does the work itself)."""
+    extra = dict(options)
+    headers = {**AUTH, **extra.pop("headers", {})}
+    body = error_of(api.request(method, path, headers=headers, **extra), status)
+    assert (body["type"], body["exit_code"], body.get("reason")) == (kind, code, reason), body
 
 
 def test_the_token_in_the_query_only_opens_media_routes(api):
@@ -70,7 +108,9 @@ def test_a_foreign_host_header_gets_nothing(api, host):
     """A DNS-rebinding page's requests carry its own name: not even health or the page answer it."""
     for path in ("/api/health", "/", "/static/app.js", "/api/status"):
         reply = api.get(path, headers={"Host": host, **AUTH})
-        assert reply.status_code == 403 and reply.json() == {"error": "forbidden"}, (host, path)
+        assert reply.status_code == 403 and reply.json() == {
+            "error": "forbidden: the Host header does not name this server", "type": "Forbidden", "exit_code": 2,
+            "reason": "forbidden_host"}, (host, path)
 
 
 @pytest.mark.parametrize("host", [f"127.0.0.1:{PORT}", f"localhost:{PORT}", f"[::1]:{PORT}", f"LOCALHOST:{PORT}"])
@@ -424,7 +464,8 @@ def test_an_unexpected_error_is_a_json_500_and_logged(api, engine, monkeypatch, 
     with caplog.at_level(logging.ERROR, logger="mgsv.serve"):
         reply = api.get("/api/status", headers=AUTH)
     assert reply.status_code == 500
-    assert reply.json() == {"error": "internal error: RuntimeError (see the server's log)", "type": "InternalError"}
+    assert reply.json() == {"error": "internal error: RuntimeError (see the server's log)", "type": "InternalError",
+                            "exit_code": 70, "reason": "internal"}
     assert "Traceback" not in reply.text and "boom" not in reply.text
     assert any("boom: a bug" in (r.exc_text or "") or "internal error" in r.getMessage() for r in caplog.records)
     monkeypatch.undo()

@@ -166,6 +166,31 @@ def test_a_stale_state_file_is_ignored(serve_library, capsys, isolated_home, mon
     assert len(opened) == 2
 
 
+def test_a_server_refusing_the_token_is_not_used(live_server, serve_library, capsys, isolated_home, monkeypatch):
+    """Its 401 carries an exit code like every error answer, and a `reason`: the command works in-process
+    instead of printing the server's refusal."""
+    import dataclasses
+
+    from mgsv_cli.serve import client
+
+    published = state.ServerState.from_dict(json.loads(live_server.state_file.read_text()))
+    state.write_state(dataclasses.replace(published, token="not-the-token"))
+    statuses = []
+    real = client._call
+
+    def recording(*args, **kwargs):
+        reply = real(*args, **kwargs)
+        statuses.append(reply[0] if reply else None)
+        return reply
+
+    monkeypatch.setattr(client, "_call", recording)
+    args = ("suggest", serve_library.clip, "--index", serve_library.index, "--untrained", "--device", "cpu", "--json")
+    served = run_cli(capsys, *args)
+    alone = run_cli(capsys, *args, "--no-server")
+    assert 401 in statuses and served.code == alone.code == 0, served.err
+    assert served.out == alone.out and served.err == alone.err
+
+
 def test_a_second_server_of_the_same_home_refuses_to_start(server_home, serve_library):
     done = subprocess.run([sys.executable, "-m", "mgsv_cli", "serve", "--port", "0", "--index",
                            str(serve_library.index), "--untrained"], capture_output=True, text=True, timeout=120,
