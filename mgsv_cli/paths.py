@@ -5,8 +5,9 @@ is set, in which case everything (data, cache, config) goes below that one folde
 """
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from mgsv_cli.errors import OutputExistsError, storage_error
@@ -64,17 +65,20 @@ def suggestions_dir() -> Path:
     return data_dir() / "suggestions"
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True, private: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it and a rename, so a
     reader never sees half a file; the temporary file is removed on any failure, and a
     failing removal never hides the first error.
 
-    ``overwrite=False`` refuses (``OutputExistsError``) a ``path`` that appeared while
-    writing. OS errors (read-only, disk full, ...) come out as ``StorageError``.
+    The file gets the permissions of any file the user makes (``0o666`` less the umask, or
+    what the folder's default ACL says), like renders and every other output; ``private``
+    keeps it to its owner (``0o600``: a file holding a secret). ``overwrite=False`` refuses
+    (``OutputExistsError``) a ``path`` that appeared while writing. OS errors (read-only,
+    disk full, ...) come out as ``StorageError``.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _create_temporary(path, 0o600 if private else 0o666)
     except OSError as exc:
         raise storage_error("write", path, exc) from None
     try:
@@ -92,9 +96,26 @@ def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> No
         raise
 
 
-def atomic_write_text(path: Path, text: str, *, overwrite: bool = True) -> None:
+def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
+    """Create a new hidden file beside ``path``: ``(descriptor, name)``.
+
+    Not ``tempfile.mkstemp``, which always makes 0600: the kernel applies the umask (or a
+    default ACL) to ``mode`` here, as for any file the user creates, with no need to read
+    the umask (``os.umask`` can only be read by setting it, racing other threads).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, mode), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
+
+
+def atomic_write_text(path: Path, text: str, *, overwrite: bool = True, private: bool = False) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite, private=private)
 
 
 def remove_quietly(path: Path) -> None:
