@@ -1,4 +1,5 @@
-"""Where the editor's outputs go by default: ``clip.mp4`` -> ``clip.mgsv.<ext>`` beside it.
+"""Where the editor's outputs go by default: ``clip.mp4`` -> ``clip.mgsv.<ext>`` beside it;
+and the editor's inputs: folders expanded into videos, a single video checked first.
 
 The one owner of the ``.mgsv.`` tag: render and export name their outputs with it, and
 folder inputs skip files that carry it (a rendered video is not a new clip).
@@ -36,6 +37,24 @@ def check_output_name(out: Path) -> None:
         limit = 255
     if len(os.fsencode(out.name)) > limit:
         raise storage_error("write", out, OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)))
+
+
+def check_video_input(video: str | os.PathLike) -> Path:
+    """The video a command works on, checked before anything else is read or loaded: a
+    ``MediaError`` "no such file: X" or a ``UsageError`` "X is a folder: give a video file"
+    says what is wrong with the argument itself, instead of a later step (no remembered
+    suggestion, ffmpeg) failing for a reason that is not the real one."""
+    from mgsv_cli.errors import MediaError, UsageError, os_error_cause
+
+    path = Path(video).expanduser()
+    try:
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder: give a video file")
+        if not path.exists():
+            raise MediaError(f"no such file: {path}")
+    except OSError as exc:  # a name too long, an unreadable folder on the way
+        raise MediaError(f"{path}: {os_error_cause(exc)}") from None
+    return path
 
 
 def is_folder(path: str | os.PathLike) -> bool:
