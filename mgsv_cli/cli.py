@@ -128,6 +128,9 @@ class _TrainProgress:
                                                               if info["start_epoch"] else ""))
         console.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()), style="dim")
         console.print(f"run folder: {info['run_dir']}", style="dim")
+        if info.get("encoders"):
+            console.print(f"the checkpoint will rank music indexed with {info['encoders']}", style="dim",
+                          highlight=False)
 
     def start_epoch(self, epoch: int, n_epochs: int, n_steps: int) -> None:
         if self.task is not None:
@@ -540,7 +543,7 @@ def suggest_command(
     top: Optional[int] = typer.Option(None, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these); default 5"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start each cut on the nearest downbeat/beat (beats found at index time)"),
     include_short: bool = typer.Option(False, "--include-short", help="rank tracks shorter than the clip too (marked; render fills the rest with silence)"),
-    explain: bool = typer.Option(False, "--explain", help="draw each track's relevance per 2.5 s window, with the cut in [brackets]"),
+    explain: bool = typer.Option(False, "--explain", help="draw each track's relevance per 2.5 s window, with the cut in \\[brackets]"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout (\"ok\": false for a video that failed)"),
     untrained: bool = typer.Option(False, "--untrained", help="random MaDe weights instead of a checkpoint (demo; results are meaningless)"),
     encoders: Optional[str] = typer.Option(None, "--encoders", help=ENCODERS_HELP + " (default: those of the index)"),
@@ -564,7 +567,7 @@ def suggest_command(
     from mgsv_cli.settings import default
     from mgsv_cli.editor.outputs import expand_video_inputs, is_folder
     from mgsv_cli.editor.record import remember_suggestion
-    from mgsv_cli.editor.suggest import Suggester, suggest_many
+    from mgsv_cli.editor.suggest import Suggester, probe_named_videos, suggest_many
     from mgsv_cli.serve import client as serve_client
 
     index, top, device = default("index", index), default("top_k", top), default("device", device)
@@ -584,6 +587,15 @@ def suggest_command(
         _print_suggest_failure(name, reason, as_json)
     if not found:
         raise UsageError("; ".join(f"{name}: {reason}" for name, reason in problems) or "no video given")
+    found, refused = probe_named_videos(videos, found)  # before any model loads
+    for name, reason, _ in refused:
+        _print_suggest_failure(name, reason, as_json)
+    if not found:
+        if len(refused) == 1 and not problems:
+            raise MediaError(refused[0][1])
+        raise UsageError("; ".join([f"{name}: {reason}" for name, reason in problems]
+                                   + [reason for _, reason, _ in refused]))
+    problems += [(name, reason) for name, reason, _ in refused]
     for name, reason in problems:
         err_console.print(f"[red]✗[/] {escape(name)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if not no_server and len(videos) == 1 and not is_folder(videos[0]) and (served := serve_client.try_suggest(
@@ -641,26 +653,88 @@ def _print_suggest_failure(video: str, reason: str, as_json: bool) -> None:
         typer.echo(json.dumps({"video": video, "ok": False, "error": reason}))
 
 
+def _shorten_middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` terminal cells by dropping its middle: a track's name keeps its
+    start and its end (the file's number, its extension), which is what tells tracks apart."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:max(width, 0)]
+    keep = width - 1  # one cell for the ellipsis
+    head, tail = text[:(keep + 1) // 2], text[len(text) - keep // 2:] if keep // 2 else ""
+    while cell_len(head) + 1 + cell_len(tail) > width:  # wide characters take two cells
+        if cell_len(head) >= cell_len(tail) and head:
+            head = head[:-1]
+        else:
+            tail = tail[1:]
+    return f"{head}…{tail}"
+
+
+# The suggestion table keeps what an editor needs (rank, name, score, cut, start) on one line at 80
+# columns; the model's own moment and the file's name are shown when there is room for them.
+_TABLE_MIN_NAME = 40
+
+
+def _suggestion_rows(result) -> list[dict[str, str]]:
+    rows = []
+    for s in result.suggestions:
+        cut = f"{_mmss(s.start)}–{_mmss(s.end)}" + ("" if s.fits else " short")
+        rows.append({"#": str(s.rank), "track": s.name, "score": f"{s.score:.3f}", "cut": cut,
+                     "start s": f"{s.start:.2f}", "file": Path(s.track).name,
+                     "predicted": f"{_mmss(s.predicted_start)}–{_mmss(s.predicted_end)}"})
+    return rows
+
+
 def _print_suggestions(result, as_json: bool, explain: bool = False) -> None:
     import json
 
+    from rich.cells import cell_len
     from rich.markup import escape
     from rich.table import Table
 
     if as_json:
         typer.echo(json.dumps({"ok": True, **result.to_json()}))
         return
+    rows = _suggestion_rows(result)
+    fixed = ["#", "score", "cut", "start s"]
+    optional = ["predicted", "file"]  # added while the name keeps its room
+    if not any(r["file"] != r["track"] for r in rows):
+        optional.remove("file")  # untagged tracks: the name is the file's
+
+    def width_of(column: str) -> int:
+        return max([cell_len(column), *(cell_len(r[column]) for r in rows)])
+
+    def room_for_name(columns: list[str]) -> int:
+        # A table of n columns spends 3 cells on each (padding, rule) and 1 on its left edge.
+        return console.width - sum(width_of(c) for c in columns) - 3 * (len(columns) + 1) - 1
+
+    shown = list(fixed)
+    longest = max([cell_len(r["track"]) for r in rows] + [len("track")])
+    for column in optional:
+        # Never cut a name that fits whole for an extra column; one that is cut anyway may give way to the
+        # model's own moment down to a readable length, but not to the file (a second long name).
+        whole = room_for_name(shown) >= longest
+        needed = longest if whole or column == "file" else _TABLE_MIN_NAME
+        if room_for_name(shown + [column]) >= needed:
+            shown.append(column)
+    name_width = max(5, min(longest, room_for_name(shown)))
     table = Table(title=f"{escape(Path(result.video).name)} ({result.duration:.1f} s)", title_justify="left")
-    for header, justify in (("#", "right"), ("track", "left"), ("artist / title", "left"), ("score", "right"),
-                            ("cut", "left"), ("start s", "right"), ("predicted", "left")):
-        table.add_column(header, justify=justify, overflow="fold")
-    for s in result.suggestions:
-        tagged = " / ".join(x for x in (s.artist, s.title) if x) or "—"
-        cut = f"{_mmss(s.start)}–{_mmss(s.end)}"
-        if not s.fits:  # --include-short: the music ends before the clip does
-            cut += f" [yellow](short: {s.track_duration:.1f} s)[/]"
-        table.add_row(str(s.rank), escape(Path(s.track).name), escape(tagged), f"{s.score:.3f}",
-                      cut, f"{s.start:.2f}", f"{_mmss(s.predicted_start)}–{_mmss(s.predicted_end)}")
+    order = ["#", "track", "score", "cut", "start s", "predicted", "file"]
+    columns = [c for c in order if c == "track" or c in shown]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("#", "score", "start s") else "left", no_wrap=True,
+                         overflow="ellipsis", max_width=name_width if column == "track" else None)
+    for row in rows:
+        cells = []
+        for column in columns:
+            text = _shorten_middle(row[column], name_width) if column == "track" else row[column]
+            text = escape(text)
+            if column == "cut" and text.endswith(" short"):  # --include-short: the music ends before the clip
+                text = text[:-len(" short")] + " [yellow]short[/]"
+            cells.append(text)
+        table.add_row(*cells)
     console.print(table)
     if explain:
         from mgsv_cli.editor.explain import relevance_strip
@@ -1074,10 +1148,43 @@ def data_synth_command(
 # ---------------------------------------------------------------- entry point
 
 
+def _plain_metavars(command) -> None:
+    """Help that reads the same whatever typer's version: a flag shows no ``<bool>`` type, and an
+    argument its name in capitals (``VIDEOS...``, not ``{videos}...``, typer 0.29's usage line)."""
+    params = list(getattr(command, "params", ()))
+    if hasattr(command, "get_help_option") and hasattr(command, "context_class"):
+        params.append(command.get_help_option(command.context_class(command)))  # made on demand, then kept
+    for param in filter(None, params):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+        elif getattr(param, "param_type_name", "") == "argument" and param.metavar is None:
+            shown = param.name.upper() + ("..." if param.nargs != 1 else "")
+            param.metavar = shown
+            if hasattr(param, "_usage_display_name"):
+                param._usage_display_name = lambda shown=shown: shown
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A bad command line, as click reports it (``exit_code`` 2 and a message; typer may vendor click)."""
+    return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2
+
+
+def _usage_error_line(exc) -> str:
+    """``click``'s usage error in one line, naming the command's --help."""
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None and ctx.command_path else ""
+    return " ".join(exc.format_message().split()) + where
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    """Run the CLI; library errors become one line on stderr and their exit code."""
+    """Run the CLI; library errors and bad command lines become one line on stderr and their exit code."""
+    command = typer.main.get_command(app)
+    _plain_metavars(command)
     try:
-        app(args=argv, standalone_mode=True)
+        code = command.main(args=argv, prog_name="mgsv", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except MgsvError as exc:
         from rich.markup import escape
 
@@ -1087,6 +1194,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
+        if _is_usage_error(exc):
+            if not exc.format_message():  # no arguments at all: the help is the answer
+                exc.show()
+                sys.exit(exc.exit_code)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/] {escape(_usage_error_line(exc))}", highlight=False,
+                              soft_wrap=True)
+            sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":  # click's end of input / Ctrl-C at a prompt
+            err_console.print("[yellow]interrupted[/]")
+            sys.exit(130)
         import os
 
         if os.environ.get("MGSV_DEBUG"):

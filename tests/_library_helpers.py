@@ -178,3 +178,17 @@ def run(capsys, *args) -> tuple[int, str, str]:
     """:func:`run_cli` as ``(exit code, stdout, stderr)``."""
     result = run_cli(capsys, *args)
     return result.code, result.out, result.err
+
+
+def json_close(a, b, tol: float = 1e-5) -> bool:
+    """Two JSON values equal, their numbers within ``tol`` (float32 sums of different code paths or
+    memory may differ in their last bits: compare what they print with a stated tolerance)."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None or isinstance(a, str):
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= tol
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_close(x, y, tol) for x, y in zip(a, b))
+    return a == b

@@ -190,14 +190,15 @@ class Suggester:
                                    first_stage=first_stage)
         timings: dict[str, float] = {}
         prefetcher = VideoPrefetcher()
-        if prefetch is not None:
-            prefetcher.start(prefetch)
         index = open_index(index_path)
         try:
+            kind = _check_before_loading(index, encoders, checkpoint, untrained)
+            if prefetch is not None:
+                prefetcher.start(prefetch)
             index.begin_snapshot()  # one consistent view even while `mgsv index` writes
             tracks = index.tracks()
-            kind, encoders_obj, torch_device, model, model_id = _load_models(
-                index, encoders, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)
+            encoders_obj, torch_device, model, model_id = _load_models(
+                index, kind, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)
             t0 = time.perf_counter()
             store = stage = fingerprint = scoring = None
             if len(tracks) > rerank:  # too many to score each: the two-stage search
@@ -234,17 +235,18 @@ class Suggester:
 
         timings: dict[str, float] = {}
         prefetcher = VideoPrefetcher()
-        if prefetch is not None:
-            prefetcher.start(prefetch)
         store = open_store(uri)
         try:
             ids, durations = store.ids_and_durations()
             if len(ids) == 0:
                 raise IndexDatabaseError(f"the track store {store.uri} is empty: run `mgsv index MUSIC_DIR --store "
                                          f"{store.uri}` first")
+            kind = _check_before_loading(store, encoders, checkpoint, untrained)
+            if prefetch is not None:
+                prefetcher.start(prefetch)
             tracks = TrackList.lazy(ids, durations, lambda wanted: [_track_info(r) for r in store.tracks(wanted)])
-            kind, encoders_obj, torch_device, model, model_id = _load_models(
-                store, encoders, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)
+            encoders_obj, torch_device, model, model_id = _load_models(
+                store, kind, encoders_obj, checkpoint, untrained, device, offline, weights_dir, timings)
             fingerprint = _fingerprint(model, model_id)
             stage = _prepare_search(store, model, fingerprint, first_stage, status, timings)
         except BaseException:
@@ -404,13 +406,25 @@ def _nothing_to_suggest(video: str, duration: float, n_tracks: int, short: int, 
     return UsageError(message) if short else IndexDatabaseError(message)
 
 
-def _load_models(index, encoders: str | None, encoders_obj, checkpoint, untrained: bool, device, offline: bool,
+def _check_before_loading(index, encoders: str | None, checkpoint, untrained: bool) -> str:
+    """The encoder kind to load for ``index``, after the checks that need no model: the encoders
+    asked for are the index's, and the checkpoint was trained on features of that kind. Seconds
+    before loading anything, and before a video starts decoding."""
+    kind = _encoders_for_index(index, encoders)
+    if untrained:
+        if checkpoint is not None:
+            raise UsageError("give either --checkpoint or --untrained, not both")
+    else:
+        _check_checkpoint_fits(checkpoint, kind, index)
+    return kind
+
+
+def _load_models(index, kind: str, encoders_obj, checkpoint, untrained: bool, device, offline: bool,
                  weights_dir, timings: dict[str, float]):
-    """``(encoder kind, encoders, torch device, model, model id)`` for ``index`` (either store),
-    the encoders checked against the ones it was built with."""
+    """``(encoders, torch device, model, model id)`` for ``index`` (either store), the encoders
+    checked against the ones it was built with."""
     from mgsv_cli.device import resolve_device
 
-    kind = _encoders_for_index(index, encoders)
     t0 = time.perf_counter()
     torch_device = resolve_device(device)
     if encoders_obj is None:
@@ -423,7 +437,7 @@ def _load_models(index, encoders: str | None, encoders_obj, checkpoint, untraine
     t0 = time.perf_counter()
     model, model_id = _load_network(checkpoint, untrained, encoders_obj, torch_device)
     timings["load_model"] = time.perf_counter() - t0
-    return kind, encoders_obj, torch_device, model, model_id
+    return encoders_obj, torch_device, model, model_id
 
 
 class _CandidateScores:
@@ -502,6 +516,30 @@ def _check_index_encoders(index, encoders, kind: str) -> None:
         )
 
 
+def _check_checkpoint_fits(checkpoint, kind: str, index) -> None:
+    """A checkpoint ranks only music embedded by the encoders it was trained on: say which, and how."""
+    from mgsv_cli.features.recipe import ENCODER_WIDTHS, describe_encoders, encoders_for_widths
+    from mgsv_cli.models.checkpoint import checkpoint_variant
+
+    try:
+        path, variant = checkpoint_variant(checkpoint)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; or use --untrained for a demo") from None
+    widths = (variant.model.video_dim, variant.model.music_dim)
+    if widths == ENCODER_WIDTHS.get(kind):
+        return
+    needed = encoders_for_widths(*widths)
+    if needed is None:
+        fix = "use an index built by the encoders it was trained on"
+    else:
+        download = "`mgsv models download`, then " if needed == "pretrained" else ""
+        fix = f"index the music with them ({download}`mgsv index MUSIC_DIR --encoders {needed} --index NEW`) and pass that --index"
+    raise CheckpointError(
+        f"checkpoint {path} was trained on features of {describe_encoders(*widths)}, but the index "
+        f"{_index_name(index)} holds {kind} tokens ({index.encoder_id}): {fix}, or use --untrained with this index"
+    )
+
+
 def _load_network(checkpoint, untrained: bool, encoders, device):
     """``(model, model_id)``: a trained checkpoint, or a seeded random MaDe with ``untrained``."""
     from mgsv_cli.models.checkpoint import build_untrained, load_model
@@ -527,6 +565,41 @@ def _load_network(checkpoint, untrained: bool, encoders, device):
 
 
 # ---------------------------------------------------------------- batch
+
+
+def check_video(path: str | os.PathLike) -> None:
+    """Raise ``MediaError`` unless ``path`` is a readable file with a picture: a missing, empty,
+    audio-only or non-media file is found in one ffmpeg probe, before seconds of model loading."""
+    from mgsv_cli.errors import MediaError
+    from mgsv_cli.media.ffmpeg import probe
+
+    if not probe(path).has_video:
+        raise MediaError(f"{path}: has no video stream (an audio file?): suggest needs a video clip")
+
+
+def probe_named_videos(named: Iterable[str | os.PathLike], found: list[Path]
+                       ) -> tuple[list[Path], list[tuple[str, str, int]]]:
+    """Probe the videos named one by one among ``found`` (those in folders are probed as they are
+    reached); returns the videos left and ``(video, reason, exit code)`` for each one refused."""
+    named_files = set()
+    for item in named:
+        path = Path(item).expanduser()
+        if outputs.is_folder(path):
+            continue
+        try:
+            named_files.add(path.resolve())
+        except OSError:
+            continue
+    kept, refused = [], []
+    for video in found:
+        if video in named_files:
+            try:
+                check_video(video)
+            except MgsvError as exc:
+                refused.append((str(video), first_line(exc), exc.exit_code))
+                continue
+        kept.append(video)
+    return kept, refused
 
 
 def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, remember: bool = True,

@@ -33,9 +33,11 @@ from mgsv_cli.features.weights import (
     cached_clip_file,
     find_ast_weights,
     find_clip_weights,
+    hub_unreachable_reason,
     offline_env,
 )
 from mgsv_cli.features.recipe import (
+    TINY_MUSIC_DIM,
     AST_MEAN,
     AST_STD,
     CLIP_IMAGE_SIZE,
@@ -55,7 +57,6 @@ from mgsv_cli.features.recipe import (
 PRETRAINED_ENCODER_ID = "clip-vit-b-32-openai+ast-audioset-0.4593"
 TINY_ENCODER_ID = "tiny-v1"
 TINY_SEED = 20250601
-TINY_MUSIC_DIM = 64
 
 # bench/bench_ast.py on the 2-core CPU: casting AST's weights to bf16 is as fast as
 # autocast or faster (+0-10 %) and needs ~120 MB less; SDPA attention is 1.5x eager;
@@ -463,8 +464,13 @@ def load_track_audio(item: Any) -> tuple[np.ndarray, float]:
 # ---------------------------------------------------------------- loading
 
 
-def _missing_message(missing: list[str], offline: bool) -> str:
-    why = "not found offline" if offline else "could not be loaded"
+def _missing_message(missing: list[str], offline: bool, unreachable: str | None = None) -> str:
+    if offline:
+        why = "not found offline"
+    elif unreachable:
+        why = f"are not here and the hub cannot be reached ({unreachable})"
+    else:
+        why = "could not be loaded"
     return (
         f"pretrained encoder weights {why}: {'; '.join(missing)}. "
         "Run `mgsv models download` (needs internet once), or pass --weights-dir DIR holding "
@@ -537,14 +543,16 @@ def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) 
     ast_name = f"AST {AST_HUB_REPO}"
     clip_source = find_clip_weights(weights_dir) if "video" in parts else None
     ast_source = find_ast_weights(weights_dir) if "music" in parts else None
-    if offline:
-        # Say everything that is missing at once, before spending time loading anything.
-        clip_source = clip_source or cached_clip_file()
-        ast_source = ast_source or (AST_HUB_REPO if cached_ast_weights() else None)
-        missing = [name for part, name, source in (("video", clip_name, clip_source), ("music", ast_name, ast_source))
-                   if part in parts and source is None]
-        if missing:
-            raise WeightsMissingError(_missing_message(missing, offline))
+    # Say everything that is missing at once, before spending time loading anything: offline,
+    # or when the hub cannot be reached (its client would retry for ~30 s before failing).
+    clip_source = clip_source or ("video" in parts and cached_clip_file()) or None
+    ast_source = ast_source or (AST_HUB_REPO if "music" in parts and cached_ast_weights() else None)
+    missing = [name for part, name, source in (("video", clip_name, clip_source), ("music", ast_name, ast_source))
+               if part in parts and source is None]
+    if missing:
+        unreachable = "offline" if offline else hub_unreachable_reason()
+        if unreachable is not None:
+            raise WeightsMissingError(_missing_message(missing, offline, unreachable))
     clip_dtype, ast_dtype = _clip_dtype(device, precision), _ast_dtype(device, precision)
     ast_model = clip_model = preprocess = None
     if "music" in parts:

@@ -35,8 +35,30 @@ AST_STD = 4.5689974
 CLIP_IMAGE_SIZE = 224
 CLIP_EMBED_DIM = 512  # ViT-B/32 projected image embedding: the release's video token width
 AST_EMBED_DIM = 768  # AST pooled output: the release's music token width
+TINY_MUSIC_DIM = 64  # the tiny encoders' music width (their frames are CLIP-wide, 512)
+# (video, music) token widths per ``--encoders`` kind: a checkpoint trained on features of one
+# kind can only rank music indexed with that kind.
+ENCODER_WIDTHS = {"pretrained": (CLIP_EMBED_DIM, AST_EMBED_DIM), "tiny": (CLIP_EMBED_DIM, TINY_MUSIC_DIM)}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def encoders_for_widths(video_dim: int, music_dim: int) -> str | None:
+    """The ``--encoders`` kind whose features are ``video_dim``/``music_dim`` wide, or None."""
+    for kind, widths in ENCODER_WIDTHS.items():
+        if widths == (int(video_dim), int(music_dim)):
+            return kind
+    return None
+
+
+def describe_encoders(video_dim: int, music_dim: int) -> str:
+    """What a network of these input widths needs, in the words of ``--encoders``."""
+    kind = encoders_for_widths(video_dim, music_dim)
+    if kind == "pretrained":
+        return f"the pretrained encoders (CLIP ViT-B/32 + AST: {video_dim}/{music_dim}-d features)"
+    if kind == "tiny":
+        return f"the tiny encoders ({video_dim}/{music_dim}-d features)"
+    return f"encoders giving {video_dim}/{music_dim}-d features (neither pretrained nor tiny)"
 
 
 def frame_times(duration: float, max_frames: int = N_VIDEO_FRAMES) -> np.ndarray:

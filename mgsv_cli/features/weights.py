@@ -90,6 +90,38 @@ def hub_failure_reason(exc: BaseException | None) -> str:
     return first_line(exc, 160)
 
 
+HUB_PROBE_TIMEOUT = 5.0  # seconds: a reachable hub answers in well under that; the client's own retries take ~30 s
+
+
+def hub_endpoint() -> str:
+    """The hub's address as the environment says now (``HF_ENDPOINT``, else huggingface.co)."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_unreachable_reason(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the hub cannot be reached right now (no name, refused, timed out), or None when it answers.
+
+    One request, no retries: the hub client retries a failed connection five times with
+    back-off (about 30 s of "Retrying in 8s" lines) before loading gives up, so a missing
+    weights file is decided with this probe first. Any HTTP answer, even an error status,
+    means the hub is there. Proxies from the environment are honoured, as the client does.
+    """
+    import urllib.error
+    import urllib.request
+
+    if offline_env():
+        return "offline mode is on (HF_HUB_OFFLINE=1)"
+    url = f"{hub_endpoint()}/api/models/{AST_HUB_REPO}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        cause = getattr(exc, "reason", exc)
+        return f"cannot reach {hub_endpoint()}: {first_line(cause, 120)}"
+    return None
+
+
 @contextmanager
 def quiet_hub():
     """Silence the hub client's retry warnings for the duration: failures are reported once, by us."""
@@ -121,6 +153,10 @@ def download_models(weights_dir: str | os.PathLike | None = None, token: str | N
     Raises WeightsMissingError when the hub cannot be reached.
     """
     root = _weights_root(weights_dir)
+    unreachable = hub_unreachable_reason()
+    if unreachable is not None:
+        raise WeightsMissingError(f"cannot download the encoder weights ({unreachable}): "
+                                  f"{_manual_hint(root)}")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -158,14 +158,18 @@ def index_to_store(root, store_uri, encoders, progress=None, *, batch_size: int 
 
     from mgsv_cli.errors import UsageError
     from mgsv_cli.index.lance_store import LanceTrackStore
+    from mgsv_cli.media.files import no_audio_message, scan_audio_files
 
     source = Path(root).expanduser()
     if not source.exists():
         raise UsageError(f"music folder {source} does not exist")
+    files = scan_audio_files(source)
+    if not files:  # before a store is made: a mistyped folder leaves nothing behind
+        raise UsageError(no_audio_message(source))
     target = LanceTrackStore.open(str(store_uri), create=True, key_encoding=key_encoding)
     progress = progress or sqlite_index.IndexProgress()
     report = sqlite_index.IndexReport(index_path=target.uri)  # type: ignore[arg-type]
-    jobs = _lance_jobs(source, target, progress, report)
+    jobs = _lance_jobs(files, target, progress, report)
     if jobs:
         if callable(encoders) and not hasattr(encoders, "embed_tracks"):
             progress.note("loading encoders")
@@ -182,14 +186,13 @@ def index_to_store(root, store_uri, encoders, progress=None, *, batch_size: int 
     return report
 
 
-def _lance_jobs(source, target, progress, report) -> list:
-    """Files under ``source`` whose content the store does not hold: (path, size, hash, info)."""
+def _lance_jobs(files, target, progress, report) -> list:
+    """The ``files`` whose content the store does not hold: (path, size, hash, info)."""
     from mgsv_cli.errors import MgsvError, first_line
     from mgsv_cli.index import store as sqlite_index
     from mgsv_cli.media import ffmpeg as media
-    from mgsv_cli.media.files import content_hash, scan_audio_files
+    from mgsv_cli.media.files import content_hash
 
-    files = scan_audio_files(source)
     report.n_scanned = len(files)
     stored = target.content_hashes()
     progress.stage("checking", len(files))

@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mgsv_cli.features import recipe
-from mgsv_cli.media.files import content_hash, scan_audio_files
+from mgsv_cli.media.files import content_hash, no_audio_message, scan_audio_files
 from mgsv_cli import paths
 from mgsv_cli.errors import (IndexDatabaseError, MgsvError, StorageError, UsageError, first_line, os_error_cause,
                              storage_error)
@@ -650,6 +650,9 @@ def index_music(
     if not root.exists():
         raise UsageError(f"music folder {root} does not exist")
     index = Path(index_path).expanduser() if index_path else paths.default_index_path()
+    files = scan_audio_files(root)
+    if not files and not prune:  # a mistyped folder must not pass for an up-to-date library
+        raise UsageError(no_audio_message(root))
     progress = progress or IndexProgress()
     report = IndexReport(index_path=index)
     with writer_lock(index, timeout=lock_timeout):
@@ -662,7 +665,7 @@ def index_music(
         try:
             if encoder_kind is not None and not force:
                 _check_encoder_kind(conn, meta, encoder_kind, index)
-            _run_indexing(conn, meta, root, encoders, prune, force, retry_failed or force, progress, report,
+            _run_indexing(conn, meta, files, encoders, prune, force, retry_failed or force, progress, report,
                           detect_beats)
         except sqlite3.Error as exc:  # disk full, a damaged file...: the open transaction was rolled back
             raise _db_error(exc, index, "write the music index") from None
@@ -684,8 +687,7 @@ def _count_tracks(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM tracks").fetchone()[0]
 
 
-def _run_indexing(conn, meta, root, encoders, prune, force, retry, progress, report, detect_beats) -> None:
-    files = scan_audio_files(root)
+def _run_indexing(conn, meta, files, encoders, prune, force, retry, progress, report, detect_beats) -> None:
     report.n_scanned = len(files)
     progress.stage("checking", len(files))
     if force:

@@ -44,6 +44,13 @@ def scan_audio_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def no_audio_message(root: Path) -> str:
+    """Why a folder gave nothing to index: it holds no file of the audio extensions."""
+    where = f"{root} is not an audio file" if root.is_file() else f"no audio files under {root}"
+    return (f"{where} ({' '.join(sorted(e.lstrip('.') for e in AUDIO_EXTENSIONS))}; hidden files are skipped): "
+            "nothing to index; check the folder")
+
+
 def content_hash(path: Path) -> str:
     """Full-file BLAKE2b (128-bit) as hex; raises OSError when unreadable."""
     digest = hashlib.blake2b(digest_size=16)

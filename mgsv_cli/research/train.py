@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mgsv_cli.features.recipe import describe_encoders
 from mgsv_cli.models.checkpoint import WEIGHTS_NAME, atomic_write_json, save_checkpoint
 from mgsv_cli.models.variants import VariantConfig, variant_to_dict
 from mgsv_cli.errors import UsageError
@@ -283,6 +284,8 @@ def train(
         "epochs": recipe.epochs, "start_epoch": state.epochs_done,
         "hardware": device_name(torch_device), "features": features, "compile": bool(compile),
         "fused_adam": torch_device.type == "cuda",
+        # What `mgsv suggest` will need to use this checkpoint: an index of the same encoders.
+        "encoders": describe_encoders(variant.model.video_dim, variant.model.music_dim),
     }
     log.write(("resumed" if resume else "started") + " " + json.dumps(info))
     reporter.start(info)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_cli.errors import CheckpointError, UsageError
+from mgsv_cli.features.recipe import describe_encoders
 from mgsv_cli.models.checkpoint import (
     WEIGHTS_NAME,
     atomic_write_json,
@@ -247,7 +248,8 @@ def train_real(data_root, variant: VariantConfig, out_dir=None, device: str = "a
             info = {"run_dir": str(run_dir), "variant": f"{variant.name} ({name})", "device": str(torch_device),
                     "dtype": str(dtype).replace("torch.", ""), "params": model.parameter_counts(),
                     "n_train": train_split.n, "n_val": val_split.n, "steps_per_epoch": steps_per_epoch,
-                    "epochs": recipe.stage_epochs(name), "start_epoch": state.epochs_done, "stage": name}
+                    "epochs": recipe.stage_epochs(name), "start_epoch": state.epochs_done, "stage": name,
+                    "encoders": describe_encoders(variant.model.video_dim, variant.model.music_dim)}
             log.write(f"{'resumed' if how == 'resume' else 'started'} {json.dumps(info)}")
             reporter.start(info)
             _train_stage(context, name, optimizer, state, train_split, val_split, steps_per_epoch)

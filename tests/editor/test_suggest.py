@@ -81,7 +81,7 @@ def test_json_output_schema_and_exact_length_cuts(capsys, media_src, indexed):
 def test_table_output_names_tracks_and_says_untrained(capsys, media_src, indexed):
     result = suggest_cli(capsys, clip(media_src), "--index", indexed, "--untrained")
     assert result.code == 0, result.err
-    assert "clip0.mp4" in result.out and "Synth A / Alpha" in result.out
+    assert "clip0.mp4" in result.out and "Synth A - Alpha" in result.out and "01-alpha.wav" in result.out
     assert "untrained model" in result.out and "tiny random encoders" in result.out
 
 
@@ -97,7 +97,10 @@ def test_missing_or_empty_index_tells_to_run_index(capsys, media_src, tmp_path):
 
     empty_dir = tmp_path / "no_music"
     empty_dir.mkdir()
-    made = run_cli(capsys, "index", empty_dir, "--index", tmp_path / "empty.sqlite", "--encoders", "tiny")
+    refused = run_cli(capsys, "index", empty_dir, "--index", tmp_path / "empty.sqlite", "--encoders", "tiny")
+    assert refused.code == 2 and "no audio files" in refused.err  # a mistyped folder, most likely
+    # An index can still end up empty: every file of the library gone, and pruned.
+    made = run_cli(capsys, "index", empty_dir, "--index", tmp_path / "empty.sqlite", "--encoders", "tiny", "--prune")
     assert made.code == 0, made.err
     empty = suggest_cli(capsys, clip(media_src), "--index", tmp_path / "empty.sqlite", "--untrained")
     assert empty.code == IndexDatabaseError.exit_code

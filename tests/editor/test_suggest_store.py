@@ -86,6 +86,19 @@ def test_a_store_of_int8_keys_gives_the_same_tracks_and_near_scores(capsys, medi
             assert a["start"] == pytest.approx(b["start"], abs=1e-4)  # moments come from the tokens
 
 
+def assert_same_suggestions(found, expected) -> None:
+    """The same tracks and cuts, scores to float32 precision: one suggester scores tokens it just
+    encoded, the other reads them back from the token cache, and MKL's float32 sums can differ in
+    the last bits with the memory's alignment or the threads a loaded machine gives them
+    (0.025895080 vs 0.025895083 was seen)."""
+    assert [s.track for s in found] == [s.track for s in expected]
+    for a, b in zip(found, expected):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        for key in ("start", "end", "predicted_start", "predicted_end"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), abs=1e-3), key  # seconds; 1 ms
+        assert a.relevance == pytest.approx(b.relevance, abs=1e-4)
+
+
 def test_a_library_larger_than_the_rerank_size_is_searched_in_two_stages(media_src, built, tiny_encoders):
     from mgsv_cli.editor.suggest import Suggester
 
@@ -98,7 +111,7 @@ def test_a_library_larger_than_the_rerank_size_is_searched_in_two_stages(media_s
         assert two_stage.first_stage is not None and two_stage.scoring_tokens is None
         for i in range(2):
             full = everything.suggest_video(clip(media_src, i), top_k=3).suggestions
-            assert same.suggest_video(clip(media_src, i), top_k=3).suggestions == full
+            assert_same_suggestions(same.suggest_video(clip(media_src, i), top_k=3).suggestions, full)
             found = two_stage.suggest_video(clip(media_src, i), top_k=3).suggestions
             assert len(found) == 2  # only the first stage's top 2 are reranked
 

@@ -210,6 +210,7 @@ def test_download_places_weights_where_the_loaders_look(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_file)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(hub, "hub_unreachable_reason", lambda: None)  # the (faked) hub answers
     clip, ast = hub.download_models(tmp_path / "carry")
     assert hub.find_clip_weights(tmp_path / "carry") == clip
     assert hub.find_ast_weights(tmp_path / "carry") == ast
@@ -222,3 +223,58 @@ def test_cli_models_list_json(tmp_path, capsys):
     code, out, _ = run_cli(["models", "list", "--weights-dir", str(tmp_path / "w"), "--json"], capsys)
     models = {m["name"].split()[0]: m for m in json.loads(out)["models"]}
     assert code == 0 and models["CLIP"]["present"] and not models["MaDe"]["present"]
+
+
+# ---------------------------------------------------------------- an unreachable hub fails fast
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """Online mode, but the hub's address refuses connections (nothing listens on port 9 here)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+
+
+def test_the_probe_tells_an_answering_hub_from_an_unreachable_one(unreachable_hub, monkeypatch):
+    import http.server
+    import threading
+
+    assert "cannot reach http://127.0.0.1:9" in hub.hub_unreachable_reason()
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)  # an error status is still an answer: the hub is there
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert hub.hub_unreachable_reason() is None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_index_without_weights_and_without_the_hub_fails_at_once_in_one_line(unreachable_hub, tmp_path, capsys):
+    """The hub client would retry a refused connection for ~30 s (11 lines of "Retrying in 8s"):
+    the missing weights are reported from one probe, naming both ways forward."""
+    from mgsv_cli.media import synth
+
+    synth.synth_track(tmp_path / "music" / "a.wav", 12.0)
+    code, out, err = run_cli(["index", str(tmp_path / "music"), "--index", str(tmp_path / "i.sqlite")], capsys)
+    assert code == WeightsMissingError.exit_code == 7, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "cannot reach http://127.0.0.1:9" in err and "Retrying" not in err
+    assert "mgsv models download" in err and "--encoders tiny" in err
+
+
+def test_models_download_without_the_hub_fails_at_once(unreachable_hub, tmp_path, capsys):
+    code, _, err = run_cli(["models", "download", "--weights-dir", str(tmp_path / "w")], capsys)
+    assert code == 7 and "cannot reach http://127.0.0.1:9" in err and "Retrying" not in err
+    assert not (tmp_path / "w").exists()  # nothing made before the hub answered

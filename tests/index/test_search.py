@@ -133,7 +133,9 @@ def test_rerank_of_the_whole_catalog_is_exhaustive_scoring_exactly(store):
         full = search.exhaustive(model, video, store, fp, stage)
         found = search.search(model, video, store, fp, rerank=N_TRACKS, top_k=5, first_stage=stage)
         np.testing.assert_array_equal(found.candidates.track_ids, full.track_ids)
-        np.testing.assert_array_equal(found.candidates.scores, full.scores)
+        # The same rows through the same code: equal up to the last bits MKL's float32 sums may
+        # change with the threads a loaded machine gives them.
+        np.testing.assert_allclose(found.candidates.scores, full.scores, rtol=0, atol=1e-6)
         assert found.top_ids.tolist() == full.track_ids[:5].tolist()
         # The derived rows (fp16 keys) score as the model does from the tokens themselves.
         np.testing.assert_allclose(full.scores, direct_scores(model, video, store, full.track_ids), atol=2e-3)
@@ -238,7 +240,7 @@ def test_the_bfloat16_first_stage_keeps_nearly_the_same_candidates(store):
         full = search.exhaustive(model, video, store, "tiny0", exact)
         found = search.search(model, video, store, "tiny0", rerank=N_TRACKS, top_k=3, first_stage=half)
         np.testing.assert_array_equal(found.candidates.track_ids, full.track_ids)
-        np.testing.assert_array_equal(found.candidates.scores, full.scores)
+        np.testing.assert_allclose(found.candidates.scores, full.scores, rtol=0, atol=1e-6)  # as above
 
 
 def test_a_model_that_scores_with_pooled_vectors_only_is_searched_the_same_way(store):

@@ -47,6 +47,8 @@ def test_training_learns_the_planted_signal_and_beats_the_prior(dataset, isolate
     assert "Traceback" not in trained.stderr
     assert (run / "model.safetensors").is_file() and (run / "train.log").is_file()
     assert "enhancement" in trained.stdout  # parameter counts are printed
+    # ... and what `mgsv suggest` will need to use the checkpoint (rich may wrap the line).
+    assert "will rank music indexed with the pretrained encoders" in " ".join(trained.stdout.split())
 
     model_eval = run_cli("eval", "--data", str(dataset.root), "--split", "test", "--checkpoint", str(run),
                          "--device", "cpu", "--json", home=isolated_home)
