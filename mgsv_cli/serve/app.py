@@ -370,7 +370,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
 
     def upload_json(path: Path) -> dict:
         return {"video": str(path), "name": path.name, "size": path.stat().st_size,
-                "url": "/files/uploads/" + files.relative_name(path, folders.uploads)}
+                "url": "/files/uploads/" + files.url_path(path, folders.uploads)}
 
     @app.post("/api/upload", tags=["clips"], summary="Upload a clip (the request body is the file)",
               dependencies=[Depends(need_token)],
@@ -455,7 +455,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             real = files.contained(path, [folders.outputs])
         except files.NotServable:
             return None
-        return "/files/outputs/" + files.relative_name(real, folders.outputs) + "?download=1"
+        return "/files/outputs/" + files.url_path(real, folders.outputs) + "?download=1"
 
     def absolute(value: str | None, what: str) -> Path | None:
         if value is None:
@@ -533,7 +533,8 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
         if body.download:
             if url is None:
                 raise files.NotServable("only timelines of uploaded clips can be downloaded")
-            return FileResponse(written, filename=written.name, media_type="application/octet-stream")
+            return FileResponse(written, media_type="application/octet-stream",
+                                headers={"content-disposition": files.content_disposition(written.name)})
         return {
             "ok": True, "out": str(written), "format": fmt, "video": record.video, "rank": body.pick,
             "track": entry.track, "start": round(entry.start, 6), "end": round(entry.end, 6),
@@ -575,8 +576,8 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     # -------------------------------------------------------- files
 
     def send(path: Path, download: bool) -> FileResponse:
-        return FileResponse(path, filename=path.name if download else None,
-                            content_disposition_type="attachment" if download else "inline")
+        kind = "attachment" if download else "inline"
+        return FileResponse(path, headers={"content-disposition": files.content_disposition(path.name, kind)})
 
     @app.get("/files/uploads/{name:path}", tags=["files"], dependencies=[Depends(need_token_or_query)],
              summary="An uploaded clip (for the page's <video>)")

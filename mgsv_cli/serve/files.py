@@ -6,6 +6,14 @@ the server's folders, or an indexed track; a name is refused unless its real pat
 symlinks followed) is a regular file inside that folder, or exactly an indexed track.
 ``..``, absolute paths, hidden names, backslashes and NULs are refused before any look
 at the disk.
+
+An upload keeps its name (:func:`safe_stem`): letters, marks and digits of every script
+(NFC, so a name typed on macOS is the same file), spaces and ordinary punctuation stay;
+only what is unsafe somewhere the name goes is dropped: path separators, control, format
+(bidi overrides) and unassigned characters, the characters Windows forbids, leading dots
+(hidden files). Renders and timelines of an upload are named after it, and a download's
+``Content-Disposition`` carries the name UTF-8 encoded (RFC 5987/6266
+``filename*=UTF-8''...``, with an ASCII ``filename`` for old clients); URLs quote it.
 """
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ import hashlib
 import os
 import re
 import tempfile
+import unicodedata
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -23,6 +33,15 @@ from mgsv_cli.media.files import VIDEO_EXTENSIONS
 
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024 ** 3  # 2 GiB: minutes of 4K phone video
 CHUNK = 1 << 20
+# A stem's UTF-8 bytes: with ".mgsv.fcpxml" and a temporary file's prefix and suffix it stays
+# far below the 255 bytes most file systems allow in a name (4 bytes a character in some scripts).
+MAX_STEM_BYTES = 120
+# What no name keeps: Windows' reserved characters (separators among them), whatever the OS.
+_UNSAFE = set('<>:"/\\|?*')
+# Unicode categories dropped: control, format (bidi overrides that disguise an extension),
+# surrogate, private-use, unassigned, line and paragraph separators.
+_UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+_JOINERS = {"\u200c", "\u200d"}  # format characters that spell words in Persian, Indic scripts, emoji
 
 
 class NotServable(MgsvError):
@@ -105,15 +124,38 @@ def contained(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
 
 
 def relative_name(path: Path, root: Path) -> str:
-    """``path``'s name under ``root`` (for a URL), with forward slashes."""
+    """``path``'s name under ``root``, with forward slashes (:func:`url_path` for a URL)."""
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
+def url_path(path: Path, root: Path) -> str:
+    """``path``'s name under ``root``, percent-encoded for a URL path (``#``, ``%``, spaces, any script)."""
+    return urllib.parse.quote(relative_name(path, root), safe="/")
+
+
 def safe_stem(name: str) -> str:
-    """A file-name stem made only of letters, digits, ``-``, ``_`` and inner dots (max 80 chars)."""
-    stem = Path(name.replace("\\", "/").split("/")[-1]).stem
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")
-    return stem[:80] or "clip"
+    """The stem of an uploaded file's name as it will be stored (see the module's docstring):
+    ``Café – été.mp4`` stays ``Café – été``; ``../x.mp4`` is ``x``; nothing usable left: ``clip``."""
+    base = unicodedata.normalize("NFC", name).replace("\\", "/").split("/")[-1]
+    stem = Path(base).stem if Path(base).suffix else base
+    kept = "".join(" " if c.isspace() else c for c in stem  # tabs, newlines, no-break spaces: a space
+                   if c.isspace() or c in _JOINERS
+                   or (c not in _UNSAFE and unicodedata.category(c) not in _UNSAFE_CATEGORIES))
+    kept = re.sub(r" {2,}", " ", kept).strip(" .").lstrip("-")
+    while len(kept.encode("utf-8")) > MAX_STEM_BYTES:
+        kept = kept[:-1]
+    return kept.rstrip(" .") or "clip"
+
+
+def content_disposition(name: str, kind: str = "attachment") -> str:
+    """A ``Content-Disposition`` value that gives a browser ``name`` in any script: RFC 6266's
+    ``filename*=UTF-8''<percent-encoded>``, after a plain ASCII ``filename`` for clients without it."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    ascii_name = re.sub(r'[^A-Za-z0-9 ._()\[\]+,&!=~@-]+', "_", ascii_name)
+    ascii_name = re.sub(r" {2,}", " ", ascii_name).strip(" ._") or "download"
+    if ascii_name == name:
+        return f'{kind}; filename="{name}"'
+    return f"""{kind}; filename="{ascii_name}"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"""
 
 
 def upload_extension(name: str) -> str:
@@ -176,4 +218,4 @@ class UploadWriter:
 
 
 __all__ = ["Folders", "NotServable", "UploadTooLarge", "UnsupportedUpload", "UploadWriter", "inside", "contained",
-           "relative_name", "safe_stem", "upload_extension"]
+           "relative_name", "url_path", "safe_stem", "content_disposition", "upload_extension"]

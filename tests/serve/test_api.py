@@ -205,7 +205,7 @@ def test_a_multipart_upload_is_suggested_and_remembered(api, serve_library, fold
     assert reply.status_code == 200, reply.text
     body = reply.json()
     video = Path(body["video"])
-    assert video.parent.parent == folders.uploads.resolve() and video.name == "My-Clip.mp4"
+    assert video.parent.parent == folders.uploads.resolve() and video.name == "My Clip!.mp4"
     assert video.read_bytes() == serve_library.clip.read_bytes()
     assert len(body["suggestions"]) == 2 and load_last_suggestion(video).to_json() == body
 
@@ -227,6 +227,37 @@ def test_uploads_are_limited_in_kind_and_size(engine, folders, serve_library, tm
         assert empty.status_code == 415
     leftovers = [p for p in folders.uploads.rglob("*") if p.is_file()]
     assert leftovers == []  # nothing refused is kept
+
+
+def test_an_upload_keeps_its_name_in_any_script_and_so_do_its_outputs(api, serve_library, folders):
+    import unicodedata
+    from urllib.parse import quote
+
+    name = "Café – été.mp4"
+    clip = upload(api, serve_library.clip, name=unicodedata.normalize("NFD", name))  # as macOS spells it
+    assert clip["name"] == name and Path(clip["video"]).name == name
+    assert clip["url"].endswith("/" + quote(name)) and " " not in clip["url"]
+    played = api.get(clip["url"], params={"token": TOKEN})
+    assert played.status_code == 200 and played.content == serve_library.clip.read_bytes()
+    suggest(api, clip["video"], top=1)
+    rendered = api.post("/api/render", headers=AUTH, json={"video": clip["video"], "pick": 1}).json()
+    assert Path(rendered["result"]["out_path"]).name == "Café – été.mgsv.mp4"
+    download = api.get(rendered["download_url"] + "&token=" + TOKEN)
+    expected = "filename*=UTF-8''" + quote("Café – été.mgsv.mp4", safe="")
+    assert download.status_code == 200 and download.headers["content-disposition"] == (
+        f'attachment; filename="Cafe ete.mgsv.mp4"; {expected}')
+    timeline = api.post("/api/export", headers=AUTH, json={"video": clip["video"], "format": "edl", "download": True})
+    assert timeline.status_code == 200 and timeline.headers["content-disposition"].endswith(
+        "filename*=UTF-8''" + quote("Café – été.mgsv.edl", safe=""))
+
+
+@pytest.mark.parametrize("given,kept", [("../../x\x00y.mp4", "xy.mp4"), ("..\\..\\évil\u202egnp.mov", "évilgnp.mov"),
+                                        ("..mp4", "clip.mp4"), ("a/.hidden.mkv", "hidden.mkv")])
+def test_an_upload_name_is_made_safe(api, serve_library, folders, given, kept):
+    """Path separators, NUL, bidi overrides and leading dots go; the file stays inside the uploads."""
+    clip = upload(api, serve_library.silent_clip, name=given)
+    video = Path(clip["video"])
+    assert clip["name"] == video.name == kept and video.parent.parent == folders.uploads.resolve()
 
 
 @pytest.mark.parametrize("body,status", [

@@ -43,6 +43,11 @@ def browser():
 
 
 def test_the_page_suggests_plays_renders_and_exports(browser, live_server, serve_library, tmp_path):
+    """With a clip whose name is not ASCII: the page, the render and the timeline keep it."""
+    import shutil
+
+    clip = tmp_path / "Café – été.mp4"
+    shutil.copy2(serve_library.clip, clip)
     page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
@@ -56,8 +61,9 @@ def test_the_page_suggests_plays_renders_and_exports(browser, live_server, serve
         page.wait_for_function("() => document.querySelector('#server').textContent.includes('3 tracks')")
         assert "#token" not in page.url  # the token leaves the address bar
 
-        page.set_input_files("#file", str(serve_library.clip))
-        page.wait_for_selector(".track canvas")
+        page.set_input_files("#file", str(clip))
+        page.wait_for_function("() => document.querySelector('#message').textContent"
+                               ".startsWith('3 tracks for Café – été.mp4')")
         assert page.locator(".track").count() == 3
         assert page.locator(".track").first.get_attribute("class").split() == ["track", "selected"]
         page.wait_for_function(STRIPS_DRAWN)
@@ -93,7 +99,7 @@ def test_the_page_suggests_plays_renders_and_exports(browser, live_server, serve
         with page.expect_download(timeout=WAIT_MS) as rendered:
             page.click("#render")
         video = rendered.value
-        assert video.suggested_filename.endswith(".mgsv.mp4")
+        assert video.suggested_filename == "Café – été.mgsv.mp4"
         saved = tmp_path / video.suggested_filename
         video.save_as(saved)
         assert saved.stat().st_size > 10_000
@@ -106,7 +112,7 @@ def test_the_page_suggests_plays_renders_and_exports(browser, live_server, serve
         page.select_option("#format", "otio")
         with page.expect_download(timeout=WAIT_MS) as exported:
             page.click("#export")
-        assert exported.value.suggested_filename.endswith(".mgsv.otio")
+        assert exported.value.suggested_filename == "Café – été.mgsv.otio"
         page.wait_for_function("() => document.querySelector('#message').textContent.startsWith('timeline')")
 
         SCREENSHOT.parent.mkdir(exist_ok=True)
