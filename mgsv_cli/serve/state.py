@@ -100,7 +100,7 @@ def state_path(create_folder: bool = False) -> Path:
 def write_state(state: ServerState) -> Path:
     """Publish ``state`` atomically (owner-only permissions); returns the file's path."""
     target = state_path(create_folder=True)
-    paths.atomic_write_text(target, state.to_json())  # mkstemp: created 0600
+    paths.atomic_write_text(target, state.to_json(), private=True)  # it holds the token: 0600, whatever the umask
     return target
 
 
