@@ -5,9 +5,9 @@ is set, in which case everything (data, cache, config) goes below that one folde
 """
 from __future__ import annotations
 
-import errno
 import os
-import secrets
+import tempfile
+import threading
 from pathlib import Path
 
 from mgsv_cli.errors import OutputExistsError, storage_error
@@ -70,19 +70,24 @@ def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True, priva
     reader never sees half a file; the temporary file is removed on any failure, and a
     failing removal never hides the first error.
 
-    The file gets the permissions of any file the user makes (``0o666`` less the umask, or
-    what the folder's default ACL says), like renders and every other output; ``private``
-    keeps it to its owner (``0o600``: a file holding a secret). ``overwrite=False`` refuses
+    The file gets the permissions of any file the user makes (``0o666`` less the umask),
+    like renders and every other output: ``mkstemp`` makes its file 0600, which is kept
+    only when ``private`` (a file holding a secret). ``overwrite=False`` refuses
     (``OutputExistsError``) a ``path`` that appeared while writing. OS errors (read-only,
     disk full, ...) come out as ``StorageError``.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_temporary(path, 0o600 if private else 0o666)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise storage_error("write", path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            if not private and hasattr(os, "fchmod"):  # Windows has no modes to give
+                try:
+                    os.fchmod(handle.fileno(), 0o666 & ~current_umask())
+                except OSError:  # a file system without modes (FAT, some shares) refuses: the data is what matters
+                    pass
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())  # a crash right after the rename must not leave an empty file
@@ -96,21 +101,25 @@ def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True, priva
         raise
 
 
-def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
-    """Create a new hidden file beside ``path``: ``(descriptor, name)``.
+_UMASK_LOCK = threading.Lock()
 
-    Not ``tempfile.mkstemp``, which always makes 0600: the kernel applies the umask (or a
-    default ACL) to ``mode`` here, as for any file the user creates, with no need to read
-    the umask (``os.umask`` can only be read by setting it, racing other threads).
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, mode), str(tmp)
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
+
+def current_umask() -> int:
+    """The process's umask, without changing it where the OS says it (Linux 4.7+:
+    ``/proc/self/status``). Elsewhere it can only be read by setting it: it is set to
+    0o077 for that instant, so that a file another thread creates meanwhile comes out
+    more private than asked, never less."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str, *, overwrite: bool = True, private: bool = False) -> None:
