@@ -1,23 +1,34 @@
 """Mixdown: lay the chosen music moment under a video with ffmpeg, the video stream copied.
 
 The music is cut from ``start`` to exactly the video's length, faded in and out, and
-normalised to an EBU R128 integrated loudness in two passes: ``ebur128`` measures, then
-a plain gain applies the difference when the true peak stays under -1.5 dBTP (as
-``loudnorm``'s linear mode would), else ``loudnorm`` rides the gain under that ceiling. Then it replaces the
-video's own audio, is mixed with it, or is ducked under it (a sidechain compressor keyed
-by the video's audio). The video packets are copied, never re-encoded. The output is
-written to a hidden temporary file next to its destination and moved into place only
-when complete, so an interrupted render leaves nothing half-written behind; a render
-killed outright (``kill -9``, power loss) leaves its temporary file, named with its
-process id, and the next render into that folder removes it once that process is gone.
+normalised to an EBU R128 integrated loudness: ``ebur128`` measures, then a plain gain
+applies the difference when the true peak stays under -1.5 dBTP (as ``loudnorm``'s linear
+mode would). When it would not, the gain goes before a true-peak limiter (4x oversampled),
+and the gain that lands on the target is found by measuring the limited mix at a few gains
+in one pass and interpolating (see :func:`_limited_gain`). ``loudnorm``'s dynamic mode,
+used before, missed the target by up to a loudness unit on short clips without saying so
+(-16.7 LUFS for -16 on a 6 s clip with percussive music), whatever the mix mode. The music
+then replaces the video's own audio, is mixed with it, or is ducked under it (a sidechain
+compressor keyed by the video's audio); a video without sound, or with digital silence,
+makes every mode a ``replace``. The video packets are copied, never re-encoded.
+
+The output is written to a hidden temporary file next to its destination and moved into
+place only when complete, so an interrupted render leaves nothing half-written behind. A
+render killed outright (``kill -9``, power loss) leaves its temporary file, named with the
+machine and the process id; its ffmpeg dies with it (``media.ffmpeg``, Linux). The next
+render into that folder removes the file as soon as it can tell the render is gone: on the
+same machine, when that process is dead and no process has the file open, however recently
+it was written; a file of another machine (a shared folder: its pid means nothing here, and
+its writer's open files cannot be seen) only once it has not changed for a minute.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import os
 import re
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -25,7 +36,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from mgsv_cli.editor import outputs
-from mgsv_cli.editor.record import shorter_than_clip
+from mgsv_cli.editor.record import FIT_TOLERANCE, shorter_than_clip, track_fits
 from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, StorageError, UsageError, storage_error
 from mgsv_cli.paths import remove_quietly
@@ -34,6 +45,20 @@ MIX_MODES = ("replace", "original", "duck")
 MIN_VIDEO_SECONDS = 1.0
 AUDIO_RATE = 48000
 TRUE_PEAK_DB = -1.5
+# The limiter, when the target gain would push peaks over TRUE_PEAK_DB: it works on 4x
+# oversampled audio, so it holds the peaks between samples (the true peak) too; its ceiling
+# sits LIMITER_MARGIN_DB under TRUE_PEAK_DB for what resampling back to 48 kHz adds.
+LIMITER_RATE = 4 * AUDIO_RATE
+LIMITER_MARGIN_DB = 0.5
+# The most the limiter may take off the loudest peak: more audibly squashes the music, so
+# such a track stays under the target (and the render says so).
+MAX_LIMITING_DB = 12.0
+# Gains tried above the plain one when the limiter works (dB): the limited loudness grows
+# steadily with the gain, so interpolating between these lands within a tenth of a LU.
+_LIMITED_STEPS = (0.0, 2.0, 4.0, 7.0, 12.0)
+# A render further than this from its loudness target says so (the EBU R128 tolerance
+# for a programme's integrated loudness is +-1 LU; this is half of it).
+LOUDNESS_TOLERANCE = 0.5
 SILENT_LUFS = -60.0  # quieter than this counts as no signal: nothing to normalise or duck under
 MAX_VOICE_BOOST_DB = 20.0  # a quiet recording is lifted at most this much before mixing
 OUTPUT_FORMATS = {  # extension -> (ffmpeg muxer, audio codec options)
@@ -44,10 +69,13 @@ OUTPUT_FORMATS = {  # extension -> (ffmpeg muxer, audio codec options)
     ".webm": ("webm", ["-c:a", "libopus", "-b:a", "160k"]),
 }
 _NO_PTS = -(2 ** 63)  # how framemd5 prints a missing timestamp
-# The hidden file a render writes before moving it into place: ".<output name>.mgsv-<pid>-<random>.part".
-_TEMPORARY = re.compile(r"^\..+\.mgsv-(\d+)-[0-9a-f]{8}\.part$")
-# A temporary of a process that is gone is stale once nothing wrote to it for this long: a
-# render on another machine sharing the folder has a pid meaningless here, but keeps writing.
+# The hidden file a render writes before moving it into place:
+# ".<output name>.mgsv-<pid>-<random>-<machine>.part". "-<machine>" was added later: a name
+# without it is treated as another machine's.
+_TEMPORARY = re.compile(r"^\..+\.mgsv-(\d+)-[0-9a-f]{8}(?:-([0-9a-f]{8}))?\.part$")
+# A temporary of another machine (or of a process whose open files cannot be seen) is stale
+# once nothing wrote to it for this long: a render on another machine sharing the folder has
+# a pid meaningless here, but keeps writing.
 STALE_AFTER_SECONDS = 60.0
 # ... and any of them after a day, whatever its pid says (the pid may have been reused).
 ABANDONED_AFTER_SECONDS = 24 * 3600.0
@@ -101,6 +129,13 @@ def fit_cut(start: float, video_seconds: float, track_seconds: float) -> Cut:
 
     A cut that runs past the track end is moved back to end with the track; a track
     shorter than the video plays whole from 0 and silence fills the rest.
+
+    Moves and shortfalls under ``record.FIT_TOLERANCE`` (50 ms) are made without a word:
+    the lengths come from different measurements (the index's container duration, printed
+    by ffmpeg to 10 ms; the render's video packets, a frame apart from the container's),
+    so a suggestion cut to end with its track is found a few ms past it ("start moved back
+    from 30.84 s to 30.84 s"). The same tolerance decides whether suggest calls a track
+    shorter than the clip.
     """
     if not math.isfinite(start) or start < 0:
         raise UsageError(f"start {start} s: must be 0 or more")
@@ -108,14 +143,19 @@ def fit_cut(start: float, video_seconds: float, track_seconds: float) -> Cut:
         raise UsageError(f"start {start:.2f} s is past the end of the track ({track_seconds:.2f} s)")
     if track_seconds < video_seconds:
         padded = video_seconds - track_seconds
-        notes = [f"{shorter_than_clip(track_seconds, video_seconds)}: it plays whole, then {padded:.2f} s of silence"]
-        if start > 0:
-            notes.insert(0, f"start moved from {start:.2f} s to 0 s to use the whole track")
+        notes = []
+        if start > FIT_TOLERANCE:
+            notes.append(f"start moved from {start:.2f} s to 0 s to use the whole track")
+        if not track_fits(track_seconds, video_seconds):
+            notes.append(f"{shorter_than_clip(track_seconds, video_seconds)}: it plays whole, "
+                         f"then {padded:.2f} s of silence")
         return Cut(0.0, track_seconds, padded, tuple(notes))
     if start + video_seconds > track_seconds:
         moved = track_seconds - video_seconds
-        return Cut(moved, video_seconds, 0.0,
-                   (f"start moved back from {start:.2f} s to {moved:.2f} s so the music lasts the whole video",))
+        notes = []
+        if start - moved > FIT_TOLERANCE:
+            notes.append(f"start moved back from {start:.2f} s to {moved:.2f} s so the music lasts the whole video")
+        return Cut(moved, video_seconds, 0.0, tuple(notes))
     return Cut(start, video_seconds, 0.0)
 
 
@@ -287,23 +327,47 @@ def _normaliser(plan: _Plan, graph: str, measured: Loudness) -> str:
     """Filters bringing ``graph``'s ``[mix]``, ``measured`` in a first pass, to the target loudness.
 
     A plain gain when the true peak stays under the ceiling afterwards (what loudnorm's
-    linear mode would do, without its 192 kHz processing). Otherwise loudnorm has to ride
-    the gain to hold the peaks down; it is then given its own first-pass statistics
-    (one more pass over the audio), whose ``target_offset`` corrects its dynamic mode.
+    linear mode would do, without its 192 kHz processing); otherwise a gain found by
+    measuring (:func:`_limited_gain`) before a true-peak limiter.
     """
     gain = plan.loudness - measured.integrated
     if measured.true_peak + gain <= TRUE_PEAK_DB:
         return f"volume={gain:.3f}dB"
-    first = f"loudnorm=I={plan.loudness}:TP={TRUE_PEAK_DB}:LRA=11:print_format=json"
-    stderr = _ffmpeg([*_inputs(plan), "-filter_complex", f"{graph};[mix]{first}[s]", "-map", "[s]", "-f", "null",
-                      "-"], f"measuring the loudness of the mix for {plan.video}")
-    stats = json.loads(stderr[stderr.rindex("{"):stderr.rindex("}") + 1])
-    # A target range at least the measured one keeps loudnorm from compressing the dynamics.
-    lra = min(20.0, max(11.0, float(stats["input_lra"]) + 0.5))
-    return (f"loudnorm=I={plan.loudness}:TP={TRUE_PEAK_DB}:LRA={lra:.1f}:measured_I={stats['input_i']}"
-            f":measured_TP={stats['input_tp']}:measured_LRA={stats['input_lra']}"
-            f":measured_thresh={stats['input_thresh']}:offset={stats['target_offset']}"
-            f":linear=true,aresample={AUDIO_RATE}")
+    return _limited(_limited_gain(plan, graph, measured))
+
+
+def _limited(gain_db: float) -> str:
+    """``gain_db`` then a limiter holding the true peak under the ceiling; 48 kHz out, no delay added."""
+    ceiling = 10 ** ((TRUE_PEAK_DB - LIMITER_MARGIN_DB) / 20)
+    return (f"volume={gain_db:.3f}dB,aresample={LIMITER_RATE},"
+            f"alimiter=limit={ceiling:.6f}:attack=5:release=50:level=false:latency=true,aresample={AUDIO_RATE}")
+
+
+def _limited_gain(plan: _Plan, graph: str, measured: Loudness) -> float:
+    """The gain that, before :func:`_limited`, brings ``graph``'s ``[mix]`` to the target.
+
+    The limiter takes loudness off with the peaks, so the plain gain falls short. The
+    limited mix is measured at the plain gain and a few more (``_LIMITED_STEPS``; all in
+    one ffmpeg run), at most the gain at which the limiter takes ``MAX_LIMITING_DB`` off
+    the loudest peak; the loudness grows steadily with the gain, so interpolating between
+    the two measurements around the target lands on it. A target out of reach gets the
+    largest gain tried (the render then warns).
+    """
+    plain = plan.loudness - measured.integrated
+    most = TRUE_PEAK_DB + MAX_LIMITING_DB - measured.true_peak
+    gains = sorted({round(min(plain + step, most), 3) for step in _LIMITED_STEPS})
+    labels = "".join(f"[b{i}]" for i in range(len(gains)))
+    branches = [f"[b{i}]{_limited(gain)}[m{i}]" for i, gain in enumerate(gains)]
+    # _measure joins graphs with ";": the first carries the mix and its split into branches.
+    graphs = [f"{graph};[mix]asplit={len(gains)}{labels};{branches[0]}", *branches[1:]]
+    reached = [m.integrated for m in _measure(plan, graphs, f"measuring the loudness of the mix for {plan.video}")]
+    points = list(zip(gains, reached))
+    for (g0, l0), (g1, l1) in zip(points, points[1:]):
+        if l0 <= plan.loudness <= l1 and l1 > l0:
+            return g0 + (plan.loudness - l0) * (g1 - g0) / (l1 - l0)
+    if math.isfinite(reached[0]) and reached[0] >= plan.loudness:
+        return gains[0]
+    return gains[-1]
 
 
 def _inputs(plan: _Plan) -> list[str]:
@@ -338,7 +402,7 @@ def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out
     ``<stem>.mgsv.<ext>`` beside the video; an existing output needs ``force``; the
     input is never overwritten. Raises UsageError, MediaError or OutputExistsError.
     """
-    video, track = Path(video).expanduser(), Path(track).expanduser()
+    video, track = outputs.check_video_input(video), Path(track).expanduser()
     if mix not in MIX_MODES:
         raise UsageError(f"--mix {mix!r}: expected one of {', '.join(MIX_MODES)}")
     if not (-70.0 <= loudness <= -5.0):
@@ -355,9 +419,9 @@ def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out
         (achieved,) = _ebur128_summaries(_write(plan, final_graph, out_path, tmp, force))
     finally:
         remove_quietly(tmp)  # gone already after a success; a failing removal never hides the error
-    if not measured.silent and abs(achieved.integrated - loudness) > 1.0:
-        warnings.append(f"loudness reached {achieved.integrated:.1f} LUFS, not {loudness:g}: "
-                        f"the music's peaks would pass the {TRUE_PEAK_DB} dBTP ceiling")
+    if not measured.silent and abs(achieved.integrated - loudness) > LOUDNESS_TOLERANCE:
+        warnings.append(f"loudness reached {achieved.integrated:.1f} LUFS, not {loudness:g}: the music's peaks "
+                        f"would pass the {TRUE_PEAK_DB} dBTP ceiling even with {MAX_LIMITING_DB:g} dB of limiting")
     return RenderResult(
         out_path=out_path, video=video, track=track, duration=plan.duration, start=plan.cut.start,
         end=plan.cut.start + plan.cut.seconds, requested_start=float(start), mix=plan.mix, requested_mix=mix,
@@ -467,7 +531,7 @@ def _reserve_temporary(out: Path) -> Path:
         raise storage_error("create the folder", out.parent, exc) from None
     remove_stale_temporaries(out.parent)
     # The output's name is cut so that the suffix never makes a legal name too long.
-    tmp = out.with_name(f".{out.name[:100]}.mgsv-{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    tmp = out.with_name(f".{out.name[:100]}.mgsv-{os.getpid()}-{uuid.uuid4().hex[:8]}-{_machine_tag()}.part")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666: the umask decides
     except OSError as exc:
@@ -478,9 +542,9 @@ def _reserve_temporary(out: Path) -> Path:
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove the temporary files of renders that were killed outright in ``folder``; returns them.
 
-    Only files named as :func:`_reserve_temporary` names them, and only when their process
-    is gone and nothing wrote to them for ``STALE_AFTER_SECONDS`` (or for a day, whatever
-    the pid). Best effort: what cannot be read or removed is left alone.
+    Only files named as :func:`_reserve_temporary` names them, and only those
+    :func:`_abandoned` says nobody will finish. Best effort: what cannot be read or
+    removed is left alone.
     """
     try:
         entries = list(os.scandir(folder))
@@ -489,7 +553,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     now, removed = time.time(), []
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if not match or int(match.group(1)) == os.getpid():
+        if not match:
             continue
         try:
             if not entry.is_file(follow_symlinks=False):
@@ -497,15 +561,51 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             idle = now - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        if idle >= ABANDONED_AFTER_SECONDS or (idle >= STALE_AFTER_SECONDS and not _process_alive(int(match.group(1)))):
+        if _abandoned(Path(entry.path), match.group(2), int(match.group(1)), idle):
             remove_quietly(Path(entry.path))
             if not os.path.lexists(entry.path):
                 removed.append(Path(entry.path))
     return removed
 
 
+def _abandoned(path: Path, machine: str | None, pid: int, idle: float) -> bool:
+    """Whether the render that wrote temporary ``path`` (on ``machine``, as process ``pid``,
+    last written ``idle`` s ago) is gone for good.
+
+    Made on this machine: when ``pid`` is dead and no process has the file open, at once:
+    a killed render's ffmpeg may have written to it a moment ago (it dies with mgsv on
+    Linux, and elsewhere the open-file check keeps a still-writing one safe). Where open
+    files cannot be listed (not Linux), also ``STALE_AFTER_SECONDS`` without a write. From
+    another machine (or named before names carried the machine): its pid means nothing
+    here and its writer's open files cannot be seen, so only once it has not changed for
+    ``STALE_AFTER_SECONDS`` (and that pid is not alive here, the rule of old). Whatever the
+    name says, after ``ABANDONED_AFTER_SECONDS`` (the pid may have been reused).
+    """
+    if idle >= ABANDONED_AFTER_SECONDS:
+        return True
+    if machine == _machine_tag():
+        if _process_alive(pid):
+            return False
+        held = _held_open(path)
+        return held is False or (held is None and idle >= STALE_AFTER_SECONDS)
+    return idle >= STALE_AFTER_SECONDS and not _process_alive(pid)
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_tag() -> str:
+    """Eight hex digits naming this machine in temporary names (a hash of its host name), so
+    that a render can tell its own machine's files from those of others sharing the folder."""
+    import hashlib
+    import socket
+
+    return hashlib.blake2s(socket.gethostname().encode("utf-8", "replace"), digest_size=4).hexdigest()
+
+
 def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (True when it cannot be told)."""
+    """Whether process ``pid`` runs on this machine (True when it cannot be told).
+
+    A zombie (dead, not yet reaped by its parent) counts as dead: it writes nothing.
+    """
     if os.name == "nt":  # os.kill would terminate it there: only the age rule applies
         return True
     try:
@@ -514,7 +614,40 @@ def _process_alive(pid: int) -> bool:
         return False
     except (OSError, OverflowError):  # PermissionError: alive, another user's
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
+def _held_open(path: Path) -> bool | None:
+    """Whether a process of this machine has ``path`` open; None when that cannot be told.
+
+    Linux only (``/proc/<pid>/fd``); processes whose descriptors cannot be read (other
+    users') are passed over: they cannot be writing into this user's render anyway.
+    """
+    if not sys.platform.startswith("linux") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        target = os.stat(path)
+        pids = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            descriptors = list(os.scandir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                info = os.stat(descriptor.path)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino):
+                return True
+    return False
 
 
 def _write(plan: _Plan, graph: str, out: Path, tmp: Path, force: bool) -> str:
@@ -556,6 +689,7 @@ def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None 
     from mgsv_cli.editor.record import load_last_suggestion, track_gone
     from mgsv_cli.editor.snapping import snap_entry
 
+    outputs.check_video_input(video)
     hint = f"run `mgsv suggest {video}` first, or give --track and --start"
     entry = load_last_suggestion(video, hint=hint).pick(pick)
     if not os.path.isfile(entry.track):
@@ -574,6 +708,7 @@ def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.Path
     """
     from mgsv_cli.editor.snapping import check_snap, snap_cut
 
+    outputs.check_video_input(video)
     check_snap(snap)
     if track is None:
         return remembered_moment(video, pick, snap, index_path)
