@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from mgsv_cli.editor import render as rendering
+from mgsv_cli.media import ffmpeg as media_ffmpeg
 from mgsv_cli.media import synth
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
 
@@ -532,9 +533,19 @@ def test_kill_9_mid_render_leaves_no_ffmpeg_and_the_next_render_removes_its_part
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stopped = None
     try:
+        ffmpeg_exe = os.path.realpath(media_ffmpeg.ffmpeg_exe())
+
+        def running_ffmpeg(pid: int) -> bool:
+            # exec'd already: a child caught between fork and exec has not asked for its
+            # parent-death signal yet, and stopped there it never would
+            try:
+                return os.path.realpath(os.readlink(f"/proc/{pid}/exe")) == ffmpeg_exe
+            except OSError:
+                return False
+
         def part_and_ffmpeg():
             parts = list(folder.glob(".long.mp4.mgsv-*.part")) if folder.is_dir() else []
-            children = _children(mgsv.pid)
+            children = [pid for pid in _children(mgsv.pid) if running_ffmpeg(pid)]
             return (parts[0], children[0]) if parts and children else None
 
         for _ in range(50):  # an ffmpeg may end between being seen and being stopped: take the next one
