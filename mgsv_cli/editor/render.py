@@ -572,10 +572,11 @@ def _abandoned(path: Path, machine: str | None, pid: int, idle: float) -> bool:
     """Whether the render that wrote temporary ``path`` (on ``machine``, as process ``pid``,
     last written ``idle`` s ago) is gone for good.
 
-    Made on this machine: when ``pid`` is dead and no process has the file open, at once:
-    a killed render's ffmpeg may have written to it a moment ago (it dies with mgsv on
-    Linux, and elsewhere the open-file check keeps a still-writing one safe). Where open
-    files cannot be listed (not Linux), also ``STALE_AFTER_SECONDS`` without a write. From
+    Made on this machine (same host, same pid namespace): when ``pid`` is dead and no
+    process has the file open, at once, however recently it was written (a killed render's
+    ffmpeg wrote to it until it died with mgsv; an ffmpeg that somehow lives on still has
+    it open, which keeps it). Where open files cannot be listed (not Linux), only once it
+    has not changed for ``STALE_AFTER_SECONDS`` either: there ffmpeg outlives mgsv. From
     another machine (or named before names carried the machine): its pid means nothing
     here and its writer's open files cannot be seen, so only once it has not changed for
     ``STALE_AFTER_SECONDS`` (and that pid is not alive here, the rule of old). Whatever the
@@ -593,12 +594,18 @@ def _abandoned(path: Path, machine: str | None, pid: int, idle: float) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _machine_tag() -> str:
-    """Eight hex digits naming this machine in temporary names (a hash of its host name), so
-    that a render can tell its own machine's files from those of others sharing the folder."""
+    """Eight hex digits naming where pids mean the same processes as here, in temporary names:
+    a hash of the host name and, on Linux, of the pid namespace (two containers of one host,
+    even under one host name, see each other's pids and open files not at all)."""
     import hashlib
     import socket
 
-    return hashlib.blake2s(socket.gethostname().encode("utf-8", "replace"), digest_size=4).hexdigest()
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux
+        namespace = ""
+    place = f"{socket.gethostname()}\0{namespace}"
+    return hashlib.blake2s(place.encode("utf-8", "replace"), digest_size=4).hexdigest()
 
 
 def _process_alive(pid: int) -> bool:
