@@ -330,13 +330,6 @@ def write_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, 
     return ExportResult(out=out, plan=plan, warnings=list(plan.warnings))
 
 
-def remembered_suggestion(video_path: str | os.PathLike) -> SuggestionResult:
-    """The suggestion ``mgsv suggest`` remembered for ``video_path``, the path checked first
-    (no such file, a folder) so that a wrong argument is not reported as a missing suggestion."""
-    outputs.check_video_input(video_path)
-    return load_last_suggestion(video_path)
-
-
 def resolve_output_path(video_path: str | os.PathLike, fmt: str, out_path: str | os.PathLike | None) -> Path:
     """Where the timeline goes: ``out_path``; inside it when it is a folder (one that exists, or
     a name without an extension, made when writing), as render does; else beside the video."""

@@ -226,11 +226,15 @@ def remember_suggestion(result: SuggestionResult) -> Path:
 def load_last_suggestion(video_path: str | os.PathLike, hint: str | None = None) -> SuggestionResult:
     """The last suggestion remembered for this video (what ``mgsv suggest`` printed).
 
-    Raises ``UsageError`` when there is none, or when the video changed since; its
-    message ends in ``hint`` (what the calling command offers; by default: run suggest
-    first), whose word "first" becomes "again" when the video changed.
+    The path is checked first (``outputs.check_video_input``: "no such file", "a folder"), so
+    that a wrong argument is not reported as a missing suggestion. Raises ``UsageError`` when
+    there is none, or when the video changed since; its message ends in ``hint`` (what the
+    calling command offers; by default: run suggest first), whose word "first" becomes
+    "again" when the video changed.
     """
-    video = Path(video_path).expanduser().resolve()
+    from mgsv_cli.editor.outputs import check_video_input
+
+    video = check_video_input(video_path).resolve()
     hint = hint or f"run `mgsv suggest {video_path}` first"
     source = _remembered_path(video)
     if not source.is_file():

@@ -696,7 +696,6 @@ def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None 
     from mgsv_cli.editor.record import load_last_suggestion, track_gone
     from mgsv_cli.editor.snapping import snap_entry
 
-    outputs.check_video_input(video)
     hint = f"run `mgsv suggest {video}` first, or give --track and --start"
     entry = load_last_suggestion(video, hint=hint).pick(pick)
     if not os.path.isfile(entry.track):

@@ -8,7 +8,6 @@ Everything is deterministic for a given seed.
 from __future__ import annotations
 
 import functools
-import subprocess
 from pathlib import Path
 
 from mgsv_cli.errors import MediaError, UsageError
@@ -55,14 +54,14 @@ _CLIP_CODECS = {
 
 def _encode(args: list[str], pcm: bytes, out: Path) -> None:
     """Run ffmpeg with raw PCM on stdin; failures become a MediaError naming ``out``."""
-    from mgsv_cli.media.ffmpeg import ffmpeg_exe, last_ffmpeg_message
+    from mgsv_cli.media.ffmpeg import run_ffmpeg
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args, str(out)]
-    proc = subprocess.run(cmd, input=pcm, capture_output=True)
-    if proc.returncode != 0:
+    try:
+        run_ffmpeg(["-loglevel", "error", "-y", *args, str(out)], f"writing {out}", input=pcm)
+    except MediaError:
         out.unlink(missing_ok=True)
-        raise MediaError(f"writing {out}: {last_ffmpeg_message(proc.stderr.decode('utf-8', 'replace'))}")
+        raise
 
 
 def _metadata_args(title: str | None, artist: str | None) -> list[str]:

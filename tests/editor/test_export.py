@@ -13,7 +13,7 @@ import opentimelineio as otio
 import pytest
 
 from _workflow_helpers import clear_settings_env, click_track, write_wav
-from mgsv_cli.editor.record import SuggestionResult
+from mgsv_cli.editor.record import SuggestionResult, load_last_suggestion
 from mgsv_cli.editor import export as writers
 from mgsv_cli.cli import main
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
@@ -415,18 +415,12 @@ def test_export_checks_the_video_path_first(media_dir, tmp_path):
     with pytest.raises(MediaError, match=r"^no such file: .*absent\.mp4$"):
         writers.write_timeline(suggestion_for(media_dir), tmp_path / "absent.mp4", "otio", tmp_path / "a.otio")
     with pytest.raises(UsageError, match=r"is a folder: give a video file$"):
-        writers.remembered_suggestion(tmp_path)
+        load_last_suggestion(tmp_path)
     with pytest.raises(MediaError, match=r"^no such file: "):
-        writers.remembered_suggestion(tmp_path / "absent.mp4")
+        load_last_suggestion(tmp_path / "absent.mp4")
     assert not list(tmp_path.glob("*.otio"))
 
 
-CLI_EXPORT_CHECK = pytest.mark.xfail(
-    strict=True, reason="needs cli.export_command to load the suggestion with export.remembered_suggestion(video) "
-                        "instead of record.load_last_suggestion(video) (cli.py belongs to the CLI's owner)")
-
-
-@CLI_EXPORT_CHECK
 def test_cli_export_of_a_missing_video_says_no_such_file(tmp_path, capsys):
     code, _, stderr = run_cli(["export", str(tmp_path / "absent.mp4")], capsys)
     assert code == MediaError.exit_code
@@ -434,7 +428,6 @@ def test_cli_export_of_a_missing_video_says_no_such_file(tmp_path, capsys):
     assert "Traceback" not in stderr and "suggest" not in stderr
 
 
-@CLI_EXPORT_CHECK
 def test_cli_export_of_a_folder_says_it_is_a_folder(tmp_path, capsys):
     code, _, stderr = run_cli(["export", str(tmp_path)], capsys)
     assert code == UsageError.exit_code
