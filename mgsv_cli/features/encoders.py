@@ -58,6 +58,16 @@ PRETRAINED_ENCODER_ID = "clip-vit-b-32-openai+ast-audioset-0.4593"
 TINY_ENCODER_ID = "tiny-v1"
 TINY_SEED = 20250601
 
+
+def encoder_id_of_kind(kind: str) -> str:
+    """The id that ``load_encoders(kind)`` gives its encoders (``pretrained`` or ``tiny``)."""
+    from mgsv_cli.errors import UsageError
+
+    ids = {"pretrained": PRETRAINED_ENCODER_ID, "tiny": TINY_ENCODER_ID}
+    if kind not in ids:
+        raise UsageError(f"encoders {kind!r}: expected pretrained or tiny")
+    return ids[kind]
+
 # bench/bench_ast.py on the 2-core CPU: casting AST's weights to bf16 is as fast as
 # autocast or faster (+0-10 %) and needs ~120 MB less; SDPA attention is 1.5x eager;
 # past 4 windows a batch gains nothing (GEMMs are already large) but costs memory.
@@ -269,12 +279,27 @@ class Encoders:
 
     def embed_decoded(self, video: DecodedVideo) -> VideoFeatures:
         """Frame features of a :func:`decode_video` result, padded to 50 rows."""
-        embedded = self.embed_pixels(video.pixels)
-        feats = np.zeros((N_VIDEO_FRAMES, self.video_dim), np.float32)
-        mask = np.zeros(N_VIDEO_FRAMES, np.uint8)
-        feats[: len(embedded)] = embedded
-        mask[: len(embedded)] = 1
-        return VideoFeatures(feats=feats, mask=mask, duration=video.duration, n_frames=len(embedded))
+        return self.embed_decoded_many([video])[0]
+
+    def embed_decoded_many(self, videos: Sequence[DecodedVideo]) -> list[VideoFeatures]:
+        """:meth:`embed_decoded` of several videos, their frames through CLIP in one batch
+        (``mgsv data build`` on a GPU; suggest passes one video)."""
+        import torch
+
+        counts = [len(video.pixels) for video in videos]
+        if not videos:
+            return []
+        embedded = self.embed_pixels(torch.cat([video.pixels for video in videos]) if len(videos) > 1
+                                     else videos[0].pixels)
+        results, begin = [], 0
+        for video, count in zip(videos, counts):
+            feats = np.zeros((N_VIDEO_FRAMES, self.video_dim), np.float32)
+            mask = np.zeros(N_VIDEO_FRAMES, np.uint8)
+            feats[:count] = embedded[begin:begin + count]
+            mask[:count] = 1
+            begin += count
+            results.append(VideoFeatures(feats=feats, mask=mask, duration=video.duration, n_frames=count))
+        return results
 
     # ------------------------------------------------------------ music
 
