@@ -28,6 +28,14 @@ index tensors, so training does no per-step host work or copies. :func:`place_sp
 chooses: device-resident on CUDA when the split fits in a fraction of the free memory,
 else (and always on a CPU) the memory-mapped host path. Both give identical batches.
 
+Encoders: the release's features are CLIP ViT-B/32 (512-d) and AST (768-d). A dataset made
+from media files by ``mgsv data build`` (``research/build.py``) may use other encoders (the
+tiny test ones: 512/64-d) and says so in ``ROOT/mgsv_dataset.json`` (:data:`RECORD_NAME`):
+the encoder id, its ``--encoders`` kind and the two widths. :func:`dataset_encoders` reads it
+(absent, as in the release: the widths of the feature files, which are the pretrained
+encoders' for the release); packing and training take the widths from there, and training
+stores the encoders in the checkpoint, so ``mgsv suggest`` can refuse an index of others.
+
 Durations: in the release ``video_segment_duration`` equals the ground-truth moment
 length ``music_end - music_start`` (to a few ms; ``video_total_duration`` can be up to
 100 s longer), so it is the "video duration" used for the exact-length cut and the
@@ -86,6 +94,10 @@ FEATURE_DIRS = {
     "music_mask": "features/Kuai_feature/ast_feature2p5/ast_mask",
 }
 
+# A dataset made by `mgsv data build` records the encoders of its features here (absent: the release).
+RECORD_NAME = "mgsv_dataset.json"
+RECORD_FORMAT = 1
+
 ProgressFn = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages: ``"checking"``, ``"packing videos"``, ``"packing music"``."""
 
@@ -117,6 +129,108 @@ def feature_path(root: str | os.PathLike, kind: str, item_id: str) -> Path:
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+# ------------------------------------------------------------------ which encoders made the features
+
+
+@dataclass(frozen=True)
+class DatasetEncoders:
+    """The encoders whose features a dataset holds.
+
+    ``encoder_id``: as the encoders name themselves (``Encoders.encoder_id``; the index stores
+    the same), ``kind``: the ``--encoders`` choice (``pretrained``, ``tiny``), either None when
+    unknown (features of other widths without a record); ``recorded``: read from
+    ``mgsv_dataset.json`` rather than inferred from the feature files' widths.
+    """
+
+    encoder_id: str | None
+    kind: str | None
+    video_dim: int
+    music_dim: int
+    recorded: bool = False
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        return self.video_dim, self.music_dim
+
+    def to_json(self) -> dict:
+        return {"id": self.encoder_id, "kind": self.kind, "video_dim": self.video_dim, "music_dim": self.music_dim}
+
+    def describe(self) -> str:
+        """In the words of ``--encoders``: which encoders, and how wide their features are."""
+        if self.kind is None:
+            return recipe.describe_encoders(self.video_dim, self.music_dim)
+        name = {"pretrained": "the pretrained encoders", "tiny": "the tiny encoders"}.get(self.kind, self.kind)
+        return f"{name} ('{self.encoder_id}', {self.video_dim}/{self.music_dim}-d features)"
+
+
+def record_path(root: str | os.PathLike) -> Path:
+    """``ROOT/mgsv_dataset.json``: the record of a dataset made by ``mgsv data build``."""
+    return Path(root) / RECORD_NAME
+
+
+def read_record(root: str | os.PathLike) -> dict | None:
+    """The dataset record as a dict, None when there is none (the release); DataError if unreadable."""
+    path = record_path(root)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(record, dict) or not isinstance(record.get("encoders"), dict):
+        raise DataError(f"{path}: not a dataset record (no encoders table)")
+    if int(record.get("format", 0)) > RECORD_FORMAT:
+        raise DataError(f"{path}: made by a newer mgsv (record format {record.get('format')}): upgrade mgsv")
+    return record
+
+
+def dataset_encoders(root: str | os.PathLike) -> DatasetEncoders:
+    """Which encoders made ``root``'s features: its record, else the widths of its feature files.
+
+    Without a record (the release, ``mgsv data synth``'s random features) the first video
+    and music feature files give the widths; the pretrained encoders' (512/768) when there
+    are none yet. Raises DataError for a malformed record.
+    """
+    record = read_record(root)
+    if record is not None:
+        table = record["encoders"]
+        try:
+            video_dim, music_dim = int(table["video_dim"]), int(table["music_dim"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{record_path(root)}: the encoders table needs integer video_dim and music_dim") from None
+        if video_dim < 1 or music_dim < 1:
+            raise DataError(f"{record_path(root)}: feature widths must be positive")
+        encoder_id, kind = table.get("id"), table.get("kind")
+        return DatasetEncoders(str(encoder_id) if encoder_id else None, str(kind) if kind else None,
+                               video_dim, music_dim, recorded=True)
+    video_dim = _first_feature_width(Path(root), "video") or recipe.CLIP_EMBED_DIM
+    music_dim = _first_feature_width(Path(root), "music") or recipe.AST_EMBED_DIM
+    from mgsv_cli.features.encoders import encoder_id_of_kind
+
+    # Features of the release's widths are taken for the pretrained encoders' (as they are there).
+    kind = recipe.encoders_for_widths(video_dim, music_dim)
+    return DatasetEncoders(encoder_id_of_kind(kind) if kind else None, kind, video_dim, music_dim)
+
+
+def _first_feature_width(root: Path, kind: str) -> int | None:
+    """The last dimension of the first ``.pt`` file in a feature folder (None: no folder, no file)."""
+    import torch
+
+    folder = root / FEATURE_DIRS[kind]
+    try:
+        with os.scandir(folder) as entries:
+            first = next((e.path for e in entries if e.name.endswith(".pt") and not e.name.startswith(".")), None)
+    except OSError:
+        return None
+    if first is None:
+        return None
+    try:
+        value = torch.load(first, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged file is reported by packing, naming it
+        return None
+    return int(value.shape[-1]) if isinstance(value, torch.Tensor) and value.dim() == 2 else None
 
 
 # ------------------------------------------------------------------ labels
@@ -318,6 +432,14 @@ class SplitData:
     def n_tracks(self) -> int:
         return int(self.track_ids.shape[0])
 
+    @property
+    def video_dim(self) -> int:
+        return int(self.video_feats.shape[2])
+
+    @property
+    def music_dim(self) -> int:
+        return int(self.track_feats.shape[2])
+
     def __len__(self) -> int:
         return self.n
 
@@ -394,8 +516,8 @@ class SplitData:
         video_item = 2 if dtype is None else torch.empty((), dtype=dtype).element_size()
         track_item = 4 if dtype is None else torch.empty((), dtype=dtype).element_size()
         n_videos, n_tracks = int(self.video_feats.shape[0]), self.n_tracks
-        return (n_videos * (N_FRAMES * VIDEO_DIM * video_item + N_FRAMES)
-                + n_tracks * (N_WINDOWS * MUSIC_DIM * track_item + N_WINDOWS)
+        return (n_videos * (N_FRAMES * self.video_dim * video_item + N_FRAMES)
+                + n_tracks * (N_WINDOWS * self.music_dim * track_item + N_WINDOWS)
                 + self.n * (2 * 8 + 6 * 4))
 
     def to_device(self, device, dtype=None) -> "DeviceSplit":
@@ -624,10 +746,11 @@ def load_split(root: str | os.PathLike, split: str, progress: Optional[ProgressF
     labels = read_split_csv(root, split)
     video_ids = _first_appearance(labels.video_id)
     track_ids = _first_appearance(labels.music_id)
-    key = _cache_key(root.resolve(), labels, video_ids, track_ids, progress)
+    widths = dataset_encoders(root).widths
+    key = _cache_key(root.resolve(), labels, video_ids, track_ids, progress, widths)
     folder = paths.cache_dir() / "packed" / key
     if not (folder / "meta.json").is_file():
-        _pack(root, labels, video_ids, track_ids, folder, progress)
+        _pack(root, labels, video_ids, track_ids, folder, progress, widths)
     return _open_pack(folder, labels, video_ids, track_ids)
 
 
@@ -637,11 +760,13 @@ def _first_appearance(ids: np.ndarray) -> np.ndarray:
 
 
 def _cache_key(root: Path, labels: SplitLabels, video_ids: np.ndarray, track_ids: np.ndarray,
-               progress: Optional[ProgressFn]) -> str:
+               progress: Optional[ProgressFn], widths: tuple[int, int] = (VIDEO_DIM, MUSIC_DIM)) -> str:
     """Hash of everything the pack is made from; stats every needed file (missing -> DataError)."""
     stat = labels.path.stat()
     digest = hashlib.sha256()
-    digest.update(json.dumps([PACK_FORMAT, str(root), labels.split, stat.st_size, stat.st_mtime_ns]).encode())
+    # The release's widths leave the key as it always was (existing packs stay valid).
+    shape = [] if tuple(widths) == (VIDEO_DIM, MUSIC_DIM) else [list(widths)]
+    digest.update(json.dumps([PACK_FORMAT, str(root), labels.split, stat.st_size, stat.st_mtime_ns, *shape]).encode())
     jobs = [("video", video_ids), ("video_mask", video_ids), ("music", track_ids), ("music_mask", track_ids)]
     total = sum(len(ids) for _, ids in jobs)
     done = 0
@@ -665,14 +790,14 @@ def _cache_key(root: Path, labels: SplitLabels, video_ids: np.ndarray, track_ids
 
 
 def _pack(root: Path, labels: SplitLabels, video_ids: np.ndarray, track_ids: np.ndarray,
-          folder: Path, progress: Optional[ProgressFn]) -> None:
+          folder: Path, progress: Optional[ProgressFn], widths: tuple[int, int] = (VIDEO_DIM, MUSIC_DIM)) -> None:
     """Write the pack into a temp folder, then rename it into place (atomic)."""
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".tmp-{folder.name}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
-        meta = _write_arrays(root, tmp, video_ids, track_ids, progress)
+        meta = _write_arrays(root, tmp, video_ids, track_ids, progress, widths)
         meta.update(format=PACK_FORMAT, root=str(root.resolve()), split=labels.split,
                     n_videos=len(video_ids), n_tracks=len(track_ids), created=time.time())
         (tmp / "ids.json").write_text(json.dumps({"video_ids": video_ids.tolist(),
@@ -690,16 +815,17 @@ def _pack(root: Path, labels: SplitLabels, video_ids: np.ndarray, track_ids: np.
 
 
 def _write_arrays(root: Path, tmp: Path, video_ids: np.ndarray, track_ids: np.ndarray,
-                  progress: Optional[ProgressFn]) -> dict:
+                  progress: Optional[ProgressFn], widths: tuple[int, int] = (VIDEO_DIM, MUSIC_DIM)) -> dict:
     from numpy.lib.format import open_memmap
 
-    video_feats = open_memmap(tmp / "video_feats.npy", "w+", np.float16, (len(video_ids), N_FRAMES, VIDEO_DIM))
+    video_dim, music_dim = widths
+    video_feats = open_memmap(tmp / "video_feats.npy", "w+", np.float16, (len(video_ids), N_FRAMES, video_dim))
     video_masks = open_memmap(tmp / "video_masks.npy", "w+", np.uint8, (len(video_ids), N_FRAMES))
-    worst = _fill(root, "video", video_ids, (N_FRAMES, VIDEO_DIM), video_feats, video_masks,
+    worst = _fill(root, "video", video_ids, (N_FRAMES, video_dim), video_feats, video_masks,
                   progress, "packing videos")
-    music_feats = open_memmap(tmp / "music_feats.npy", "w+", np.float32, (len(track_ids), N_WINDOWS, MUSIC_DIM))
+    music_feats = open_memmap(tmp / "music_feats.npy", "w+", np.float32, (len(track_ids), N_WINDOWS, music_dim))
     music_masks = open_memmap(tmp / "music_masks.npy", "w+", np.uint8, (len(track_ids), N_WINDOWS))
-    _fill(root, "music", track_ids, (N_WINDOWS, MUSIC_DIM), music_feats, music_masks,
+    _fill(root, "music", track_ids, (N_WINDOWS, music_dim), music_feats, music_masks,
           progress, "packing music")
     for array in (video_feats, video_masks, music_feats, music_masks):
         array.flush()
