@@ -28,6 +28,10 @@ WEIGHTS_NAME = "model.safetensors"
 LAST_NAME = "last.safetensors"
 CONFIG_KEY = "mgsv_config"
 ID_KEY = "mgsv_checkpoint_id"
+# Which encoders made the features the weights were trained on: JSON {"id", "kind", "video_dim",
+# "music_dim"} as the dataset recorded them (research.dataset.DatasetEncoders). Absent in
+# checkpoints from before it existed: checkpoint_encoders infers them from the input widths.
+ENCODERS_KEY = "mgsv_encoders"
 
 HOW_TO_GET_ONE = (  # commands that can run without one (suggest --untrained) add their own way out
     "train one with `mgsv train --data ROOT` (MGSV-EC features), or point --checkpoint at a run folder "
@@ -51,13 +55,43 @@ def save_weights(path: Path, tensors: dict, variant: VariantConfig, extra: dict[
     return checkpoint_id
 
 
-def save_checkpoint(run_dir: Path, model, variant: VariantConfig, metrics: dict) -> str:
-    """Save ``model``'s weights as the run's best, with its config and metrics."""
+def save_checkpoint(run_dir: Path, model, variant: VariantConfig, metrics: dict,
+                    encoders: dict | None = None) -> str:
+    """Save ``model``'s weights as the run's best, with its config and metrics.
+
+    ``encoders``: the encoders of the training features (``{"id", "kind", "video_dim",
+    "music_dim"}``), kept in the file's metadata (:data:`ENCODERS_KEY`) and in metrics.json.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_id = save_weights(run_dir / WEIGHTS_NAME, model.state_dict(), variant)
+    extra = {ENCODERS_KEY: json.dumps(encoders, sort_keys=True)} if encoders else None
+    checkpoint_id = save_weights(run_dir / WEIGHTS_NAME, model.state_dict(), variant, extra)
     atomic_write_json(run_dir / "config.json", variant_to_dict(variant))
-    atomic_write_json(run_dir / "metrics.json", {**metrics, "checkpoint_id": checkpoint_id})
+    atomic_write_json(run_dir / "metrics.json", {**metrics, "checkpoint_id": checkpoint_id,
+                                                 **({"encoders": encoders} if encoders else {})})
     return checkpoint_id
+
+
+def checkpoint_encoders(path: Path, variant: VariantConfig | None = None) -> dict:
+    """The encoders a checkpoint was trained on: ``{"id", "kind", "video_dim", "music_dim",
+    "recorded"}``. From its metadata when training recorded them; else inferred from the input
+    widths as before (``recorded`` False; ``id`` and ``kind`` None for widths of neither kind).
+    Reads the file's header only."""
+    from mgsv_cli.features.encoders import encoder_id_of_kind
+    from mgsv_cli.features.recipe import encoders_for_widths
+
+    metadata = read_metadata(path)
+    if variant is None:
+        variant = _variant_of(path, metadata)
+    widths = {"video_dim": int(variant.model.video_dim), "music_dim": int(variant.model.music_dim)}
+    if ENCODERS_KEY in metadata:
+        try:
+            recorded = json.loads(metadata[ENCODERS_KEY])
+        except ValueError:
+            raise CheckpointError(f"{path}: unreadable {ENCODERS_KEY} metadata") from None
+        if isinstance(recorded, dict) and recorded.get("id"):
+            return {**widths, "id": str(recorded["id"]), "kind": recorded.get("kind"), "recorded": True}
+    kind = encoders_for_widths(widths["video_dim"], widths["music_dim"])
+    return {**widths, "id": encoder_id_of_kind(kind) if kind else None, "kind": kind, "recorded": False}
 
 
 def latest_run() -> Path | None:

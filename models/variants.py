@@ -231,3 +231,13 @@ def replace_train(variant: VariantConfig, **changes: Any) -> VariantConfig:
     """Return ``variant`` with the given training fields changed (``None`` values ignored)."""
     changes = {k: v for k, v in changes.items() if v is not None}
     return dataclasses.replace(variant, train=dataclasses.replace(variant.train, **changes))
+
+
+def with_input_widths(variant: VariantConfig, video_dim: int, music_dim: int) -> VariantConfig:
+    """``variant`` taking frame/window features of these widths: the encoders' output sizes are a
+    property of the data (512/768 from the pretrained encoders, 512/64 from the tiny ones), not of
+    the architecture, so training sets them from the dataset."""
+    if (variant.model.video_dim, variant.model.music_dim) == (int(video_dim), int(music_dim)):
+        return variant
+    model = dataclasses.replace(variant.model, video_dim=int(video_dim), music_dim=int(music_dim))
+    return dataclasses.replace(variant, model=model)

@@ -517,15 +517,29 @@ def _check_index_encoders(index, encoders, kind: str) -> None:
 
 
 def _check_checkpoint_fits(checkpoint, kind: str, index) -> None:
-    """A checkpoint ranks only music embedded by the encoders it was trained on: say which, and how."""
+    """A checkpoint ranks only music embedded by the encoders it was trained on: say which, and how.
+
+    The encoders a checkpoint records (``mgsv train`` copies them from the dataset) are compared
+    with the index's by id; a checkpoint without a record is judged by its input widths."""
     from mgsv_cli.features.recipe import ENCODER_WIDTHS, describe_encoders, encoders_for_widths
-    from mgsv_cli.models.checkpoint import checkpoint_variant
+    from mgsv_cli.models.checkpoint import checkpoint_encoders, checkpoint_variant
 
     try:
         path, variant = checkpoint_variant(checkpoint)
+        trained_on = checkpoint_encoders(path, variant)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; or use --untrained for a demo") from None
     widths = (variant.model.video_dim, variant.model.music_dim)
+    if trained_on["recorded"] and index.encoder_id:
+        if trained_on["id"] == index.encoder_id:
+            return
+        needed = trained_on["kind"]
+        how = (f"index the music with them (`mgsv index MUSIC_DIR --encoders {needed} --index NEW`) and pass that "
+               f"--index" if needed in ENCODER_WIDTHS else "use an index built by the encoders it was trained on")
+        raise CheckpointError(
+            f"checkpoint {path} was trained on features of the encoders '{trained_on['id']}' (--encoders "
+            f"{needed}), but the index {_index_name(index)} holds tokens of '{index.encoder_id}': {how}, "
+            "or use --untrained with this index")
     if widths == ENCODER_WIDTHS.get(kind):
         return
     needed = encoders_for_widths(*widths)

@@ -6,6 +6,7 @@ dispatches to ``train_real``, so they live here rather than in either loop.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -165,3 +166,39 @@ def restore_optimizer(model, optimizer, tensors: dict[str, Any], step: int) -> N
                 "exp_avg": tensors[f"optim.{name}.exp_avg"].to(param.device),
                 "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(param.device),
             }
+
+
+# ----------------------------------------------------------------------------- the dataset's encoders
+
+
+def fit_to_dataset(data_root, variant: VariantConfig, asked: dict[str, Any] | None):
+    """``(variant, asked, encoders)``: the variant (and a ``--config`` the user asked for) taking
+    the input widths of the dataset's features, and the dataset's encoders
+    (:class:`~mgsv_cli.research.dataset.DatasetEncoders`), which the checkpoint will record.
+
+    A model config's ``video_dim``/``music_dim`` are the widths of whatever encoders made the data
+    (512/768 for MGSV-EC, 512/64 for the tiny encoders), so every shipped config trains on either.
+    """
+    from mgsv_cli.models.variants import with_input_widths
+    from mgsv_cli.research.dataset import dataset_encoders
+
+    encoders = dataset_encoders(data_root)
+    variant = with_input_widths(variant, *encoders.widths)
+    if asked and asked.get("model") is not None:
+        asked = {**asked, "model": dataclasses.replace(asked["model"], video_dim=encoders.video_dim,
+                                                       music_dim=encoders.music_dim)}
+    return variant, asked, encoders
+
+
+def check_run_fits_dataset(run_dir: Path, variant: VariantConfig, encoders) -> None:
+    """A run continues only on features of the widths it was trained on (UsageError otherwise)."""
+    widths = (variant.model.video_dim, variant.model.music_dim)
+    if widths != encoders.widths:
+        raise UsageError(f"the run in {run_dir} was trained on {widths[0]}/{widths[1]}-d features, but the dataset "
+                         f"holds features of {encoders.describe()}: continue it on its own dataset, or start a new "
+                         "run with another --out")
+
+
+def encoders_metadata(encoders) -> dict | None:
+    """What a checkpoint records of the dataset's encoders (None when they are not known)."""
+    return encoders.to_json() if encoders is not None and encoders.encoder_id else None

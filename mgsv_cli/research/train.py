@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgsv_cli.features.recipe import describe_encoders
 from mgsv_cli.models.checkpoint import WEIGHTS_NAME, atomic_write_json, save_checkpoint
 from mgsv_cli.models.variants import VariantConfig, variant_to_dict
 from mgsv_cli.errors import UsageError
@@ -38,7 +37,10 @@ from mgsv_cli.research.runs import (  # noqa: F401  (re-exported: the library AP
     Reporter,
     RunLog,
     TrainResult,
+    check_run_fits_dataset,
     choose_run_dir,
+    encoders_metadata,
+    fit_to_dataset,
     latest_resumable,
     learning_rate,
     load_resume_point,
@@ -183,9 +185,10 @@ def fill_querybank(model, train_split, seed: int, device, batch_size: int = 256)
 
 
 def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state: _State, train_loss: float,
-                      device, dtype, train_split=None) -> dict[str, Any]:
+                      device, dtype, train_split=None, encoders: dict | None = None) -> dict[str, Any]:
     """Score the epoch's weights on val, keep them if best, save the resume state; returns the record.
-    ``train_split``: where a made-plus querybank is sampled from (:func:`fill_querybank`)."""
+    ``train_split``: where a made-plus querybank is sampled from (:func:`fill_querybank`);
+    ``encoders``: the dataset's encoders, recorded in the checkpoint."""
     from mgsv_cli.research.evaluation import evaluate_model
 
     if train_split is not None:
@@ -199,7 +202,7 @@ def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state
     if is_best:
         state.best_score = score
         save_checkpoint(run_dir, model, variant, {"epoch": state.epochs_done, "score": score, "val": metrics,
-                                                  "params": model.parameter_counts()})
+                                                  "params": model.parameter_counts()}, encoders=encoders)
     _save_last(run_dir, model, optimizer, variant, state)
     return {**record, "best": is_best}
 
@@ -246,9 +249,11 @@ def train(
         raise UsageError(f"--stage {stage} is for ReAL configs (two stages); MaDe trains in one")
     reporter = reporter or Reporter()
     torch_device = resolve_device(device)
+    variant, asked, encoders = fit_to_dataset(data_root, variant, asked)
     run_dir = choose_run_dir(Path(out_dir).expanduser() if out_dir else None, variant, resume)
     if resume:
         variant = resumed_variant(saved_variant(run_dir), saved_epochs_done(run_dir), asked or {}, run_dir)
+        check_run_fits_dataset(run_dir, variant, encoders)
     recipe = variant.train
     tune_malloc_for_training()
 
@@ -285,7 +290,7 @@ def train(
         "hardware": device_name(torch_device), "features": features, "compile": bool(compile),
         "fused_adam": torch_device.type == "cuda",
         # What `mgsv suggest` will need to use this checkpoint: an index of the same encoders.
-        "encoders": describe_encoders(variant.model.video_dim, variant.model.music_dim),
+        "encoders": encoders.describe(),
     }
     log.write(("resumed" if resume else "started") + " " + json.dumps(info))
     reporter.start(info)
@@ -297,7 +302,7 @@ def train(
                 train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
                                        torch_device, dtype, reporter, forward)
                 record = validate_and_save(model, optimizer, val_split, variant, run_dir, state, train_loss,
-                                           torch_device, dtype, train_split)
+                                           torch_device, dtype, train_split, encoders_metadata(encoders))
             log.write(json.dumps(record))
             reporter.end_epoch(epoch, train_loss, {k: record[k] for k in record if k not in ("epoch", "best")},
                                record["best"])

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_cli.errors import CheckpointError, UsageError
-from mgsv_cli.features.recipe import describe_encoders
 from mgsv_cli.models.checkpoint import (
     WEIGHTS_NAME,
     atomic_write_json,
@@ -39,7 +38,10 @@ from mgsv_cli.research.runs import (
     Reporter,
     RunLog,
     TrainResult,
+    check_run_fits_dataset,
     choose_run_dir,
+    encoders_metadata,
+    fit_to_dataset,
     learning_rate,
     load_resume_point,
     restore_optimizer,
@@ -205,8 +207,11 @@ def train_real(data_root, variant: VariantConfig, out_dir=None, device: str = "a
         raise UsageError(f"--stage {stage}: expected both, retrieval or localisation")
     reporter = reporter or Reporter()
     torch_device = resolve_device(device)
+    variant, asked, encoders = fit_to_dataset(data_root, variant, asked)
     run_dir, variant, how = _open_run(Path(out_dir).expanduser() if out_dir else None, variant, resume,
                                       stage, asked)
+    if how != "new":
+        check_run_fits_dataset(run_dir, variant, encoders)
     recipe = variant.train
     torch.manual_seed(recipe.seed)
     model = build_network(variant).to(torch_device)
@@ -235,7 +240,8 @@ def train_real(data_root, variant: VariantConfig, out_dir=None, device: str = "a
     atomic_write_json(run_dir / "config.json", variant_to_dict(variant))
     log = RunLog(run_dir / "train.log")
     stage_metrics = _saved_stage_metrics(run_dir) if how != "new" else {}
-    context = _Context(model, variant, run_dir, torch_device, dtype, reporter, log, stage_metrics)
+    context = _Context(model, variant, run_dir, torch_device, dtype, reporter, log, stage_metrics,
+                       encoders_metadata(encoders))
 
     try:
         for name in state.stages[state.stages.index(state.stage):]:
@@ -249,7 +255,7 @@ def train_real(data_root, variant: VariantConfig, out_dir=None, device: str = "a
                     "dtype": str(dtype).replace("torch.", ""), "params": model.parameter_counts(),
                     "n_train": train_split.n, "n_val": val_split.n, "steps_per_epoch": steps_per_epoch,
                     "epochs": recipe.stage_epochs(name), "start_epoch": state.epochs_done, "stage": name,
-                    "encoders": describe_encoders(variant.model.video_dim, variant.model.music_dim)}
+                    "encoders": encoders.describe()}
             log.write(f"{'resumed' if how == 'resume' else 'started'} {json.dumps(info)}")
             reporter.start(info)
             _train_stage(context, name, optimizer, state, train_split, val_split, steps_per_epoch)
@@ -274,6 +280,7 @@ class _Context:
     reporter: Any
     log: Any
     stage_metrics: dict[str, Any]
+    encoders: dict | None = None  # the dataset's encoders, recorded in the checkpoint
 
 
 def _train_stage(ctx: _Context, stage: str, optimizer, state: _RunState, train_split, val_split,
@@ -326,7 +333,8 @@ def _validate_and_save(ctx: _Context, stage: str, optimizer, state: _RunState, v
         ctx.stage_metrics[stage] = {"epoch": state.epochs_done, "score": score}
         save_checkpoint(ctx.run_dir, ctx.model, ctx.variant,
                         {"epoch": state.epochs_done, "stage": stage, "score": score, "val": metrics,
-                         "params": ctx.model.parameter_counts(), "stages": dict(ctx.stage_metrics)})
+                         "params": ctx.model.parameter_counts(), "stages": dict(ctx.stage_metrics)},
+                        encoders=ctx.encoders)
     _save_last(ctx.run_dir, ctx.model, optimizer, ctx.variant, state)
     return {**record, "best": is_best}
 
