@@ -434,3 +434,201 @@ def make_demo_library(folder: str | Path, n_tracks: int = 8, seed: int = 0,
 def make_demo_clip(path: str | Path, seconds: float = 12.0, seed: int = 0) -> Path:
     """Write the demo's short video: moving patterns with a talking voice (pauses included)."""
     return synth_clip(path, seconds=seconds, with_audio=True, speech_like=True, size=(480, 270), seed=seed)
+
+
+# ---------------------------------------------------------------- planted media (train on your own media)
+#
+# ``mgsv data synth --media`` needs music and clips with a link a model can learn: a track is a
+# row of sections, each with its own key, tempo and lead instrument, and a clip's picture shows
+# the key (hue) and the instrument (pattern) of the one section its music comes from. Both are
+# plain files, made here; what a dataset does with them is research/synthetic.py's business.
+
+# Lead instruments of a section, chosen to differ in register and spectrum: (octave, harmonics,
+# tilt of the partials, attack s, decay per s, notes per beat, inharmonic partial ratios or None).
+INSTRUMENTS = {
+    "pluck": (5, 8, 1.0, 0.003, 7.0, 2, None),
+    "organ": (4, 12, 0.7, 0.05, 0.3, 0.25, None),
+    "bell": (6, 1, 1.0, 0.002, 3.0, 1, (1.0, 2.76, 5.40, 8.93)),
+}
+PATTERNS = {"pluck": "horizontal", "organ": "vertical", "bell": "checker"}  # what a clip shows per instrument
+_SECTION_FADE_S = 0.02
+
+
+def _bell(freq: float, seconds: float, ratios, decay: float):
+    """An inharmonic bell: partials at ``ratios`` of ``freq``, the higher ones dying faster."""
+    import numpy as np
+
+    t = _time(seconds)
+    wave = np.zeros_like(t)
+    for k, ratio in enumerate(ratios):
+        if ratio * freq < SAMPLE_RATE / 2.2:
+            wave += np.sin(2 * np.pi * ratio * freq * t) * np.exp(-t * decay * (1 + k)) / (1 + k)
+    attack = np.minimum(1.0, t / 0.002)
+    return (wave * attack).astype(np.float32)
+
+
+def _render_section(seconds: float, bpm: float, key: str, instrument: str, rng):
+    """Stereo float64 ``[n, 2]``: a section in one key at one tempo, led by ``instrument``.
+
+    Quiet drums and a bass line on every beat (the same for every instrument), the key's chord
+    progression, and the lead playing the chords' notes in its own register and rhythm.
+    """
+    import numpy as np
+
+    if instrument not in INSTRUMENTS:
+        raise UsageError(f"instrument {instrument!r}: expected one of {', '.join(INSTRUMENTS)}")
+    octave, harmonics, tilt, attack, decay, per_beat, ratios = INSTRUMENTS[instrument]
+    root_pc, mode = _parse_key(key, rng)
+    progression = _PROGRESSIONS[mode][int(rng.integers(0, len(_PROGRESSIONS[mode])))]
+    beat = 60.0 / bpm
+    buf = np.zeros((int(round(seconds * SAMPLE_RATE)), 2), dtype=np.float64)
+    n_bars = int(np.ceil(seconds / (4 * beat)))
+    for bar in range(n_bars):
+        bar_t = bar * 4 * beat
+        degree, minor = progression[bar % len(progression)]
+        # Chords climb from the key's root without wrapping at the octave, so a higher key sounds
+        # higher: the key moves the whole spectrum, not only the pitch classes.
+        base = 12 * (octave + 1) + root_pc + degree
+        chord = [base, base + (3 if minor else 4), base + 7]
+        for b in range(4):
+            t = bar_t + b * beat
+            _add(buf, t, 0.35 * _kick(1.0 if b == 0 else 0.6))
+            _add(buf, t + beat / 2, 0.08 * _noise_hit(rng, 0.04, 100, 0.9), pan=0.3)
+            _add(buf, t, 0.25 * _tone(_midi_hz(chord[0] - 24), beat * 0.9, 5, 0.005, 4.0, 1.3), pan=-0.2)
+        if per_beat < 1:  # sustained chords, one per bar
+            for i, note in enumerate(chord):
+                _add(buf, bar_t, 0.22 * _tone(_midi_hz(note), 4 * beat, harmonics, attack, decay, tilt),
+                     pan=(i - 1) * 0.4)
+            continue
+        step = beat / per_beat
+        arpeggio = chord + [chord[0] + 12]
+        for s in range(int(4 * per_beat)):
+            freq = _midi_hz(arpeggio[s % len(arpeggio)])
+            note = (_bell(freq, 1.2, ratios, decay) if ratios else
+                    _tone(freq, step * 1.5, harmonics, attack, decay, tilt))
+            _add(buf, bar_t + s * step, 0.35 * note, pan=0.4 if s % 2 else -0.4)
+    _tone.cache_clear()
+    fade = min(len(buf) // 2, int(_SECTION_FADE_S * SAMPLE_RATE))
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)[:, None]
+        buf[:fade] *= ramp
+        buf[len(buf) - fade:] *= ramp[::-1]
+    return buf
+
+
+def _render_intro(seconds: float, bpm: float, rng):
+    """Drums only (no pitch): what a track plays before its first section."""
+    import numpy as np
+
+    beat = 60.0 / bpm
+    buf = np.zeros((int(round(seconds * SAMPLE_RATE)), 2), dtype=np.float64)
+    for k in range(int(np.ceil(seconds / beat))):
+        _add(buf, k * beat, 0.35 * _kick(1.0 if k % 4 == 0 else 0.6))
+        _add(buf, k * beat + beat / 2, 0.08 * _noise_hit(rng, 0.04, 100, 0.9), pan=0.3)
+    return buf
+
+
+def sectioned_samples(sections, intro_seconds: float = 0.0, intro_bpm: float = 100.0, seed: int = 0):
+    """Stereo float32 ``[n, 2]`` at 44.1 kHz: an optional drums-only intro, then ``sections`` in turn.
+
+    ``sections``: ``(seconds, bpm, key, instrument)`` tuples (instrument from :data:`INSTRUMENTS`);
+    section ``i`` starts exactly at ``intro_seconds`` plus the lengths before it.
+    """
+    import numpy as np
+
+    if not sections or any(s[0] <= 0 or s[1] <= 0 for s in sections) or intro_seconds < 0:
+        raise UsageError("sections need positive lengths and tempos, and the intro a length of at least 0")
+    rng = np.random.default_rng(seed)
+    parts = [_render_intro(intro_seconds, intro_bpm, rng)] if intro_seconds > 0 else []
+    parts += [_render_section(seconds, bpm, key, instrument, rng) for seconds, bpm, key, instrument in sections]
+    buf = np.concatenate(parts)
+    peak = float(np.max(np.abs(buf))) or 1.0
+    return (np.tanh(1.2 * buf / peak) / np.tanh(1.2) * 0.89).astype(np.float32)
+
+
+def key_hue(key: str) -> float:
+    """The hue (degrees) a planted clip shows for ``key``: 30 degrees per semitone of its root
+    (minor keys 15 degrees on), so neighbouring keys get neighbouring colours."""
+    root_pc, mode = _parse_key(key, None)
+    return (root_pc * 30.0 + (15.0 if mode == "minor" else 0.0)) % 360.0
+
+
+def _hsv_to_rgb(hue_deg, saturation, value):
+    """Vectorised HSV -> RGB floats in [0, 1] (numpy arrays broadcast)."""
+    import numpy as np
+
+    h = (np.asarray(hue_deg, dtype=np.float64) % 360.0) / 60.0
+    c = value * saturation
+    x = c * (1 - np.abs(h % 2 - 1))
+    m = value - c
+    zero = np.zeros_like(h)
+    sector = np.floor(h).astype(int) % 6
+    r = np.choose(sector, [c, x, zero, zero, x, c])
+    g = np.choose(sector, [x, c, c, x, zero, zero])
+    b = np.choose(sector, [zero, zero, x, c, c, x])
+    return np.stack([r + m, g + m, b + m], axis=-1)
+
+
+def pattern_frames(seconds: float, hue: float, pattern: str, fps: int = 4, size: int = 224, seed: int = 0):
+    """uint8 frames ``[n, size, size, 3]`` of a planted clip: ``pattern`` (horizontal or vertical
+    stripes, a checkerboard) in shades of ``hue`` drifting slowly, with a dark disc wandering over it.
+
+    Per clip (``seed``): the hue strays by up to 8 degrees, the brightness by 15%, the stripes'
+    phase and drift and the disc's path are random, so no two clips are the same picture.
+    """
+    import numpy as np
+
+    if pattern not in ("horizontal", "vertical", "checker"):
+        raise UsageError(f"pattern {pattern!r}: expected horizontal, vertical or checker")
+    rng = np.random.default_rng(seed)
+    hue = hue + float(rng.uniform(-8.0, 8.0))
+    value = float(rng.uniform(0.8, 1.0))
+    period = size / float(rng.uniform(5.0, 7.0))
+    phase, drift = float(rng.uniform(0, period)), float(rng.uniform(-12.0, 12.0))  # pixels, pixels per second
+    disc = rng.uniform(0.2, 0.8, 2) * size
+    velocity = rng.uniform(-40.0, 40.0, 2)
+    radius = float(rng.uniform(0.05, 0.09)) * size  # small: the colours and the pattern are the picture
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    light, dark = (_hsv_to_rgb(hue, 0.9, v) for v in (value, 0.45 * value))
+    n = max(1, int(round(seconds * fps)))
+    frames = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        t = i / fps
+        shift = phase + drift * t
+        if pattern == "horizontal":
+            on = ((yy + shift) // (period / 2)) % 2 == 0
+        elif pattern == "vertical":
+            on = ((xx + shift) // (period / 2)) % 2 == 0
+        else:
+            on = (((yy + shift) // (period / 2)) + (xx // (period / 2))) % 2 == 0
+        picture = np.where(on[..., None], light, dark)
+        centre = disc + velocity * t
+        centre = np.abs((centre % (2 * size)) - size)  # bounce off the edges
+        inside = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+        picture[inside] = 0.08
+        frames[i] = np.round(picture * 255.0).astype(np.uint8)
+    return frames
+
+
+def write_frames(path: str | Path, frames, fps: int = 4) -> Path:
+    """Encode uint8 RGB frames ``[n, h, w, 3]`` as a silent H.264 video (``.mp4``/``.mov``/
+    ``.mkv``/``.m4v``) at ``fps``, every frame a key frame (exact 1 fps sampling)."""
+    import numpy as np
+
+    path = Path(path)
+    if path.suffix.lower() not in (".mp4", ".mov", ".mkv", ".m4v"):
+        raise UsageError(f"cannot write frames to {path.name}: expected .mp4, .mov, .mkv or .m4v")
+    data = np.ascontiguousarray(frames, dtype=np.uint8)
+    n, height, width, _ = data.shape
+    args = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0",
+            "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-pix_fmt", "yuv420p", "-g", "1"]
+    _encode(args, data.tobytes(), path)
+    return path
+
+
+def synth_pattern_clip(path: str | Path, seconds: float, key: str, instrument: str, fps: int = 4,
+                       size: int = 224, seed: int = 0) -> Path:
+    """Write a planted clip showing ``key`` (as a hue) and ``instrument`` (as a pattern); returns the path."""
+    if instrument not in PATTERNS:
+        raise UsageError(f"instrument {instrument!r}: expected one of {', '.join(PATTERNS)}")
+    return write_frames(path, pattern_frames(seconds, key_hue(key), PATTERNS[instrument], fps, size, seed), fps)
