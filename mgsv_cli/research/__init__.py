@@ -1,10 +1,14 @@
-"""research: reproducing the paper on MGSV-EC.
+"""research: reproducing the paper on MGSV-EC, and training on your own media.
 
-``dataset`` owns the release layout and the packed feature cache; ``synthetic`` writes a
-small MGSV-EC-shaped dataset with a planted signal; ``download`` fetches the real one;
-``train`` is MaDe's training loop and ``train_real`` ReAL's two-stage one, both on
-``runs`` (run folders, schedule, model selection, log); ``evaluation`` is ``mgsv eval``.
+``dataset`` owns the release layout, the packed feature cache and the record of which
+encoders made a dataset; ``build`` makes that layout from (video, music, moment) files
+(``mgsv data build``); ``synthetic`` writes a small MGSV-EC-shaped dataset with a planted
+signal, or planted media files built into one (``--media``); ``download`` fetches the real
+one; ``train`` is MaDe's training loop and ``train_real`` ReAL's two-stage one, both on
+``runs`` (run folders, schedule, model selection, log, the dataset's encoders);
+``evaluation`` is ``mgsv eval``.
 
-May import: base modules, ``features.recipe`` and ``models``. Never ``index``, the editor
-or the CLI.
+May import: base modules, ``media``, ``features`` and ``models`` (``build`` embeds with
+``features.encoders``, the code the index and suggest run). Never ``index``, the editor or
+the CLI.
 """

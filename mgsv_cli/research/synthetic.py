@@ -482,3 +482,283 @@ def _move_into_place(staging: Path, root: Path) -> None:
             except OSError:
                 pass
         raise
+
+
+# ------------------------------------------------------------------ media with a planted link (`--media`)
+#
+# Real files this time, for the loop media -> `mgsv data build` -> train -> index -> suggest:
+#
+# - Music: each track is a drums-only intro (3-6 s, so no moment starts at 0 s) and then
+#   three sections of 10-13 s, each in its own key and tempo with its own lead instrument
+#   (``media.synth.sectioned_samples``): every instrument once per track, in a random order, so
+#   the instrument tells a track's sections apart, and per instrument the 12 keys dealt without
+#   repeats, so (key, instrument), a section's type, is unique in a library of up to 12 tracks.
+# - Clips: a clip belongs to one section of one track: its picture shows the section's key as a
+#   hue and its instrument as a pattern (``media.synth.synth_pattern_clip``), with per-clip
+#   nuisance (hue and brightness jitter, stripes drifting, a wandering disc). It lasts 5-9 s
+#   and its moment starts where its section starts: [section start, + clip length].
+# - Nothing else links them: the model must learn which music a picture goes with from the
+#   pairs, through the frozen encoders. Ranking the planted track top-3 among the library and
+#   cutting within a window of the planted start is what the loop test checks on held-out clips.
+# - Splits come from the generator (a ``split`` column): every section gets train, val and test
+#   clips; the test clips are never read by `mgsv train`, so they are the held-out files.
+
+MEDIA_DIR = "media"
+PLANTED_KEYS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+INTRO_SECONDS = (3.0, 6.0)
+SECTION_SECONDS = (10.0, 13.0)
+CLIP_SECONDS = (5.0, 9.0)
+CLIP_FPS = 2
+DEFAULT_MEDIA_TRACKS = 12
+DEFAULT_CLIPS = {"train": 3, "val": 1, "test": 1}  # per section
+
+
+@dataclass
+class PlantedSection:
+    """One section of a planted track: [start, end] s, its key, lead instrument and tempo."""
+
+    start: float
+    end: float
+    key: str
+    instrument: str
+    bpm: float
+
+
+@dataclass
+class PlantedTrack:
+    music_id: str
+    path: Path
+    duration: float
+    sections: list[PlantedSection]
+
+
+@dataclass
+class PlantedClip:
+    """A clip and its planted pair: the track (index into the tracks), the section, the moment."""
+
+    video_id: str
+    path: Path
+    split: str
+    track: int
+    section: int
+    music_start: float
+    music_end: float
+
+
+@dataclass
+class MediaDataset:
+    """What :func:`make_media_dataset` wrote: the media under ``ROOT/media`` (``music/``, ``clips/``,
+    ``pairs.csv``, ``planted.json``) and, when built, the dataset in ROOT (``report``)."""
+
+    root: Path
+    tracks: list[PlantedTrack]
+    clips: list[PlantedClip]
+    pairs_csv: Path
+    seed: int
+    report: object = None
+
+    @property
+    def music_dir(self) -> Path:
+        return self.root / MEDIA_DIR / "music"
+
+    def clips_dir(self, split: str) -> Path:
+        return self.root / MEDIA_DIR / "clips" / split
+
+    def split_clips(self, split: str) -> list[PlantedClip]:
+        return [clip for clip in self.clips if clip.split == split]
+
+
+def make_media_dataset(root: str | os.PathLike, n_tracks: int = DEFAULT_MEDIA_TRACKS, seed: int = 0, *,
+                       clips: dict[str, int] | None = None, build: bool = True, encoders="tiny",
+                       device="auto", progress=None, **build_options) -> MediaDataset:
+    """Write planted music and clips under ``ROOT/media`` with their ``pairs.csv``, then (``build``)
+    run ``mgsv data build`` on it into ROOT with ``encoders`` (a kind or loaded encoders).
+
+    ``clips``: clips per section and split (default 3 train, 1 val, 1 test). The same seed and
+    sizes write the same media. ``progress``: the build's progress object (``stage``/``advance``),
+    also told about writing the media. Raises UsageError for bad sizes or a ROOT whose ``media``
+    folder is not empty (nothing is written then).
+    """
+    from mgsv_cli.research.build import BuildProgress, build_dataset
+
+    counts = {**DEFAULT_CLIPS, **(clips or {})}
+    if not 2 <= int(n_tracks) <= 500:
+        raise UsageError(f"--tracks {n_tracks}: expected 2 to 500 for --media")
+    if counts["train"] < 1 or counts["val"] < 1 or counts["test"] < 0:
+        raise UsageError(f"clips per section {counts}: train and val need at least one each")
+    root = Path(root).expanduser()
+    media = root / MEDIA_DIR
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} exists and is not a folder")
+    if media.exists() and (not media.is_dir() or any(media.iterdir())):
+        raise UsageError(f"{media} already exists: choose an empty folder")
+    progress = progress or BuildProgress()
+    tracks, planted = _plan_media(root, int(n_tracks), counts, int(seed))
+    _write_media(root, tracks, planted, int(seed), progress)
+    info = MediaDataset(root=root, tracks=tracks, clips=planted, pairs_csv=media / "pairs.csv", seed=int(seed))
+    if build:
+        if isinstance(encoders, str):
+            build_options.update(encoder_kind=encoders, device=device)
+        else:
+            build_options.update(encoders=encoders)
+        info.report = build_dataset(info.pairs_csv, root, progress=progress, **build_options)
+    return info
+
+
+def _plan_media(root: Path, n_tracks: int, counts: dict[str, int], seed: int):
+    from mgsv_cli.media.synth import INSTRUMENTS
+
+    rng = np.random.default_rng([seed, 7])
+    instruments = list(INSTRUMENTS)
+    decks: dict[str, list] = {name: [] for name in instruments}
+    tracks: list[PlantedTrack] = []
+    for t in range(n_tracks):
+        cursor = round(float(rng.uniform(*INTRO_SECONDS)), 2)
+        sections = []
+        for instrument in rng.permutation(instruments):  # every instrument once per track, in any order
+            if not decks[instrument]:  # the 12 keys shuffled per instrument: repeats only past 12 tracks
+                decks[instrument] = [PLANTED_KEYS[i] for i in rng.permutation(len(PLANTED_KEYS))]
+            key, instrument = decks[instrument].pop(), str(instrument)
+            length = round(float(rng.uniform(*SECTION_SECONDS)), 2)
+            sections.append(PlantedSection(cursor, round(cursor + length, 2), key, instrument,
+                                           float(rng.integers(80, 141))))
+            cursor = round(cursor + length, 2)
+        music_id = f"track-{t + 1:03d}"
+        tracks.append(PlantedTrack(music_id, root / MEDIA_DIR / "music" / f"{music_id}.flac", cursor, sections))
+    planted: list[PlantedClip] = []
+    for split in SPLITS:
+        for t, track in enumerate(tracks):
+            for p, section in enumerate(track.sections):
+                for _ in range(counts[split]):
+                    longest = min(CLIP_SECONDS[1], section.end - section.start)
+                    seconds = round(float(rng.uniform(CLIP_SECONDS[0], longest)) * CLIP_FPS) / CLIP_FPS
+                    video_id = f"clip-{len(planted) + 1:05d}"
+                    path = root / MEDIA_DIR / "clips" / split / f"{video_id}.mp4"
+                    planted.append(PlantedClip(video_id, path, split, t, p, section.start,
+                                               round(section.start + seconds, 3)))
+    return tracks, planted
+
+
+def _write_media(root: Path, tracks: list[PlantedTrack], planted: list[PlantedClip], seed: int, progress) -> None:
+    """Everything into a staging folder inside ROOT, renamed to ROOT/media at the end."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mgsv_cli.media import synth
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".mgsv-media-", suffix=".tmp", dir=root))
+    except OSError as exc:
+        raise storage_error("write", root, exc) from None
+
+    def staged(path: Path) -> Path:
+        return staging / path.relative_to(root / MEDIA_DIR)
+
+    def write_track(item):
+        index, track = item
+        parts = [(s.end - s.start, s.bpm, s.key, s.instrument) for s in track.sections]
+        samples = synth.sectioned_samples(parts, intro_seconds=track.sections[0].start,
+                                          intro_bpm=track.sections[0].bpm, seed=seed * 100_003 + index)
+        synth.write_audio(staged(track.path), samples, title=track.music_id, artist="mgsv planted synth")
+
+    def write_clip(item):
+        index, clip = item
+        section = tracks[clip.track].sections[clip.section]
+        synth.synth_pattern_clip(staged(clip.path), clip.music_end - clip.music_start, section.key,
+                                 section.instrument, fps=CLIP_FPS, seed=seed * 1_000_003 + index)
+
+    try:
+        workers = max(1, min(4, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # ffmpeg encodes in its own processes
+            for stage, fn, items in (("writing music", write_track, tracks), ("writing clips", write_clip, planted)):
+                progress.stage(stage, len(items))
+                for _ in pool.map(fn, enumerate(items)):
+                    progress.advance(stage, 1)
+        _write_pairs(staging / "pairs.csv", tracks, planted)
+        (staging / "planted.json").write_text(json.dumps(_planted_json(tracks, planted, seed), indent=1) + "\n")
+        if (root / MEDIA_DIR).is_dir():
+            (root / MEDIA_DIR).rmdir()  # empty (checked before): the rename needs it gone
+        os.rename(staging, root / MEDIA_DIR)
+    except OSError as exc:
+        raise storage_error("write", root / MEDIA_DIR, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_pairs(path: Path, tracks: list[PlantedTrack], planted: list[PlantedClip]) -> None:
+    """The pairs CSV `mgsv data build` reads: paths relative to the CSV, the moment, the split, ids."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["video", "music", "music_start", "music_end", "split", "video_id", "music_id", "category"])
+        for clip in planted:
+            track = tracks[clip.track]
+            writer.writerow([f"clips/{clip.split}/{clip.path.name}", f"music/{track.path.name}", clip.music_start,
+                             clip.music_end, clip.split, clip.video_id, track.music_id, "planted"])
+
+
+def _planted_json(tracks: list[PlantedTrack], planted: list[PlantedClip], seed: int) -> dict:
+    return {
+        "seed": seed,
+        "what": "synthetic media: a clip's hue is its section's key, its pattern the section's lead instrument "
+                "(pluck: horizontal stripes, organ: vertical stripes, bell: checkerboard); its moment starts "
+                "where the section starts",
+        "tracks": [{"music_id": t.music_id, "file": f"music/{t.path.name}", "duration": t.duration,
+                    "sections": [vars(s) for s in t.sections]} for t in tracks],
+        "clips": [{"video_id": c.video_id, "file": f"clips/{c.split}/{c.path.name}", "split": c.split,
+                   "music_id": tracks[c.track].music_id, "section": c.section,
+                   "music_start": c.music_start, "music_end": c.music_end} for c in planted],
+    }
+
+
+# ------------------------------------------------------------------ scoring suggestions on held-out clips
+
+HIT_SECONDS = 2.5  # a cut "lands near the planted moment" when it starts within one AST window stride of it
+
+
+def read_planted(root: str | os.PathLike) -> dict:
+    """``ROOT/media/planted.json`` as written by :func:`make_media_dataset`."""
+    import json
+
+    path = Path(root).expanduser() / MEDIA_DIR / "planted.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a planted media dataset ({exc})".splitlines()[0]) from None
+
+
+def score_held_out(planted: dict, suggestions: list[dict], top: int = 3) -> dict:
+    """How well ``mgsv suggest --json`` results match the planted pairs of their clips.
+
+    ``suggestions``: one ``mgsv suggest --json`` object per clip (matched to its clip by file
+    name). Returns ``n`` (clips scored), ``top`` (the planted track ranked in the first
+    ``top``: share), ``top1``, ``hit`` (the top-ranked planted track's cut starts within
+    :data:`HIT_SECONDS` of the planted start: share of all clips), and the chance levels of
+    the same under a uniformly random ranking of the library and a uniformly random cut start
+    on the planted track (``chance_top``, ``chance_top1``, ``chance_hit``, exact per clip).
+    """
+    tracks = {t["music_id"]: t for t in planted["tracks"]}
+    clips = {Path(c["file"]).name: c for c in planted["clips"]}
+    n_tracks = len(tracks)
+    ranked_in, first, hits, chance_hit = 0, 0, 0, 0.0
+    scored = 0
+    for result in suggestions:
+        clip = clips.get(Path(result.get("video", "")).name)
+        if clip is None or not result.get("suggestions"):
+            continue
+        scored += 1
+        names = [Path(s["track"]).stem for s in result["suggestions"]]
+        wanted = clip["music_id"]
+        if wanted in names[:top]:
+            ranked_in += 1
+            cut = result["suggestions"][names.index(wanted)]["start"]
+            hits += abs(cut - clip["music_start"]) <= HIT_SECONDS
+        first += bool(names) and names[0] == wanted
+        length = clip["music_end"] - clip["music_start"]
+        room = max(1e-9, tracks[wanted]["duration"] - length)
+        window = min(clip["music_start"] + HIT_SECONDS, room) - max(clip["music_start"] - HIT_SECONDS, 0.0)
+        chance_hit += max(0.0, window) / room
+    share = (lambda k: k / scored if scored else 0.0)
+    return {"n": scored, "top": share(ranked_in), "top1": share(first), "hit": share(hits),
+            "chance_top": min(top, n_tracks) / n_tracks, "chance_top1": 1.0 / n_tracks,
+            "chance_hit": share(chance_hit) * min(top, n_tracks) / n_tracks}
