@@ -1188,9 +1188,9 @@ def data_synth_command(
     """Write a small synthetic dataset in the MGSV-EC layout, with a planted signal to learn.
 
     For trying train/eval end to end in seconds, without the real download; numbers
-    measured on it say nothing about real music. With --media: real files (music with
-    sections, clips whose picture shows the key and instrument of one section) and the
-    dataset built from them, for the whole loop train -> index -> suggest.
+    measured on it say nothing about real music. With --media: real files (tracks whose
+    sections differ in key and lead instrument, clips whose picture shows one section's key
+    and instrument) and the dataset built from them, for the whole loop train -> index -> suggest.
     """
     from mgsv_cli.research.synthetic import make_dataset, make_media_dataset
 

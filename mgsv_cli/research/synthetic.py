@@ -488,17 +488,20 @@ def _move_into_place(staging: Path, root: Path) -> None:
 #
 # Real files this time, for the loop media -> `mgsv data build` -> train -> index -> suggest:
 #
-# - Music: each track is a drums-only intro (3-6 s, so no moment starts at 0 s) and then
-#   three sections of 10-13 s, each in its own key and tempo with its own lead instrument
-#   (``media.synth.sectioned_samples``): every instrument once per track, in a random order, so
-#   the instrument tells a track's sections apart, and per instrument the 12 keys dealt without
-#   repeats, so (key, instrument), a section's type, is unique in a library of up to 12 tracks.
+# - Music: each track has one tempo, a drums-only intro (3-6 s, so no moment starts at 0 s),
+#   then three sections of 10-13 s, each led by another instrument and in its own key
+#   (``media.synth.sectioned_samples``; every instrument once per track, in a random order, and
+#   per instrument the 12 keys dealt without repeats): a section's (key, instrument) is unique
+#   in a library of up to 12 tracks.
 # - Clips: a clip belongs to one section of one track: its picture shows the section's key as a
 #   hue and its instrument as a pattern (``media.synth.synth_pattern_clip``), with per-clip
 #   nuisance (hue and brightness jitter, stripes drifting, a wandering disc). It lasts 5-9 s
 #   and its moment starts where its section starts: [section start, + clip length].
 # - Nothing else links them: the model must learn which music a picture goes with from the
-#   pairs, through the frozen encoders. Ranking the planted track top-3 among the library and
+#   pairs, through the frozen encoders. Why every section's picture is unique: MaDe's moment
+#   decoder is queried with the pooled video, which the ranking loss shapes; when one key
+#   per track (hue) was enough to rank, the pooled video lost the pattern and a tiny model
+#   only learned the average start (measured: 100% top-3, 33% hits, at 20 and at 40 epochs). Ranking the planted track top-3 among the library and
 #   cutting within a window of the planted start is what the loop test checks on held-out clips.
 # - Splits come from the generator (a ``split`` column): every section gets train, val and test
 #   clips; the test clips are never read by `mgsv train`, so they are the held-out files.
@@ -609,19 +612,17 @@ def _plan_media(root: Path, n_tracks: int, counts: dict[str, int], seed: int):
     from mgsv_cli.media.synth import INSTRUMENTS
 
     rng = np.random.default_rng([seed, 7])
-    instruments = list(INSTRUMENTS)
-    decks: dict[str, list] = {name: [] for name in instruments}
+    decks: dict[str, list] = {name: [] for name in INSTRUMENTS}
     tracks: list[PlantedTrack] = []
     for t in range(n_tracks):
+        bpm = float(rng.integers(80, 141))
         cursor = round(float(rng.uniform(*INTRO_SECONDS)), 2)
         sections = []
-        for instrument in rng.permutation(instruments):  # every instrument once per track, in any order
-            if not decks[instrument]:  # the 12 keys shuffled per instrument: repeats only past 12 tracks
+        for instrument in map(str, rng.permutation(list(INSTRUMENTS))):  # each instrument once, in any order
+            if not decks[instrument]:  # per instrument the 12 keys, shuffled: repeats only past 12 tracks
                 decks[instrument] = [PLANTED_KEYS[i] for i in rng.permutation(len(PLANTED_KEYS))]
-            key, instrument = decks[instrument].pop(), str(instrument)
             length = round(float(rng.uniform(*SECTION_SECONDS)), 2)
-            sections.append(PlantedSection(cursor, round(cursor + length, 2), key, instrument,
-                                           float(rng.integers(80, 141))))
+            sections.append(PlantedSection(cursor, round(cursor + length, 2), decks[instrument].pop(), instrument, bpm))
             cursor = round(cursor + length, 2)
         music_id = f"track-{t + 1:03d}"
         tracks.append(PlantedTrack(music_id, root / MEDIA_DIR / "music" / f"{music_id}.flac", cursor, sections))
