@@ -571,7 +571,8 @@ def _hsv_to_rgb(hue_deg, saturation, value):
 
 def pattern_frames(seconds: float, hue: float, pattern: str, fps: int = 4, size: int = 224, seed: int = 0):
     """uint8 frames ``[n, size, size, 3]`` of a planted clip: ``pattern`` (horizontal or vertical
-    stripes, a checkerboard) in shades of ``hue`` drifting slowly, with a dark disc wandering over it.
+    stripes, a checkerboard) in a saturated and a pale shade of ``hue`` drifting slowly, with a
+    small grey disc wandering over it.
 
     Per clip (``seed``): the hue strays by up to 8 degrees, the brightness by 15%, the stripes'
     phase and drift and the disc's path are random, so no two clips are the same picture.
@@ -589,7 +590,8 @@ def pattern_frames(seconds: float, hue: float, pattern: str, fps: int = 4, size:
     velocity = rng.uniform(-40.0, 40.0, 2)
     radius = float(rng.uniform(0.05, 0.09)) * size  # small: the colours and the pattern are the picture
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    light, dark = (_hsv_to_rgb(hue, 0.9, v) for v in (value, 0.45 * value))
+    # Both shades carry the hue (a saturated and a pale one): what the picture shows is its colour.
+    light, dark = _hsv_to_rgb(hue, 0.95, value), _hsv_to_rgb(hue, 0.4, 0.75 * value)
     n = max(1, int(round(seconds * fps)))
     frames = np.empty((n, size, size, 3), dtype=np.uint8)
     for i in range(n):
@@ -605,7 +607,7 @@ def pattern_frames(seconds: float, hue: float, pattern: str, fps: int = 4, size:
         centre = disc + velocity * t
         centre = np.abs((centre % (2 * size)) - size)  # bounce off the edges
         inside = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
-        picture[inside] = 0.08
+        picture[inside] = 0.5
         frames[i] = np.round(picture * 255.0).astype(np.uint8)
     return frames
 
