@@ -112,3 +112,36 @@ def test_demo_library_and_clip(tmp_path):
     clip = synth.make_demo_clip(tmp_path / "demo.mp4", seconds=2.0)
     info = media.probe(clip)
     assert info.has_video and info.has_audio and info.duration == pytest.approx(2.0, abs=0.1)
+
+
+def test_sectioned_music_starts_each_section_where_it_says_and_is_seeded():
+    sections = [(4.0, 120.0, "C", "pluck"), (3.0, 90.0, "F#m", "organ"), (3.0, 100.0, "A", "bell")]
+    a = synth.sectioned_samples(sections, intro_seconds=2.0, seed=5)
+    rate = synth.SAMPLE_RATE
+    assert a.shape == (int(round(2.0 * rate)) + sum(int(round(s[0] * rate)) for s in sections), 2)
+    assert np.array_equal(a, synth.sectioned_samples(sections, intro_seconds=2.0, seed=5))
+    mono = a.mean(axis=1)
+
+    def spectrum_peak(t0, t1):
+        seg = mono[int(t0 * rate):int(t1 * rate)]
+        return float(np.fft.rfftfreq(seg.size, 1 / rate)[np.argmax(np.abs(np.fft.rfft(seg))[50:]) + 50])
+
+    # The organ (octave 4, sustained) sits lower than the bell (octave 6) and each section sounds.
+    assert spectrum_peak(6.5, 8.5) < spectrum_peak(9.5, 12.0)
+    for t0 in (2.5, 6.5, 9.5):
+        assert float(np.sqrt(np.mean(mono[int(t0 * rate):int((t0 + 0.4) * rate)] ** 2))) > 0.01
+    with pytest.raises(UsageError):
+        synth.sectioned_samples([(2.0, 100.0, "C", "kazoo")])
+
+
+def test_pattern_clips_show_their_key_as_a_hue_and_are_real_videos(tmp_path):
+    red = synth.pattern_frames(2.0, synth.key_hue("C"), "vertical", fps=2, size=64, seed=1)
+    cyan = synth.pattern_frames(2.0, synth.key_hue("F#"), "vertical", fps=2, size=64, seed=1)
+    assert red.shape == (4, 64, 64, 3) and red.dtype == np.uint8
+    assert red[..., 0].mean() > red[..., 2].mean() + 40 and cyan[..., 2].mean() > cyan[..., 0].mean() + 40
+    assert not np.array_equal(red, synth.pattern_frames(2.0, synth.key_hue("C"), "vertical", fps=2, size=64, seed=2))
+    path = synth.synth_pattern_clip(tmp_path / "clip.mp4", 3.0, "A", "bell", fps=2, size=64, seed=0)
+    info = media.probe(path)
+    assert info.has_video and not info.has_audio and info.duration == pytest.approx(3.0, abs=0.1)
+    with pytest.raises(UsageError):
+        synth.synth_pattern_clip(tmp_path / "clip.webm", 3.0, "A", "bell")

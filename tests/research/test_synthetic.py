@@ -270,3 +270,25 @@ def test_cli_noise_options_change_the_videos_only(tmp_path, capsys):
     assert changed and all(path.startswith(FEATURE_DIRS["video"] + "/") for path in changed)  # frames only
     code, out, err = run_cli(["data", "synth", tmp_path / "c", *args, "--noise", "-1"], capsys)
     assert code == UsageError.exit_code and "noise" in err and "Traceback" not in err
+
+
+def test_planted_media_pair_each_clip_with_one_unique_section(tmp_path):
+    from mgsv_cli.research.synthetic import make_media_dataset, read_planted
+
+    info = make_media_dataset(tmp_path / "planted", n_tracks=3, seed=4, clips={"train": 1, "val": 1, "test": 1},
+                              build=False)
+    assert len(info.tracks) == 3 and len(info.clips) == 3 * 3 * 3
+    types = [(s.key, s.instrument) for t in info.tracks for s in t.sections]
+    assert len(set(types)) == len(types)  # a picture names one section of the library
+    assert all(sorted(s.instrument for s in t.sections) == ["bell", "organ", "pluck"] for t in info.tracks)
+    assert all(t.sections[0].start >= 3.0 for t in info.tracks)  # an intro first: no moment at 0 s
+    with open(info.pairs_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 27 and {r["split"] for r in rows} == {"train", "val", "test"}
+    for row, clip in zip(rows, info.clips):
+        section = info.tracks[clip.track].sections[clip.section]
+        assert float(row["music_start"]) == section.start and float(row["music_end"]) <= section.end
+        assert (info.pairs_csv.parent / row["video"]).is_file() and (info.pairs_csv.parent / row["music"]).is_file()
+    assert read_planted(info.root)["clips"][0]["music_start"] == info.clips[0].music_start
+    with pytest.raises(UsageError):
+        make_media_dataset(tmp_path / "planted", n_tracks=3, build=False)  # media/ exists: never overwritten
