@@ -24,7 +24,7 @@ It ends by printing the commands to try next, spelled so that they run as printe
 passed with ``--index``); a test runs them.
 
 Usage: ``python -m mgsv_cli.demo [OUT_DIR] [--tracks N] [--clips N] [--epochs N]``
-(default ``demo_out``, 10 tracks, 3 training clips per section, 40 epochs).
+(default ``demo_out``, 8 tracks, 3 training clips per section, 40 epochs: the loop test's sizes).
 """
 from __future__ import annotations
 
@@ -153,21 +153,24 @@ def describe_result(clip: Path, clip_info: dict, home: Path) -> str:
     saved = os.environ.get("MGSV_HOME")
     os.environ["MGSV_HOME"] = str(home)
     try:
-        first = load_last_suggestion(clip).suggestions[0]
-    except (MgsvError, IndexError):
+        found = load_last_suggestion(clip).suggestions
+    except MgsvError:
         return planted
     finally:
         if saved is None:
             os.environ.pop("MGSV_HOME", None)
         else:
             os.environ["MGSV_HOME"] = saved
-    return f"{planted}; suggest ranked first {Path(first.track).stem}, cut from {first.start:.1f} s"
+    ranked = [s for s in found if Path(s.track).stem == clip_info["music_id"]]
+    if not ranked:
+        return f"{planted}; suggest did not rank it in its top {len(found)}"
+    return f"{planted}; suggest ranked it #{ranked[0].rank}, cut from {ranked[0].start:.1f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mgsv_cli.demo", description="mgsv's demo, end to end")
     parser.add_argument("out_dir", nargs="?", default="demo_out")
-    parser.add_argument("--tracks", type=int, default=10, help="planted music tracks (3 sections each)")
+    parser.add_argument("--tracks", type=int, default=8, help="planted music tracks (3 sections each)")
     parser.add_argument("--clips", type=int, default=3, help="training clips per section")
     parser.add_argument("--epochs", type=int, default=40, help="training epochs (tiny-plus, batch 16)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
