@@ -483,7 +483,7 @@ def build_dataset(
                     sources[key] = _Source(location=key[1], kind=kind_of)
         _check_files_exist(pairs_csv, rows)
         _hash_sources(list(sources.values()), manifest, fetch_dir, progress)
-        _probe_sources(list(sources.values()), manifest, progress)
+        _probe_sources(list(sources.values()), manifest, fetch_dir, progress)
         pairs = [_Pair(row, sources[("video", _location(pairs_csv, row.video))],
                        sources[("music", _location(pairs_csv, row.music))]) for row in rows]
         pairs = _usable_pairs(pairs, report, progress)
@@ -492,9 +492,9 @@ def build_dataset(
         _assign_splits(pairs_csv, pairs, manifest, split_by, val_fraction, test_fraction, seed)
         _write_record(root, dataset_encoders, pairs_csv, split_by, seed)
         loaded = _EncoderLoader(encoders, kind, device, offline, weights_dir, batch_windows, widths)
-        music_done = _embed_items(root, "music", pairs, manifest, report, progress,
+        music_done = _embed_items(root, "music", pairs, manifest, fetch_dir, report, progress,
                                   embed_music or (lambda jobs: embed_music_local(jobs, loaded.get())))
-        video_done = _embed_items(root, "video", pairs, manifest, report, progress,
+        video_done = _embed_items(root, "video", pairs, manifest, fetch_dir, report, progress,
                                   lambda jobs: embed_videos_local(jobs, loaded.get()))
         _write_splits(root, pairs, music_done, video_done, report)
         _write_record(root, dataset_encoders, pairs_csv, split_by, seed, report=report)
@@ -616,8 +616,8 @@ def _check_files_exist(pairs_csv: Path, rows: list[PairRow]) -> None:
 
 
 def _hash_sources(sources: list[_Source], manifest: _Manifest, fetch_dir: Path, progress: BuildProgress) -> None:
-    """Content hash of every file (cached by location, size and mtime); object-store files are
-    downloaded first (kept until the end of the build, for probing and embedding)."""
+    """Content hash of every file, cached by location, size and mtime: an unchanged file is not
+    read again (an object-store file not even downloaded; see :func:`_local_copy`)."""
     from mgsv_cli.media.files import content_hash
 
     progress.stage("hashing files", len(sources))
@@ -625,18 +625,25 @@ def _hash_sources(sources: list[_Source], manifest: _Manifest, fetch_dir: Path, 
         try:
             size, mtime_ns = _stat(source.location)
             digest = manifest.cached_hash(source.location, size, mtime_ns)
-            if _is_remote(source.location):
-                source.download = _download(source.location, fetch_dir)
-                source.path = str(source.download)
-                digest = digest or content_hash(source.download)
-            else:
-                source.path = source.location
-                digest = digest or content_hash(Path(source.location))
-            manifest.put_hash(source.location, size, mtime_ns, digest)
+            if digest is None:
+                digest = content_hash(Path(_local_copy(source, fetch_dir)))
+                manifest.put_hash(source.location, size, mtime_ns, digest)
             source.content_hash = digest
         except (OSError, MgsvError) as exc:
             source.error = f"{source.location}: cannot read ({first_line(exc)})"
         progress.advance("hashing files", 1, source.location)
+
+
+def _local_copy(source: _Source, fetch_dir: Path) -> str:
+    """The local file to read for ``source``: the file itself, or an object-store file downloaded
+    once, when first needed (hashing, probing or embedding), and removed at the end of the build."""
+    if not source.path:
+        if _is_remote(source.location):
+            source.download = _download(source.location, fetch_dir)
+            source.path = str(source.download)
+        else:
+            source.path = source.location
+    return source.path
 
 
 def _stat(location: str) -> tuple[int, int]:
@@ -675,7 +682,7 @@ def _download(uri: str, folder: Path, chunk: int = 8 << 20) -> Path:
     return target
 
 
-def _probe_sources(sources: list[_Source], manifest: _Manifest, progress: BuildProgress) -> None:
+def _probe_sources(sources: list[_Source], manifest: _Manifest, fetch_dir: Path, progress: BuildProgress) -> None:
     """Duration (and a video's size and rate) of every file, cached by content hash; ffprobe
     runs in its own process, so a few threads overlap them."""
     from mgsv_cli.media.ffmpeg import probe
@@ -690,9 +697,9 @@ def _probe_sources(sources: list[_Source], manifest: _Manifest, progress: BuildP
 
     def run(source: _Source):
         try:
-            info = probe(source.path)
-        except MgsvError as exc:
-            return source, None, first_line(exc).replace(source.path, source.location)
+            info = probe(_local_copy(source, fetch_dir))
+        except (OSError, MgsvError) as exc:
+            return source, None, first_line(exc).replace(source.path or source.location, source.location)
         if source.kind == "video" and not info.has_video:
             return source, None, f"{source.location}: has no video stream"
         if source.kind == "music" and not info.has_audio:
@@ -850,8 +857,8 @@ def _feature_kinds(kind: str) -> tuple[str, str]:
     return (kind, f"{kind}_mask")
 
 
-def _embed_items(root: Path, kind: str, pairs: list[_Pair], manifest: _Manifest, report: BuildReport,
-                 progress: BuildProgress, embed: Callable) -> dict[str, float]:
+def _embed_items(root: Path, kind: str, pairs: list[_Pair], manifest: _Manifest, fetch_dir: Path,
+                 report: BuildReport, progress: BuildProgress, embed: Callable) -> dict[str, float]:
     """Embed the items of ``kind`` (``video``, ``music``) whose features are not written yet, each
     content once, and write them; returns ``{item id: duration}`` of every item that has features.
     Files that fail are reported (their rows are left out when the CSVs are written)."""
@@ -869,7 +876,13 @@ def _embed_items(root: Path, kind: str, pairs: list[_Pair], manifest: _Manifest,
             ready[item_id] = have[1]
             continue
         todo.setdefault(source.content_hash, []).append(item_id)
-        jobs.setdefault(source.content_hash, MediaJob(source.content_hash, source.location, source.path))
+        if source.content_hash not in jobs:
+            try:
+                jobs[source.content_hash] = MediaJob(source.content_hash, source.location,
+                                                     _local_copy(source, fetch_dir))
+            except (OSError, MgsvError) as exc:  # an object store that failed since it was hashed
+                report.failed.append((source.location, f"{source.location}: cannot read ({first_line(exc)})"))
+                progress.failed(source.location, report.failed[-1][1])
     counter = "music" if kind == "music" else "videos"
     setattr(report, f"reused_{counter}", len(ready))
     stage = f"embedding {counter}"

@@ -294,3 +294,25 @@ def test_train_records_the_datasets_encoders_and_suggest_names_them(tmp_path, ca
     assert "mgsv index MUSIC_DIR --encoders tiny" in message
     Index.encoder_id = TINY_ENCODER_ID
     _check_checkpoint_fits(run, "tiny", Index())  # the same encoders: fine
+
+
+def test_object_store_files_are_read_through_pyarrow_and_not_downloaded_again(tmp_path, media, monkeypatch):
+    """The remote path (`s3://...` in real use) exercised with pyarrow's file:// file system."""
+    from mgsv_cli.features.encoders import load_encoders
+
+    monkeypatch.setattr(build, "_location", lambda pairs_csv, cell: cell)  # keep the URIs as written
+    downloads = []
+    real_download = build._download
+    monkeypatch.setattr(build, "_download", lambda uri, folder: downloads.append(uri) or real_download(uri, folder))
+    rows = [{**r, "video": "file://" + r["video"], "music": "file://" + r["music"]} for r in all_pairs(media)]
+    pairs_csv = write_pairs(tmp_path / "pairs.csv", rows)
+    root = tmp_path / "ds"
+    encoders = load_encoders("tiny", device="cpu")
+    report = build.build_dataset(pairs_csv, root, encoders=encoders)
+    assert (report.n_tracks, report.n_videos, report.failed) == (4, 8, [])
+    assert sorted(downloads) == sorted({r["video"] for r in rows} | {r["music"] for r in rows})  # once each
+    assert not any((root / build.STATE_DIR / "fetch").glob("*.*"))  # the copies are gone
+    assert {r["music_path"] for rows_ in split_rows(root).values() for r in rows_} == {r["music"] for r in rows}
+    downloads.clear()
+    again = build.build_dataset(pairs_csv, root, encoders=encoders)
+    assert downloads == [] and again.embedded_music == again.embedded_videos == 0
