@@ -302,7 +302,7 @@ def index_command(
     Defaults for --index, --encoders, --device, --weights-dir and --offline come from `mgsv config` when set there.
     """
     from mgsv_cli.errors import UsageError
-    from mgsv_cli.index.store import index_music
+    from mgsv_cli.index.pipeline import index_folder
     from mgsv_cli.settings import default
 
     index_given = index
@@ -312,7 +312,7 @@ def index_command(
         clashing = [flag for flag, on in (("--force", force), ("--prune", prune), ("--retry-failed", retry_failed)) if on]
         if clashing:
             raise UsageError(f"--failed only lists; it does not go with {', '.join(clashing)}")
-        _print_failed_files(index, music_dir, as_json)
+        _print_failed_files(store or index, music_dir, as_json)
         return
     if as_json:
         raise UsageError("--json goes with --failed (`mgsv index --failed --json`)")
@@ -320,12 +320,14 @@ def index_command(
         raise UsageError("missing MUSIC_DIR, the music folder to index: `mgsv index ~/Music` "
                          "(`mgsv index --failed` lists the files that could not be indexed)")
     _check_encoders(encoders)
-    if engine != "local" or store is not None or ray_address is not None or "://" in str(music_dir):
+    if engine != "local" or ray_address is not None or "://" in str(music_dir):
         _index_into_store(music_dir, engine, store, ray_address, index_given, prune, force, retry_failed,
                           encoders or "pretrained", device, offline, weights_dir, beats, batch_windows, keys)
         return
-    if keys is not None:
+    if keys is not None and store is None:
         raise UsageError("--keys goes with --store (a Lance track store); the SQLite index keeps float16 keys")
+    if store is not None and index_given is not None:
+        raise UsageError("give either --index (an SQLite index) or --store (a Lance track store), not both")
 
     def load_encoders():
         from mgsv_cli.device import resolve_device
@@ -334,9 +336,10 @@ def index_command(
         return load(kind=encoders, device=resolve_device(device), offline=offline, weights_dir=weights_dir,
                     parts=("music",), batch_windows=batch_windows)
 
-    report = _interruptible(lambda progress: index_music(
-        music_dir, index, encoders=load_encoders, prune=prune, force=force, progress=progress, detect_beats=beats,
-        encoder_kind=encoders, retry_failed=retry_failed), "index")
+    report = _interruptible(lambda progress: index_folder(
+        music_dir, store or index, encoders=load_encoders, prune=prune, force=force, progress=progress,
+        detect_beats=beats, encoder_kind=encoders, retry_failed=retry_failed, key_encoding=keys),
+        "store" if store else "index")
     _print_index_summary(report, encoders, index_given)
     if report.failed:
         raise typer.Exit(1)
@@ -348,8 +351,8 @@ def _interruptible(run, where: str):
     try:
         with progress:
             return run(progress)
-    except KeyboardInterrupt as exc:
-        report = getattr(exc, "report", None)
+    except KeyboardInterrupt:
+        report = progress.interrupted_report
         saved = f"; {report.n_tracks} track(s) in the {where}" if report is not None else ""
         err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
                           soft_wrap=True)
@@ -381,39 +384,17 @@ def _index_into_store(music_dir, engine: str, store: Optional[str], ray_address:
         raise UsageError(f"--keys {keys!r}: expected {' or '.join(KEY_ENCODINGS)}")
 
     def run(progress):
-        if engine == "ray":
-            from mgsv_cli.index.ray_engine import index_with_ray
+        from mgsv_cli.index.ray_engine import index_with_ray
 
-            return index_with_ray(music_dir, store, encoder_kind=encoders, device=device or "auto", offline=offline,
-                                  weights_dir=weights_dir, batch_windows=batch_windows, detect_beats=beats,
-                                  ray_address=ray_address, progress=progress, key_encoding=keys)
-        return _index_locally_into_store(music_dir, store, encoders, device, offline, weights_dir, beats,
-                                         batch_windows, progress, keys)
+        return index_with_ray(music_dir, store, encoder_kind=encoders, device=device or "auto", offline=offline,
+                              weights_dir=weights_dir, batch_windows=batch_windows, detect_beats=beats,
+                              ray_address=ray_address, progress=progress, key_encoding=keys)
 
     report = _interruptible(run, "store")
     _print_index_summary(report, encoders, None)
     if report.failed:
         _print_failures_at_end(report.failed)
         raise typer.Exit(1)
-
-
-def _index_locally_into_store(music_dir, store: str, encoders: str, device, offline, weights_dir, beats,
-                              batch_windows, progress, keys: Optional[str] = None):
-    from mgsv_cli.errors import UsageError
-    from mgsv_cli.index import backend
-
-    if not hasattr(backend, "index_to_store"):
-        raise UsageError("only --engine ray writes track stores in this version")
-
-    def load_encoders():
-        from mgsv_cli.device import resolve_device
-        from mgsv_cli.features.encoders import load_encoders as load
-
-        return load(kind=encoders, device=resolve_device(device), offline=offline, weights_dir=weights_dir,
-                    parts=("music",), batch_windows=batch_windows)
-
-    return backend.index_to_store(music_dir, store, load_encoders, progress, detect_beats=beats,
-                                  encoder_kind=encoders, key_encoding=keys)
 
 
 def _print_failures_at_end(failed) -> None:
@@ -427,13 +408,13 @@ def _print_failures_at_end(failed) -> None:
         console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
-def _print_failed_files(index: Optional[Path], music_dir: Optional[Path], as_json: bool) -> None:
+def _print_failed_files(index, music_dir: Optional[Path], as_json: bool) -> None:
     """`mgsv index --failed`: the remembered failures, one per line (or one JSON object)."""
     import json
 
     from rich.markup import escape
 
-    from mgsv_cli.index.store import failed_files
+    from mgsv_cli.index.pipeline import failed_files
 
     path, found = failed_files(index, under=music_dir)
     if as_json:
@@ -469,6 +450,7 @@ class _IndexBars:
                              disable=not err_console.is_terminal)
         self.tasks: dict[str, int] = {}
         self.note_task: Optional[int] = None
+        self.interrupted_report = None  # what an interrupted run kept
 
     def __enter__(self) -> "_IndexBars":
         self.bars.__enter__()
@@ -494,6 +476,9 @@ class _IndexBars:
     def note(self, message: str) -> None:
         self._clear_note()
         self.note_task = self.bars.add_task(message, total=None, detail="")
+
+    def interrupted(self, report) -> None:
+        self.interrupted_report = report
 
     def _clear_note(self) -> None:
         if self.note_task is not None:
@@ -577,7 +562,7 @@ def suggest_command(
     if snap not in (None, "beat"):
         raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
     _check_encoders(encoders)
-    from mgsv_cli.index.search import first_stage_kinds
+    from mgsv_cli.retrieval.first_stage import first_stage_kinds
 
     if first_stage not in first_stage_kinds():
         raise UsageError(f"--first-stage {first_stage!r}: expected one of {', '.join(first_stage_kinds())}")

@@ -37,6 +37,7 @@ from mgsv_cli.features.weights import (
     offline_env,
 )
 from mgsv_cli.features.recipe import (
+    ENCODER_IDS,
     TINY_MUSIC_DIM,
     AST_MEAN,
     AST_STD,
@@ -54,8 +55,8 @@ from mgsv_cli.features.recipe import (
 
 # ---------------------------------------------------------------- encoder identities
 
-PRETRAINED_ENCODER_ID = "clip-vit-b-32-openai+ast-audioset-0.4593"
-TINY_ENCODER_ID = "tiny-v1"
+PRETRAINED_ENCODER_ID = ENCODER_IDS["pretrained"]
+TINY_ENCODER_ID = ENCODER_IDS["tiny"]
 TINY_SEED = 20250601
 
 # bench/bench_ast.py on the 2-core CPU: casting AST's weights to bf16 is as fast as

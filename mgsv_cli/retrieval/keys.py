@@ -1,34 +1,34 @@
-"""The per-checkpoint token cache: what scoring needs from every indexed track.
+"""What the model scores a video against: each track's keys, in memory or read from the store.
 
-What scoring needs from the tracks (``MusicTokens.keys``/``pooled``/``mask``) depends
-only on the checkpoint and the index, so it is computed once and cached under
-``paths.cache_dir()/music_tokens`` per (checkpoint, index); each track's ``token_stamp``
-in the index tells which cached rows are still current, so after adding a few songs
-only those are encoded. Tracks are grouped by length into buckets so that short tracks
-(most of a library) are scored without the padding of long ones. The cache is only an
-optimisation: a failed write is ignored, an unreadable or stale file is rebuilt.
+The rerank of a search scores candidate tracks with the model's full relevance
+(``model.score_pairs`` on a :class:`~mgsv_cli.models.made.MusicTokens` of pooled vectors, X-Pool
+keys, masks and score offsets: a track's derived rows). Two sources give those rows:
+
+* :class:`ResidentKeys`: every track of a library the model scores whole (at most the rerank
+  size), read once from the store's derived rows and kept in memory, grouped by length;
+* :func:`score_ids`: the candidates of a catalog, read from the store per query
+  (``store.derived_for``), converted into a per-thread workspace reused from query to
+  query (a fresh 60 MB buffer per query cost more in page faults than the conversion).
+
+Both group tracks by their last valid window (:data:`BUCKET_EDGES`): padded windows get zero
+attention weight in X-Pool, so trimming them is exact, and short tracks (most of a library:
+139 s on average, 57 of 96 windows) stop costing memory traffic, the bound of CPU scoring.
 """
 from __future__ import annotations
 
-import hashlib
-import os
+import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
-from mgsv_cli import paths
-
-TOKEN_CACHE_FORMAT = "3"
-ENCODE_CHUNK = 128  # tracks per encode_music call while building the cache
-StatusFn = Callable[[str], None]
-
+from mgsv_cli.index.backend import TrackStore
 
 BUCKET_EDGES = (24, 48, 72)  # valid-window counts that split tracks into length buckets
+RERANK_BATCH = 1024  # tracks per derived_for + score_pairs call (one call for the default rerank)
 
 
 @dataclass
-class ScoringTokens:
-    """What scoring needs of every indexed track, grouped by length.
+class ResidentKeys:
+    """What scoring needs of every track of a library, in memory, grouped by length.
 
     Each bucket is ``(positions [n_b] long, MusicTokens with keys [n_b, S_b, d], mask
     [n_b, S_b], pooled [n_b, d])`` where ``S_b`` is the last valid window of the bucket's
@@ -72,7 +72,7 @@ class ScoringTokens:
         return keys, pooled, mask, offsets
 
     @classmethod
-    def from_full(cls, keys, pooled, mask, offsets=None) -> "ScoringTokens":
+    def from_full(cls, keys, pooled, mask, offsets=None) -> "ResidentKeys":
         """Bucket full-length tensors: keys [N, S, d], pooled [N, d], mask [N, S] bool, score
         offsets [N] (or None: a model without them)."""
         import torch
@@ -91,141 +91,150 @@ class ScoringTokens:
             buckets.append((positions.to(keys.device), music))
         return cls(buckets, int(keys.shape[0]))
 
+    @classmethod
+    def load(cls, store: TrackStore, fingerprint: str, ids, device) -> "ResidentKeys":
+        """The derived rows of tracks ``ids`` [N] (every row current: see ``derived.update_derived``),
+        bucketed on ``device``, in the order of ``ids``."""
+        import numpy as np
+        import torch
 
-def model_fingerprint(model) -> str:
-    """A content id of a model's weights (for models that have no checkpoint id)."""
-    digest = hashlib.blake2b(digest_size=8)
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = store.derived_for(fingerprint, ids.tolist())
+        mask = torch.from_numpy(np.ascontiguousarray(rows.mask, dtype=bool))
+        keys = torch.from_numpy(_dequantized(rows)).to(device)
+        offsets = None if rows.offsets is None else torch.from_numpy(np.asarray(rows.offsets, np.float32)).to(device)
+        return cls.from_full(keys.float(), torch.from_numpy(np.asarray(rows.pooled, np.float32)).to(device),
+                             mask.to(device), offsets)
 
 
-def token_cache_path(model_id: str, index) -> Path:
-    return paths.cache_dir() / "music_tokens" / f"{model_id}-{index.index_uuid[:16]}.safetensors"
+def _dequantized(rows):
+    """The keys of derived rows as float numpy [K, S, d] (int8 keys scaled back)."""
+    import numpy as np
+
+    from mgsv_cli.index.records import dequantize_keys
+
+    if rows.key_scales is not None:
+        return dequantize_keys(rows.keys, rows.key_scales)
+    return np.ascontiguousarray(rows.keys)
 
 
-def scoring_tokens_for(model, model_id: str, index, tracks, device, status: StatusFn | None = None,
-                       use_cache: bool = True) -> tuple[ScoringTokens, bool]:
-    """:class:`ScoringTokens` of every track in ``tracks`` (the index's order, by id).
+# ---------------------------------------------------------------- keys read per query
 
-    Taken from the per-(checkpoint, index) cache when it holds every track's current
-    tokens (same ids and ``token_stamp``s). After the index changed, only new and
-    re-embedded tracks go through ``model.encode_music``; the rest are reused from the
-    cache, which is then rewritten. Returns ``(tokens, fully_from_cache)``.
-    """
+
+_workspaces = threading.local()  # per thread: one reusable buffer for the rerank's key buckets
+
+
+def _workspace(shape, dtype):
+    """A torch tensor of ``shape`` and ``dtype`` (contents undefined) in this thread's reusable
+    buffer, which grows to the largest bucket asked and stays. A fresh 60 MB array for every
+    query costs ~15k page faults (the allocator hands it back to the kernel when freed): tens of
+    ms on 2 cores, more than converting the keys. Valid until the next call in the thread."""
+    import math
+
     import torch
 
-    cache_file = token_cache_path(model_id, index)
-    ids = torch.tensor([t.id for t in tracks], dtype=torch.int64)
-    stamps = torch.tensor([t.token_stamp for t in tracks], dtype=torch.int64)
-    cached = _read_token_cache(cache_file, index.encoder_id, device) if use_cache else None
-    if cached is not None and cached[2].has_offsets != model.has_score_offsets:
-        cached = None  # offsets where the model has none, or none where it has them: rebuilt, never trusted
-    if cached is not None and torch.equal(cached[0], ids) and torch.equal(cached[1], stamps):
-        return cached[2], True
-    known = {} if cached is None else {
-        (int(i), int(st)): pos for pos, (i, st) in enumerate(zip(cached[0].tolist(), cached[1].tolist()))
-    }
-    from_cache = [(pos, known[key]) for pos, key in enumerate(zip(ids.tolist(), stamps.tolist())) if key in known]
-    todo = sorted(set(range(len(tracks))) - {pos for pos, _ in from_cache})
-    if status:
-        status(f"encoding {len(todo)} of {len(tracks)} indexed tracks for this model (cached for later runs)")
-    keys, pooled, mask, offsets = _assemble(model, index, tracks, device, cached[2] if cached else None, from_cache,
-                                            todo)
-    tokens = ScoringTokens.from_full(keys, pooled, mask, offsets)
-    if use_cache:
-        _write_token_cache(cache_file, tokens, ids, stamps, index.encoder_id, model_id)
-    return tokens, False
+    count = math.prod(int(size) for size in shape)
+    buffers = getattr(_workspaces, "buffers", None)
+    if buffers is None:
+        buffers = _workspaces.buffers = {}
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.numel() < count:
+        buffer = buffers[dtype] = torch.empty(count, dtype=dtype)
+    return buffer[:count].view(shape)
 
 
-def _assemble(model, index, tracks, device, cached: ScoringTokens | None, from_cache, todo):
-    """Full-width keys [N, S, d], pooled [N, d], mask [N, S], score offsets [N] (None for a model
-    without them): rows ``from_cache`` copied from the old cache (``(new position, old position)``
-    pairs), rows ``todo`` encoded now."""
+def _bucket_keys(keys, members, width: int, dtype, scales=None):
+    """Rows ``members`` (numpy int64 [k_b]) of keys numpy [K, S, d], windows [:width] (zero-padded past S), as a torch
+    [k_b, width, d] of ``dtype`` on the CPU, in this thread's workspace (valid until the next
+    bucket). Keys are float32 or float16, or int8 with ``scales`` float32 [K, S] (see
+    ``records.quantize_keys``), dequantized here. Each row's windows are read once and written
+    converted."""
     import torch
 
-    width, dim = model.cfg.n_windows, model.cfg.d_model
-    n_tracks = len(tracks)
-    keys = torch.zeros(n_tracks, width, dim, device=device)
-    pooled = torch.zeros(n_tracks, dim, device=device)
-    mask = torch.zeros(n_tracks, width, dtype=torch.bool, device=device)
-    # One score offset per track when the model has them (a made-plus querybank; see MusicTokens).
-    offsets = torch.zeros(n_tracks, device=device) if model.has_score_offsets else None
-    if from_cache:
-        old_keys, old_pooled, old_mask, old_offsets = cached.to_full(width)
-        new_pos, old_pos = (torch.tensor(p, device=device) for p in zip(*from_cache))
-        keys[new_pos], pooled[new_pos], mask[new_pos] = old_keys[old_pos], old_pooled[old_pos], old_mask[old_pos]
-        if offsets is not None:
-            offsets[new_pos] = old_offsets[old_pos]
-    with torch.inference_mode():
-        for start in range(0, len(todo), ENCODE_CHUNK):
-            chunk = todo[start:start + ENCODE_CHUNK]
-            feats, feat_mask = index.tokens_for([tracks[p].id for p in chunk])
-            music = model.encode_music(torch.from_numpy(feats).to(device), torch.from_numpy(feat_mask).to(device),
-                                       for_search=True)
-            rows = torch.tensor(chunk, device=device)
-            n_kept = music.keys.shape[1]  # encode_music trims each batch to its last valid window
-            keys[rows, :n_kept] = music.keys.to(keys.dtype)
-            mask[rows, :n_kept] = music.mask
-            pooled[rows] = music.pooled.to(pooled.dtype)
-            if offsets is not None:
-                offsets[rows] = music.offsets.float()
-    return keys, pooled, mask, offsets
+    out = _workspace((len(members), width, keys.shape[2]), dtype)
+    kept = min(width, keys.shape[1])
+    if kept < width:
+        out[:, kept:] = 0
+    source = torch.from_numpy(keys)
+    if scales is not None:
+        # int8 rows are a quarter of float32's bytes: gathering them first (contiguous) costs
+        # little, then one conversion and one scaling pass over contiguous memory.
+        pick = torch.from_numpy(members)
+        gathered = source[:, :kept].index_select(0, pick)
+        factors = torch.from_numpy(scales)[:, :kept].index_select(0, pick).unsqueeze(-1).to(dtype)
+        if kept == width:
+            out.copy_(gathered)
+            out.mul_(factors)
+        else:
+            out[:, :kept] = gathered.to(dtype) * factors
+        return out
+    # Row by row: a gather (index_select) would first write an fp16 copy of every row.
+    for j, row in enumerate(members.tolist()):
+        out[j, :kept].copy_(source[row, :kept])
+    return out
 
 
-def _read_token_cache(path: Path, encoder_id: str | None, device):
-    """``(track_ids [N], token_stamps [N], ScoringTokens)`` from a cache file, or None."""
-    from safetensors import safe_open
+def _model_dtype(model):
+    return getattr(model, "dtype", None) or next(model.parameters()).dtype
 
+
+def score_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_ids: Sequence[int],
+              batch_size: int = RERANK_BATCH):
+    """The model's relevance of tracks ``track_ids`` (their derived rows) for one video (B = 1):
+    float32 numpy [len(track_ids)], in the order given."""
+    import numpy as np
+    import torch
+
+    from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
     from mgsv_cli.models.made import MusicTokens
 
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            if meta.get("format") != TOKEN_CACHE_FORMAT or meta.get("encoder_id") != str(encoder_id):
-                return None
-            buckets = []
-            for b in range(int(meta["n_buckets"])):
-                def read(name: str):
-                    return handle.get_tensor(f"{name}.{b}").to(device)
+    track_ids = np.asarray(track_ids, dtype=np.int64)
+    out = np.empty(track_ids.shape[0], dtype=np.float32)
+    device, dtype = video_tokens.pooled.device, _model_dtype(model)
+    with torch.inference_mode():
+        for begin in range(0, track_ids.shape[0], batch_size):
+            chunk = track_ids[begin:begin + batch_size]
+            rows = store.derived_for(fingerprint, chunk.tolist())
+            mask = np.ascontiguousarray(rows.mask, dtype=bool)
+            scales = None if rows.key_scales is None else np.ascontiguousarray(rows.key_scales, dtype=np.float32)
+            # float32 (an SQLite index), float16 or int8 (a Lance store): converted per bucket below.
+            keys = np.ascontiguousarray(rows.keys) if scales is None else np.ascontiguousarray(rows.keys, np.int8)
+            mask_t = torch.from_numpy(_pad_to(mask, N_MUSIC_WINDOWS))
+            pooled = torch.from_numpy(np.ascontiguousarray(rows.pooled, dtype=np.float32))
+            offsets = None if rows.offsets is None else torch.from_numpy(np.asarray(rows.offsets, dtype=np.float32))
+            for members, width in _length_buckets(mask):
+                pick = torch.from_numpy(members)
+                music = MusicTokens(None, mask_t[:, :width].index_select(0, pick).to(device),
+                                    pooled.index_select(0, pick).to(device=device, dtype=dtype),
+                                    _bucket_keys(keys, members, width, dtype, scales).to(device),
+                                    None if offsets is None else offsets.index_select(0, pick).to(device))
+                scores = model.score_pairs(video_tokens, music)[:, 0].float()
+                out[begin + members] = torch.nan_to_num(scores, nan=float("-inf")).cpu().numpy()
+    return out
 
-                offsets = read("offsets") if f"offsets.{b}" in handle.keys() else None
-                buckets.append((read("positions"), MusicTokens(None, read("mask").bool(), read("pooled"), read("keys"),
-                                                               offsets)))
-            ids, stamps = handle.get_tensor("track_ids"), handle.get_tensor("token_stamps")
-    except Exception:  # a truncated or foreign cache file is rebuilt, never trusted
-        return None
-    return ids, stamps, ScoringTokens(buckets, len(ids))
+
+def _length_buckets(mask):
+    """Rows of ``mask`` bool [K, S] grouped by their last valid window, as the token cache groups
+    tracks (padding is exact to drop and most tracks are short): [(rows int64 [k_b], width)].
+    Each bucket is cut at its edge, not at its longest member, so that a track's score does not
+    depend on which others share its batch."""
+    import numpy as np
+
+    from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
+
+    width = mask.shape[1]
+    last = np.where(mask.any(1), width - np.argmax(mask[:, ::-1], axis=1), 0)
+    edges = np.asarray([*BUCKET_EDGES, max(N_MUSIC_WINDOWS, width)])
+    bucket = np.searchsorted(edges, last, side="left")
+    return [(np.flatnonzero(bucket == b), int(edges[b])) for b in np.unique(bucket)]
 
 
-def _write_token_cache(path: Path, tokens: ScoringTokens, track_ids, token_stamps, encoder_id: str | None,
-                       model_id: str) -> None:
-    """Atomic write (temporary file + rename): a killed run never leaves half a cache.
+def _pad_to(rows, width: int):
+    """``rows`` [k, S, ...] zero-padded to at least ``width`` slots on axis 1 (never copied when wide enough)."""
+    import numpy as np
 
-    Stored exactly as scored (bucketed, the model's dtype), so loading is a plain read
-    (memory-mapped) and cached results equal fresh ones bit for bit. One file per
-    (checkpoint, index): the rename replaces the cache of older index contents.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    tensors = {"track_ids": track_ids.contiguous(), "token_stamps": token_stamps.contiguous()}
-    for b, (positions, music) in enumerate(tokens.buckets):
-        tensors[f"keys.{b}"] = music.keys.cpu().contiguous()
-        tensors[f"pooled.{b}"] = music.pooled.cpu().contiguous()
-        tensors[f"mask.{b}"] = music.mask.to(torch.uint8).cpu().contiguous()
-        tensors[f"positions.{b}"] = positions.cpu().contiguous()
-        if music.offsets is not None:
-            tensors[f"offsets.{b}"] = music.offsets.float().cpu().contiguous()
-    meta = {"format": TOKEN_CACHE_FORMAT, "encoder_id": str(encoder_id), "model_id": model_id,
-            "n_buckets": str(len(tokens.buckets))}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # the cache is an optimisation: failing to write it is not an error
+    if rows.shape[1] >= width:
+        return rows
+    out = np.zeros((rows.shape[0], width, *rows.shape[2:]), dtype=rows.dtype)
+    out[:, :rows.shape[1]] = rows
+    return out

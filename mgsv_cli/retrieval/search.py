@@ -1,70 +1,49 @@
-"""Two-stage search over any track store: first stage on the pooled vectors, model rerank, moments.
+"""The one search path: a store's tracks ranked for a video by a model, and the moments found.
 
-MaDe's relevance is ``p_s = cos(v, h0) + cos(v, h1)``: ``h0`` (a track's pooled vector)
-does not depend on the video, ``h1`` (X-Pool over the track's keys) does. Scoring every
-track with X-Pool costs memory traffic proportional to the keys (49 KB per track), so a
-catalog of 10^5 to 10^7 tracks is searched in two stages:
+:class:`Retriever` joins, for one (store, model):
 
-1. **First stage** (:class:`FirstStage`): ``cos(v, h0)`` against every track's pooled
-   vector, the top N kept. *Exact*: one matrix-vector product over all of them. Below
-   :data:`BF16_MIN_TRACKS` tracks it runs on the store's pooled matrix as it is (float32
-   [N, d], memory-mapped for Lance) scaled by the rows' inverse norms; from there on a
-   normalised bfloat16 copy is kept in memory instead (512 MB at 1M tracks, d 256, half
-   the float32 matrix) and multiplied with float32 accumulation: 29 ms instead of 40 ms
-   at 1M on 2 cores, cosines within ~1e-3, so only the last few of the N candidates can
-   differ from a float32 product (996 of the top 1,000 agree on random vectors); the
-   rerank scores the candidates exactly either way. *IVF-PQ*: Lance's vector index on the
-   derived dataset's ``pooled`` column (cosine), for catalogs of :data:`IVF_MIN_TRACKS`
-   and more or when asked.
-2. **Rerank** (:func:`rerank_ids`): ``model.score_pairs`` on the N candidates' derived rows
-   (``store.derived_for``: pooled + keys), the model's full score; tracks are grouped by
-   length as the token cache groups them (padding costs nothing then), converted into a
-   per-thread workspace that is reused from query to query (a fresh 60 MB buffer per query
-   cost more in page faults than the conversion itself). At 1M tracks on 2 cores
-   (``bench/bench_scale.py``) the rerank of 1,000 is ~47 ms from a store of int8 keys
-   (``mgsv index --store ... --keys int8``) and ~68 ms from float16 keys, most of it Lance's
-   ``take`` of the 1,000 rows.
-3. **Moments** (:func:`detect_moments`) on the top K, from the stored AST tokens
-   (``store.tokens_for``), as ``mgsv suggest`` does.
+1. **derived rows** brought up to date (``derived.update_derived``: only tracks the model has
+   not encoded yet);
+2. a **first stage** (``first_stage.FirstStage``): ``cos(v, h0)`` over the pooled vectors keeps
+   the top N (the rerank size); a library of at most N tracks keeps them all;
+3. the **rerank**: the model's full score ``model.score_pairs`` of the candidates, from keys
+   held in memory for a library scored whole (``keys.ResidentKeys``) or read from the store
+   per query for a catalog (``keys.score_ids``); scored in id order, so that one set of
+   candidates always gets the same scores, and sorted best first (ties by id);
+4. **moments** (:meth:`Retriever.moments`) on the tracks the caller keeps, from their stored
+   AST tokens (``model.encode_music`` of the K winners, then ``model.detect``).
 
-With N at least the catalog size the result is exhaustive scoring exactly (the rerank
-sees every track). The search needs of a model only ``encode_music`` (for the derived
-rows), ``score_pairs`` on a :class:`~mgsv_cli.models.made.MusicTokens` of pooled vectors,
-keys, mask and the score offsets the derived rows carry (made-plus querybank normalisation: a
-per-track constant, so the first stage ignores it and the rerank applies it), and for moments
-``detect``, ``window_relevance``, ``spans_to_seconds``: a model family that scores with the
-pooled vectors alone (ReAL) works unchanged.
+With N at least the catalog's size, the result is exhaustive scoring exactly. The search
+needs of a model only ``encode_music`` (for the derived rows and the moments), ``score_pairs``
+on a :class:`~mgsv_cli.models.made.MusicTokens` of pooled vectors, keys, mask and score
+offsets, and ``detect``, ``window_relevance``, ``spans_to_seconds``: a model family that
+scores with the pooled vectors alone (ReAL) works unchanged. The score offsets of made-plus's
+querybank are a per-track constant: the first stage ignores them and the rerank applies them.
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from mgsv_cli.errors import IndexDatabaseError, UsageError
-from mgsv_cli.index.backend import TrackStore, is_lance_uri, update_derived
+from mgsv_cli.errors import UsageError
+from mgsv_cli.index.backend import TrackStore
+from mgsv_cli.retrieval.derived import update_derived
+from mgsv_cli.retrieval.first_stage import FirstStage, first_stage_kinds
+from mgsv_cli.retrieval.keys import RERANK_BATCH, ResidentKeys, score_ids
 
-__all__ = ["DEFAULT_RERANK", "IVF_MIN_TRACKS", "Candidates", "FirstStage", "SearchResult", "detect_moments",
-           "exhaustive", "first_stage_kinds", "rerank_ids", "score_ids", "search", "update_derived"]
+__all__ = ["DEFAULT_RERANK", "Candidates", "Retriever", "SearchResult", "detect_moments", "first_stage_kinds",
+           "rerank_ids"]
 
-DEFAULT_RERANK = 1000  # candidates the model reranks (issue 10: >= 99% top-10 agreement at 1,000)
-IVF_MIN_TRACKS = 4_000_000  # below, the exact product is fast enough (1M: ~30 ms on 2 cores)
-BF16_MIN_TRACKS = 200_000  # from here the first stage keeps a bfloat16 copy (half the memory traffic)
-RERANK_BATCH = 1024  # tracks per derived_for + score_pairs call (one call for the default rerank)
-_NORM_CHUNK = 65_536  # rows per pass over a memory-mapped matrix (its temporaries: 3 x 64 MB at d 256)
-_NORM_EPS = 1e-12  # F.normalize's: a zero vector has cosine 0 with everything
-
-
-def first_stage_kinds() -> tuple[str, ...]:
-    """What ``FirstStage.build(kind=...)`` accepts."""
-    return ("auto", "exact", "ivf_pq")
+DEFAULT_RERANK = 1000  # candidates the model reranks (>= 99% top-10 agreement with exhaustive scoring)
+StatusFn = Callable[[str], None]
 
 
 @dataclass
 class Candidates:
     """The rerank's output, best first: ``track_ids`` int64 [n], ``scores`` float32 [n] (the
-    model's full relevance), ``first_stage`` float32 [n] (``cos(v, h0)`` of the first stage)."""
+    model's full relevance), ``first_stage`` float32 [n] (``cos(v, h0)`` of the first stage; NaN
+    where every track was a candidate)."""
 
     track_ids: Any
     scores: Any
@@ -89,328 +68,111 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- first stage
+class Retriever:
+    """A store's tracks for one model: :meth:`rank` candidates for a video, :meth:`moments` in them.
 
-
-class FirstStage:
-    """``cos(v, h0)`` of one video against every track with derived rows; see the module docstring.
-
-    ``ids`` int64 [N] (by id); then either ``pooled`` float32 [N, d] (memory-mapped for Lance)
-    with ``inv_norm`` float32 [N], or ``unit`` a torch bfloat16 [N, d] of normalised rows.
-    ``kind`` is ``"exact"`` or ``"ivf_pq"``.
+    ``ids`` int64 [N] (by id) are the tracks it ranks; ``first_stage.kind`` is ``all`` for a
+    library scored whole (its keys resident), else ``exact`` or ``ivf_pq``.
     """
 
-    def __init__(self, ids, pooled=None, inv_norm=None, kind: str = "exact", vector_index: Any = None,
-                 build_seconds: float = 0.0, unit=None):
-        self.ids = ids
-        self.pooled = pooled
-        self.inv_norm = inv_norm
-        self.unit = unit
-        self.kind = kind
-        self._vector_index = vector_index
-        self.build_seconds = build_seconds
+    def __init__(self, model, store: TrackStore, fingerprint: str, first_stage: FirstStage,
+                 resident: ResidentKeys | None, rerank: int, timings: dict[str, float] | None = None):
+        import numpy as np
+
+        self.model, self.store, self.fingerprint = model, store, fingerprint
+        self.first_stage, self.resident, self.rerank = first_stage, resident, int(rerank)
+        self.ids = np.asarray(first_stage.ids, dtype=np.int64)
+        self.timings = timings if timings is not None else {}
+
+    @classmethod
+    def open(cls, store: TrackStore, model, fingerprint: str, *, rerank: int = DEFAULT_RERANK,
+             first_stage: str = "auto", device=None, status: StatusFn | None = None) -> "Retriever":
+        """Bring ``store``'s derived rows for ``model`` up to date and build the first stage (and the
+        resident keys of a library of at most ``rerank`` tracks). ``first_stage``: ``auto``,
+        ``exact`` or ``ivf_pq`` (a store with a vector index only); ``status`` hears progress."""
+        if rerank < 1:
+            raise UsageError("the rerank size must be at least 1")
+        if first_stage not in first_stage_kinds():
+            raise UsageError(f"first stage {first_stage!r}: expected one of {', '.join(first_stage_kinds())}")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        missing = len(store.derived_missing(fingerprint))
+        if missing and status:
+            status(f"encoding {missing} of {len(store)} tracks for this model (kept for later runs)")
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if status:
+                status(f"encoding tracks for this model: {done} of {total}")
+
+        encoded = update_derived(store, model, fingerprint, progress=progress) if missing else 0
+        timings["music_derived_encoded" if encoded else "music_derived_current"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ids, _ = store.pooled_matrix(fingerprint)
+        if len(ids) <= rerank and first_stage == "auto":
+            stage = FirstStage.keep_all(ids)
+            resident = ResidentKeys.load(store, fingerprint, stage.ids, device or _device_of(model))
+            timings["load_resident_keys"] = time.perf_counter() - t0
+        else:
+            stage, resident = FirstStage.build(store, fingerprint, kind=first_stage), None
+            timings["build_first_stage"] = stage.build_seconds
+        return cls(model, store, fingerprint, stage, resident, rerank, timings)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    @classmethod
-    def build(cls, store: TrackStore, fingerprint: str, *, kind: str = "auto", ivf_min_tracks: int = IVF_MIN_TRACKS,
-              bf16_min_tracks: int = BF16_MIN_TRACKS, nprobes: int = 32, refine_factor: int = 4) -> "FirstStage":
-        """The first stage over ``store``'s pooled vectors for ``fingerprint`` (derived rows must exist:
-        see :func:`update_derived`). ``kind``: ``auto`` (IVF-PQ from ``ivf_min_tracks`` tracks on a
-        Lance store), ``exact`` or ``ivf_pq`` (Lance stores only; builds the index when missing).
-        The exact product keeps a bfloat16 copy from ``bf16_min_tracks`` tracks on."""
-        import numpy as np
+    def rank(self, video_tokens, allowed=None) -> Candidates:
+        """Candidates for one video (``video_tokens``: B = 1, from ``model.encode_video``), best first.
 
-        if kind not in first_stage_kinds():
-            raise UsageError(f"first stage {kind!r}: expected one of {', '.join(first_stage_kinds())}")
-        start = time.perf_counter()
-        ids, pooled = store.pooled_matrix(fingerprint)
-        ids = np.asarray(ids)
-        if kind == "auto":
-            kind = "ivf_pq" if len(ids) >= ivf_min_tracks and is_lance_uri(store.uri) else "exact"
-        if kind == "ivf_pq":
-            vector_index = _LanceVectorIndex.open(store, fingerprint, len(ids), pooled.shape[1], nprobes, refine_factor)
-            return cls(ids, kind=kind, vector_index=vector_index, build_seconds=time.perf_counter() - start)
-        if len(ids) >= bf16_min_tracks:
-            # The float32 matrix is dropped once copied: its pages leave this process's memory.
-            unit = _unit_rows_bf16(pooled)
-            return cls(ids, unit=unit, kind=kind, build_seconds=time.perf_counter() - start)
-        return cls(ids, pooled, _inverse_norms(pooled), kind, build_seconds=time.perf_counter() - start)
-
-    def top(self, query, n: int, allowed=None):
-        """The ``n`` tracks of highest ``cos(query, h0)``, best first (ties by id).
-
-        ``query`` float [d] (a video's pooled vector, any norm); ``allowed`` bool [N] aligned
-        with :attr:`ids` (False: never returned), or None. Returns (ids int64 [n'], cos float32 [n']),
-        n' = min(n, tracks allowed).
+        ``allowed``: bool [N] aligned with :attr:`ids` (False: never returned), or None. At most
+        the rerank size of them: every allowed track of a library scored whole.
         """
         import numpy as np
-
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        query = query / max(float(np.linalg.norm(query)), _NORM_EPS)
-        if self._vector_index is not None:
-            return self._vector_index.top(query, n, self.ids, allowed)
         import torch
 
-        if self.unit is not None:
-            # bf16 x bf16 -> float32 accumulation inside; the result rounded to bf16, so cast back.
-            cos = torch.mv(self.unit, torch.from_numpy(query).to(self.unit.dtype)).float().numpy()
-        else:
-            # One pass over the (memory-mapped) matrix, in torch rather than numpy: numpy's BLAS
-            # threads spin after each call and take the cores from torch's for the rerank that
-            # follows (50k tracks: rerank 112 ms after a numpy product, 49 ms after this one).
-            cos = (torch.mv(_as_tensor(self.pooled), torch.from_numpy(query)) * _as_tensor(self.inv_norm)).numpy()
-        if allowed is not None:
-            cos = np.where(allowed, cos, -np.inf).astype(np.float32)
-            n = min(n, int(np.count_nonzero(allowed)))
-        return _best(self.ids, cos, n)
+        query = video_tokens.pooled[0].detach().float().cpu().numpy()
+        ids, cos = self.first_stage.top(query, self.rerank, allowed)
+        if self.resident is None:
+            return rerank_ids(self.model, video_tokens, self.store, self.fingerprint, ids, cos)
+        with torch.inference_mode():  # as score_ids and detect_moments: callers need not ask for it
+            scores = self.resident.score(self.model, video_tokens).cpu().numpy()  # every track, in id order
+        at = np.searchsorted(self.ids, ids)
+        best = np.lexsort((ids, -scores[at]))
+        return Candidates(ids[best], scores[at][best].astype(np.float32), np.asarray(cos, np.float32)[best])
 
+    def moments(self, video_tokens, track_ids: Sequence[int], durations):
+        """(predicted float64 [K, 2] seconds inside each track, relevance float32 [K, S]) of one
+        video in tracks ``track_ids`` [K] of ``durations`` float64 [K] seconds."""
+        return detect_moments(self.model, video_tokens, self.store, track_ids, durations)
 
-def _as_tensor(array):
-    """A torch view of a numpy array, a read-only memory map included (torch only reads it)."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "not writable": nothing here writes through it
-        return torch.from_numpy(array)
-
-
-def _row_chunks(pooled):
-    """(first row, float32 rows) of [N, d] a chunk at a time. A memory-mapped ``.npy`` is read
-    through plain file reads instead of its mapping, so that its pages (1 GB at 1M tracks)
-    stay in the page cache and never count as this process's memory."""
-    import numpy as np
-
-    filename = getattr(pooled, "filename", None)
-    if filename is None or not pooled.flags.c_contiguous or pooled.dtype != np.float32:
-        for begin in range(0, pooled.shape[0], _NORM_CHUNK):
-            yield begin, np.asarray(pooled[begin:begin + _NORM_CHUNK], dtype=np.float32)
-        return
-    row_bytes = pooled.shape[1] * 4
-    with open(filename, "rb") as handle:
-        for begin in range(0, pooled.shape[0], _NORM_CHUNK):
-            count = min(_NORM_CHUNK, pooled.shape[0] - begin)
-            handle.seek(pooled.offset + begin * row_bytes)
-            yield begin, np.fromfile(handle, dtype=np.float32, count=count * pooled.shape[1]).reshape(count, -1)
-
-
-def _norms(rows):
-    """max(||row||, eps) of float32 [n, d], as F.normalize divides by."""
-    import numpy as np
-
-    return np.maximum(np.sqrt(np.einsum("nd,nd->n", rows, rows)), _NORM_EPS)
-
-
-def _inverse_norms(pooled):
-    """1 / max(||row||, eps) of float32 [N, d], a chunk at a time."""
-    import numpy as np
-
-    out = np.empty(pooled.shape[0], dtype=np.float32)
-    for begin, rows in _row_chunks(pooled):
-        out[begin:begin + rows.shape[0]] = 1.0 / _norms(rows)
-    return out
-
-
-def _unit_rows_bf16(pooled):
-    """Rows of float32 [N, d] divided by their norms (as F.normalize does), as a torch bfloat16 [N, d],
-    converted a chunk at a time."""
-    import torch
-
-    unit = torch.empty(pooled.shape, dtype=torch.bfloat16)
-    for begin, rows in _row_chunks(pooled):
-        unit[begin:begin + rows.shape[0]] = torch.from_numpy(rows / _norms(rows)[:, None])
-    return unit
-
-
-def _best(ids, values, n: int):
-    """(ids, values) of the ``n`` largest ``values``, largest first, ties broken by id."""
-    import numpy as np
-
-    n = max(0, min(n, values.shape[0]))
-    if n == 0:
-        return ids[:0].astype(np.int64), values[:0].astype(np.float32)
-    pick = np.argpartition(-values, n - 1)[:n] if n < values.shape[0] else np.arange(values.shape[0])
-    pick = pick[np.isfinite(values[pick])]
-    order = np.lexsort((ids[pick], -values[pick]))
-    pick = pick[order]
-    return np.asarray(ids[pick], dtype=np.int64), np.asarray(values[pick], dtype=np.float32)
-
-
-class _LanceVectorIndex:
-    """Lance's IVF-PQ index (cosine) on the ``pooled`` column of a Lance store's derived dataset."""
-
-    def __init__(self, dataset_uri: str, nprobes: int, refine_factor: int):
-        self.dataset_uri = dataset_uri
-        self.nprobes = nprobes
-        self.refine_factor = refine_factor
-
-    @classmethod
-    def open(cls, store, fingerprint: str, n_tracks: int, dim: int, nprobes: int, refine_factor: int):
-        """Open (building it first when missing) the vector index of ``store``'s derived rows."""
-        if not hasattr(store, "build_vector_index"):
-            raise UsageError("the IVF-PQ first stage needs a Lance track store (an .sqlite index is searched exactly)")
-        derived = store.derived_dataset(fingerprint)
-        if derived is None:
-            raise IndexDatabaseError(f"the track store {store.uri} has no derived rows for checkpoint {fingerprint}")
-        dataset_uri = derived.uri
-        if not _has_vector_index(derived):
-            # About sqrt(N) partitions of ~N/sqrt(N) rows; 8 dims per PQ sub-vector.
-            store.build_vector_index(fingerprint, num_partitions=max(1, min(4096, int(n_tracks ** 0.5))),
-                                     num_sub_vectors=max(1, dim // 8) if dim % 8 == 0 else 1)
-        return cls(dataset_uri, nprobes, refine_factor)
-
-    def top(self, query, n: int, ids, allowed):
-        import lance
+    def search(self, video_tokens, top_k: int = 5, allowed=None, moments: bool = True) -> SearchResult:
+        """:meth:`rank`, then the moments of the top ``top_k`` (skipped with ``moments=False``)."""
         import numpy as np
 
-        # The filter is a mask over the caller's ids: ask for more, keep the allowed ones.
-        wanted = n if allowed is None else min(len(ids), 2 * n + int(np.count_nonzero(~allowed)))
-        table = lance.dataset(self.dataset_uri).to_table(
-            columns=["track_id"], nearest={"column": "pooled", "q": query, "k": max(1, wanted), "metric": "cosine",
-                                           "nprobes": self.nprobes, "refine_factor": self.refine_factor})
-        found = table.column("track_id").to_numpy().astype(np.int64)
-        cos = (1.0 - table.column("_distance").to_numpy()).astype(np.float32)
-        at = np.clip(np.searchsorted(ids, found), 0, len(ids) - 1)
-        keep = ids[at] == found  # rows of tracks the pooled matrix has (current ones)
-        if allowed is not None:
-            keep &= allowed[at]
-        return _best(found[keep], cos[keep], n)
-
-
-def _has_vector_index(dataset) -> bool:
-    return any("pooled" in (getattr(index, "field_names", None) or []) for index in dataset.describe_indices())
-
-
-# ---------------------------------------------------------------- rerank and moments
-
-
-_workspaces = threading.local()  # per thread: one reusable buffer for the rerank's key buckets
-
-
-def _workspace(shape, dtype):
-    """A torch tensor of ``shape`` and ``dtype`` (contents undefined) in this thread's reusable
-    buffer, which grows to the largest bucket asked and stays. A fresh 60 MB array for every
-    query costs ~15k page faults (the allocator hands it back to the kernel when freed): tens of
-    ms on 2 cores, more than converting the keys. Valid until the next call in the thread."""
-    import math
-
-    import torch
-
-    count = math.prod(int(size) for size in shape)
-    buffers = getattr(_workspaces, "buffers", None)
-    if buffers is None:
-        buffers = _workspaces.buffers = {}
-    buffer = buffers.get(dtype)
-    if buffer is None or buffer.numel() < count:
-        buffer = buffers[dtype] = torch.empty(count, dtype=dtype)
-    return buffer[:count].view(shape)
-
-
-def _bucket_keys(keys, members, width: int, dtype, scales=None):
-    """Rows ``members`` (numpy int64 [k_b]) of keys numpy [K, S, d], windows [:width] (zero-padded past S), as a torch
-    [k_b, width, d] of ``dtype`` on the CPU, in this thread's workspace (valid until the next
-    bucket). Keys are float16, or int8 with ``scales`` float32 [K, S] (see
-    ``records.quantize_keys``), dequantized here. Each row's windows are read once and written
-    converted."""
-    import torch
-
-    out = _workspace((len(members), width, keys.shape[2]), dtype)
-    kept = min(width, keys.shape[1])
-    if kept < width:
-        out[:, kept:] = 0
-    source = torch.from_numpy(keys)
-    if scales is not None:
-        # int8 rows are a quarter of float32's bytes: gathering them first (contiguous) costs
-        # little, then one conversion and one scaling pass over contiguous memory.
-        pick = torch.from_numpy(members)
-        gathered = source[:, :kept].index_select(0, pick)
-        factors = torch.from_numpy(scales)[:, :kept].index_select(0, pick).unsqueeze(-1).to(dtype)
-        if kept == width:
-            out.copy_(gathered)
-            out.mul_(factors)
+        if top_k < 1:
+            raise UsageError("the top K must be at least 1")
+        t0 = time.perf_counter()
+        candidates = self.rank(video_tokens, allowed)
+        t1 = time.perf_counter()
+        top_ids = candidates.track_ids[:top_k]
+        durations = np.array([r.duration for r in self.store.tracks(top_ids.tolist())], dtype=np.float64)
+        if moments:
+            predicted, relevance = self.moments(video_tokens, top_ids, durations)
         else:
-            out[:, :kept] = gathered.to(dtype) * factors
-        return out
-    # Row by row: a gather (index_select) would first write an fp16 copy of every row.
-    for j, row in enumerate(members.tolist()):
-        out[j, :kept].copy_(source[row, :kept])
-    return out
+            predicted, relevance = np.zeros((0, 2)), np.zeros((0, 0), np.float32)
+        t2 = time.perf_counter()
+        return SearchResult(candidates, top_ids, candidates.scores[:top_k], predicted, relevance, durations,
+                            {"rank": t1 - t0, "moments": t2 - t1})
 
 
-def _model_dtype(model):
-    return getattr(model, "dtype", None) or next(model.parameters()).dtype
-
-
-def score_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_ids: Sequence[int],
-              batch_size: int = RERANK_BATCH):
-    """The model's relevance of tracks ``track_ids`` (their derived rows) for one video (B = 1):
-    float32 numpy [len(track_ids)], in the order given."""
-    import numpy as np
-    import torch
-
-    from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
-    from mgsv_cli.models.made import MusicTokens
-
-    track_ids = np.asarray(track_ids, dtype=np.int64)
-    out = np.empty(track_ids.shape[0], dtype=np.float32)
-    device, dtype = video_tokens.pooled.device, _model_dtype(model)
-    with torch.inference_mode():
-        for begin in range(0, track_ids.shape[0], batch_size):
-            chunk = track_ids[begin:begin + batch_size]
-            rows = store.derived_for(fingerprint, chunk.tolist())
-            mask = np.ascontiguousarray(rows.mask, dtype=bool)
-            scales = None if rows.key_scales is None else np.ascontiguousarray(rows.key_scales, dtype=np.float32)
-            keys = np.ascontiguousarray(rows.keys, dtype=np.float16 if scales is None else np.int8)
-            mask_t = torch.from_numpy(_pad_to(mask, N_MUSIC_WINDOWS))
-            pooled = torch.from_numpy(np.ascontiguousarray(rows.pooled, dtype=np.float32))
-            offsets = None if rows.offsets is None else torch.from_numpy(np.asarray(rows.offsets, dtype=np.float32))
-            for members, width in _length_buckets(mask):
-                pick = torch.from_numpy(members)
-                music = MusicTokens(None, mask_t[:, :width].index_select(0, pick).to(device),
-                                    pooled.index_select(0, pick).to(device=device, dtype=dtype),
-                                    _bucket_keys(keys, members, width, dtype, scales).to(device),
-                                    None if offsets is None else offsets.index_select(0, pick).to(device))
-                scores = model.score_pairs(video_tokens, music)[:, 0].float()
-                out[begin + members] = torch.nan_to_num(scores, nan=float("-inf")).cpu().numpy()
-    return out
-
-
-def _length_buckets(mask):
-    """Rows of ``mask`` bool [K, S] grouped by their last valid window, as the token cache groups
-    tracks (padding is exact to drop and most tracks are short): [(rows int64 [k_b], width)].
-    Each bucket is cut at its edge, not at its longest member, so that a track's score does not
-    depend on which others share its batch."""
-    import numpy as np
-
-    from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
-    from mgsv_cli.index.token_cache import BUCKET_EDGES
-
-    width = mask.shape[1]
-    last = np.where(mask.any(1), width - np.argmax(mask[:, ::-1], axis=1), 0)
-    edges = np.asarray([*BUCKET_EDGES, max(N_MUSIC_WINDOWS, width)])
-    bucket = np.searchsorted(edges, last, side="left")
-    return [(np.flatnonzero(bucket == b), int(edges[b])) for b in np.unique(bucket)]
-
-
-def _pad_to(rows, width: int):
-    """``rows`` [k, S, ...] zero-padded to at least ``width`` slots on axis 1 (never copied when wide enough)."""
-    import numpy as np
-
-    if rows.shape[1] >= width:
-        return rows
-    out = np.zeros((rows.shape[0], width, *rows.shape[2:]), dtype=rows.dtype)
-    out[:, :rows.shape[1]] = rows
-    return out
+def _device_of(model):
+    return next(model.parameters()).device
 
 
 def rerank_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_ids, first_stage=None,
-           batch_size: int = RERANK_BATCH) -> Candidates:
-    """Score ``track_ids`` with the model (in id order, so that one set of candidates always gets
-    the same scores, bit for bit) and sort them best first (ties by id). ``first_stage``: their first-stage
-    cosines, aligned with ``track_ids`` (kept in the result)."""
+               batch_size: int = RERANK_BATCH) -> Candidates:
+    """Score ``track_ids`` with the model from their stored derived rows (in id order, so that one
+    set of candidates always gets the same scores) and sort them best first (ties by id).
+    ``first_stage``: their first-stage cosines, aligned with ``track_ids`` (kept in the result)."""
     import numpy as np
 
     track_ids = np.asarray(track_ids, dtype=np.int64)
@@ -422,20 +184,11 @@ def rerank_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_i
     return Candidates(ids[best], scores[best], np.asarray(cos, dtype=np.float32)[best])
 
 
-def exhaustive(model, video_tokens, store: TrackStore, fingerprint: str, first_stage: FirstStage | None = None,
-               batch_size: int = RERANK_BATCH) -> Candidates:
-    """Every track with derived rows scored by the model, best first: the reference the
-    two-stage search is measured against."""
-    if first_stage is None:
-        first_stage = FirstStage.build(store, fingerprint, kind="exact")
-    return rerank_ids(model, video_tokens, store, fingerprint, first_stage.ids, batch_size=batch_size)
-
-
-def detect_moments(model, video_tokens, store: TrackStore, track_ids: Sequence[int], durations, video_duration=None):
+def detect_moments(model, video_tokens, store: TrackStore, track_ids: Sequence[int], durations):
     """Moments of one video (B = 1) in tracks ``track_ids`` [K] from their stored AST tokens.
 
     ``durations`` float64 [K] seconds. Returns (predicted float64 [K, 2] seconds inside each
-    track, relevance float32 [K, S]) as ``mgsv suggest`` computes them.
+    track, relevance float32 [K, S]: the matching attention over each track's windows, max 1).
     """
     import numpy as np
     import torch
@@ -451,40 +204,6 @@ def detect_moments(model, video_tokens, store: TrackStore, track_ids: Sequence[i
                                    torch.from_numpy(np.asarray(window_mask)).to(device).bool())
         spans = model.detect(video_tokens.repeat(k), music)
         relevance = model.window_relevance(video_tokens, music)[:, 0].float().cpu().numpy()
+        # spans are float32 (MPS has no float64): clamp again so rounding never steps past the end.
         predicted = model.spans_to_seconds(spans, torch.from_numpy(durations).to(spans.device, spans.dtype))
     return np.clip(predicted.cpu().double().numpy(), 0.0, durations[:, None]), relevance
-
-
-def search(model, video_tokens, store: TrackStore, fingerprint: str, rerank: int = DEFAULT_RERANK,
-           top_k: int = 5, *, first_stage: FirstStage | None = None, allowed=None,
-           moments: bool = True) -> SearchResult:
-    """Two-stage search for one video (``video_tokens``: B = 1, from ``model.encode_video``).
-
-    First stage ``cos(v, h0)`` keeps ``rerank`` tracks (``allowed``: bool [N] over
-    ``first_stage.ids``), the model reranks them, moments are detected on the top ``top_k``
-    (skipped with ``moments=False``). ``first_stage``: built once per store and reused across
-    videos (built here when None). Derived rows must be current (:func:`update_derived`).
-    """
-    import numpy as np
-
-    if rerank < 1 or top_k < 1:
-        raise UsageError("the rerank size and top K must be at least 1")
-    timings: dict[str, float] = {}
-    if first_stage is None:
-        first_stage = FirstStage.build(store, fingerprint)
-        timings["build_first_stage"] = first_stage.build_seconds
-    t0 = time.perf_counter()
-    ids, cos = first_stage.top(video_tokens.pooled[0].detach().float().cpu().numpy(), max(rerank, top_k), allowed)
-    t1 = time.perf_counter()
-    candidates = rerank_ids(model, video_tokens, store, fingerprint, ids, cos)
-    t2 = time.perf_counter()
-    top_ids = candidates.track_ids[:top_k]
-    durations = np.array([r.duration for r in store.tracks(top_ids.tolist())], dtype=np.float64)
-    if moments:
-        predicted, relevance = detect_moments(model, video_tokens, store, top_ids, durations)
-    else:
-        predicted, relevance = np.zeros((0, 2)), np.zeros((0, 0), np.float32)
-    t3 = time.perf_counter()
-    timings.update(first_stage=t1 - t0, rerank=t2 - t1, moments=t3 - t2)
-    return SearchResult(candidates, top_ids, candidates.scores[:top_k], predicted, relevance, durations, timings)
-

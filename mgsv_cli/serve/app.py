@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 
 from mgsv_cli import __version__, errors
 from mgsv_cli.serve import files
-from mgsv_cli.serve.engine import Engine, OptionsDiffer, exact_suggestions, track_json
+from mgsv_cli.serve.engine import Engine, OptionsDiffer, exact_suggestions
 
 log = logging.getLogger("mgsv.serve")
 
@@ -339,7 +339,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     @app.get("/api/tracks/{track_id}", tags=["library"], summary="One track with its beat grid",
              dependencies=[Depends(need_token)])
     def one_track(track_id: int) -> dict:
-        return track_json(engine.track(track_id), beats=True)
+        return engine.track_json(track_id)
 
     # -------------------------------------------------------- clips in
 

@@ -216,12 +216,12 @@ def test_cli_snap_beat_detects_beats_of_the_track(media_dir, tmp_path, capsys):
 def test_snap_uses_the_beats_stored_in_the_index(media_dir, tmp_path):
     from mgsv_cli.editor.snapping import snap_suggestion
     from mgsv_cli.media.beats import BeatGrid
-    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
+    from mgsv_cli.index.pipeline import import_tokens
+    from mgsv_cli.index.records import NewTrack
 
     index = tmp_path / "index.sqlite"
     track = str((media_dir / "song.wav").resolve())
-    import_tokens(index, [PrecomputedTrack(track, np.zeros((4, 8), np.float32), np.ones(4, np.float32), 30.0)],
-                  encoder_id="test-encoder")
+    import_tokens(index, [NewTrack(track, "", 30.0, np.zeros((4, 8), np.float32), np.ones(4, bool), "test-encoder")])
     stored = BeatGrid(100.0, [5.0, 5.6, 6.2, 6.8], [6.2])  # deliberately not the file's real grid
     with sqlite3.connect(index) as conn:
         conn.execute("UPDATE tracks SET beats = ? WHERE path = ?", (stored.to_json(), track))

@@ -313,8 +313,8 @@ def test_duration_query_starts_as_the_plain_network_and_then_reads_the_videos_le
 
 
 def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
-    from mgsv_cli.editor.suggest import rank_and_detect
-    from mgsv_cli.index.token_cache import ScoringTokens
+    from mgsv_cli.models.metrics import duration_exact_cut
+    from mgsv_cli.retrieval.keys import ResidentKeys
     from mgsv_cli.research.dataset import load_split
     from mgsv_cli.research.synthetic import make_dataset
     from mgsv_cli.research.train import fill_querybank
@@ -345,16 +345,19 @@ def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
         windows, window_mask = split.track_inputs(tracks, torch.device("cpu"))
         music = model.encode_music(windows, window_mask, for_search=True)
         assert music.offsets is not None
-        scoring = ScoringTokens.from_full(music.keys, music.pooled, music.mask, music.offsets)
+        scoring = ResidentKeys.from_full(music.keys, music.pooled, music.mask, music.offsets)
         frames, frame_mask = split.video_inputs(split.video_index[:1], torch.device("cpu"))
         video = model.encode_video(frames, frame_mask)
-        durations = torch.from_numpy(split.track_durations)
+        durations = split.track_durations.astype(np.float64)
         video_seconds = float(split.labels.video_duration[0])
-        top, scores, predicted, cuts, _relevance = rank_and_detect(
-            model, video, scoring, lambda positions: split.track_inputs(np.asarray(positions), torch.device("cpu")),
-            durations, video_seconds, top_k=3)
-    assert len(top) == 3 and np.all(np.diff(scores) <= 0)
-    assert np.allclose(cuts[:, 1] - cuts[:, 0], np.minimum(video_seconds, durations[top].numpy()), atol=1e-6)
+        scores, top = torch.topk(scoring.score(model, video), 3)
+        top = top.numpy()
+        windows, window_mask = split.track_inputs(top, torch.device("cpu"))
+        spans = model.detect(video.repeat(3), model.encode_music(windows, window_mask))
+        predicted = model.spans_to_seconds(spans, torch.from_numpy(durations[top]).float()).double().numpy()
+        cuts = np.stack(duration_exact_cut(predicted[:, 0], predicted[:, 1], video_seconds, durations[top]), axis=1)
+    assert len(top) == 3 and np.all(np.diff(scores.numpy()) <= 0)
+    assert np.allclose(cuts[:, 1] - cuts[:, 0], np.minimum(video_seconds, durations[top]), atol=1e-6)
     n_valid = int(frame_mask.sum())
     widths = predicted[:, 1] - predicted[:, 0]
     assert np.all(widths <= n_valid - 0.5 + 1e-3)  # the model's own width: the video's, unless the track clips it
