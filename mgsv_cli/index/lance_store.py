@@ -594,7 +594,8 @@ class LanceTrackStore(TrackStore):
         locations = table.column("location").to_pylist()
         if not self._use_lock:
             self._deduplicate(self._tracks_uri, "location", locations)
-        self.forget_failures([loc for loc in locations if loc in self.failed_states()])
+        failed = self.failed_states()  # read once: a comprehension's condition runs per location
+        self.forget_failures([loc for loc in locations if loc in failed])
         return table.num_rows
 
     def touch(self, items: Sequence[tuple[str, FileState]]) -> None:
@@ -607,7 +608,8 @@ class LanceTrackStore(TrackStore):
                           "mtime_ns": pa.array([s.mtime_ns for _, s in items], pa.int64())})
         with self._commit():
             self._dataset(self._tracks_uri).merge_insert("location").when_matched_update_all().execute(table)
-        self.forget_failures([loc for loc, _ in items if loc in self.failed_states()])
+        failed = self.failed_states()
+        self.forget_failures([loc for loc, _ in items if loc in failed])
 
     def reuse(self, items: Sequence[tuple[str, FileState]]) -> list[str]:
         """Copy the row of a stored track of the same content to each location (one commit)."""
