@@ -5,8 +5,8 @@ Two backends implement :class:`TrackStore`, each directly:
 - an SQLite file (``sqlite_store.SqliteTrackStore``; the default, an editor's own library):
   one row per file, committed one track at a time;
 - a Lance store (``lance_store.LanceTrackStore``) at a local folder or an object-store URI
-  (``s3://...``), for catalogs of 10^5 to 10^7 tracks: one row per distinct content,
-  committed in batches.
+  (``s3://...``), for catalogs of 10^5 to 10^7 tracks: one row per file too (ids from the
+  location), committed in batches.
 
 A store holds, per track: a stable integer id, the location (path or URI), the content
 hash, the duration, tags, the frozen AST tokens [S, D] with their window mask [S], and

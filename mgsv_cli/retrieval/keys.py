@@ -214,7 +214,7 @@ def score_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_id
 
 
 def _length_buckets(mask):
-    """Rows of ``mask`` bool [K, S] grouped by their last valid window, as the token cache groups
+    """Rows of ``mask`` bool [K, S] grouped by their last valid window, as the resident keys group
     tracks (padding is exact to drop and most tracks are short): [(rows int64 [k_b], width)].
     Each bucket is cut at its edge, not at its longest member, so that a track's score does not
     depend on which others share its batch."""
