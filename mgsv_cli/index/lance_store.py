@@ -636,7 +636,8 @@ class LanceTrackStore(TrackStore):
             with self._commit():
                 self._dataset(self._tracks_uri).merge_insert("location").when_matched_update_all() \
                     .when_not_matched_insert_all().execute(rows)
-            self.forget_failures([c["location"] for c in copies])
+            failed = self.failed_states()  # a delete that matches nothing is still a commit (a version)
+            self.forget_failures([c["location"] for c in copies if c["location"] in failed])
         return [c["location"] for c in copies]
 
     def remove(self, locations: Sequence[str]) -> int:

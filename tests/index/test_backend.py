@@ -145,14 +145,24 @@ def test_what_a_store_knows_of_files_touch_reuse_remove_and_failures(tmp_path, k
         assert [(f.path, f.reason, f.size) for f in store.failed_files()] == [("/m/bad.mp3", "not audio", 9)]
         store.forget_failures(["/m/bad.mp3"])
         assert store.failed_files() == [] and store.failed_states() == {}
+        store.remember_failures([("/m/copy2.wav", 1, 1, "was bad once")])  # so is one that gets reused tokens
+        assert store.reuse([("/m/copy2.wav", FileState(102, 8, f"{2:032x}"))]) == ["/m/copy2.wav"]
+        assert store.failed_states() == {}
 
-        assert store.remove(["/m/0.wav", "/m/copy.wav"]) == 2
+        assert store.remove(["/m/0.wav", "/m/copy.wav", "/m/copy2.wav"]) == 3
         assert sorted(store.file_states()) == ["/m/1.wav", "/m/2.wav"] and len(store) == 2
         assert store.find("/m/0.wav") is None
         store.set_beats([(source.track_id, {"tempo_bpm": 120.0, "beats": [0.5], "downbeats": None})])
         assert store.tracks_without_beats() == [(store.find("/m/1.wav").track_id, "/m/1.wav")]
         assert store.beats_for([source.track_id]) == [{"tempo_bpm": 120.0, "beats": [0.5], "downbeats": None}]
     assert store.beat_count() == 1 and store.health().n_tracks == 2
+    if kind == "lance":  # nothing to forget: no commit on failed.lance (each one is a version to keep)
+        import lance
+
+        with store.writing():
+            before = lance.dataset(store.dataset_uri("failed")).version
+            assert store.reuse([("/m/copy3.wav", FileState(102, 9, f"{2:032x}"))]) == ["/m/copy3.wav"]
+            assert lance.dataset(store.dataset_uri("failed")).version == before
     store.close()
 
 
