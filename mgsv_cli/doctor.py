@@ -217,3 +217,14 @@ def _version_of(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+def checkpoint_status():
+    """A :class:`~mgsv_cli.features.weights.WeightsStatus` for the newest trained run (``mgsv models list``)."""
+    from mgsv_cli.features.weights import WeightsStatus
+    from mgsv_cli.models.checkpoint import MADE_CHECKPOINT_NOTE, WEIGHTS_NAME, latest_run
+
+    run = latest_run()
+    if run is not None:
+        return WeightsStatus("MaDe checkpoint", True, str(run / WEIGHTS_NAME), "trained run")
+    return WeightsStatus("MaDe checkpoint", False, None, "missing", MADE_CHECKPOINT_NOTE)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from mgsv_cli import paths
 from mgsv_cli.editor.render import MIX_MODES
+from mgsv_cli.editor.snapping import SNAP_MODES as _SNAPS
 from mgsv_cli.errors import ConfigError, OutputExistsError, storage_error
 
 if sys.version_info >= (3, 11):
@@ -32,7 +33,7 @@ else:  # Python 3.10
 FILE_NAME = "config.toml"
 ENV_PREFIX = "MGSV_"
 ENCODER_KINDS = ("pretrained", "tiny")
-SNAP_MODES = ("off", "beat")
+SNAP_MODES = ("off", *_SNAPS)  # the settings file's words: snapping's modes, or none
 EXPORT_FORMATS = ("fcpxml", "fcp7", "edl", "otio")  # writers.FORMATS (a test keeps them equal)
 
 SOURCE_DEFAULT = "default"

@@ -33,10 +33,22 @@ class Snap:
         return self.start - self.requested_start
 
 
+def normalize_snap(snap: str | None, names=None) -> str | None:
+    """``snap`` as the library takes it: ``"beat"``, or None for no snapping (``"off"`` too, the
+    settings file's word for it); anything else a UsageError naming the option (``names``, see
+    ``editor.requests``)."""
+    if snap is None or snap == "off":
+        return None
+    if snap not in SNAP_MODES:
+        flag = names("snap") if names is not None else "--snap"
+        raise UsageError(f"{flag} {snap!r}: expected {' or '.join(('off', *SNAP_MODES))}")
+    return snap
+
+
 def check_snap(snap: str | None) -> None:
     """A UsageError for anything but no snapping or ``"beat"``."""
-    if snap is not None and snap not in SNAP_MODES:
-        raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
+    if snap is not None:
+        normalize_snap(snap)
 
 
 def grid_for_track(track, index_path=None) -> tuple[BeatGrid, str]:

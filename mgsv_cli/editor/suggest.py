@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mgsv_cli.editor import outputs
 from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
 from mgsv_cli.editor.snapping import check_snap, snap_entry
 from mgsv_cli.editor.tracklist import TrackList
-from mgsv_cli.errors import CheckpointError, IndexDatabaseError, MgsvError, UsageError, first_line
+from mgsv_cli.errors import CheckpointError, IndexDatabaseError, MediaError, MgsvError, UsageError, first_line
 from mgsv_cli.features.recipe import window_valid
 from mgsv_cli.media.beats import BeatGrid
 from mgsv_cli.retrieval.search import DEFAULT_RERANK
@@ -432,20 +433,50 @@ def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, r
         yield video, result, None
 
 
-def suggest(videos: Iterable[str | os.PathLike], *, top_k: int = 5, remember: bool = True,
-            include_short: bool = False, **open_options) -> list[tuple[Path, SuggestionResult | None, str | None]]:
-    """One call: expand ``videos`` (files or folders), load index and models once
-    (``open_options`` as :meth:`Suggester.open`), suggest for each video.
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input of :func:`suggest_videos`: its ``result``, or why it failed (``error``,
+    one line, with the ``exit_code`` of its kind)."""
 
-    Returns ``(video, result, None)`` or ``(video_or_input, None, reason)`` per input; raises
-    the loading errors (no index, no checkpoint, missing weights) since nothing can run.
+    video: str
+    result: SuggestionResult | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+
+def suggest_videos(videos: Sequence[str | os.PathLike], request, *, status: StatusFn | None = None,
+                   remember: bool = True, encoders_obj=None) -> Iterator[Outcome]:
+    """Suggest music for clips (files or folders of them): the inputs checked first (a missing,
+    empty or non-video file is found before any model loads), the store and the models loaded
+    once (``request``: an ``editor.requests.SuggestRequest``), then one :class:`Outcome` per clip,
+    inputs that were refused first (yielded before any loading). Each result is remembered for
+    render and export.
+
+    Raises the loading errors (no store, no checkpoint, missing weights), and, for a
+    :func:`single_clip`, that clip's own error, since nothing else can run.
     """
     found, problems = outputs.expand_video_inputs(videos)
-    outcomes: list[tuple[Path, SuggestionResult | None, str | None]] = [
-        (Path(name), None, reason) for name, reason in problems
-    ]
-    if found:
-        with Suggester.open(**open_options) as suggester:
-            outcomes.extend(suggest_many(suggester, found, top_k=top_k, remember=remember,
-                                         include_short=include_short))
-    return outcomes
+    yield from (Outcome(name, error=reason, exit_code=UsageError.exit_code) for name, reason in problems)
+    if not found:
+        raise UsageError("; ".join(f"{name}: {reason}" for name, reason in problems) or "no video given")
+    found, bad = probe_named_videos(videos, found)
+    yield from (Outcome(name, error=reason, exit_code=code) for name, reason, code in bad)
+    if not found:
+        if len(bad) == 1 and not problems:
+            raise MediaError(bad[0][1])
+        raise UsageError("; ".join([f"{name}: {reason}" for name, reason in problems] + [r for _, r, _ in bad]))
+    suggester = Suggester.open(status=status, prefetch=found[0], encoders_obj=encoders_obj, **request.open_options())
+    with suggester:
+        if outputs.single_clip(videos):  # its error (and exit code) is the command's
+            try:
+                result = suggester.suggest_video(found[0], request.top, snap=request.snap,
+                                                 include_short=request.include_short)
+            except (OSError, ValueError, RuntimeError) as exc:  # a decoder error on an odd file, as in a batch
+                raise MediaError(f"{found[0]}: {type(exc).__name__}: {first_line(exc)}") from None
+            if remember:
+                remember_suggestion(result)
+            yield Outcome(str(found[0]), result)
+            return
+        for video, result, error in suggest_many(suggester, found, top_k=request.top, remember=remember,
+                                                 snap=request.snap, include_short=request.include_short):
+            yield Outcome(str(video), result, error, 0 if error is None else 1)

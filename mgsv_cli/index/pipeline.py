@@ -43,203 +43,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from mgsv_cli.errors import IndexDatabaseError, MgsvError, UsageError, first_line, storage_error
+from mgsv_cli.errors import MgsvError, UsageError, first_line, storage_error
 from mgsv_cli.features import recipe
-from mgsv_cli.index.backend import TrackStore, is_lance_uri, open_store
-from mgsv_cli.index.records import FileState, NewTrack, clean_tags
+from mgsv_cli.index.backend import is_lance_uri, open_store
+from mgsv_cli.index.plan import (EMBED, FAILED, SKIPPED, TOUCHED, UNCHANGED, Checked, IndexProgress, IndexReport,
+                                 audio_seconds, beat_grid, check_encoder_kind, check_local_file, new_track,
+                                 probe_audio, signature)
+from mgsv_cli.index.records import FileState, NewTrack
+from mgsv_cli.index.trackstore import TrackStore
+
+__all__ = ["IndexProgress", "IndexReport", "IndexRequest", "failed_files", "import_tokens", "index_folder",
+           "run_index"]
 
 EncodersArg = Any  # features.Encoders, or a zero-argument callable returning one
-
-
-@dataclass
-class IndexReport:
-    """What one indexing run did."""
-
-    index_path: str
-    n_scanned: int = 0
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    touched: int = 0  # counted in ``unchanged`` too: same content, only the mtime changed
-    reused: int = 0  # counted in ``added``/``updated`` too: tokens copied from identical content
-    pruned: int = 0
-    missing: int = 0  # stored files that vanished and were kept (no prune)
-    beats_added: int = 0
-    n_tracks: int = 0  # tracks in the store after the run
-    failed: list[tuple[str, str]] = field(default_factory=list)  # failed in this run (new or retried)
-    skipped_failed: int = 0  # files that failed before, unchanged since: not tried again
-    forgotten_failed: int = 0  # failed files gone from disk, forgotten by prune
-    long_tracks: int = 0  # tracks indexed in this run longer than the network's window (240 s)
-    moved_aside: Path | None = None  # where ``force`` moved a damaged index before rebuilding
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """Nothing failed in this run (files skipped as known failures do not count)."""
-        return not self.failed and not self.interrupted
-
-
-class IndexProgress:
-    """Hooks an indexing run calls as it works; the default does nothing (the CLI draws bars).
-
-    Stages, in order: ``checking`` (files: stat, hash when changed), ``probing`` (files to
-    embed), ``embedding`` (seconds of audio, the unit AST's cost follows), ``beats`` (tracks
-    whose beat grid is missing); the Ray engine reports one stage, ``indexing`` (files).
-    """
-
-    def stage(self, name: str, total: float) -> None:
-        """Stage ``name`` starts with ``total`` units of work."""
-
-    def advance(self, name: str, amount: float = 1.0, detail: str = "") -> None:
-        """``amount`` units of stage ``name`` are done (``detail``: the file just handled)."""
-
-    def failed(self, path: str, reason: str) -> None:
-        """A file was skipped: unreadable, empty, undecodable."""
-
-    def note(self, message: str) -> None:
-        """A one-line notice (e.g. "loading encoders")."""
-
-    def interrupted(self, report: IndexReport) -> None:
-        """The run was interrupted (Ctrl-C): ``report`` says what was kept."""
-
-
-# ---------------------------------------------------------------- the plan of one file
-
-
-UNCHANGED, TOUCHED, SKIPPED, FAILED, EMBED = "unchanged", "touched", "skipped", "failed", "embed"
-
-
-@dataclass
-class Checked:
-    """What to do with one file (:func:`check_file`). ``state`` is the file's (size, mtime, hash)
-    once known; ``reason`` why it failed; ``forget`` whether a remembered failure is outdated;
-    ``exists`` whether the store held a track for this location."""
-
-    kind: str
-    location: str
-    state: FileState | None = None
-    reason: str = ""
-    forget: bool = False
-    exists: bool = False
-
-
-def signature(path: Path) -> tuple[int | None, int | None]:
-    """(size, mtime_ns) of the file, of the link itself when its target is unreachable,
-    (None, None) when neither can be read: what tells a failed file "unchanged"."""
-    for stat in (os.stat, os.lstat):
-        try:
-            info = stat(path)
-            return info.st_size, info.st_mtime_ns
-        except OSError:
-            continue
-    return None, None
-
-
-def unreadable_reason(path: Path, exc: OSError) -> str:
-    """Why a music file cannot be read, in words an editor can act on (one line)."""
-    if os.path.islink(path):
-        if exc.errno == errno.ELOOP:
-            return "symbolic link loop: it never reaches a file"
-        if exc.errno == errno.ENOENT:
-            with contextlib.suppress(OSError):
-                return f"broken symbolic link: its target {os.readlink(path)} does not exist"
-    return f"cannot read: {exc.strerror or exc}"
-
-
-def check_file(location: str, size: int | None, mtime_ns: int | None, stored: FileState | None,
-               failed: tuple[int | None, int | None] | None, digest: Callable[[], str], *, retry: bool = False,
-               stat_error: str | None = None) -> Checked:
-    """Classify one file against what the store knows (the plan, for both engines).
-
-    ``size``/``mtime_ns``: the file's now (its link's, or None, when ``stat_error`` says why
-    it cannot be read); ``stored``: the store's state of ``location`` (None: new, or a
-    forced run); ``failed``: the (size, mtime) of a remembered failure; ``digest()``: the
-    content hash, called only when size and mtime do not settle it (may raise ``OSError``).
-    """
-    now = (size, mtime_ns)
-    if stat_error is not None:
-        if failed == now and not retry:
-            return Checked(SKIPPED, location)
-        return Checked(FAILED, location, reason=stat_error)
-    if stored is not None and (stored.size, stored.mtime_ns) == now:
-        return Checked(UNCHANGED, location, stored, forget=failed is not None)
-    if failed == now and not retry:
-        return Checked(SKIPPED, location)
-    if size == 0:
-        return Checked(FAILED, location, reason="empty file (0 bytes)")
-    try:
-        content = digest()
-    except OSError as exc:
-        return Checked(FAILED, location, reason=unreadable_reason(Path(location), exc))
-    state = FileState(size, mtime_ns, content)
-    # A stored size of None is unknown, not different: a Lance store of format 1 kept none, and its
-    # files must be recognised by content (not embedded again) on their first run after migrating.
-    if stored is not None and stored.size in (None, size) and stored.content_hash == content:
-        return Checked(TOUCHED, location, state, forget=True)
-    return Checked(EMBED, location, state, exists=stored is not None)
-
-
-def file_digest(path: Path) -> Callable[[], str]:
-    from mgsv_cli.media.files import content_hash
-
-    return lambda: content_hash(path)
-
-
-def check_local_file(path: Path, stored: FileState | None, failed, retry: bool) -> Checked:
-    """:func:`check_file` of a file on this machine."""
-    try:
-        info = path.stat()
-    except OSError as exc:
-        size, mtime_ns = signature(path)
-        return check_file(str(path), size, mtime_ns, stored, failed, file_digest(path), retry=retry,
-                          stat_error=unreadable_reason(path, exc))
-    return check_file(str(path), info.st_size, info.st_mtime_ns, stored, failed, file_digest(path), retry=retry)
-
-
-# ---------------------------------------------------------------- per-file work
-
-
-def probe_audio(path: Path):
-    """The file's ``MediaInfo`` when it holds audio of some length; ``MediaError``/``UsageError`` otherwise."""
-    from mgsv_cli.media import ffmpeg as media
-
-    info = media.probe(path)
-    if not float(getattr(info, "duration", 0.0) or 0.0) > 0:
-        raise UsageError("no audio (zero duration)")
-    return info
-
-
-def audio_seconds(info) -> float:
-    """The seconds of a track the encoders see (the unit of the embedding stage's progress)."""
-    duration = float(getattr(info, "duration", 0.0) or 0.0)
-    return max(1.0, min(duration, recipe.MAX_MUSIC_SECONDS))
-
-
-def beat_grid(path: Path) -> dict | None:
-    """The track's beat grid (``media.beats.BeatGrid.to_dict()``), or None when it cannot be
-    found: beats are a refinement, never a reason to fail a track."""
-    from mgsv_cli.media.beats import beats_of_file
-
-    try:
-        return beats_of_file(path).to_dict()
-    except MgsvError:
-        return None
-
-
-def new_track(checked: Checked, info, feats, mask, duration: float, encoder_id: str,
-              beats: dict | None) -> NewTrack:
-    """The :class:`NewTrack` of an embedded file."""
-    assert checked.state is not None
-    return NewTrack(checked.location, checked.state.content_hash, float(duration), feats, mask, encoder_id,
-                    clean_tags(getattr(info, "tags", None)), beats, checked.state.size, checked.state.mtime_ns,
-                    _int_or_none(getattr(info, "sample_rate", None)), _int_or_none(getattr(info, "channels", None)))
-
-
-def _int_or_none(value) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------- one run
@@ -315,17 +131,6 @@ def _move_damaged_aside(store, progress: IndexProgress) -> Path | None:
         moved = sqlite_db.move_aside(index)
     progress.note(f"the damaged index ({damage}) was moved aside to {moved}; rebuilding")
     return moved
-
-
-def check_encoder_kind(store: TrackStore, kind: str) -> None:
-    """Refuse, before any loading, to add ``kind`` encoders' tokens to a store of another kind's."""
-    stored = store.encoder_id
-    if stored and recipe.encoder_kind_of(stored) != kind and len(store):
-        built = recipe.encoder_kind_of(stored)
-        raise IndexDatabaseError(
-            f"{store.uri} holds tracks embedded with {built} encoders ('{stored}'), not {kind} ones; "
-            f"re-run with --encoders {built}, or with --force to rebuild it with {kind} encoders, "
-            "or use --index for a separate index")
 
 
 class _Run:
@@ -558,3 +363,101 @@ def failed_files(store: str | os.PathLike | None = None, *, under: str | os.Path
         found = [f for f in found if any(f.path == p or f.path.startswith(p.rstrip(os.sep) + os.sep)
                                          for p in prefixes)]
     return uri, found
+
+
+# ---------------------------------------------------------------- what `mgsv index` is asked
+
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    """One indexing run as asked: the source, the store, the engine and the encoders, checked.
+
+    ``store`` is the target (an SQLite file or a Lance folder/URI; None: mgsv's index);
+    everything else as :func:`index_folder` and ``ray_engine.index_with_ray`` take it.
+    """
+
+    source: str
+    store: str | None
+    engine: str = "local"
+    encoders: str = "pretrained"
+    device: str = "auto"
+    offline: bool = False
+    weights_dir: str | None = None
+    batch_windows: int | None = None
+    detect_beats: bool = True
+    prune: bool = False
+    force: bool = False
+    retry_failed: bool = False
+    key_encoding: str | None = None
+    ray_address: str | None = None
+
+    @classmethod
+    def build(cls, defaults: Any, names: Callable[[str], str], *, source, index=None, store=None,
+              engine: str = "local", encoders=None, device=None, offline: bool = False, weights_dir=None,
+              batch_windows=None, detect_beats: bool = True, prune: bool = False, force: bool = False,
+              retry_failed: bool = False, keys=None, ray_address=None) -> "IndexRequest":
+        """The request of ``mgsv index``'s options (``names``: how the caller spells them);
+        ``defaults``: the user's settings (``index``, ``encoders``, ``device``, ``weights_dir``, ``offline``)."""
+        from mgsv_cli.index.records import KEY_ENCODINGS
+
+        if source is None:
+            raise UsageError("missing MUSIC_DIR, the music folder to index: `mgsv index ~/Music` "
+                             "(`mgsv index --failed` lists the files that could not be indexed)")
+        encoders = encoders or defaults.encoders
+        if encoders not in recipe.ENCODER_IDS:
+            raise UsageError(f"{names('encoders')} {encoders!r}: expected {' or '.join(recipe.ENCODER_IDS)}")
+        if engine not in ENGINES:
+            raise UsageError(f"{names('engine')} {engine!r}: expected {' or '.join(ENGINES)}")
+        if engine == "local" and "://" in str(source):
+            raise UsageError(f"{source}: an object-store source needs {names('engine')} ray (and {names('store')})")
+        if ray_address is not None and engine != "ray":
+            raise UsageError(f"{names('ray_address')} goes with {names('engine')} ray")
+        if store is not None and index is not None:
+            raise UsageError(f"give either {names('index')} (an SQLite index) or {names('store')} "
+                             "(a Lance track store), not both")
+        if engine == "ray" and store is None:
+            raise UsageError(f"{names('engine')} ray writes a Lance track store: pass {names('store')} DIR.lance "
+                             f"or {names('store')} s3://bucket/store")
+        if keys is not None and store is None:
+            raise UsageError(f"{names('keys')} goes with {names('store')} (a Lance track store); "
+                             "the SQLite index keeps float16 keys")
+        if keys is not None and keys not in KEY_ENCODINGS:
+            raise UsageError(f"{names('keys')} {keys!r}: expected {' or '.join(KEY_ENCODINGS)}")
+        if batch_windows is not None and int(batch_windows) < 1:
+            raise UsageError(f"{names('batch_windows')} {batch_windows}: at least 1")
+        target = store if store is not None else (index if index is not None else defaults.index)
+        weights_dir = weights_dir if weights_dir is not None else defaults.weights_dir
+        return cls(source=str(source), store=None if target is None else str(target), engine=engine,
+                   encoders=encoders, device=device or defaults.device, offline=bool(offline or defaults.offline),
+                   weights_dir=None if weights_dir is None else str(weights_dir),
+                   batch_windows=None if batch_windows is None else int(batch_windows), detect_beats=detect_beats,
+                   prune=prune, force=force, retry_failed=retry_failed, key_encoding=keys, ray_address=ray_address)
+
+
+def run_index(request: IndexRequest, progress: IndexProgress | None = None) -> IndexReport:
+    """Run ``request`` on its engine: this process (:func:`index_folder`) or Ray
+    (``ray_engine.index_with_ray``); the encoders load only when a file needs embedding."""
+    if request.engine == "ray":
+        from mgsv_cli.index.ray_engine import index_with_ray
+
+        return index_with_ray(request.source, request.store or "", encoder_kind=request.encoders,
+                              device=request.device, offline=request.offline, weights_dir=request.weights_dir,
+                              batch_windows=request.batch_windows, detect_beats=request.detect_beats,
+                              ray_address=request.ray_address, progress=progress, key_encoding=request.key_encoding,
+                              prune=request.prune, force=request.force, retry_failed=request.retry_failed)
+
+    def load_encoders():
+        from mgsv_cli.device import resolve_device
+        from mgsv_cli.features.encoders import load_encoders as load
+
+        return load(kind=request.encoders, device=resolve_device(request.device), offline=request.offline,
+                    weights_dir=Path(request.weights_dir) if request.weights_dir else None, parts=("music",),
+                    batch_windows=request.batch_windows)
+
+    return index_folder(request.source, request.store, encoders=load_encoders, prune=request.prune,
+                        force=request.force, retry_failed=request.retry_failed, progress=progress,
+                        detect_beats=request.detect_beats, encoder_kind=request.encoders,
+                        key_encoding=request.key_encoding)

@@ -54,8 +54,8 @@ from typing import Any, Iterable
 
 from mgsv_cli.errors import IndexDatabaseError, MgsvError, StorageError, UsageError, first_line
 from mgsv_cli.features.recipe import ENCODER_IDS
-from mgsv_cli.index.pipeline import (EMBED, FAILED, SKIPPED, TOUCHED, UNCHANGED, IndexProgress, IndexReport,
-                                     beat_grid, check_file, probe_audio, unreadable_reason)
+from mgsv_cli.index.plan import (EMBED, FAILED, SKIPPED, TOUCHED, UNCHANGED, IndexProgress, IndexReport, beat_grid,
+                                 check_file, probe_audio)
 from mgsv_cli.index.records import FileState, NewTrack
 
 # The progress stage of a Ray run: files finished (stored, skipped or failed) of all listed.
@@ -217,12 +217,12 @@ def _download(uri: str, target: Path, chunk: int = 8 << 20) -> None:
 
 
 def _prepare_file(location: str, path: Path, stored, failed, detect_beats: bool, retry: bool) -> dict:
-    from mgsv_cli.index.pipeline import check_local_file
+    from mgsv_cli.index.plan import check_local_file
 
     checked = check_local_file(path, stored, failed, retry)
     row = _row_of(checked, None, None)
     if checked.kind == FAILED and row["size"] is None:
-        from mgsv_cli.index.pipeline import signature
+        from mgsv_cli.index.plan import signature
 
         row["size"], row["mtime_ns"] = signature(path)
     if checked.kind != EMBED:
@@ -354,7 +354,7 @@ def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", 
     goes to ``progress.interrupted`` and the interrupt goes on.
     """
     from mgsv_cli.index.backend import is_lance_uri, open_store
-    from mgsv_cli.index.pipeline import check_encoder_kind
+    from mgsv_cli.index.plan import check_encoder_kind
 
     if not is_lance_uri(str(store_uri)):
         raise UsageError(f"--engine ray writes a Lance track store, not an SQLite index: pass --store DIR.lance "

@@ -32,6 +32,9 @@ class Reporter:
 
     def end_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], is_best: bool) -> None: ...
 
+    def interrupted(self, run_dir: Path, epochs_done: int) -> None:
+        """Training was interrupted (Ctrl-C) with ``epochs_done`` epochs saved in ``run_dir``."""
+
 
 @dataclass
 class TrainResult:

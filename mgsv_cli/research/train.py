@@ -301,9 +301,9 @@ def train(
             log.write(json.dumps(record))
             reporter.end_epoch(epoch, train_loss, {k: record[k] for k in record if k not in ("epoch", "best")},
                                record["best"])
-    except KeyboardInterrupt as exc:
-        exc.run_dir, exc.epochs_done = run_dir, state.epochs_done  # for the CLI's "how to resume" line
+    except KeyboardInterrupt:
         log.write(f"interrupted after {state.epochs_done} finished epoch(s)")
+        reporter.interrupted(run_dir, state.epochs_done)
         raise
 
     best = max(state.history, key=lambda r: r["score"], default={})

@@ -254,9 +254,9 @@ def train_real(data_root, variant: VariantConfig, out_dir=None, device: str = "a
             reporter.start(info)
             _train_stage(context, name, optimizer, state, train_split, val_split, steps_per_epoch)
             _keep_best_of_stage(model, run_dir, name)
-    except KeyboardInterrupt as exc:
-        exc.run_dir, exc.epochs_done = run_dir, state.epochs_done  # for the CLI's "how to resume" line
+    except KeyboardInterrupt:
         log.write(f"interrupted in stage {state.stage} after {state.epochs_done} finished epoch(s)")
+        reporter.interrupted(run_dir, state.epochs_done)
         raise
 
     trained = [r for r in state.history if r["stage"] == state.stages[-1]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from mgsv_cli.index.backend import TrackStore
+from mgsv_cli.index.trackstore import TrackStore
 from mgsv_cli.index.records import DerivedRows, ProgressFn, to_numpy
 
 

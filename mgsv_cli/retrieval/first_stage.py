@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from mgsv_cli.errors import IndexDatabaseError, UsageError
-from mgsv_cli.index.backend import TrackStore
+from mgsv_cli.index.trackstore import TrackStore
 
 IVF_MIN_TRACKS = 4_000_000  # below, the exact product is fast enough
 BF16_MIN_TRACKS = 200_000  # from here the first stage keeps a bfloat16 copy (half the memory traffic)

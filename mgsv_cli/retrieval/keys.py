@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from mgsv_cli.index.backend import TrackStore
+from mgsv_cli.index.trackstore import TrackStore
 
 BUCKET_EDGES = (24, 48, 72)  # valid-window counts that split tracks into length buckets
 RERANK_BATCH = 1024  # tracks per derived_for + score_pairs call (one call for the default rerank)

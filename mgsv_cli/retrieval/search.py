@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from mgsv_cli.errors import UsageError
-from mgsv_cli.index.backend import TrackStore
+from mgsv_cli.index.trackstore import TrackStore
 from mgsv_cli.retrieval.derived import update_derived
 from mgsv_cli.retrieval.first_stage import FirstStage, first_stage_kinds
 from mgsv_cli.retrieval.keys import RERANK_BATCH, ResidentKeys, score_ids

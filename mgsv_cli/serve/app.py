@@ -470,29 +470,21 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     def render(body: RenderBody) -> dict:
         from mgsv_cli import settings
         from mgsv_cli.editor import render as rendering
+        from mgsv_cli.editor.requests import RenderRequest, json_field
 
         video = absolute(body.video, "video")
-        track, out = absolute(body.track, "track"), absolute(body.out, "out")
-        mix = body.mix or settings.default("mix")
-        snap = body.snap or settings.default("snap")
-        snap = None if snap == "off" else snap
-        if (track is None) != (body.start is None):
-            raise errors.UsageError("--track and --start go together (or give neither to use `mgsv suggest`'s pick)")
-        if track is not None and body.pick is not None:
-            raise errors.UsageError("--pick chooses among remembered suggestions; it cannot be combined with --track")
-        if mix not in rendering.MIX_MODES:
-            raise errors.UsageError(f"--mix {mix!r}: expected one of {', '.join(rendering.MIX_MODES)}")
-        force = body.force
-        if out is None and (target := page_output(video, rendering.default_output_path(video).name)) is not None:
-            out, force = target, True  # the page's renders go to the server's outputs, replaced on re-render
-            if track is not None:
-                track = Path(engine.track(str(track)).path)
-        index = absolute(body.index, "index") or engine.index_path
-        moment = rendering.resolve_moment(video, body.pick or 1, track, body.start, snap, index)
-        result = rendering.render(video, *moment, out=out, mix=mix,
-                                  fade_in=settings.default("fade_in", body.fade_in),
-                                  fade_out=settings.default("fade_out", body.fade_out),
-                                  loudness=settings.default("loudness", body.loudness), force=force)
+        request = RenderRequest.build(settings.load_settings(), json_field, pick=body.pick,
+                                      track=absolute(body.track, "track"), start=body.start,
+                                      out=absolute(body.out, "out"), mix=body.mix, fade_in=body.fade_in,
+                                      fade_out=body.fade_out, loudness=body.loudness, snap=body.snap,
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force)
+        if request.out is None and (target := page_output(video, rendering.default_output_path(video).name)):
+            # The page's renders go to the server's outputs, replaced on re-render, its tracks the index's.
+            track = None if request.track is None else Path(engine.track(str(request.track)).path)
+            request = dataclasses.replace(request, out=target, force=True, track=track)
+        moment = rendering.resolve_moment(video, request.pick, request.track, request.start, request.snap,
+                                          request.index)
+        result = rendering.render(video, *moment, **request.mixdown())
         exact = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
         return {"result": result.to_dict(), "exact": exact, "download_url": download_url(result.out_path)}
 
@@ -501,32 +493,19 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     def export(body: ExportBody):
         from mgsv_cli import settings
         from mgsv_cli.editor import export as writers
-        from mgsv_cli.editor.record import load_last_suggestion
+        from mgsv_cli.editor.requests import ExportRequest, json_field
 
         video, out = absolute(body.video, "video"), absolute(body.out, "out")
-        fmt = body.format or (writers.format_from_path(out) if out is not None else None) or \
-            settings.default("export_format")
-        writers.check_frame_rate(body.frame_rate)
-        snap = body.snap or settings.default("snap")
-        record = load_last_suggestion(video)
-        force = body.force
-        if out is None and fmt in writers.FORMATS:
+        request = ExportRequest.build(settings.load_settings(), json_field, pick=body.pick, fmt=body.format, out=out,
+                                      frame_rate=body.frame_rate, snap=body.snap,
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force)
+        fmt, force = request.fmt, request.force
+        if out is None:
             target = page_output(video, writers.default_output_path(video, fmt).name)
             if target is not None:
                 out, force = target, True
-        if body.start is not None:
-            entry = record.pick(body.pick)
-            length = entry.end - entry.start
-            record = record.with_entry(dataclasses.replace(entry, start=float(body.start),
-                                                           end=float(body.start) + length, snapped_to=None))
-        snap_info = None
-        if snap == "beat":
-            from mgsv_cli.editor.snapping import snap_suggestion
-
-            index = absolute(body.index, "index") or engine.index_path
-            record, snap_info = snap_suggestion(record, body.pick, index_path=index)
-        exported = writers.write_timeline(record, video, fmt, out, pick=body.pick, frame_rate=body.frame_rate,
-                                          force=force)
+        exported, record, snap_info = writers.export_suggestion(video, request, start=body.start, out=out,
+                                                                force=force)
         written = exported.out
         entry = record.pick(body.pick)
         url = download_url(written)

@@ -109,7 +109,7 @@ def fake_weights(root: Path, ast_weights: bool = True) -> None:
 
 
 def status_by_name(weights_dir=None) -> dict:
-    from mgsv_cli.models.checkpoint import checkpoint_status
+    from mgsv_cli.doctor import checkpoint_status
 
     return {s.name.split()[0]: s for s in [*hub.models_status(weights_dir), checkpoint_status()]}
 

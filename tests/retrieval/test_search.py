@@ -1,4 +1,4 @@
-"""The two-stage search (retrieval/) on both stores: exactness, the rerank's scores, incremental
+"""The one search path (retrieval/search.py) on both stores: exactness, the rerank's scores,
 derived rows, the first stage against numpy, and Lance's IVF-PQ index."""
 from __future__ import annotations
 
