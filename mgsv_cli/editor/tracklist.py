@@ -3,7 +3,7 @@
 
 A query needs two numbers per track (whether it is long enough for the clip, and where the
 retriever's ids sit) plus the records of the few tracks suggested; a catalog's records as
-Python objects would take ~6 s and ~1 GB to build for a million tracks. So :class:`TrackList`
+Python objects would take seconds and a gigabyte to build for a million tracks. So :class:`TrackList`
 keeps ids and durations as numpy arrays for all tracks and loads the records of the
 positions asked for, keeping the last few thousand.
 
