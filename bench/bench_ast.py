@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from mgsv_cli.features import recipe as R  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,8 +109,8 @@ def run_e2e(n_tracks: int) -> dict:
     """features.py's own path (defaults) on a real-size random AST: fbank + batching + model."""
     import torch
 
-    from mgsv_cli.features import encoders as F
     from mgsv_cli.device import resolve_device
+    from mgsv_cli.features import encoders as F
 
     device = resolve_device("cpu")
     dtype = F._ast_dtype(device, "auto")

@@ -32,8 +32,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MGSV_HOME"] = str(Path(tmp) / "home")
         import torch
-
         from _datagen import make_dataset
+
         from mgsv_cli.models.checkpoint import build_untrained
         from mgsv_cli.research.dataset import load_split
         from mgsv_cli.research.evaluation import evaluate_model

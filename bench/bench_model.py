@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mgsv_cli.models.variants import load_config  # noqa: E402
 from mgsv_cli.device import compute_dtype, tune_malloc_for_training  # noqa: E402
 from mgsv_cli.models.losses import detection_loss, matching_loss  # noqa: E402
 from mgsv_cli.models.made import MaDe  # noqa: E402
+from mgsv_cli.models.variants import load_config  # noqa: E402
 
 
 def fake_batch(n: int, seed: int = 0):

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from mgsv_cli.features import recipe as R  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,9 +188,9 @@ def run_child(index_path: Path, run_dir: Path, video: Path) -> dict:
 
     timings["import open_clip"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    from mgsv_cli.editor.suggest import Suggester
     from mgsv_cli.features import encoders as features
     from mgsv_cli.media import ffmpeg as media
-    from mgsv_cli.editor.suggest import Suggester
 
     timings["import mgsv modules"] = time.perf_counter() - t0
     t0 = time.perf_counter()

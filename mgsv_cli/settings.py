@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
 from mgsv_cli.errors import CheckpointError, first_line
+from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
 from mgsv_cli.paths import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"

@@ -48,7 +48,6 @@ from torch import Tensor, nn
 
 from mgsv_cli.models.variants import ModelConfig
 
-
 QUERYBANK_CHUNK_ELEMENTS = 1 << 23  # tracks x querybank videos x d per similarities() call (32 MB in float32)
 
 

@@ -21,12 +21,11 @@ from typing import List, Optional
 import typer
 
 from mgsv_cli.cli.app import app
-from mgsv_cli.cli.output import console, err_console
-from mgsv_cli.errors import MgsvError
 
 # The commands, in the order `mgsv --help` lists them: importing a module registers its commands.
-from mgsv_cli.cli.commands import train, evaluate, index, suggest, render, serve, export, doctor  # noqa: E402,F401,I001
-from mgsv_cli.cli.commands import data, models, config  # noqa: E402,F401,I001
+from mgsv_cli.cli.commands import config, data, doctor, evaluate, export, index, models, render, serve, suggest, train  # noqa: E402,F401,I001  # noqa: E402,F401,I001
+from mgsv_cli.cli.output import console, err_console
+from mgsv_cli.errors import MgsvError
 
 __all__ = ["app", "console", "err_console", "main"]
 

@@ -37,8 +37,8 @@ from typing import Iterable, Iterator
 
 from mgsv_cli.editor import outputs
 from mgsv_cli.editor.record import FIT_TOLERANCE, shorter_than_clip, track_fits
-from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, StorageError, UsageError, storage_error
+from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.paths import remove_quietly
 
 MIX_MODES = ("replace", "original", "duck")

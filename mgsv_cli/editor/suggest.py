@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mgsv_cli.editor import outputs
@@ -28,7 +28,6 @@ from mgsv_cli.errors import CheckpointError, IndexDatabaseError, MediaError, Mgs
 from mgsv_cli.features.recipe import window_valid
 from mgsv_cli.media.beats import BeatGrid
 from mgsv_cli.retrieval.search import DEFAULT_RERANK
-
 
 StatusFn = Callable[[str], None]
 _CANDIDATE_CHUNK = 64  # candidates whose records are read at once while looking for K usable ones

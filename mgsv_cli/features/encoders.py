@@ -10,7 +10,6 @@ Everything heavy (torch, open_clip, transformers) is imported inside functions.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import os
 from collections import deque
@@ -22,12 +21,28 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from mgsv_cli.errors import MediaError, MgsvError, WeightsMissingError, first_line
+from mgsv_cli.features.recipe import (
+    AST_MEAN,
+    AST_STD,
+    CLIP_IMAGE_SIZE,
+    CLIP_MEAN,
+    CLIP_STD,
+    ENCODER_IDS,
+    MAX_MUSIC_SECONDS,
+    N_FBANK_FRAMES,
+    N_MEL_BINS,
+    N_MUSIC_WINDOWS,
+    N_VIDEO_FRAMES,
+    SAMPLE_RATE,
+    TINY_MUSIC_DIM,
+    TrackSpectrogram,
+)
 from mgsv_cli.features.weights import (
-    CLIP_MODEL_NAME,
-    CLIP_PRETRAINED_TAG,
     AST_HUB_REPO,
     AST_WEIGHTS_SUBDIR,
     CLIP_HUB_REPO,
+    CLIP_MODEL_NAME,
+    CLIP_PRETRAINED_TAG,
     CLIP_WEIGHTS_SUBDIR,
     cached_ast_weights,
     cached_clip_file,
@@ -35,22 +50,6 @@ from mgsv_cli.features.weights import (
     find_clip_weights,
     hub_unreachable_reason,
     offline_env,
-)
-from mgsv_cli.features.recipe import (
-    ENCODER_IDS,
-    TINY_MUSIC_DIM,
-    AST_MEAN,
-    AST_STD,
-    CLIP_IMAGE_SIZE,
-    CLIP_MEAN,
-    CLIP_STD,
-    MAX_MUSIC_SECONDS,
-    N_FBANK_FRAMES,
-    N_MEL_BINS,
-    N_MUSIC_WINDOWS,
-    N_VIDEO_FRAMES,
-    SAMPLE_RATE,
-    TrackSpectrogram,
 )
 
 # ---------------------------------------------------------------- encoder identities

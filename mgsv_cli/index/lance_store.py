@@ -66,10 +66,19 @@ from typing import Any, Iterable, Iterator, Sequence
 from mgsv_cli import paths
 from mgsv_cli.errors import DataError, IndexDatabaseError, MgsvError, StorageError, first_line, storage_error
 from mgsv_cli.features import recipe
-from mgsv_cli.index.trackstore import TrackStore
 from mgsv_cli.index.locking import make_folder, writer_lock
-from mgsv_cli.index.records import (DerivedRows, FailedFile, FileState, NewTrack, TrackRecord, check_derived,
-                                    pad_rows, to_numpy, valid_length)
+from mgsv_cli.index.records import (
+    DerivedRows,
+    FailedFile,
+    FileState,
+    NewTrack,
+    TrackRecord,
+    check_derived,
+    pad_rows,
+    to_numpy,
+    valid_length,
+)
+from mgsv_cli.index.trackstore import TrackStore
 
 # Lance warns at every fork once it is imported; mgsv forks only to exec ffmpeg (subprocess) and
 # Ray's processes, which touch no Lance state before exec.

@@ -36,19 +36,31 @@ per-file work as Ray tasks. Design choices:
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from mgsv_cli.errors import MgsvError, UsageError, first_line, storage_error
 from mgsv_cli.features import recipe
 from mgsv_cli.index.backend import is_lance_uri, open_store
-from mgsv_cli.index.plan import (EMBED, FAILED, SKIPPED, TOUCHED, UNCHANGED, Checked, IndexProgress, IndexReport,
-                                 audio_seconds, beat_grid, check_encoder_kind, check_local_file, new_track,
-                                 probe_audio, signature)
+from mgsv_cli.index.plan import (
+    FAILED,
+    SKIPPED,
+    TOUCHED,
+    UNCHANGED,
+    Checked,
+    IndexProgress,
+    IndexReport,
+    audio_seconds,
+    beat_grid,
+    check_encoder_kind,
+    check_local_file,
+    new_track,
+    probe_audio,
+    signature,
+)
 from mgsv_cli.index.records import FileState, NewTrack
 from mgsv_cli.index.trackstore import TrackStore
 

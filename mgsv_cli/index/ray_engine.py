@@ -50,12 +50,22 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mgsv_cli.errors import IndexDatabaseError, MgsvError, StorageError, UsageError, first_line
 from mgsv_cli.features.recipe import ENCODER_IDS
-from mgsv_cli.index.plan import (EMBED, FAILED, SKIPPED, TOUCHED, UNCHANGED, IndexProgress, IndexReport, beat_grid,
-                                 check_file, probe_audio)
+from mgsv_cli.index.plan import (
+    EMBED,
+    FAILED,
+    SKIPPED,
+    TOUCHED,
+    UNCHANGED,
+    IndexProgress,
+    IndexReport,
+    beat_grid,
+    check_file,
+    probe_audio,
+)
 from mgsv_cli.index.records import FileState, NewTrack
 
 # The progress stage of a Ray run: files finished (stored, skipped or failed) of all listed.

@@ -37,10 +37,21 @@ from typing import Any, Iterable, Iterator, Sequence
 from mgsv_cli import paths
 from mgsv_cli.errors import DataError, IndexDatabaseError, storage_error
 from mgsv_cli.index import sqlite_db as db
-from mgsv_cli.index.trackstore import TrackStore
 from mgsv_cli.index.locking import writer_lock
-from mgsv_cli.index.records import (TAG_KEYS, DerivedRows, FailedFile, FileState, NewTrack, StoreHealth, TrackRecord,
-                                    check_derived, pad_rows, to_numpy, valid_length)
+from mgsv_cli.index.records import (
+    TAG_KEYS,
+    DerivedRows,
+    FailedFile,
+    FileState,
+    NewTrack,
+    StoreHealth,
+    TrackRecord,
+    check_derived,
+    pad_rows,
+    to_numpy,
+    valid_length,
+)
+from mgsv_cli.index.trackstore import TrackStore
 
 _DERIVED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS derived (

@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
-from mgsv_cli.features import recipe
 from mgsv_cli import paths
 from mgsv_cli.errors import DataError
+from mgsv_cli.features import recipe
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -209,8 +209,8 @@ def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.
     running out of GPU memory is a one-line error naming ``--batch-size``.
     Adds ``params`` (per-module counts), ``checkpoint`` (path) and ``checkpoint_id``.
     """
-    from mgsv_cli.models.checkpoint import load_model
     from mgsv_cli.device import compute_dtype, out_of_memory_hint, resolve_device
+    from mgsv_cli.models.checkpoint import load_model
     from mgsv_cli.research.dataset import place_split
 
     torch_device = resolve_device(device)

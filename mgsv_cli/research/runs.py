@@ -17,7 +17,6 @@ from mgsv_cli.errors import CheckpointError, UsageError
 from mgsv_cli.models.checkpoint import LAST_NAME, WEIGHTS_NAME, atomic_write_json, save_weights
 from mgsv_cli.models.variants import VariantConfig, variant_from_dict
 
-
 PAPER_METRICS = ("miou", "r1", "r5", "r10", "mor1", "mor10", "mor100")
 
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mgsv_cli.errors import UsageError
 from mgsv_cli.features.recipe import describe_encoders
 from mgsv_cli.models.checkpoint import WEIGHTS_NAME, atomic_write_json, save_checkpoint
 from mgsv_cli.models.variants import VariantConfig, variant_to_dict
-from mgsv_cli.errors import UsageError
 from mgsv_cli.research.runs import (  # noqa: F401  (re-exported: the library API of training)
     PAPER_METRICS,
     Reporter,
@@ -44,11 +44,12 @@ from mgsv_cli.research.runs import (  # noqa: F401  (re-exported: the library AP
     load_resume_point,
     new_run_dir,
     restore_optimizer,
-    saved_epochs_done,
     save_resume_point,
+    saved_epochs_done,
     saved_variant,
     selection_score,
 )
+
 
 @dataclass
 class _State:
@@ -139,8 +140,8 @@ def gathered_ahead(batches, pin: bool = False, depth: int = 2):
     compute. Gathering rows from the memory map is the CPU's part of a step; this keeps
     it off the step's critical path.
     """
-    from concurrent.futures import ThreadPoolExecutor
     from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     def produce(iterator):
         batch = next(iterator, None)
@@ -233,9 +234,9 @@ def train(
     """
     import torch
 
-    from mgsv_cli.research.dataset import load_split, place_split
     from mgsv_cli.device import compute_dtype, device_name, out_of_memory_hint, resolve_device, tune_malloc_for_training
     from mgsv_cli.models.made import MaDe
+    from mgsv_cli.research.dataset import load_split, place_split
 
     if _family_to_train(out_dir, variant, resume, stage, asked or {}) == "real":  # ReAL: two stages
         from mgsv_cli.research.train_real import train_real

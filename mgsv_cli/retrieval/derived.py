@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
-from mgsv_cli.index.trackstore import TrackStore
 from mgsv_cli.index.records import DerivedRows, ProgressFn, to_numpy
+from mgsv_cli.index.trackstore import TrackStore
 
 
 def model_fingerprint(model) -> str:

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import opentimelineio as otio
 import pytest
-
 from _workflow_helpers import clear_settings_env, click_track, write_wav
-from mgsv_cli.editor.record import SuggestionResult, load_last_suggestion
-from mgsv_cli.editor import export as writers
+
 from mgsv_cli.cli import main
+from mgsv_cli.editor import export as writers
+from mgsv_cli.editor.record import SuggestionResult, load_last_suggestion
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
+
 
 @pytest.fixture(autouse=True)
 def no_settings_from_the_shell(monkeypatch):
@@ -215,9 +216,9 @@ def test_cli_snap_beat_detects_beats_of_the_track(media_dir, tmp_path, capsys):
 
 def test_snap_uses_the_beats_stored_in_the_index(media_dir, tmp_path):
     from mgsv_cli.editor.snapping import snap_suggestion
-    from mgsv_cli.media.beats import BeatGrid
     from mgsv_cli.index.pipeline import import_tokens
     from mgsv_cli.index.records import NewTrack
+    from mgsv_cli.media.beats import BeatGrid
 
     index = tmp_path / "index.sqlite"
     track = str((media_dir / "song.wav").resolve())

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mgsv_cli import paths
-from mgsv_cli.index.backend import open_store
 from mgsv_cli.errors import CheckpointError, IndexDatabaseError, UsageError
+from mgsv_cli.index.backend import open_store
 
 pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
 
@@ -167,8 +167,8 @@ def test_derived_rows_are_reused_then_updated_by_index_changes(capsys, monkeypat
 
 
 def test_batch_loads_models_once_and_skips_bad_files(capsys, monkeypatch, media_src, indexed, tiny_encoders):
-    import mgsv_cli.models.checkpoint as checkpoint
     import mgsv_cli.features.encoders as features
+    import mgsv_cli.models.checkpoint as checkpoint
 
     encoder_loads = CallCounter(lambda *a, **k: tiny_encoders)
     model_builds = CallCounter(checkpoint.build_untrained)
@@ -218,8 +218,8 @@ def test_last_suggestion_is_remembered_for_render(capsys, media_src, indexed, tm
 
 def _save_run(run_dir: Path, video_dim: int, music_dim: int) -> str:
     from mgsv_cli.models.checkpoint import save_checkpoint
-    from mgsv_cli.models.variants import load_config
     from mgsv_cli.models.made import MaDe
+    from mgsv_cli.models.variants import load_config
 
     variant = load_config("tiny")
     variant = dataclasses.replace(variant, model=dataclasses.replace(variant.model, video_dim=video_dim,
@@ -260,8 +260,8 @@ def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
 
 def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encoders):
     """Stored rows and length buckets must not change what MaDe says (float32 keys in an SQLite index)."""
-    from mgsv_cli.models.checkpoint import build_untrained
     from mgsv_cli.editor.suggest import Suggester
+    from mgsv_cli.models.checkpoint import build_untrained
 
     with Suggester.open(index_path=indexed, untrained=True, device="cpu", encoders_obj=tiny_encoders) as s:
         result = s.suggest_video(clip(media_src), top_k=3)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mgsv_cli.research import dataset, download
-from mgsv_cli.features import weights as hub
 from mgsv_cli.cli import main
 from mgsv_cli.errors import DataError, WeightsMissingError
+from mgsv_cli.features import weights as hub
+from mgsv_cli.research import dataset, download
 
 
 @pytest.fixture(autouse=True)

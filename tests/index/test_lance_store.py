@@ -219,10 +219,10 @@ def test_the_search_dequantizes_int8_keys_as_records_does(tmp_path):
     import torch
 
     from mgsv_cli.index.records import dequantize_keys
-    from mgsv_cli.retrieval.derived import update_derived
-    from mgsv_cli.retrieval.keys import score_ids
     from mgsv_cli.models.made import MaDe, MusicTokens
     from mgsv_cli.models.variants import load_config
+    from mgsv_cli.retrieval.derived import update_derived
+    from mgsv_cli.retrieval.keys import score_ids
 
     torch.manual_seed(0)
     model = MaDe(load_config("tiny").model).eval()

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mgsv_cli.media import files
+from mgsv_cli.errors import IndexDatabaseError, UsageError
 from mgsv_cli.index.locking import writer_lock
 from mgsv_cli.index.pipeline import index_folder
 from mgsv_cli.index.sqlite_store import SqliteTrackStore
-from mgsv_cli.media import synth
+from mgsv_cli.media import files, synth
 from mgsv_cli.media.beats import BeatGrid
-from mgsv_cli.errors import IndexDatabaseError, UsageError
 
 pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
 

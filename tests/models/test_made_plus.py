@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _library_helpers import run_cli
+
 from mgsv_cli.models.checkpoint import load_model
 from mgsv_cli.models.losses import matching_loss, multi_positive_info_nce, start_window_loss, symmetric_info_nce
 from mgsv_cli.models.made import POINTER_REACH_WINDOWS, MaDe, VideoTokens, known_width, pool_windows
@@ -314,10 +314,10 @@ def test_duration_query_starts_as_the_plain_network_and_then_reads_the_videos_le
 
 def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
     from mgsv_cli.models.metrics import duration_exact_cut
-    from mgsv_cli.retrieval.keys import ResidentKeys
     from mgsv_cli.research.dataset import load_split
     from mgsv_cli.research.synthetic import make_dataset
     from mgsv_cli.research.train import fill_querybank
+    from mgsv_cli.retrieval.keys import ResidentKeys
 
     root = tmp_path / "data"
     make_dataset(root, n_videos=60, n_tracks=6, seed=1)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _datagen import (
     drop_csv_columns,
     make_dataset,
@@ -18,10 +17,11 @@ from _datagen import (
     set_csv_cell,
     write_feature,
 )
-from mgsv_cli.research import dataset as data
+
 from mgsv_cli import paths
-from mgsv_cli.research.dataset import feature_path, load_split, read_split_csv
 from mgsv_cli.errors import DataError
+from mgsv_cli.research import dataset as data
+from mgsv_cli.research.dataset import feature_path, load_split, read_split_csv
 
 REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"  # ../shared beside the checkout
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _datagen import make_dataset
+
+from mgsv_cli.cli import main
 from mgsv_cli.models import metrics
 from mgsv_cli.models.checkpoint import build_untrained, save_checkpoint
-from mgsv_cli.cli import main
 from mgsv_cli.research.dataset import load_split
 from mgsv_cli.research.evaluation import RESULT_KEYS, evaluate, evaluate_model, evaluate_prior
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _library_helpers import CLIP_SECONDS, run_cli
 from safetensors.torch import load_file
 
-from _library_helpers import CLIP_SECONDS, run_cli
 from mgsv_cli.errors import UsageError
 from mgsv_cli.models.checkpoint import build_untrained, load_model, read_metadata, save_checkpoint
 from mgsv_cli.models.variants import load_config, replace_train

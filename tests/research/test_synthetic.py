@@ -13,7 +13,13 @@ from mgsv_cli.cli import main
 from mgsv_cli.errors import StorageError, UsageError
 from mgsv_cli.research import synthetic
 from mgsv_cli.research.dataset import (
-    CSV_COLUMNS, FEATURE_DIRS, SPLITS, csv_path, feature_path, load_split, read_split_csv,
+    CSV_COLUMNS,
+    FEATURE_DIRS,
+    SPLITS,
+    csv_path,
+    feature_path,
+    load_split,
+    read_split_csv,
 )
 from mgsv_cli.research.evaluation import evaluate_prior
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from _serve_helpers import AUTH, PORT, TOKEN, make_client
-
 from _library_helpers import TRACKS, run_cli
+from _serve_helpers import AUTH, PORT, TOKEN, make_client
 
 
 def upload(api, clip: Path, name: str | None = None) -> dict:

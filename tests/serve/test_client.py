@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-
 from _library_helpers import json_close, run_cli
 from _serve_helpers import REPO, start_server
 

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from _serve_helpers import AUTH, TOKEN, make_client
 
 pytest.importorskip("lance")

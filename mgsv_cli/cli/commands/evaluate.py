@@ -10,7 +10,6 @@ from mgsv_cli.cli.app import app
 from mgsv_cli.cli.options import Checkpoint, Device
 from mgsv_cli.cli.output import console, stage_progress
 
-
 EVAL_ROWS = (
     ("mIoU", "miou", "{:.3f}"), ("R@1", "r1", "{:.1f}"), ("R@5", "r5", "{:.1f}"), ("R@10", "r10", "{:.1f}"),
     ("MoR@1", "mor1", "{:.1f}"), ("MoR@10", "mor10", "{:.1f}"), ("MoR@100", "mor100", "{:.1f}"),

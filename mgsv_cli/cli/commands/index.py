@@ -127,8 +127,14 @@ class _IndexBars:
               "beats": "finding beats", "indexing": "indexing on Ray (files)"}
 
     def __init__(self) -> None:
-        from rich.progress import (BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                              TimeRemainingColumn(), TextColumn("[dim]{task.fields[detail]}"), console=err_console,

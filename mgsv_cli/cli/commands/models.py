@@ -40,8 +40,8 @@ def models_list_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from mgsv_cli.features import weights as hub
     from mgsv_cli import settings
+    from mgsv_cli.features import weights as hub
 
     chosen = weights_dir or settings.default("weights_dir")
     from mgsv_cli.doctor import checkpoint_status

@@ -33,8 +33,8 @@ def render_command(
     Defaults for --mix, --fade-in, --fade-out, --loudness and --snap come from `mgsv config` when set there.
     """
     from mgsv_cli.editor import render as rendering
-    from mgsv_cli.editor.requests import RenderRequest, cli_flag
     from mgsv_cli.editor.outputs import single_clip
+    from mgsv_cli.editor.requests import RenderRequest, cli_flag
 
     request = RenderRequest.build(settings(), cli_flag, pick=pick, track=track, start=start, out=out, mix=mix,
                                   fade_in=fade_in, fade_out=fade_out, loudness=loudness, snap=snap, index=index,

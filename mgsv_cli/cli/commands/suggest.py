@@ -7,8 +7,7 @@ from typing import List, Optional
 import typer
 
 from mgsv_cli.cli.app import app
-from mgsv_cli.cli.options import (Checkpoint, Device, NoServer, Offline, Store, StoreEncoders, Untrained,
-                                  WeightsDir)
+from mgsv_cli.cli.options import Checkpoint, Device, NoServer, Offline, Store, StoreEncoders, Untrained, WeightsDir
 from mgsv_cli.cli.output import console, err_console, mmss, settings
 from mgsv_cli.errors import MgsvError
 
@@ -41,8 +40,8 @@ def suggest_command(
     """
     from rich.markup import escape
 
-    from mgsv_cli.editor.requests import SuggestRequest, cli_flag
     from mgsv_cli.editor.outputs import single_clip
+    from mgsv_cli.editor.requests import SuggestRequest, cli_flag
     from mgsv_cli.editor.suggest import suggest_videos
     from mgsv_cli.errors import first_line
     from mgsv_cli.serve import client as serve_client

@@ -31,8 +31,8 @@ def train_command(
     On a CUDA GPU the features are kept on the GPU, the network runs in bf16 and Adam is fused.
     """
     from mgsv_cli.models.variants import load_config, replace_train
-    from mgsv_cli.settings import default
     from mgsv_cli.research.train import train
+    from mgsv_cli.settings import default
 
     device = default("device", device)
     chosen = load_config(config or "made")
