@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mgsv_cli.features import recipe as R  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from mgsv_cli.features import recipe as R  # noqa: E402
 
 DEFAULT_SETTINGS = [
     "fp32/eager/2", "fp32/sdpa/2", "autocast-bf16/sdpa/2", "cast-bf16/eager/2",

@@ -30,10 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mgsv_cli.features import recipe as R  # noqa: E402
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from mgsv_cli.features import recipe as R  # noqa: E402
 
 N_WINDOWS, MUSIC_DIM, VIDEO_DIM, N_FRAMES = 96, 768, 512, 50
 CLIP_SECONDS = 24.0
