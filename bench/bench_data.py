@@ -61,7 +61,8 @@ def main() -> None:
                 n_rows += len(batch)
             elapsed = time.perf_counter() - start
             print(f"batches of {args.train_batch} (shuffled, dedupe_tracks={dedupe}): "
-                  f"{1000 * elapsed / max(1, split.n_batches(args.train_batch)):.1f} ms/batch, {n_rows / elapsed:.0f} rows/s")
+                  f"{1000 * elapsed / max(1, split.n_batches(args.train_batch)):.1f} ms/batch, "
+                  f"{n_rows / elapsed:.0f} rows/s")
 
         if args.skip_eval:
             return

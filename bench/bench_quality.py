@@ -117,7 +117,8 @@ def variants(names: list[str]):
 
 def recipe_key(variant) -> str:
     """What training depends on (the name aside): two variants with one key train identically."""
-    return json.dumps([dataclasses.asdict(variant.model), dataclasses.asdict(variant.train)], sort_keys=True, default=str)
+    return json.dumps([dataclasses.asdict(variant.model), dataclasses.asdict(variant.train)],
+                      sort_keys=True, default=str)
 
 
 @contextlib.contextmanager
@@ -148,7 +149,8 @@ def run_one(root: Path, variant, seed: int, epochs: int, work: Path, lock: str |
         seconds = time.perf_counter() - start
         test = evaluate(root, "test", checkpoint=run_dir, device="cpu")
     val = result.best_metrics
-    return {"seed": seed, "train_s": round(seconds, 1), "val_score": round(float(val.get("score", selection_score(val))), 3),
+    return {"seed": seed, "train_s": round(seconds, 1),
+            "val_score": round(float(val.get("score", selection_score(val))), 3),
             **{k: float(test[k]) for k in METRICS}, "params": int(test["params"]["total"])}
 
 
@@ -226,7 +228,8 @@ def main() -> None:
             trained[name] = recipe_key(variant)
 
     print(f"\ntest split, mean ± sample std over seeds {seeds} (mIoU a fraction, the rest %; val = selection score)")
-    header = f"{'variant':<18} {'params':>8} {'mIoU':>12} " + " ".join(f"{k.upper():>10}" for k in METRICS[1:]) + f" {'val':>10}"
+    header = (f"{'variant':<18} {'params':>8} {'mIoU':>12} " + " ".join(f"{k.upper():>10}" for k in METRICS[1:])
+              + f" {'val':>10}")
     print(header.replace("MOR", "MoR").replace("R1", "R@1").replace("R5", "R@5").replace("R10", "R@10"))
     for name, res in results.items():
         stats = res["stats"]
@@ -239,7 +242,8 @@ def main() -> None:
         base_runs = {r["seed"]: r for r in results["made"]["runs"]}
         for key in HEADLINE:
             gain = plus[key]["mean"] - base[key]["mean"]
-            paired = [r[key] - base_runs[r["seed"]][key] for r in results["made-plus"]["runs"] if r["seed"] in base_runs]
+            paired = [r[key] - base_runs[r["seed"]][key]
+                      for r in results["made-plus"]["runs"] if r["seed"] in base_runs]
             verdict[key] = {"gain": gain, "beats_std": gain > max(plus[key]["std"], base[key]["std"]),
                             "beats_range": plus[key]["min"] > base[key]["max"],
                             "seeds_ahead": sum(g > 0 for g in paired), "seeds": len(paired),

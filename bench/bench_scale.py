@@ -463,7 +463,8 @@ def run_million(args, results: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     root = str(folder / "catalog.lance")
     free_gb = shutil.disk_usage(folder).free / 2 ** 30
-    need_gb = args.tracks * 57 * (261 if args.keys == "int8" else 513) * 1.1 / 2 ** 30 + args.tracks * 1100 * 2 / 2 ** 30
+    need_gb = (args.tracks * 57 * (261 if args.keys == "int8" else 513) * 1.1 / 2 ** 30
+               + args.tracks * 1100 * 2 / 2 ** 30)
     log(f"store in {folder}: {free_gb:.0f} GiB free, the build needs about {need_gb:.1f} GiB")
     if not args.reuse and need_gb > free_gb - 10:
         raise SystemExit(f"not enough free disk for {args.tracks:,} tracks ({need_gb:.0f} GiB + 10 GiB spare)")
@@ -487,8 +488,9 @@ def run_million(args, results: dict) -> None:
             raise SystemExit(f"the query phase failed:\n{child.stderr[-3000:]}")
         numbers = json.loads(child.stdout.strip().splitlines()[-1])
         numbers.update(store_gib=round(size_gb, 1), write_store_s=None if build_s is None else round(build_s, 1))
-        log(f"{numbers['tracks']:,} tracks ({size_gb:.1f} GiB store, {numbers['keys']} keys): first stage ({numbers['first_stage_kind']}, "
-            f"{numbers['first_stage_dtype']}) built in {numbers['build_first_stage_s']:.2f} s "
+        log(f"{numbers['tracks']:,} tracks ({size_gb:.1f} GiB store, {numbers['keys']} keys): "
+            f"first stage ({numbers['first_stage_kind']}, {numbers['first_stage_dtype']}) "
+            f"built in {numbers['build_first_stage_s']:.2f} s "
             f"({numbers['build_first_stage_again_s']:.3f} s when its export exists)")
         share = numbers["store_cached_share_before_queries"]
         if share is not None:

@@ -162,8 +162,8 @@ def plan_dataset(root: Path, cfg: dict, seed: int = 0) -> dict[str, list[dict]]:
                                            ("music_style", MUSIC_DIM), ("music_code", MUSIC_DIM))}
     _Plan.projections["onset"] = rng.normal(size=MUSIC_DIM).astype(np.float32)
     popularity = 1.0 / np.arange(1, n_train_tracks + 1) ** 0.8  # long-tailed, like the release
-    train = np.concatenate([np.arange(n_train_tracks),
-                            rng.choice(n_train_tracks, cfg["n_train"] - n_train_tracks, p=popularity / popularity.sum())])
+    repeats = rng.choice(n_train_tracks, cfg["n_train"] - n_train_tracks, p=popularity / popularity.sum())
+    train = np.concatenate([np.arange(n_train_tracks), repeats])
     assignment = {"train": rng.permutation(train),
                   "val": rng.choice(n_tracks, cfg["n_val"], replace=False),  # one video per track, as released
                   "test": rng.choice(n_tracks, cfg["n_test"], replace=False)}
@@ -481,8 +481,9 @@ def section_index(work: Path, cfg: dict, device: str, out: dict) -> None:
     out["ast_index_s"] = end - t0
     out["ast_windows_per_s"] = n_windows / (end - embed_start)
     log(f"index: {n_windows} windows, {out['ast_windows_per_s']:.0f} windows/s end to end from the files "
-        f"(model alone {out['ast_model_windows_per_s']:.0f}/s, CPU side alone {out['ast_cpu_prep_windows_per_s']:.0f}/s;"
-        f" batch {batch}, {encoders.workers} audio workers); probing {out['ast_probe_s']:.1f} s")
+        f"(model alone {out['ast_model_windows_per_s']:.0f}/s, "
+        f"CPU side alone {out['ast_cpu_prep_windows_per_s']:.0f}/s; batch {batch}, {encoders.workers} audio workers); "
+        f"probing {out['ast_probe_s']:.1f} s")
     del encoders
     _free(torch)
 

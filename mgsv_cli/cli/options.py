@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 DEVICE_HELP = "auto | cpu | cuda[:N] | mps (auto picks the GPU when there is one)"
-ENCODERS_HELP = "pretrained (CLIP ViT-B/32 + AST, what MaDe was trained on) | tiny (small random networks: tests, demos)"
+ENCODERS_HELP = ("pretrained (CLIP ViT-B/32 + AST, what MaDe was trained on) "
+                 "| tiny (small random networks: tests, demos)")
 INDEX_HELP = "music index database (default: index.sqlite in mgsv's data folder; MGSV_HOME moves it)"
 STORE_HELP = INDEX_HELP + "; or a Lance track store: a folder, DIR.lance or s3://... URI"
 CHECKPOINT_HELP = "run folder or .safetensors file (default: the latest run)"

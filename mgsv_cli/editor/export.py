@@ -152,8 +152,8 @@ def default_output_path(video: str | os.PathLike, fmt: str) -> Path:
 def check_frame_rate(frame_rate: float | None, names=None) -> float | None:
     """A timeline's frame rate: a positive, finite number of frames per second (nan, inf, 0, -5 refused)."""
     if frame_rate is not None and not (math.isfinite(frame_rate) and frame_rate > 0):
-        raise UsageError(f"{names('frame_rate') if names is not None else '--frame-rate'} {frame_rate}: must be a positive number of frames per second "
-                         "(such as 25 or 29.97)")
+        name = names("frame_rate") if names is not None else "--frame-rate"
+        raise UsageError(f"{name} {frame_rate}: must be a positive number of frames per second (such as 25 or 29.97)")
     return frame_rate
 
 
@@ -184,7 +184,8 @@ def video_timeline_rate(info) -> tuple[float, str | None]:
                       f"nominal): the timeline runs at {_rate_text(rate)} fps")
     rate = _timecode_rate(info.fps)
     if rate is None:
-        unusual = f"{name} runs at {info.fps:g} fps, not a timecode rate" if info.fps else f"{name} states no frame rate"
+        unusual = (f"{name} runs at {info.fps:g} fps, not a timecode rate" if info.fps
+                   else f"{name} states no frame rate")
         return FALLBACK_RATE, f"{unusual}: the timeline runs at {_rate_text(FALLBACK_RATE)} fps"
     return rate, None
 

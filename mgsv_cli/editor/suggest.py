@@ -341,7 +341,8 @@ def _check_checkpoint_fits(checkpoint, kind: str, index) -> None:
         fix = "use an index built by the encoders it was trained on"
     else:
         download = "`mgsv models download`, then " if needed == "pretrained" else ""
-        fix = f"index the music with them ({download}`mgsv index MUSIC_DIR --encoders {needed} --index NEW`) and pass that --index"
+        fix = (f"index the music with them ({download}`mgsv index MUSIC_DIR --encoders {needed} --index NEW`) "
+               "and pass that --index")
     raise CheckpointError(
         f"checkpoint {path} was trained on features of {describe_encoders(*widths)}, but the index "
         f"{index.uri} holds {kind} tokens ({index.encoder_id}): {fix}, or use --untrained with this index"

@@ -271,10 +271,13 @@ def read_meta(conn: sqlite3.Connection, path: Path, action: str = "read the musi
     version = int(meta.get("schema_version", "0"))
     if version > SCHEMA_VERSION:
         raise IndexDatabaseError(
-            f"{path} was written by a newer mgsv (index schema {version}, this one reads {SCHEMA_VERSION}); upgrade mgsv"
+            f"{path} was written by a newer mgsv (index schema {version}, this one reads {SCHEMA_VERSION}); "
+            "upgrade mgsv"
         )
     if version < 1:
-        raise IndexDatabaseError(f"{path} has no valid schema version; rebuild it with `mgsv index --force --index NEW`")
+        raise IndexDatabaseError(
+            f"{path} has no valid schema version; rebuild it with `mgsv index --force --index NEW`"
+        )
     return meta
 
 

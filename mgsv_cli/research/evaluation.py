@@ -45,7 +45,8 @@ def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, 
     once, scored against all tracks in blocks of ``batch_size`` tracks (one
     ``score_pairs`` call per block of videos x block of tracks, so memory stays bounded
     by ``batch_size`` squared), the scores of a block of videos gathered on the device and
-    copied back once, and its moment detected on its GT track. ``dtype`` (e.g. ``torch.bfloat16``) runs a copy of the model whose
+    copied back once, and its moment detected on its GT track.
+    ``dtype`` (e.g. ``torch.bfloat16``) runs a copy of the model whose
     weights are in that dtype (cheaper than autocast, which casts every activation);
     ``None`` runs in float32. Returns the keys of :data:`RESULT_KEYS` (plus ``n_tracks``).
     """

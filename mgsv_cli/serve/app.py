@@ -205,7 +205,9 @@ class RenderBody(BaseModel):
     pick: Optional[int] = Field(None, ge=1, description="remembered suggestion N (default 1)")
     track: Optional[str] = Field(None, description="music file instead of the remembered suggestion (with start)")
     start: Optional[float] = Field(None, ge=0, description="where the music starts in the track, seconds")
-    out: Optional[str] = Field(None, description="output file; default beside the video, or the server's outputs for uploads")
+    out: Optional[str] = Field(
+        None, description="output file; default beside the video, or the server's outputs for uploads"
+    )
     mix: Optional[str] = Field(None, description="replace | original | duck (default: settings)")
     fade_in: Optional[float] = None
     fade_out: Optional[float] = None

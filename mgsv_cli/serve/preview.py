@@ -151,8 +151,10 @@ def _integrated(stderr: str) -> list[float | None]:
 
 def _prune(cache: Path) -> None:
     try:
-        files = sorted((p for p in cache.iterdir() if p.is_file() and p.suffix != ".json" and not p.name.startswith(".")),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
+        files = sorted(
+            (p for p in cache.iterdir() if p.is_file() and p.suffix != ".json" and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime, reverse=True,
+        )
     except OSError:
         return
     for old in files[KEEP_PREVIEWS:]:

@@ -47,7 +47,8 @@ def suggestion_for(folder: Path, start: float = 12.345, rank: int = 1, track: Pa
     entry = {"rank": rank, "track": str(track.resolve()), "score": 1.25, "start": start,
              "end": start + VIDEO_SECONDS, "predicted_start": start - 1, "predicted_end": start + 5,
              "track_duration": 30.0}
-    return SuggestionResult.from_json({"video": str(video.resolve()), "duration": VIDEO_SECONDS, "suggestions": [entry]})
+    return SuggestionResult.from_json({"video": str(video.resolve()), "duration": VIDEO_SECONDS,
+                                       "suggestions": [entry]})
 
 
 def read_back(path: Path, fmt: str, rate: float):
@@ -323,7 +324,8 @@ def test_timelines_carry_frame_size_rate_and_sound(phone_clips, tmp_path, fmt, c
     out = tmp_path / f"t{writers.FORMATS[fmt][1]}"
     written = writers.write_timeline(phone_suggestion(phone_clips, clip), phone_clips / f"{clip}.mp4", fmt, out)
     assert written.plan.rate == 30.0 and (written.plan.width, written.plan.height) == (width, height)
-    expected = r"vfr\.mp4 has a variable frame rate \(1[23]\.\d\d fps on average, 30 nominal\): the timeline runs at 30 fps"
+    expected = (r"vfr\.mp4 has a variable frame rate \(1[23]\.\d\d fps on average, 30 nominal\): "
+                r"the timeline runs at 30 fps")
     assert [bool(re.fullmatch(expected, w)) for w in written.warnings] == ([True] if variable else [])
     timeline = read_back(out, fmt, 30.0)
     clips = clips_by_kind(timeline)

@@ -1,4 +1,4 @@
-"""`mgsv suggest`: ranking, moments, stored rows per checkpoint, batch, remembered suggestions (tiny encoders, --untrained)."""
+"""`mgsv suggest`: ranking, moments, stored rows per checkpoint, batch, remembered suggestions (tiny encoders, --untrained)."""  # noqa: E501
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,7 @@ from mgsv_cli.index.backend import open_store
 
 pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
 
-from _library_helpers import CLIP_SECONDS, TRACKS, CallCounter, db_rows, json_close, run_cli
+from _library_helpers import CLIP_SECONDS, TRACKS, CallCounter, db_rows, json_close, run_cli  # noqa: E402
 
 # Fixtures shared with test_index.py (media generated and tracks indexed once per session).
 pytest_plugins = ["_library_helpers"]

@@ -14,7 +14,8 @@ def infos(n: int, seed: int = 0) -> list[TrackRecord]:
     ids = rng.choice(10_000, size=n, replace=False)
     durations = np.round(rng.uniform(-1.0, 60.0, n), 2)
     durations[::7] = 0.0  # unknown lengths
-    return [TrackRecord(int(i), f"/music/{i}.wav", f"hash{i}", float(d), {"title": f"T{i}"}) for i, d in zip(ids, durations)]
+    return [TrackRecord(int(i), f"/music/{i}.wav", f"hash{i}", float(d), {"title": f"T{i}"})
+            for i, d in zip(ids, durations)]
 
 
 def listing_of(tracks) -> TrackList:

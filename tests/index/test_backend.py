@@ -29,7 +29,8 @@ KEYS_ATOL = {"sqlite": 1e-6, "lance": 2e-3}
 
 def test_open_store_routes_by_uri(monkeypatch, tmp_path):
     opened = []
-    monkeypatch.setattr(LanceTrackStore, "open", classmethod(lambda cls, uri, create=False, key_encoding=None: opened.append(uri)))
+    monkeypatch.setattr(LanceTrackStore, "open",
+                        classmethod(lambda cls, uri, create=False, key_encoding=None: opened.append(uri)))
     for uri in ("s3://bucket/catalog", "gs://b/c.lance", "az://container/lib", "file:///srv/lib", "lib.lance",
                 str(tmp_path) + "/", "lib.lance/"):
         assert is_lance_uri(uri), uri

@@ -27,8 +27,8 @@ from mgsv_cli.index.sqlite_store import SqliteTrackStore
 
 pytest.register_assert_rewrite("_library_helpers")
 
-from _library_helpers import BAD_FILES, db_meta, db_rows, integrity, run_cli
-from _media_helpers import mounted_tmpfs
+from _library_helpers import BAD_FILES, db_meta, db_rows, integrity, run_cli  # noqa: E402
+from _media_helpers import mounted_tmpfs  # noqa: E402
 
 pytest_plugins = ["_library_helpers"]
 

@@ -306,7 +306,8 @@ def test_a_store_of_a_newer_format_is_refused(tmp_path):
     meta[b"mgsv_store_format"] = str(lance_store.FORMAT_VERSION + 2).encode()
     lance.write_dataset(table.replace_schema_metadata(meta), str(root / "tracks.lance"), mode="overwrite")
     newer, known = lance_store.FORMAT_VERSION + 2, lance_store.FORMAT_VERSION
-    with pytest.raises(IndexDatabaseError, match=rf"newer mgsv \(store format {newer}, this one reads up to {known}\): upgrade"):
+    with pytest.raises(IndexDatabaseError,
+                       match=rf"newer mgsv \(store format {newer}, this one reads up to {known}\): upgrade"):
         open_store(str(root))
 
 

@@ -22,7 +22,7 @@ from mgsv_cli.media.beats import BeatGrid
 
 pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
 
-from _library_helpers import BAD_FILES, TRACKS, db_meta, db_rows, integrity, run_cli
+from _library_helpers import BAD_FILES, TRACKS, db_meta, db_rows, integrity, run_cli  # noqa: E402
 
 # Fixtures shared with test_suggest.py (media generated and tracks indexed once per session).
 pytest_plugins = ["_library_helpers"]

@@ -141,7 +141,8 @@ def test_matching_loss_switch_routes_both_similarities():
     assert torch.allclose(matching_loss(mean_sim, xpool_sim, log_scale, ids, same_track_positives=True), expected)
     # without the switch: the old behaviour (all others negatives, or masked with track ids)
     assert torch.allclose(matching_loss(mean_sim, xpool_sim, log_scale),
-                          symmetric_info_nce(mean_sim, log_scale.exp()) + symmetric_info_nce(xpool_sim, log_scale.exp()))
+                          symmetric_info_nce(mean_sim, log_scale.exp())
+                          + symmetric_info_nce(xpool_sim, log_scale.exp()))
 
 
 # ------------------------------------------------------------------ multi-scale matching
@@ -405,7 +406,8 @@ def test_a_track_close_to_every_querybank_video_loses_more_than_one_close_to_non
         music = model.encode_music(windows, window_mask)
         # A bank of videos that all point at track 0's mean vector: track 0 is their "hub".
         hub = music.pooled[0] / music.pooled[0].norm()
-        model.set_querybank(hub * 10 + 0.1 * torch.randn(64, model.cfg.d_model, generator=torch.Generator().manual_seed(1)))
+        noise = torch.randn(64, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+        model.set_querybank(hub * 10 + 0.1 * noise)
         offsets = model.encode_music(windows, window_mask, for_search=True).offsets
     assert offsets[0] > offsets[1]
 
@@ -415,7 +417,8 @@ def test_set_querybank_keeps_the_first_rows_and_an_empty_bank_changes_nothing():
     frames, frame_mask, windows, window_mask = inputs(3, seed=2)
     with torch.no_grad():
         assert not model.has_score_offsets  # built, not filled: no offsets, the plain scores
-        video, music = model.encode_video(frames, frame_mask), model.encode_music(windows, window_mask, for_search=True)
+        model.encode_video(frames, frame_mask)
+        music = model.encode_music(windows, window_mask, for_search=True)
         assert music.offsets is None
         pooled = torch.randn(9, model.cfg.d_model)
         model.set_querybank(pooled)

@@ -17,7 +17,8 @@ from mgsv_cli.models.checkpoint import build_untrained, save_checkpoint
 from mgsv_cli.research.dataset import load_split
 from mgsv_cli.research.evaluation import RESULT_KEYS, evaluate, evaluate_model, evaluate_prior
 
-REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"  # ../shared beside the checkout
+# ../shared beside the checkout
+REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"
 N_VAL = 40
 
 

@@ -145,7 +145,8 @@ def test_the_moment_is_findable_from_the_music_content(tmp_path):
             valid = data.track_masks[track].astype(bool)
             window_codes = data.track_feats[track][valid] @ music_decoder.T
             norms = np.linalg.norm(window_codes, axis=1)
-            matches = (window_codes @ code / (norms * np.linalg.norm(code)) > 0.8) & (norms > 0.5 * np.linalg.norm(code))
+            code_norm = np.linalg.norm(code)
+            matches = (window_codes @ code / (norms * code_norm) > 0.8) & (norms > 0.5 * code_norm)
             runs = np.flatnonzero(matches[:-1] & matches[1:])  # a section spans >= 2 windows; noise does not
             start = synthetic.WINDOW_HOP * runs[0] if runs.size else np.inf
             ok = 0.0 <= start - data.labels.music_start[row] < synthetic.WINDOW_HOP
