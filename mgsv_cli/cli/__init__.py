@@ -21,11 +21,14 @@ from typing import List, Optional
 import typer
 
 from mgsv_cli.cli.app import app
-
-# The commands, in the order `mgsv --help` lists them: importing a module registers its commands.
-from mgsv_cli.cli.commands import config, data, doctor, evaluate, export, index, models, render, serve, suggest, train  # noqa: E402,F401,I001  # noqa: E402,F401,I001
 from mgsv_cli.cli.output import console, err_console
 from mgsv_cli.errors import MgsvError
+
+# The commands, in the order `mgsv --help` lists them: importing a module registers its commands.
+# isort: off
+from mgsv_cli.cli.commands import train, evaluate, index, suggest, render, serve, export, doctor  # noqa: F401
+from mgsv_cli.cli.commands import data, models, config  # noqa: F401
+# isort: on
 
 __all__ = ["app", "console", "err_console", "main"]
 
