@@ -447,8 +447,11 @@ class LanceTrackStore(TrackStore):
                 batch = next(batches, None)
             if batch is None:
                 return
-            ids = batch.column(0).to_pylist()
-            keep = [k for k, i in enumerate(ids) if i not in seen and not seen.add(i)]
+            keep = []
+            for k, i in enumerate(batch.column(0).to_pylist()):
+                if i not in seen:
+                    seen.add(i)
+                    keep.append(k)
             if keep:
                 yield _decode_tokens(pa.Table.from_batches([batch]).take(keep))
 
@@ -628,7 +631,7 @@ class LanceTrackStore(TrackStore):
         ds = self._tracks()
         with self._lance_errors("read"):
             table = ds.to_table(filter=_in_filter("content_hash", sorted({s.content_hash for s in wanted.values()})))
-        by_hash = {}
+        by_hash: dict[str, dict[str, Any]] = {}
         for row in table.to_pylist():
             by_hash.setdefault(row["content_hash"], row)
         copies = []
@@ -1030,9 +1033,9 @@ def _decode_scoring(column, order, dim: int, key_encoding: str = "float16", has_
             at, keys_at = int(order[row]), begin + header
             mask_at = keys_at + (per_window - 1) * n
             pooled[at] = data[begin:begin + 4 * dim].view("<f4")
-            if has_offsets:
+            if offsets is not None:  # has_offsets
                 offsets[at] = data[begin + 4 * dim:keys_at].view("<f4")[0]
-            if quantized:
+            if scales is not None:  # quantized
                 scales[at, :n] = data[keys_at:keys_at + 4 * n].view("<f4")
                 keys[at, :n] = data[keys_at + 4 * n:mask_at].view(np.int8).reshape(n, dim)
             else:

@@ -8,6 +8,7 @@ same name.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -55,9 +56,7 @@ def make_folder(folder: Path) -> None:
 
 
 def _try_lock(handle, lock_file: Path) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    if sys.platform == "win32":  # no fcntl there (a platform check, so that mypy knows msvcrt's names)
         import msvcrt
 
         try:
@@ -65,6 +64,8 @@ def _try_lock(handle, lock_file: Path) -> bool:
             return True
         except OSError:
             return False
+    import fcntl
+
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True

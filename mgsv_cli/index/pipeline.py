@@ -191,6 +191,7 @@ class _Run:
                 self.report.unchanged += 1
                 if checked.kind == TOUCHED:
                     self.report.touched += 1
+                    assert checked.state is not None  # check_file gives TOUCHED with the new state
                     touched.append((location, checked.state))
                 elif checked.forget:  # back to the content that indexed fine (a restored backup)
                     forget.append(location)

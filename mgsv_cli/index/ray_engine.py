@@ -50,7 +50,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mgsv_cli.errors import IndexDatabaseError, MgsvError, StorageError, UsageError, first_line
 from mgsv_cli.features.recipe import ENCODER_IDS
@@ -67,6 +67,9 @@ from mgsv_cli.index.plan import (
     probe_audio,
 )
 from mgsv_cli.index.records import FileState, NewTrack
+
+if TYPE_CHECKING:
+    from mgsv_cli.features.encoders import Encoders
 
 # The progress stage of a Ray run: files finished (stored, skipped or failed) of all listed.
 STAGE = "indexing"
@@ -286,7 +289,7 @@ class AstEmbedder:
         self.options = dict(kind=kind, device=device, offline=offline, weights_dir=weights_dir,
                             batch_windows=batch_windows)
         self.threads = threads
-        self.encoders = None
+        self.encoders: Encoders | None = None
         self.fatal: tuple[str, str] | None = None
 
     def _load(self):
@@ -326,6 +329,7 @@ class AstEmbedder:
         from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
 
         encoders = self.encoders
+        assert encoders is not None  # called after _load() gave them
         spectrograms = [_spectrogram(row["frames"], row["duration"]) for row in rows]
         feats = [np.zeros((N_MUSIC_WINDOWS, encoders.music_dim), np.float32) for _ in rows]
         todo = [(i, int(k)) for i, spec in enumerate(spectrograms) for k in np.flatnonzero(spec.valid)]
@@ -617,7 +621,7 @@ def _joined(listing, store, blocks: int):
     if len(store):
         columns = [c for c in ("location", "size", "mtime_ns", "content_hash") if c in store.tracks_columns()]
         stored = ray.data.read_lance(store.dataset_uri("tracks"), columns=columns).map_batches(
-            _renamed, batch_format="pyarrow",
+            _renamed, batch_format="pyarrow",  # type: ignore[arg-type]  # Ray passes ``names`` (fn_kwargs)
             fn_kwargs={"names": {"size": "stored_size", "mtime_ns": "stored_mtime_ns", "content_hash": "stored_hash"}})
         listing = listing.join(stored, "left_outer", num_partitions=blocks, on=("location",))
     failed = store.dataset_uri("failed")

@@ -188,12 +188,12 @@ def score_ids(model, video_tokens, store: TrackStore, fingerprint: str, track_id
     from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
     from mgsv_cli.models.made import MusicTokens
 
-    track_ids = np.asarray(track_ids, dtype=np.int64)
-    out = np.empty(track_ids.shape[0], dtype=np.float32)
+    ids = np.asarray(track_ids, dtype=np.int64)
+    out = np.empty(ids.shape[0], dtype=np.float32)
     device, dtype = video_tokens.pooled.device, _model_dtype(model)
     with torch.inference_mode():
-        for begin in range(0, track_ids.shape[0], batch_size):
-            chunk = track_ids[begin:begin + batch_size]
+        for begin in range(0, ids.shape[0], batch_size):
+            chunk = ids[begin:begin + batch_size]
             rows = store.derived_for(fingerprint, chunk.tolist())
             mask = np.ascontiguousarray(rows.mask, dtype=bool)
             scales = None if rows.key_scales is None else np.ascontiguousarray(rows.key_scales, dtype=np.float32)
