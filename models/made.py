@@ -319,6 +319,8 @@ class EnhanceBlock(nn.Module):
 class Enhancer(nn.Module):
     """Frozen-encoder tokens [B, L, in_dim] + mask [B, L] -> tokens [B, L, d], pooled [B, d]."""
 
+    positions: Tensor  # a buffer (typed here: nn.Module's __getattr__ says Tensor | Module)
+
     def __init__(self, in_dim: int, n_positions: int, cfg: ModelConfig):
         super().__init__()
         self.project = nn.Linear(in_dim, cfg.d_model)
@@ -479,6 +481,7 @@ class Detector(nn.Module):
 
     def forward(self, video: VideoTokens, music: MusicTokens) -> tuple[Tensor, Tensor | None]:
         """-> spans [L, B, 2] (float32) and, with ``start_pointer``, start_logits [L, B, S] (else None)."""
+        assert music.tokens is not None  # detection needs the tokens (MusicTokens.for_scoring drops them)
         memory, mask = pack_valid_tokens(torch.cat([video.tokens, music.tokens], dim=1),
                                          torch.cat([video.mask, music.mask], dim=1))
         pos = cumulative_sine_positions(mask, memory.shape[-1]).to(memory.dtype)
@@ -508,6 +511,7 @@ class Detector(nn.Module):
         slot = video_mask.sum(1, keepdim=True) + (music_mask.cumsum(1) - 1).clamp(min=0)  # [B, S]
         slot = slot.clamp(max=memory.shape[1] - 1)
         windows = torch.gather(memory, 1, slot[:, :, None].expand(-1, -1, memory.shape[-1]))  # [B, S, d]
+        assert self.pointer is not None  # called with start_pointer only
         with torch.autocast(hidden.device.type, enabled=False):
             query = F.linear(hidden.float(), self.pointer.weight.float(), self.pointer.bias.float())
             logits = torch.einsum("lbd,bsd->lbs", query, windows.float()) * hidden.shape[-1] ** -0.5
@@ -551,6 +555,9 @@ class MaDe(nn.Module):
     Inputs are frozen-encoder features: frames [B, F, video_dim] and windows [N, S, music_dim]
     with 0/1 masks. See the module docstring for the parts.
     """
+
+    querybank: Tensor  # buffers of made-plus (typed here: nn.Module's __getattr__ says Tensor | Module)
+    querybank_rows: Tensor
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -633,7 +640,7 @@ class MaDe(nn.Module):
             keys, mask = pool_windows(music.keys, music.mask, 2**scale)
             h1 = self.xpool(video.pooled, keys, mask)
             fused = fused + weight * (F.normalize(h1.float(), dim=-1) * v[None]).sum(-1)
-        return fused
+        return fused  # type: ignore[return-value]  # a Tensor: n_music_scales > 1 here, the loop runs
 
     def score_pairs(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         """Relevance p_s of every (track, video) pair in one pass: [N, B]; minus the tracks'
@@ -679,7 +686,8 @@ class MaDe(nn.Module):
         sims = []
         for begin in range(0, rows, chunk):
             queries = bank[begin:begin + chunk]
-            mean_sim, xpool_sim = self.similarities(VideoTokens(None, None, queries), music)
+            # no tokens, no mask: similarities() reads a VideoTokens' pooled vectors only
+            mean_sim, xpool_sim = self.similarities(VideoTokens(None, None, queries), music)  # type: ignore[arg-type]
             sims.append((mean_sim + xpool_sim).float())
         beta, weight = self.cfg.querybank_beta, self.cfg.querybank_weight
         return weight / beta * (torch.logsumexp(beta * torch.cat(sims, dim=1), dim=1) - math.log(rows))

@@ -121,7 +121,7 @@ def _concat_padded(parts: list):
     if len(parts) == 1:
         return parts[0]
     length = max(p.mask.shape[1] for p in parts)
-    joined = {}
+    joined: dict[str, Any] = {}
     for field in dataclasses.fields(parts[0]):
         values = [getattr(p, field.name) for p in parts]
         if any(v is None for v in values):

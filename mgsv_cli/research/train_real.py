@@ -64,7 +64,7 @@ def build_optimizer(module, lr: float, weight_decay: float, device=None):
     """AdamW over one stage's parameters (the fused kernel on CUDA)."""
     import torch
 
-    extra = {"fused": True} if getattr(device, "type", None) == "cuda" else {}
+    extra: dict[str, Any] = {"fused": True} if getattr(device, "type", None) == "cuda" else {}
     return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, **extra)
 
 
