@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from mgsv_cli import paths
 from mgsv_cli.editor.render import MIX_MODES
@@ -216,7 +216,7 @@ def _parse(key: str, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where} = {raw!r}: {exc}") from None
 
 
-def _from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def _from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     values = {}
     for key in FIELDS:
@@ -227,7 +227,7 @@ def _from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def effective(cli_overrides: dict[str, Any] | None = None,
-              environ: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
+              environ: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """The settings in force and where each value came from.
 
     ``cli_overrides``: values given on the command line (``None`` values mean "not given"

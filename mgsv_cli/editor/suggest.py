@@ -477,6 +477,6 @@ def suggest_videos(videos: Sequence[str | os.PathLike], request, *, status: Stat
                 remember_suggestion(result)
             yield Outcome(str(found[0]), result)
             return
-        for video, result, error in suggest_many(suggester, found, top_k=request.top, remember=remember,
-                                                 snap=request.snap, include_short=request.include_short):
-            yield Outcome(str(video), result, error, 0 if error is None else 1)
+        for video, batch_result, error in suggest_many(suggester, found, top_k=request.top, remember=remember,
+                                                       snap=request.snap, include_short=request.include_short):
+            yield Outcome(str(video), batch_result, error, 0 if error is None else 1)

@@ -33,7 +33,7 @@ import socket
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,14 +67,14 @@ DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.c
 USAGE_EXIT, INTERNAL_EXIT = errors.UsageError.exit_code, 70  # the CLI's codes: a wrong request, a bug
 
 
-def error_response(status: int, message: str, kind: str, exit_code: int, *, headers: dict | None = None,
+def error_response(status: int, message: str, kind: str, exit_code: int, *, headers: Mapping[str, str] | None = None,
                    **extra) -> JSONResponse:
     """The one shape of every error answer: ``{"error", "type", "exit_code", ...extra}``."""
     return JSONResponse({"error": message, "type": kind, "exit_code": exit_code, **extra}, status_code=status,
                         headers=headers)
 
 
-def refusal(status: int, message: str, *, headers: dict | None = None, **extra) -> JSONResponse:
+def refusal(status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra) -> JSONResponse:
     """An error answer of the server's own (not a library error): type and reason from the HTTP status."""
     try:
         words = re.findall(r"[A-Za-z]+", HTTPStatus(status).phrase)
@@ -432,7 +432,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
                 saved = await checked_upload(writer.finish())
                 fields = {k: v for k, v in form.items()
                           if k in ("top", "snap", "include_short") and isinstance(v, str) and v}
-                return SuggestBody(video=str(saved), **fields)
+                return SuggestBody.model_validate({"video": str(saved), **fields})
             return SuggestBody.model_validate(json.loads(await request.body() or b"null"))
         except json.JSONDecodeError as exc:
             raise errors.UsageError(f"bad request: not JSON ({exc.msg})") from None
@@ -459,13 +459,14 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             return None
         return "/files/outputs/" + files.url_path(real, folders.outputs) + "?download=1"
 
-    def absolute(value: str | None, what: str) -> Path | None:
-        if value is None:
-            return None
+    def absolute_path(value: str, what: str) -> Path:
         path = Path(value).expanduser()
         if not path.is_absolute():
             raise errors.UsageError(f"{what} {value!r}: give an absolute path")
         return path
+
+    def absolute(value: str | None, what: str) -> Path | None:
+        return None if value is None else absolute_path(value, what)
 
     @app.post("/api/render", tags=["clips"], dependencies=[Depends(need_token)],
               summary="Put a track under a clip (what `mgsv render` does); a download URL for uploads")
@@ -474,7 +475,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
         from mgsv_cli.editor import render as rendering
         from mgsv_cli.editor.requests import RenderRequest, json_field
 
-        video = absolute(body.video, "video")
+        video = absolute_path(body.video, "video")
         request = RenderRequest.build(settings.load_settings(), json_field, pick=body.pick,
                                       track=absolute(body.track, "track"), start=body.start,
                                       out=absolute(body.out, "out"), mix=body.mix, fade_in=body.fade_in,
@@ -497,7 +498,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
         from mgsv_cli.editor import export as writers
         from mgsv_cli.editor.requests import ExportRequest, json_field
 
-        video, out = absolute(body.video, "video"), absolute(body.out, "out")
+        video, out = absolute_path(body.video, "video"), absolute(body.out, "out")
         request = ExportRequest.build(settings.load_settings(), json_field, pick=body.pick, fmt=body.format, out=out,
                                       frame_rate=body.frame_rate, snap=body.snap,
                                       index=absolute(body.index, "index") or engine.index_path, force=body.force)
@@ -546,6 +547,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             chosen = engine.track(entry.track)
             start = entry.start if start is None else start
         else:
+            assert track is not None  # either rank or track, checked above
             chosen = engine.track(track)
             start = 0.0 if start is None else start
         made = make_preview(clip, Path(chosen.path), float(start), mix=mix or settings.default("mix"),

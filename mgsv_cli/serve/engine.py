@@ -25,11 +25,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mgsv_cli import __version__, paths
 from mgsv_cli.editor.record import SuggestionResult, remember_suggestion
 from mgsv_cli.errors import MediaError, MgsvError, first_line
+
+if TYPE_CHECKING:
+    from mgsv_cli.editor.suggest import Suggester
+    from mgsv_cli.editor.tracklist import TrackList
 
 FEATURE_CACHE_SIZE = 64  # clips whose CLIP features are kept (about 100 KB each)
 StatusFn = Callable[[str], None]
@@ -70,7 +74,7 @@ class Engine:
         self._feature_cache_size = feature_cache_size
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgsv-engine")
         self._lock = threading.Lock()
-        self.suggester = None
+        self._suggester: Suggester | None = None
         self._signature: tuple | None = None
         try:
             self._run(self._open, encoders_obj)
@@ -93,8 +97,9 @@ class Engine:
                                    weights_dir=self.weights_dir, status=self._status, encoders_obj=encoders_obj)
         if not isinstance(suggester.encoders, _CachingEncoders):
             suggester.encoders = _CachingEncoders(suggester.encoders, self._features, self._feature_cache_size)
-        suggester.prefetcher = _CachingPrefetcher(suggester.prefetcher, self._features)
-        old, self.suggester = self.suggester, suggester
+        # A duck-typed wrapper, not a VideoPrefetcher: its __getattr__ passes start and close on.
+        suggester.prefetcher = _CachingPrefetcher(suggester.prefetcher, self._features)  # type: ignore[assignment]
+        old, self._suggester = self._suggester, suggester
         if old is not None:
             old.close()
         self._signature = (suggester.store.content_version, signature[1])
@@ -123,10 +128,16 @@ class Engine:
             self._open(self.suggester.encoders)  # the features of clips stay valid: same encoders
             self.reloads += 1
 
+    @property
+    def suggester(self) -> Suggester:
+        """The open suggester (``__init__`` opens one; a reload replaces it)."""
+        assert self._suggester is not None
+        return self._suggester
+
     def close(self) -> None:
         def close_suggester():
-            if self.suggester is not None:
-                self.suggester.close()
+            if self._suggester is not None:
+                self._suggester.close()
 
         try:
             self._run(close_suggester)
@@ -140,7 +151,7 @@ class Engine:
         return self.suggester.encoders_kind
 
     @property
-    def tracks(self) -> list:
+    def tracks(self) -> TrackList:
         return self.suggester.tracks
 
     def mismatch(self, asked: dict[str, Any]) -> str | None:
