@@ -16,7 +16,7 @@ May import: anything of mgsv (the app layer).
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import List, Optional, Protocol, TypeGuard
 
 import typer
 
@@ -51,7 +51,17 @@ def _plain_metavars(command) -> None:
         _plain_metavars(sub)
 
 
-def _is_usage_error(exc: BaseException) -> bool:
+class _UsageError(Protocol):
+    """What main() uses of click's UsageError, matched by duck typing (typer may vendor click)."""
+
+    exit_code: int
+
+    def format_message(self) -> str: ...
+
+    def show(self) -> None: ...
+
+
+def _is_usage_error(exc: BaseException) -> TypeGuard[_UsageError]:
     """A bad command line, as click reports it (``exit_code`` 2 and a message; typer may vendor click)."""
     return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -42,7 +42,8 @@ def data_synth_command(
     """
     from mgsv_cli.research.synthetic import make_dataset
 
-    levels = {name: value for name, value in (("noise", noise), ("style_noise", style_noise)) if value is not None}
+    levels: dict[str, Any] = {name: value for name, value in (("noise", noise), ("style_noise", style_noise))
+                              if value is not None}
     info = make_dataset(root, n_videos=videos, n_tracks=tracks, seed=seed, **levels)
     sizes = ", ".join(f"{split} {n}" for split, n in info.sizes.items())
     console.print(f"[green]✓[/] wrote a synthetic MGSV-EC dataset to {info.root}: {sizes} videos, "

@@ -96,7 +96,7 @@ def _print_failures_at_end(failed) -> None:
         console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
-def _print_failed_files(index, music_dir: Optional[Path], as_json: bool) -> None:
+def _print_failed_files(index, music_dir: Optional[str], as_json: bool) -> None:
     """`mgsv index --failed`: the remembered failures, one per line (or one JSON object)."""
     import json
 
@@ -131,6 +131,7 @@ class _IndexBars:
             BarColumn,
             Progress,
             SpinnerColumn,
+            TaskID,
             TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
@@ -142,8 +143,8 @@ class _IndexBars:
                              # Bars only on a terminal: in a log they leave a stray blank line before
                              # the one-line error (failures are still printed, above the bars).
                              disable=not err_console.is_terminal)
-        self.tasks: dict[str, int] = {}
-        self.note_task: Optional[int] = None
+        self.tasks: dict[str, TaskID] = {}
+        self.note_task: Optional[TaskID] = None
         self.interrupted_report = None  # what an interrupted run kept
 
     def __enter__(self) -> "_IndexBars":

@@ -66,6 +66,7 @@ def suggest_command(
             for outcome in suggest_videos(videos, request, status=lambda message: status.update(message)):
                 status.stop()
                 if outcome.result is None:
+                    assert outcome.error is not None  # an outcome without a result says why
                     n_failed += 1
                     _print_suggest_failure(outcome.video, outcome.error, as_json)
                     reported = True

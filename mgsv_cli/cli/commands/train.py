@@ -42,8 +42,10 @@ def train_command(
     reporter = _TrainProgress()
     try:
         with reporter:
-            result = train(data, variant, out_dir=out, device=device, resume=resume, reporter=reporter, asked=asked,
-                           compile=compile_model, stage=stage)
+            # reporter: a Reporter by duck typing (research.runs is not imported when the CLI starts)
+            result = train(data, variant, out_dir=out, device=device, resume=resume,
+                           reporter=reporter,  # type: ignore[arg-type]
+                           asked=asked, compile=compile_model, stage=stage)
     except KeyboardInterrupt:
         if reporter.stopped is None:
             raise
@@ -62,12 +64,12 @@ class _TrainProgress:
     """Draws the training loop's callbacks: a bar per epoch (loss, lr, ETA) and a validation table."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
                              TimeRemainingColumn(), console=err_console)
-        self.task = None
+        self.task: Optional[TaskID] = None
         self.rows: list[tuple] = []
         self.stopped: Optional[tuple[Path, int]] = None  # (run folder, epochs saved) of an interrupted run
 
@@ -97,6 +99,7 @@ class _TrainProgress:
         self.task = self.bars.add_task(f"epoch {epoch + 1}/{n_epochs}", total=n_steps, loss=0.0, lr=0.0)
 
     def step(self, loss: float, lr: float) -> None:
+        assert self.task is not None  # start_epoch made it
         self.bars.update(self.task, advance=1, loss=loss, lr=lr)
 
     def end_epoch(self, epoch: int, train_loss: float, metrics: dict, is_best: bool) -> None:
