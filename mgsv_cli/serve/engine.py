@@ -289,7 +289,10 @@ class Engine:
                 raise OptionsDiffer(reason)
         else:
             self._refresh()
+        from mgsv_cli.editor.suggest import check_video
+
         path = Path(video).expanduser().resolve()
+        check_video(path)  # an unreadable clip is refused as `mgsv suggest` refuses it, before decoding
         options = {"include_short": True} if include_short else {}
         try:
             result = self.suggester.suggest_video(path, top_k, snap=snap, **options)

@@ -245,17 +245,21 @@ def test_trained_checkpoint_is_used_and_dims_are_checked(capsys, media_src, inde
     assert both.code == UsageError.exit_code
 
 
-def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
+def test_suggest_videos_checks_inputs_then_answers_each(media_src, indexed, tiny_encoders):
     from mgsv_cli.editor.record import load_last_suggestion
-    from mgsv_cli.editor.suggest import suggest
+    from mgsv_cli.editor.requests import SuggestRequest
+    from mgsv_cli.editor.suggest import suggest_videos
 
-    outcomes = suggest([clip(media_src, 1), media_src / "nope.mp4"], top_k=1, index_path=indexed, untrained=True,
-                       device="cpu", encoders_obj=tiny_encoders)
-    (missing, none, reason), (video, result, error) = outcomes
-    assert missing == media_src / "nope.mp4" and none is None and reason == "no such file or folder"
-    assert video == clip(media_src, 1).resolve() and error is None and len(result.suggestions) == 1
-    assert result.duration == pytest.approx(CLIP_SECONDS[1], abs=0.05)
-    assert load_last_suggestion(video).to_json()["suggestions"] == result.to_json()["suggestions"]
+    request = SuggestRequest(top=1, index=str(indexed), untrained=True, device="cpu")
+    outcomes = list(suggest_videos([clip(media_src, 1), media_src / "nope.mp4"], request,
+                                   encoders_obj=tiny_encoders))
+    missing, answered = outcomes  # the refused input comes first, before anything loads
+    assert missing.video == str(media_src / "nope.mp4") and missing.result is None
+    assert missing.error == "no such file or folder" and missing.exit_code == 2
+    assert answered.video == str(clip(media_src, 1).resolve()) and answered.error is None
+    assert len(answered.result.suggestions) == 1
+    assert answered.result.duration == pytest.approx(CLIP_SECONDS[1], abs=0.05)
+    assert load_last_suggestion(clip(media_src, 1)).to_json()["suggestions"] == answered.result.to_json()["suggestions"]
 
 
 def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encoders):
