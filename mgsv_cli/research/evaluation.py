@@ -37,7 +37,7 @@ PUBLISHED_MADE_TEST = {"miou": 0.722, "r1": 8.8, "r5": 16.3, "r10": 19.8,
 
 
 def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, dtype=None,
-                   progress: Optional[ProgressFn] = None) -> dict[str, Any]:
+                   progress: Optional[ProgressFn] = None, details: bool = False) -> dict[str, Any]:
     """Run the full protocol of ``model`` (a MaDe) on one loaded split.
 
     ``split_data``: a memory-mapped ``SplitData`` or a ``DeviceSplit`` already on ``device``.
@@ -47,7 +47,8 @@ def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, 
     by ``batch_size`` squared), the scores of a block of videos gathered on the device and
     copied back once, and its moment detected on its GT track. ``dtype`` (e.g. ``torch.bfloat16``) runs a copy of the model whose
     weights are in that dtype (cheaper than autocast, which casts every activation);
-    ``None`` runs in float32. Returns the keys of :data:`RESULT_KEYS` (plus ``n_tracks``).
+    ``None`` runs in float32. Returns the keys of :data:`RESULT_KEYS` (plus ``n_tracks``);
+    ``details``: also ``per_video`` (:func:`per_video_details`), what the plots are drawn from.
     """
     import torch
 
@@ -63,7 +64,32 @@ def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, 
             ranks, moments = _score_and_detect(runner, split_data, tracks, device, batch_size, progress)
     finally:
         model.train(was_training)
-    return _protocol_metrics(split_data, ranks, moments)
+    result = _protocol_metrics(split_data, ranks, moments)
+    if details:
+        result["per_video"] = per_video_details(split_data, ranks, moments)
+    return result
+
+
+def per_video_details(split_data: SplitData, ranks: np.ndarray, moments: np.ndarray) -> dict[str, Any]:
+    """Per video: 0-based rank of the GT track, IoU of the moment (paper protocol) and of the
+    exact-length cut, and the video's category; plus ``n_tracks``."""
+    labels = split_data.labels
+    cut = np.stack(metrics.duration_exact_cut(moments[:, 0], moments[:, 1], labels.video_duration,
+                                              labels.music_total_duration), axis=1)
+    return {"ranks": ranks, "ious": metrics.temporal_iou(moments, labels.moments),
+            "cut_ious": metrics.temporal_iou(cut, labels.moments), "categories": labels.video_category,
+            "n_tracks": split_data.n_tracks}
+
+
+def write_plots(result: dict[str, Any], folder: str | os.PathLike) -> list:
+    """``mgsv eval --plots DIR``: the IoU histogram, R@k / MoR@k against k and the per-category
+    table (CSV and Markdown) of an :func:`evaluate` result made with ``details=True``."""
+    from pathlib import Path
+
+    from mgsv_cli.research.curves import write_eval_plots
+
+    return write_eval_plots(result["per_video"], Path(folder), f"{result['split']} ({result['n']} videos)",
+                            IOU_THRESHOLD)
 
 
 class _EncodedTracks:
@@ -201,13 +227,14 @@ def parameter_counts(model) -> dict[str, int]:
 
 def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.PathLike] = None,
              device: str = "auto", batch_size: int = 256, precision: str = "fp32",
-             progress: Optional[ProgressFn] = None) -> dict[str, Any]:
+             progress: Optional[ProgressFn] = None, plots: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Load ``split`` under ``root`` and a trained model, and run :func:`evaluate_model`.
 
     ``checkpoint``: None (latest run), a run folder or a ``.safetensors`` file. On a CUDA
     GPU the split's features are copied there once when they fit (``dataset.place_split``);
     running out of GPU memory is a one-line error naming ``--batch-size``.
     Adds ``params`` (per-module counts), ``checkpoint`` (path) and ``checkpoint_id``.
+    ``plots``: a folder to write the plots into (:func:`write_plots`); their paths are in ``plots``.
     """
     from mgsv_cli.models.checkpoint import load_model
     from mgsv_cli.device import compute_dtype, out_of_memory_hint, resolve_device
@@ -219,7 +246,11 @@ def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.
     split_data = load_split(root, split, progress=progress)
     with out_of_memory_hint("evaluating", "--batch-size", batch_size, torch_device):
         placed = place_split(split_data, torch_device)
-        result = evaluate_model(model, placed, torch_device, batch_size=batch_size, dtype=dtype, progress=progress)
+        result = evaluate_model(model, placed, torch_device, batch_size=batch_size, dtype=dtype, progress=progress,
+                                details=plots is not None)
+    if plots is not None:
+        result["plots"] = [str(path) for path in write_plots(result, plots)]
+        del result["per_video"]
     result["params"] = parameter_counts(model)
     result["checkpoint"] = str(meta.get("path", "")) if meta else None
     result["checkpoint_id"] = meta.get("checkpoint_id") if meta else None
