@@ -17,7 +17,11 @@ runs the training forward through ``torch.compile``: off by default everywhere, 
 the first steps pay for compilation and the padding trims make shapes vary.
 
 The loop reports through a :class:`Reporter` so the library stays free of any UI; the CLI
-draws rich progress bars from it. A run resumes exactly from its last finished epoch: the
+draws rich progress bars from it. What a researcher looks at afterwards goes into the run
+folder (:mod:`~mgsv_cli.research.curves`): TensorBoard event files (each loss term, the
+gradient norm before clipping and the learning rate per step; every val number and the
+learned scalars per epoch, also kept in the history records) and ``curves.png``, redrawn
+after every epoch. A run resumes exactly from its last finished epoch: the
 weights, the Adam moments, the schedule position and the RNG state are saved after each.
 """
 from __future__ import annotations
