@@ -64,9 +64,10 @@ def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, 
             ranks, moments = _score_and_detect(runner, split_data, tracks, device, batch_size, progress)
     finally:
         model.train(was_training)
-    result = _protocol_metrics(split_data, ranks, moments)
+    per_video = per_video_details(split_data, ranks, moments)
+    result = _protocol_metrics(split_data, per_video)
     if details:
-        result["per_video"] = per_video_details(split_data, ranks, moments)
+        result["per_video"] = per_video
     return result
 
 
@@ -197,12 +198,8 @@ def _score_and_detect(model, split_data: SplitData, tracks: _EncodedTracks, devi
     return ranks, moments
 
 
-def _protocol_metrics(split_data: SplitData, ranks: np.ndarray, moments: np.ndarray) -> dict[str, Any]:
-    labels = split_data.labels
-    ious = metrics.temporal_iou(moments, labels.moments)
-    cut = np.stack(metrics.duration_exact_cut(moments[:, 0], moments[:, 1], labels.video_duration,
-                                              labels.music_total_duration), axis=1)
-    cut_ious = metrics.temporal_iou(cut, labels.moments)
+def _protocol_metrics(split_data: SplitData, per_video: dict[str, Any]) -> dict[str, Any]:
+    ranks, ious, cut_ious = per_video["ranks"], per_video["ious"], per_video["cut_ious"]
     recall = metrics.recall_at_k(ranks, RECALL_KS)
     moment_recall = metrics.moment_recall_at_k(ranks, ious, MOMENT_RECALL_KS, IOU_THRESHOLD)
     moment_recall_cut = metrics.moment_recall_at_k(ranks, cut_ious, MOMENT_RECALL_KS, IOU_THRESHOLD)
