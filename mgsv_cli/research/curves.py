@@ -3,8 +3,9 @@
 - ``mgsv train`` writes, into the run folder, TensorBoard event files (:class:`CurveLog`:
   every training loss term, the gradient norm before clipping and the learning rate per
   step; every validation number and the network's learned scalars per epoch) and
-  ``curves.png`` (:func:`plot_history`), redrawn after every epoch so an interrupted run
-  has one too. ``tensorboard --logdir RUNS_FOLDER`` compares runs.
+  ``curves.png`` (:func:`plot_history`) when the run ends (an interrupted run has its event
+  files; its picture comes when the resumed run ends). ``tensorboard --logdir RUNS_FOLDER``
+  compares runs.
 - ``mgsv eval --plots DIR`` writes :func:`write_eval_plots`: a histogram of the per-video
   IoU, R@k and MoR@k against k, and a per-category table (CSV and Markdown).
 - ``bench/bench_quality.py`` draws one picture per data regime with :func:`plot_comparison`.
@@ -13,8 +14,9 @@ Design decisions:
 
 - Every TensorBoard scalar is indexed by the optimisation step (a validation at the step
   its epoch ended), so train and val curves share one axis in TensorBoard; ``curves.png``
-  is drawn per epoch from the run's history (``state.json``), so a resumed run redraws the
-  whole of it. A resumed run appends a new event file; TensorBoard merges them by step.
+  is drawn per epoch from the run's history (``state.json``), so a resumed run's picture
+  covers all of it. Drawing it takes a few seconds on a loaded CPU, so it is drawn once,
+  not after every epoch. A resumed run appends a new event file; TensorBoard merges them by step.
 - The event files are written by TensorBoard's own writer (``torch.utils.tensorboard``) and
   tests read them back with TensorBoard's own reader, so they open in TensorBoard.
 - Plots use matplotlib's object API (``Figure`` on the Agg canvas), never ``pyplot``: no

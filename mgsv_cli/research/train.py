@@ -20,8 +20,8 @@ The loop reports through a :class:`Reporter` so the library stays free of any UI
 draws rich progress bars from it. What a researcher looks at afterwards goes into the run
 folder (:mod:`~mgsv_cli.research.curves`): TensorBoard event files (each loss term, the
 gradient norm before clipping and the learning rate per step; every val number and the
-learned scalars per epoch, also kept in the history records) and ``curves.png``, redrawn
-after every epoch. A run resumes exactly from its last finished epoch: the
+learned scalars per epoch, also kept in the history records) as it goes, and ``curves.png``
+when the run ends (from the history, so a resumed run's picture covers all its epochs). A run resumes exactly from its last finished epoch: the
 weights, the Adam moments, the schedule position and the RNG state are saved after each.
 """
 from __future__ import annotations
@@ -336,7 +336,6 @@ def train(
                 lr = learning_rate(max(0, state.step - 1), total_steps, recipe.lr, recipe.warmup_fraction)
                 record = validate_and_save(model, optimizer, val_split, variant, run_dir, state, train_loss,
                                            torch_device, dtype, train_split, terms, lr, curves)
-            plot_history(state.history, run_dir / CURVES_NAME, f"{variant.name}: {run_dir.name}")
             log.write(json.dumps(record))
             reporter.end_epoch(epoch, train_loss, {k: record[k] for k in record if k not in ("epoch", "best")},
                                record["best"])
@@ -347,6 +346,8 @@ def train(
     finally:
         curves.close()
 
+    if state.history:
+        plot_history(state.history, run_dir / CURVES_NAME, f"{variant.name}: {run_dir.name}")
     best = max(state.history, key=lambda r: r["score"], default={})
     return TrainResult(run_dir=run_dir, best_metrics=best, history=state.history)
 

@@ -294,11 +294,12 @@ def _train_stage(ctx: _Context, stage: str, optimizer, state: _RunState, train_s
             train_loss = _run_epoch(ctx, stage, optimizer, state, train_split, epoch, total_steps)
             lr = learning_rate(max(0, state.step - 1), total_steps, recipe.stage_lr(stage), recipe.warmup_fraction)
             record = _validate_and_save(ctx, stage, optimizer, state, val_split, train_loss, lr)
-        plot_history([r for r in state.history if r["stage"] == stage], ctx.run_dir / f"curves-{stage}.png",
-                     f"{ctx.variant.name} ({stage}): {ctx.run_dir.name}")
         ctx.log.write(json.dumps(record))
         ctx.reporter.end_epoch(epoch, train_loss, {k: v for k, v in record.items() if k not in ("epoch", "best")},
                                record["best"])
+    history = [r for r in state.history if r["stage"] == stage]
+    if history:
+        plot_history(history, ctx.run_dir / f"curves-{stage}.png", f"{ctx.variant.name} ({stage}): {ctx.run_dir.name}")
 
 
 def _run_epoch(ctx: _Context, stage: str, optimizer, state: _RunState, split, epoch: int, total_steps: int) -> float:
