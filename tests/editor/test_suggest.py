@@ -349,6 +349,28 @@ def test_length_buckets_score_exactly_like_full_tokens():
     torch.testing.assert_close(bucketed, full, atol=1e-5, rtol=1e-5)
 
 
+def test_a_batch_of_videos_scored_in_blocks_of_tracks_matches_one_score_pairs_call():
+    """``mgsv eval`` ranks through ``ResidentKeys.score_videos``: blocks of tracks inside each length
+    bucket must not change a score (tolerance 1e-5: block sizes change the summation order)."""
+    from mgsv_cli.models.checkpoint import build_untrained
+    from mgsv_cli.retrieval.keys import ResidentKeys
+
+    model, _ = build_untrained(video_dim=32, music_dim=24, config="tiny", seed=2)
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([2, 7, 30, 31, 33, 80, 96, 12, 50])
+    mask = torch.arange(96)[None] < lengths[:, None]
+    windows = torch.randn(len(lengths), 96, 24, generator=gen) * mask[..., None]
+    with torch.inference_mode():
+        music = model.encode_music(windows, mask.float(), for_search=True)
+        videos = model.encode_video(torch.randn(3, 50, 32, generator=gen), torch.ones(3, 50))
+        expected = model.score_pairs(videos, music).t()  # [videos, tracks]
+        resident = ResidentKeys.from_full(music.keys, music.pooled, music.mask, music.offsets)
+        for block in (None, 1, 2, 100):
+            scores = resident.score_videos(model, videos, block=block)
+            assert scores.shape == (3, len(lengths))
+            torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_expand_video_inputs(media_src, tmp_path):
     from mgsv_cli.editor.outputs import expand_video_inputs
 
