@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
 from mgsv_cli.errors import CheckpointError, first_line
+from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
 from mgsv_cli.paths import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
@@ -76,8 +76,7 @@ def checkpoint_encoders(path: Path, variant: VariantConfig | None = None) -> dic
     "recorded"}``. From its metadata when training recorded them; else inferred from the input
     widths as before (``recorded`` False; ``id`` and ``kind`` None for widths of neither kind).
     Reads the file's header only."""
-    from mgsv_cli.features.encoders import encoder_id_of_kind
-    from mgsv_cli.features.recipe import encoders_for_widths
+    from mgsv_cli.features.recipe import ENCODER_IDS, encoders_for_widths
 
     metadata = read_metadata(path)
     if variant is None:
@@ -91,7 +90,7 @@ def checkpoint_encoders(path: Path, variant: VariantConfig | None = None) -> dic
         if isinstance(recorded, dict) and recorded.get("id"):
             return {**widths, "id": str(recorded["id"]), "kind": recorded.get("kind"), "recorded": True}
     kind = encoders_for_widths(widths["video_dim"], widths["music_dim"])
-    return {**widths, "id": encoder_id_of_kind(kind) if kind else None, "kind": kind, "recorded": False}
+    return {**widths, "id": ENCODER_IDS[kind] if kind else None, "kind": kind, "recorded": False}
 
 
 def latest_run() -> Path | None:
@@ -233,13 +232,3 @@ MADE_CHECKPOINT_NOTE = (
     "no pretrained MaDe checkpoint is published (the authors released code, not weights): "
     "train one with `mgsv train --data ROOT`"
 )
-
-
-def checkpoint_status():
-    """A :class:`~mgsv_cli.features.weights.WeightsStatus` for the newest trained run."""
-    from mgsv_cli.features.weights import WeightsStatus
-
-    run = latest_run()
-    if run is not None:
-        return WeightsStatus("MaDe checkpoint", True, str(run / WEIGHTS_NAME), "trained run")
-    return WeightsStatus("MaDe checkpoint", False, None, "missing", MADE_CHECKPOINT_NOTE)

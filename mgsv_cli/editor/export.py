@@ -149,11 +149,12 @@ def default_output_path(video: str | os.PathLike, fmt: str) -> Path:
     return outputs.beside(video, _check_format(fmt)[1])
 
 
-def check_frame_rate(frame_rate: float | None) -> None:
-    """A UsageError for a ``--frame-rate`` that is not a positive, finite number (nan, inf, 0, -5)."""
+def check_frame_rate(frame_rate: float | None, names=None) -> float | None:
+    """A timeline's frame rate: a positive, finite number of frames per second (nan, inf, 0, -5 refused)."""
     if frame_rate is not None and not (math.isfinite(frame_rate) and frame_rate > 0):
-        raise UsageError(f"--frame-rate {frame_rate}: must be a positive number of frames per second "
-                         "(such as 25 or 29.97)")
+        name = names("frame_rate") if names is not None else "--frame-rate"
+        raise UsageError(f"{name} {frame_rate}: must be a positive number of frames per second (such as 25 or 29.97)")
+    return frame_rate
 
 
 def timeline_rate(fps: float | None) -> float:
@@ -183,7 +184,8 @@ def video_timeline_rate(info) -> tuple[float, str | None]:
                       f"nominal): the timeline runs at {_rate_text(rate)} fps")
     rate = _timecode_rate(info.fps)
     if rate is None:
-        unusual = f"{name} runs at {info.fps:g} fps, not a timecode rate" if info.fps else f"{name} states no frame rate"
+        unusual = (f"{name} runs at {info.fps:g} fps, not a timecode rate" if info.fps
+                   else f"{name} states no frame rate")
         return FALLBACK_RATE, f"{unusual}: the timeline runs at {_rate_text(FALLBACK_RATE)} fps"
     return rate, None
 
@@ -540,3 +542,30 @@ def _sub(parent, tag: str, text: str | None = None):
     if text is not None:
         element.text = text
     return element
+
+
+def export_suggestion(video_path: str | os.PathLike, request, *, start: float | None = None,
+                      out: str | os.PathLike | None = None, force: bool | None = None):
+    """Write the suggestion remembered for ``video_path`` as a timeline, as ``request``
+    (``editor.requests.ExportRequest``) asks: its pick, format, frame rate, moved onto the beat
+    when it says so. ``start`` moves the picked cut there first (same length); ``out`` and
+    ``force`` replace the request's (``mgsv serve`` writes an upload's timelines in its own folder).
+
+    Returns ``(ExportResult, the record as written, the snapping.Snap or None)``.
+    """
+    import dataclasses
+
+    from mgsv_cli.editor.snapping import snap_suggestion
+
+    record = load_last_suggestion(video_path)
+    if start is not None:
+        entry = record.pick(request.pick)
+        record = record.with_entry(dataclasses.replace(entry, start=float(start),
+                                                       end=float(start) + entry.end - entry.start, snapped_to=None))
+    snap_info = None
+    if request.snap == "beat":
+        record, snap_info = snap_suggestion(record, request.pick, index_path=request.index)
+    exported = write_timeline(record, video_path, request.fmt, request.out if out is None else out,
+                              pick=request.pick, frame_rate=request.frame_rate,
+                              force=request.force if force is None else force)
+    return exported, record, snap_info

@@ -6,9 +6,11 @@ encoders made a dataset; ``build`` makes that layout from (video, music, moment)
 signal, or planted media files built into one (``--media``); ``download`` fetches the real
 one; ``train`` is MaDe's training loop and ``train_real`` ReAL's two-stage one, both on
 ``runs`` (run folders, schedule, model selection, log, the dataset's encoders);
-``evaluation`` is ``mgsv eval``.
+``evaluation`` is ``mgsv eval``; ``curves`` writes what both leave for a researcher to look at
+(TensorBoard event files, PNGs).
 
-May import: base modules, ``media``, ``features`` and ``models`` (``build`` embeds with
-``features.encoders``, the code the index and suggest run). Never ``index``, the editor or
-the CLI.
+May import: base modules, ``media``, ``features``, ``models``, ``retrieval``, and the index's
+embedding paths ``index.plan``, ``index.ray_engine`` and ``index.records`` (``build`` embeds music
+with the code ``mgsv index`` runs, on either engine, and videos with the code ``mgsv suggest``
+runs). Never the track stores, the editor or the app.
 """

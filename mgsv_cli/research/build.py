@@ -40,11 +40,17 @@ Design decisions:
 - **Never overwrites someone else's data.** ROOT must be empty of a dataset, or one this
   command made (its record says so); and the encoders of a rerun must be the ones the record
   names (features of two encoders never mix).
-- **Engines.** ``local`` runs here (batched on a GPU like the index: windows across tracks,
-  frames across videos). The embedding of music is one replaceable function
-  (:data:`MusicEmbedder`, default :func:`embed_music_local`: jobs of (content hash, file) in,
-  :class:`EmbeddedTrack` out), the seam where a Ray engine plugs in; ``engine="ray"`` is
-  refused until it does.
+- **Engines.** The embedding of music is one replaceable function (:data:`MusicEmbedder`:
+  jobs of (content hash, file) in, :class:`EmbeddedTrack` out). ``local``
+  (:func:`embed_music_local`) runs here, batched on a GPU like the index (windows across
+  tracks, frames across videos). ``ray`` (:func:`embed_music_ray`) is the index's Ray path
+  without its store (``index.ray_engine.embed_files_with_ray``: CPU tasks decode, the AST actor
+  pool embeds; an object-store file is downloaded by the task that reads it, not by the
+  driver); its tokens come back as float16, as a track store keeps them (what suggest scores),
+  and are written as float32. Videos are embedded here on either engine (CLIP is cheap next to
+  AST, and one video is used by one row).
+- **Options checked once.** :class:`BuildRequest` holds what ``mgsv data build`` was asked,
+  checked (naming each option the caller's way); :func:`run_build` runs it.
 """
 from __future__ import annotations
 
@@ -195,8 +201,9 @@ def _pair_row(path: Path, line: int, cells: list[str], positions: dict[str, int]
                                   or any(ch in given for ch in "\0\n\r")):
             raise DataError(f"{where}: {name} {given!r} cannot name a file (no slashes, no leading dot)")
         ids[name] = given
-    return PairRow(line=line, video=value["video"], music=value["music"], split=split,
-                   category=value.get("category", ""), **times, **ids)
+    return PairRow(line=line, video=value["video"], music=value["music"], music_start=times["music_start"],
+                   music_end=times["music_end"], split=split, video_id=ids["video_id"], music_id=ids["music_id"],
+                   category=value.get("category", ""))
 
 
 # ---------------------------------------------------------------- the embedding seam
@@ -236,8 +243,8 @@ class EmbeddedVideo:
 
 
 MusicEmbedder = Callable[[Sequence[MediaJob]], Iterator[EmbeddedTrack]]
-"""Embeds music files: one :class:`EmbeddedTrack` per job, in any order, as each is done.
-The local engine is :func:`embed_music_local`; a Ray engine replaces it (issue 20's per-file path)."""
+"""Embeds music files: one :class:`EmbeddedTrack` per job, in any order, as each is done:
+:func:`embed_music_local` or :func:`embed_music_ray`."""
 
 
 def embed_music_local(jobs: Sequence[MediaJob], encoders) -> Iterator[EmbeddedTrack]:
@@ -248,6 +255,27 @@ def embed_music_local(jobs: Sequence[MediaJob], encoders) -> Iterator[EmbeddedTr
             yield EmbeddedTrack(job.content_hash, result.feats, result.mask, float(result.duration))
         else:
             yield EmbeddedTrack(job.content_hash, error=result.error.replace(job.path, job.location))
+
+
+def embed_music_ray(jobs: Sequence[MediaJob], *, encoder_kind: str = "pretrained", device: str = "auto",
+                    offline: bool = False, weights_dir=None, batch_windows: int | None = None,
+                    ray_address: str | None = None, num_cpus: int | None = None) -> Iterator[EmbeddedTrack]:
+    """Music features made on Ray by the index's two stages (``ray_engine.embed_files_with_ray``:
+    decoding and filterbanks in CPU tasks, AST in an actor pool), yielded as each track is done.
+    Jobs are read from their ``location`` (an object-store URI by the task that embeds it)."""
+    from mgsv_cli.index.ray_engine import NEW, embed_files_with_ray
+
+    rows = embed_files_with_ray([(job.location, job.content_hash) for job in jobs], encoder_kind=encoder_kind,
+                                device=device, offline=offline, weights_dir=weights_dir,
+                                batch_windows=batch_windows, ray_address=ray_address, num_cpus=num_cpus)
+    for row in rows:
+        if row["status"] != NEW:
+            yield EmbeddedTrack(row["content_hash"], error=row.get("error") or f"{row['location']}: failed")
+            continue
+        mask = np.frombuffer(row["mask"], dtype=bool)
+        feats = np.frombuffer(row["tokens"], dtype=np.float16).reshape(mask.shape[0], int(row["dim"]))
+        yield EmbeddedTrack(row["content_hash"], feats.astype(np.float32), mask.astype(np.uint8),
+                            float(row["duration"]))
 
 
 def embed_videos_local(jobs: Sequence[MediaJob], encoders, batch_frames: int | None = None) -> Iterator[EmbeddedVideo]:
@@ -415,6 +443,66 @@ class BuildReport:
         return self.root
 
 
+# ---------------------------------------------------------------- what `mgsv data build` is asked
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One build as asked: the pairs CSV, the dataset folder and every option, checked.
+
+    Options as :func:`build_dataset` takes them; :meth:`build` fills what was left out from the
+    user's settings and checks what goes together, so a request once built is valid.
+    """
+
+    pairs: str
+    root: str
+    encoders: str = "pretrained"
+    device: str = "auto"
+    offline: bool = False
+    weights_dir: str | None = None
+    batch_windows: int | None = None
+    split_by: str = "track"
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    seed: int = 0
+    tolerance: float = DEFAULT_TOLERANCE_S
+    engine: str = "local"
+    ray_address: str | None = None
+
+    @classmethod
+    def build(cls, defaults: Any, names: Callable[[str], str], *, pairs, root, encoders=None, device=None,
+              offline: bool = False, weights_dir=None, batch_windows=None, split_by: str = "track",
+              val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = DEFAULT_TEST_FRACTION,
+              seed: int = 0, tolerance: float = DEFAULT_TOLERANCE_S, engine: str = "local",
+              ray_address=None) -> "BuildRequest":
+        """The request of ``mgsv data build``'s options (``names``: how the caller spells them);
+        ``defaults``: the user's settings (``encoders``, ``device``, ``weights_dir``, ``offline``)."""
+        encoders = encoders or defaults.encoders
+        check_options(split_by, val_fraction, test_fraction, tolerance, engine, encoders, names)
+        if ray_address is not None and engine != "ray":
+            raise UsageError(f"{names('ray_address')} goes with {names('engine')} ray")
+        if batch_windows is not None and int(batch_windows) < 1:
+            raise UsageError(f"{names('batch_windows')} {batch_windows}: at least 1")
+        weights_dir = weights_dir if weights_dir is not None else defaults.weights_dir
+        return cls(pairs=str(pairs), root=str(root), encoders=encoders, device=device or defaults.device,
+                   offline=bool(offline or defaults.offline),
+                   weights_dir=None if weights_dir is None else str(weights_dir),
+                   batch_windows=None if batch_windows is None else int(batch_windows), split_by=split_by,
+                   val_fraction=float(val_fraction), test_fraction=float(test_fraction), seed=int(seed),
+                   tolerance=float(tolerance), engine=engine, ray_address=ray_address)
+
+
+def run_build(request: BuildRequest, progress: BuildProgress | None = None) -> BuildReport:
+    """Run ``request`` (:func:`build_dataset`); the encoders load only when a file needs embedding."""
+    return build_dataset(request.pairs, request.root, encoder_kind=request.encoders, device=request.device,
+                         offline=request.offline,
+                         weights_dir=Path(request.weights_dir) if request.weights_dir else None,
+                         batch_windows=request.batch_windows, split_by=request.split_by,
+                         val_fraction=request.val_fraction, test_fraction=request.test_fraction, seed=request.seed,
+                         tolerance=request.tolerance, engine=request.engine, ray_address=request.ray_address,
+                         progress=progress)
+
+
 # ---------------------------------------------------------------- the build
 
 
@@ -425,8 +513,8 @@ class _Source:
     location: str
     kind: str  # "video" or "music"
     path: str = ""
-    content_hash: str | None = None
-    info: dict | None = None
+    content_hash: str = ""  # known once hashed (a file that could not be read keeps none: ``error``)
+    info: dict = field(default_factory=dict)  # the probe: duration (and a video's width, height, fps)
     error: str | None = None
     download: Path | None = None  # a temporary copy of an object-store file, removed at the end
 
@@ -447,6 +535,8 @@ def build_dataset(
     seed: int = 0,
     tolerance: float = DEFAULT_TOLERANCE_S,
     engine: str = "local",
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
     progress: BuildProgress | None = None,
     embed_music: MusicEmbedder | None = None,
 ) -> BuildReport:
@@ -454,8 +544,9 @@ def build_dataset(
 
     ``encoders``: loaded encoders to use, or a function returning them (called only when
     something needs embedding); None loads ``encoder_kind`` on ``device`` (``offline``,
-    ``weights_dir``, ``batch_windows`` as for ``mgsv index``). ``embed_music``: the music
-    engine (default :func:`embed_music_local` on those encoders).
+    ``weights_dir``, ``batch_windows`` as for ``mgsv index``). ``engine``: ``local`` (music by
+    :func:`embed_music_local` on those encoders) or ``ray`` (:func:`embed_music_ray`, on the Ray
+    at ``ray_address``, else a local one of ``num_cpus`` CPUs); ``embed_music`` replaces either.
 
     Raises DataError for a malformed CSV, a missing file or a bad label (naming the row),
     UsageError for bad options or a ROOT holding another dataset or other encoders' features,
@@ -464,7 +555,9 @@ def build_dataset(
     """
     started = time.monotonic()
     progress = progress or BuildProgress()
-    _check_options(split_by, val_fraction, test_fraction, tolerance, engine)
+    check_options(split_by, val_fraction, test_fraction, tolerance, engine, encoder_kind)
+    if ray_address is not None and engine != "ray":
+        raise UsageError("--ray-address goes with --engine ray")
     kind, encoder_id, widths = _encoder_identity(encoders, encoder_kind)
     pairs_csv = Path(pairs_csv).expanduser().resolve()
     root = Path(root).expanduser()
@@ -491,9 +584,20 @@ def build_dataset(
         _assign_ids(pairs_csv, pairs)
         _assign_splits(pairs_csv, pairs, manifest, split_by, val_fraction, test_fraction, seed)
         _write_record(root, dataset_encoders, pairs_csv, split_by, seed)
-        loaded = _EncoderLoader(encoders, kind, device, offline, weights_dir, batch_windows, widths)
-        music_done = _embed_items(root, "music", pairs, manifest, fetch_dir, report, progress,
-                                  embed_music or (lambda jobs: embed_music_local(jobs, loaded.get())))
+        on_ray = embed_music is None and engine == "ray"
+        loaded = _EncoderLoader(encoders, kind, device, offline, weights_dir, batch_windows, widths,
+                                parts=("video",) if on_ray else ("video", "music"))
+        if embed_music is None:
+            if on_ray:
+                def embed_music(jobs):
+                    return _of_width(embed_music_ray(
+                        jobs, encoder_kind=kind, device=str(device), offline=offline, weights_dir=weights_dir,
+                        batch_windows=batch_windows, ray_address=ray_address, num_cpus=num_cpus), widths[1])
+            else:
+                def embed_music(jobs):
+                    return embed_music_local(jobs, loaded.get())
+        music_done = _embed_items(root, "music", pairs, manifest, fetch_dir, report, progress, embed_music,
+                                  local_copies=not on_ray)
         video_done = _embed_items(root, "video", pairs, manifest, fetch_dir, report, progress,
                                   lambda jobs: embed_videos_local(jobs, loaded.get()))
         _write_splits(root, pairs, music_done, video_done, report)
@@ -507,39 +611,52 @@ def build_dataset(
     return report
 
 
-def _check_options(split_by: str, val_fraction: float, test_fraction: float, tolerance: float, engine: str) -> None:
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check_options(split_by: str, val_fraction: float, test_fraction: float, tolerance: float, engine: str,
+                  encoder_kind: str = "pretrained", names: Callable[[str], str] = _flag) -> None:
+    """UsageError for options that cannot build a dataset, naming each the caller's way (``names``)."""
+    if encoder_kind not in recipe.ENCODER_IDS:
+        raise UsageError(f"{names('encoders')} {encoder_kind!r}: expected {' or '.join(recipe.ENCODER_IDS)}")
     if engine not in ENGINES:
-        raise UsageError(f"--engine {engine!r}: expected {' or '.join(ENGINES)}")
-    if engine == "ray":
-        raise UsageError("--engine ray is not available for `mgsv data build` yet (it arrives with the index's "
-                         "per-file Ray path); use --engine local, which batches on a GPU like `mgsv index`")
+        raise UsageError(f"{names('engine')} {engine!r}: expected {' or '.join(ENGINES)}")
     if split_by not in SPLIT_BY:
-        raise UsageError(f"--split-by {split_by!r}: expected {' or '.join(SPLIT_BY)}")
-    for name, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        raise UsageError(f"{names('split_by')} {split_by!r}: expected {' or '.join(SPLIT_BY)}")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not (math.isfinite(value) and 0.0 <= value < 1.0):
-            raise UsageError(f"{name} {value!r}: expected a number from 0 to below 1")
+            raise UsageError(f"{names(name)} {value!r}: expected a number from 0 to below 1")
     if val_fraction + test_fraction >= 1.0:
-        raise UsageError(f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} leave nothing for train")
+        raise UsageError(f"{names('val_fraction')} {val_fraction:g} and {names('test_fraction')} {test_fraction:g} "
+                         "leave nothing for train")
     if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise UsageError(f"--tolerance {tolerance!r}: expected a non-negative number of seconds")
+        raise UsageError(f"{names('tolerance')} {tolerance!r}: expected a non-negative number of seconds")
+
+
+def _of_width(tracks: Iterator[EmbeddedTrack], music_dim: int) -> Iterator[EmbeddedTrack]:
+    """The tracks of an engine that loads its own encoders, checked against the record's width."""
+    for made in tracks:
+        if made.feats is not None and made.feats.shape[-1] != music_dim:
+            raise MgsvError(f"the music encoders gave {made.feats.shape[-1]}-d features, not the expected {music_dim}")
+        yield made
 
 
 def _encoder_identity(encoders: Any, kind: str) -> tuple[str, str, tuple[int, int]]:
     """(kind, encoder id, (video_dim, music_dim)) of the encoders that will make the features."""
-    from mgsv_cli.features.encoders import encoder_id_of_kind
-
     if encoders is not None and not callable(encoders):
         kind = "tiny" if getattr(encoders, "is_tiny", False) else "pretrained"
         return kind, str(encoders.encoder_id), (int(encoders.video_dim), int(encoders.music_dim))
-    return kind, encoder_id_of_kind(kind), recipe.ENCODER_WIDTHS[kind]
+    return kind, recipe.ENCODER_IDS[kind], recipe.ENCODER_WIDTHS[kind]
 
 
 class _EncoderLoader:
     """The encoders, loaded on first use (a rerun with nothing new loads none) and checked
     against the identity the record was written with."""
 
-    def __init__(self, given, kind, device, offline, weights_dir, batch_windows, widths):
-        self.given, self.kind, self.device = given, kind, device
+    def __init__(self, given, kind, device, offline, weights_dir, batch_windows, widths,
+                 parts: tuple[str, ...] = ("video", "music")):
+        self.given, self.kind, self.device, self.parts = given, kind, device, parts
         self.offline, self.weights_dir, self.batch_windows, self.widths = offline, weights_dir, batch_windows, widths
         self.encoders = None if given is None or callable(given) else given
 
@@ -551,7 +668,8 @@ class _EncoderLoader:
                 from mgsv_cli.features.encoders import load_encoders
 
                 self.encoders = load_encoders(kind=self.kind, device=self.device, offline=self.offline,
-                                              weights_dir=self.weights_dir, batch_windows=self.batch_windows)
+                                              weights_dir=self.weights_dir, batch_windows=self.batch_windows,
+                                              parts=self.parts)
             widths = (int(self.encoders.video_dim), int(self.encoders.music_dim))
             if widths != tuple(self.widths):
                 raise MgsvError(f"the {self.kind} encoders give {widths[0]}/{widths[1]}-d features, "
@@ -660,21 +778,21 @@ def _stat(location: str) -> tuple[int, int]:
     return int(info.size or 0), int(mtime)
 
 
-def _download(uri: str, folder: Path, chunk: int = 8 << 20) -> Path:
+def _download(uri: str, folder: Path) -> Path:
     """A local copy of an object-store file (ffmpeg reads local files), under ``folder``."""
-    try:
-        import pyarrow.fs as pafs
-    except ImportError:
-        raise UsageError(f"{uri}: reading object stores needs pyarrow (pip install 'mgsv[scale]')") from None
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        raise UsageError(f"{uri}: reading object stores needs pyarrow (pip install 'mgsv[scale]')")
+    from mgsv_cli.index.ray_engine import download_object  # the index's download (pyarrow's file systems)
+
     folder.mkdir(parents=True, exist_ok=True)
     name = hashlib.blake2b(uri.encode(), digest_size=8).hexdigest() + Path(uri).suffix
     target = folder / name
-    fs, path = pafs.FileSystem.from_uri(uri)
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+    os.close(handle)
     try:
-        with fs.open_input_stream(path) as source, os.fdopen(handle, "wb") as out:
-            while data := source.read(chunk):
-                out.write(data)
+        download_object(uri, Path(tmp))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -690,9 +808,11 @@ def _probe_sources(sources: list[_Source], manifest: _Manifest, fetch_dir: Path,
     todo = []
     for source in sources:
         if source.error is None:
-            source.info = manifest.probed(source.content_hash, source.kind)
-            if source.info is None:
+            probed = manifest.probed(source.content_hash, source.kind)
+            if probed is None:
                 todo.append(source)
+            else:
+                source.info = probed
     progress.stage("reading durations", len(todo))
 
     def run(source: _Source):
@@ -741,8 +861,8 @@ def _usable_pairs(pairs: list[_Pair], report: BuildReport, progress: BuildProgre
         for source in bad:
             if source.location not in reported:
                 reported.add(source.location)
-                report.failed.append((source.location, source.error))
-                progress.failed(source.location, source.error)
+                report.failed.append((source.location, source.error or "cannot read"))
+                progress.failed(*report.failed[-1])
     return usable
 
 
@@ -801,7 +921,7 @@ def _assign_splits(pairs_csv: Path, pairs: list[_Pair], manifest: _Manifest, spl
     only for new ones (so the draw settings of a dataset cannot change afterwards)."""
     if pairs and pairs[0].row.split is not None:
         for pair in pairs:
-            pair.split = pair.row.split
+            pair.split = pair.row.split or ""
         return
     settings = json.dumps({"split_by": split_by, "val_fraction": val_fraction, "test_fraction": test_fraction,
                            "seed": seed}, sort_keys=True)
@@ -828,7 +948,7 @@ def _assign_splits(pairs_csv: Path, pairs: list[_Pair], manifest: _Manifest, spl
             # The draw left this split empty (few keys): it gets a new key of the fullest split, the
             # one that draws lowest on a second, independent number. Keys placed before never move.
             counts = {s: sum(1 for k in new if chosen[k] == s) for s in SPLITS}
-            donor = max(counts, key=counts.get)
+            donor = max(counts, key=lambda s: counts[s])
             if counts[donor] and list(chosen.values()).count(donor) > 1:  # never empties the donor
                 key = min((k for k in new if chosen[k] == donor), key=lambda k: _unit(seed, k, "fill"))
                 chosen[key] = split
@@ -858,10 +978,13 @@ def _feature_kinds(kind: str) -> tuple[str, str]:
 
 
 def _embed_items(root: Path, kind: str, pairs: list[_Pair], manifest: _Manifest, fetch_dir: Path,
-                 report: BuildReport, progress: BuildProgress, embed: Callable) -> dict[str, float]:
+                 report: BuildReport, progress: BuildProgress, embed: Callable,
+                 local_copies: bool = True) -> dict[str, float]:
     """Embed the items of ``kind`` (``video``, ``music``) whose features are not written yet, each
     content once, and write them; returns ``{item id: duration}`` of every item that has features.
-    Files that fail are reported (their rows are left out when the CSVs are written)."""
+    Files that fail are reported (their rows are left out when the CSVs are written).
+    ``local_copies``: the jobs name local files (an object-store file downloaded here); without,
+    the engine reads each job's ``location`` itself (Ray's tasks)."""
     by_id: dict[str, _Source] = {}
     for pair in pairs:
         by_id.setdefault(getattr(pair, f"{kind}_id"), getattr(pair, kind))
@@ -876,7 +999,9 @@ def _embed_items(root: Path, kind: str, pairs: list[_Pair], manifest: _Manifest,
             ready[item_id] = have[1]
             continue
         todo.setdefault(source.content_hash, []).append(item_id)
-        if source.content_hash not in jobs:
+        if source.content_hash not in jobs and not local_copies:
+            jobs[source.content_hash] = MediaJob(source.content_hash, source.location, source.location)
+        elif source.content_hash not in jobs:
             try:
                 jobs[source.content_hash] = MediaJob(source.content_hash, source.location,
                                                      _local_copy(source, fetch_dir))

@@ -58,9 +58,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
-from mgsv_cli.features import recipe
 from mgsv_cli import paths
 from mgsv_cli.errors import DataError
+from mgsv_cli.features import recipe
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -207,11 +207,9 @@ def dataset_encoders(root: str | os.PathLike) -> DatasetEncoders:
                                video_dim, music_dim, recorded=True)
     video_dim = _first_feature_width(Path(root), "video") or recipe.CLIP_EMBED_DIM
     music_dim = _first_feature_width(Path(root), "music") or recipe.AST_EMBED_DIM
-    from mgsv_cli.features.encoders import encoder_id_of_kind
-
     # Features of the release's widths are taken for the pretrained encoders' (as they are there).
     kind = recipe.encoders_for_widths(video_dim, music_dim)
-    return DatasetEncoders(encoder_id_of_kind(kind) if kind else None, kind, video_dim, music_dim)
+    return DatasetEncoders(recipe.ENCODER_IDS[kind] if kind else None, kind, video_dim, music_dim)
 
 
 def _first_feature_width(root: Path, kind: str) -> int | None:
@@ -843,7 +841,9 @@ def _fill(root: Path, kind: str, ids: np.ndarray, shape: tuple[int, int], feats:
     for row, (feature, mask) in enumerate(loaded):
         stored = feature.astype(feats.dtype)
         if not np.isfinite(stored).all():
-            raise DataError(f"{feature_path(root, kind, ids[row])}: values outside the {feats.dtype} range or not finite")
+            raise DataError(
+                f"{feature_path(root, kind, ids[row])}: values outside the {feats.dtype} range or not finite"
+            )
         if feats.dtype != feature.dtype:
             worst = max(worst, float(np.max(np.abs(stored.astype(np.float32) - feature), initial=0.0)))
         feats[row] = stored

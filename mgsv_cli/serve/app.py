@@ -33,7 +33,7 @@ import socket
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 
 from mgsv_cli import __version__, errors
 from mgsv_cli.serve import files
-from mgsv_cli.serve.engine import Engine, OptionsDiffer, exact_suggestions, track_json
+from mgsv_cli.serve.engine import Engine, OptionsDiffer, exact_suggestions
 
 log = logging.getLogger("mgsv.serve")
 
@@ -67,14 +67,14 @@ DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.c
 USAGE_EXIT, INTERNAL_EXIT = errors.UsageError.exit_code, 70  # the CLI's codes: a wrong request, a bug
 
 
-def error_response(status: int, message: str, kind: str, exit_code: int, *, headers: dict | None = None,
+def error_response(status: int, message: str, kind: str, exit_code: int, *, headers: Mapping[str, str] | None = None,
                    **extra) -> JSONResponse:
     """The one shape of every error answer: ``{"error", "type", "exit_code", ...extra}``."""
     return JSONResponse({"error": message, "type": kind, "exit_code": exit_code, **extra}, status_code=status,
                         headers=headers)
 
 
-def refusal(status: int, message: str, *, headers: dict | None = None, **extra) -> JSONResponse:
+def refusal(status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra) -> JSONResponse:
     """An error answer of the server's own (not a library error): type and reason from the HTTP status."""
     try:
         words = re.findall(r"[A-Za-z]+", HTTPStatus(status).phrase)
@@ -205,7 +205,9 @@ class RenderBody(BaseModel):
     pick: Optional[int] = Field(None, ge=1, description="remembered suggestion N (default 1)")
     track: Optional[str] = Field(None, description="music file instead of the remembered suggestion (with start)")
     start: Optional[float] = Field(None, ge=0, description="where the music starts in the track, seconds")
-    out: Optional[str] = Field(None, description="output file; default beside the video, or the server's outputs for uploads")
+    out: Optional[str] = Field(
+        None, description="output file; default beside the video, or the server's outputs for uploads"
+    )
     mix: Optional[str] = Field(None, description="replace | original | duck (default: settings)")
     fade_in: Optional[float] = None
     fade_out: Optional[float] = None
@@ -339,7 +341,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     @app.get("/api/tracks/{track_id}", tags=["library"], summary="One track with its beat grid",
              dependencies=[Depends(need_token)])
     def one_track(track_id: int) -> dict:
-        return track_json(engine.track(track_id), beats=True)
+        return engine.track_json(track_id)
 
     # -------------------------------------------------------- clips in
 
@@ -430,7 +432,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
                 saved = await checked_upload(writer.finish())
                 fields = {k: v for k, v in form.items()
                           if k in ("top", "snap", "include_short") and isinstance(v, str) and v}
-                return SuggestBody(video=str(saved), **fields)
+                return SuggestBody.model_validate({"video": str(saved), **fields})
             return SuggestBody.model_validate(json.loads(await request.body() or b"null"))
         except json.JSONDecodeError as exc:
             raise errors.UsageError(f"bad request: not JSON ({exc.msg})") from None
@@ -457,42 +459,35 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             return None
         return "/files/outputs/" + files.url_path(real, folders.outputs) + "?download=1"
 
-    def absolute(value: str | None, what: str) -> Path | None:
-        if value is None:
-            return None
+    def absolute_path(value: str, what: str) -> Path:
         path = Path(value).expanduser()
         if not path.is_absolute():
             raise errors.UsageError(f"{what} {value!r}: give an absolute path")
         return path
+
+    def absolute(value: str | None, what: str) -> Path | None:
+        return None if value is None else absolute_path(value, what)
 
     @app.post("/api/render", tags=["clips"], dependencies=[Depends(need_token)],
               summary="Put a track under a clip (what `mgsv render` does); a download URL for uploads")
     def render(body: RenderBody) -> dict:
         from mgsv_cli import settings
         from mgsv_cli.editor import render as rendering
+        from mgsv_cli.editor.requests import RenderRequest, json_field
 
-        video = absolute(body.video, "video")
-        track, out = absolute(body.track, "track"), absolute(body.out, "out")
-        mix = body.mix or settings.default("mix")
-        snap = body.snap or settings.default("snap")
-        snap = None if snap == "off" else snap
-        if (track is None) != (body.start is None):
-            raise errors.UsageError("--track and --start go together (or give neither to use `mgsv suggest`'s pick)")
-        if track is not None and body.pick is not None:
-            raise errors.UsageError("--pick chooses among remembered suggestions; it cannot be combined with --track")
-        if mix not in rendering.MIX_MODES:
-            raise errors.UsageError(f"--mix {mix!r}: expected one of {', '.join(rendering.MIX_MODES)}")
-        force = body.force
-        if out is None and (target := page_output(video, rendering.default_output_path(video).name)) is not None:
-            out, force = target, True  # the page's renders go to the server's outputs, replaced on re-render
-            if track is not None:
-                track = Path(engine.track(str(track)).path)
-        index = absolute(body.index, "index") or engine.index_path
-        moment = rendering.resolve_moment(video, body.pick or 1, track, body.start, snap, index)
-        result = rendering.render(video, *moment, out=out, mix=mix,
-                                  fade_in=settings.default("fade_in", body.fade_in),
-                                  fade_out=settings.default("fade_out", body.fade_out),
-                                  loudness=settings.default("loudness", body.loudness), force=force)
+        video = absolute_path(body.video, "video")
+        request = RenderRequest.build(settings.load_settings(), json_field, pick=body.pick,
+                                      track=absolute(body.track, "track"), start=body.start,
+                                      out=absolute(body.out, "out"), mix=body.mix, fade_in=body.fade_in,
+                                      fade_out=body.fade_out, loudness=body.loudness, snap=body.snap,
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force)
+        if request.out is None and (target := page_output(video, rendering.default_output_path(video).name)):
+            # The page's renders go to the server's outputs, replaced on re-render, its tracks the index's.
+            track = None if request.track is None else Path(engine.track(str(request.track)).path)
+            request = dataclasses.replace(request, out=target, force=True, track=track)
+        moment = rendering.resolve_moment(video, request.pick, request.track, request.start, request.snap,
+                                          request.index)
+        result = rendering.render(video, *moment, **request.mixdown())
         exact = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
         return {"result": result.to_dict(), "exact": exact, "download_url": download_url(result.out_path)}
 
@@ -501,32 +496,19 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     def export(body: ExportBody):
         from mgsv_cli import settings
         from mgsv_cli.editor import export as writers
-        from mgsv_cli.editor.record import load_last_suggestion
+        from mgsv_cli.editor.requests import ExportRequest, json_field
 
-        video, out = absolute(body.video, "video"), absolute(body.out, "out")
-        fmt = body.format or (writers.format_from_path(out) if out is not None else None) or \
-            settings.default("export_format")
-        writers.check_frame_rate(body.frame_rate)
-        snap = body.snap or settings.default("snap")
-        record = load_last_suggestion(video)
-        force = body.force
-        if out is None and fmt in writers.FORMATS:
+        video, out = absolute_path(body.video, "video"), absolute(body.out, "out")
+        request = ExportRequest.build(settings.load_settings(), json_field, pick=body.pick, fmt=body.format, out=out,
+                                      frame_rate=body.frame_rate, snap=body.snap,
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force)
+        fmt, force = request.fmt, request.force
+        if out is None:
             target = page_output(video, writers.default_output_path(video, fmt).name)
             if target is not None:
                 out, force = target, True
-        if body.start is not None:
-            entry = record.pick(body.pick)
-            length = entry.end - entry.start
-            record = record.with_entry(dataclasses.replace(entry, start=float(body.start),
-                                                           end=float(body.start) + length, snapped_to=None))
-        snap_info = None
-        if snap == "beat":
-            from mgsv_cli.editor.snapping import snap_suggestion
-
-            index = absolute(body.index, "index") or engine.index_path
-            record, snap_info = snap_suggestion(record, body.pick, index_path=index)
-        exported = writers.write_timeline(record, video, fmt, out, pick=body.pick, frame_rate=body.frame_rate,
-                                          force=force)
+        exported, record, snap_info = writers.export_suggestion(video, request, start=body.start, out=out,
+                                                                force=force)
         written = exported.out
         entry = record.pick(body.pick)
         url = download_url(written)
@@ -565,6 +547,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             chosen = engine.track(entry.track)
             start = entry.start if start is None else start
         else:
+            assert track is not None  # either rank or track, checked above
             chosen = engine.track(track)
             start = 0.0 if start is None else start
         made = make_preview(clip, Path(chosen.path), float(start), mix=mix or settings.default("mix"),

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _library_helpers import run_cli
 
 from mgsv_cli.errors import CheckpointError, DataError
 from mgsv_cli.media import synth
 from mgsv_cli.research import build, dataset
-
-from _library_helpers import run_cli
 
 KEYS = ("C", "E", "G#", "D")
 INSTRUMENTS = ("pluck", "organ", "bell", "pluck")
@@ -210,8 +209,8 @@ def test_splits_by_track_keep_every_track_in_one_split_and_stay_put_as_rows_are_
 
 def test_split_by_row_and_too_few_tracks(tmp_path, capsys, media):
     root = tmp_path / "ds"
-    result = build_cli(capsys, write_pairs(tmp_path / "two.csv", [pair(media, t, c) for t in range(2) for c in range(2)]),
-                       root)
+    two = write_pairs(tmp_path / "two.csv", [pair(media, t, c) for t in range(2) for c in range(2)])
+    result = build_cli(capsys, two, root)
     assert result.code == 4 and "2 distinct tracks: splitting by track needs at least 3" in result.err
     result = build_cli(capsys, write_pairs(tmp_path / "all.csv", all_pairs(media)), root, "--split-by", "row",
                        "--val-fraction", "0.25", "--test-fraction", "0.25")
@@ -258,8 +257,10 @@ def test_other_encoders_and_other_datasets_are_refused(tmp_path, capsys, media):
     make_dataset(release, n_videos=20, n_tracks=4, seed=1)
     result = build_cli(capsys, pairs_csv, release)
     assert result.code == 2 and "did not make" in result.err
-    result = build_cli(capsys, pairs_csv, root, "--engine", "ray")
-    assert result.code == 2 and "--engine ray is not available" in result.err
+    result = build_cli(capsys, pairs_csv, root, "--ray-address", "auto")
+    assert result.code == 2 and "--ray-address goes with --engine ray" in result.err
+    result = build_cli(capsys, pairs_csv, root, "--engine", "spark")
+    assert result.code == 2 and "--engine 'spark': expected local or ray" in result.err
 
 
 # ---------------------------------------------------------------- the checkpoint knows its encoders
@@ -284,7 +285,7 @@ def test_train_records_the_datasets_encoders_and_suggest_names_them(tmp_path, ca
     assert checkpoint_encoders(weights)["recorded"] is True
 
     class Index:
-        path = "lib.sqlite"
+        uri = "lib.sqlite"
         encoder_id = PRETRAINED_ENCODER_ID
 
     with pytest.raises(CheckpointError) as caught:
@@ -316,3 +317,37 @@ def test_object_store_files_are_read_through_pyarrow_and_not_downloaded_again(tm
     downloads.clear()
     again = build.build_dataset(pairs_csv, root, encoders=encoders)
     assert downloads == [] and again.embedded_music == again.embedded_videos == 0
+
+
+# ---------------------------------------------------------------- the Ray engine
+
+
+def test_ray_engine_embeds_the_music_with_the_index_ray_stages(tmp_path, media):
+    """`--engine ray`: the music through `ray_engine`'s CPU tasks and AST actors (a local Ray of
+    2 CPUs), the same features as the local engine up to float16 (what a track store keeps)."""
+    pytest.importorskip("ray")
+    import logging
+
+    import ray
+    import torch
+
+    pairs_csv = write_pairs(tmp_path / "pairs.csv", all_pairs(media))
+    local = build.build_dataset(pairs_csv, tmp_path / "local", encoder_kind="tiny", device="cpu")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        on_ray = build.build_dataset(pairs_csv, tmp_path / "ray", encoder_kind="tiny", device="cpu", engine="ray")
+    finally:
+        ray.shutdown()
+    assert (on_ray.embedded_music, on_ray.embedded_videos, on_ray.failed) == (4, 8, [])
+    assert split_rows(tmp_path / "ray") == split_rows(tmp_path / "local")
+    for row in [r for rows in split_rows(tmp_path / "local").values() for r in rows]:
+        a = torch.load(dataset.feature_path(tmp_path / "local", "music", row["music_id"]), weights_only=True)
+        b = torch.load(dataset.feature_path(tmp_path / "ray", "music", row["music_id"]), weights_only=True)
+        assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)  # float16 on the way
+        for kind in ("music_mask", "video", "video_mask"):
+            item = row["music_id"] if kind.startswith("music") else row["video_id"]
+            made = [torch.load(dataset.feature_path(tmp_path / where, kind, item), weights_only=True)
+                    for where in ("ray", "local")]
+            torch.testing.assert_close(*made)
+    assert local.n_tracks == on_ray.n_tracks == 4

@@ -28,10 +28,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from _library_helpers import run_cli
 
 from mgsv_cli.research.synthetic import read_planted, score_held_out
-
-from _library_helpers import run_cli
 
 TRACKS, CLIPS, EPOCHS = 8, 3, 40
 MIN_TOP3, MIN_HIT = 0.70, 0.50
