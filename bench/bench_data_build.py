@@ -15,7 +15,7 @@ seed, through the real CLI in a subprocess; the top-3 and hit rates with their c
 Prints one line per figure and ONE JSON line at the end. Numbers on a shared machine are noisy:
 the load average is printed beside them.
 
-    .venv/bin/python bench/bench_data_build.py                       # both parts (~25 min on 2 loaded cores)
+    .venv/bin/python bench/bench_data_build.py                       # both parts (~4.5 min on 2 cores at load 2)
     .venv/bin/python bench/bench_data_build.py --sections build --tracks 4 --clips 1
     .venv/bin/python bench/bench_data_build.py --sections loop --seeds 0 1 2
 """
@@ -166,6 +166,14 @@ def section_loop(args) -> dict:
                                "--json", "--device", "cpu", "--no-server", env=env)
                 rates[name] = score_held_out(planted, [json.loads(line) for line in done.stdout.splitlines() if line])
             seconds = time.perf_counter() - started
+            if seed == args.seeds[0]:  # what a user sees: one held-out clip, as `mgsv suggest` prints it
+                clip = next(c for c in planted["clips"] if c["split"] == "test")
+                track_file = {t["music_id"]: t["file"] for t in planted["tracks"]}
+                shown = run_cli("suggest", root / "media" / clip["file"], "--index", index, "--checkpoint",
+                                tmp / "run", "--top", "3", "--device", "cpu", "--no-server", env=env)
+                print(f"$ mgsv suggest {clip['file']} --index library.sqlite --checkpoint run --top 3   "
+                      f"(planted: {track_file[clip['music_id']]} from {clip['music_start']:.1f} s)\n{shown.stdout}",
+                      flush=True)
         runs.append({"seed": seed, "seconds": seconds, "synth_and_build_s": synth_s, **rates})
         t, u = rates["trained"], rates["untrained"]
         print(f"seed {seed}: trained top-3 {100 * t['top']:.0f}% (top-1 {100 * t['top1']:.0f}%), hit "
