@@ -240,12 +240,27 @@ def _quiet_logging() -> None:
 
 
 def run_stdio(workspace: Workspace) -> None:
-    """Serve over this process's stdin/stdout until the client closes them."""
+    """Serve over this process's stdin/stdout until the client closes them, or goes away (a
+    killed client: the pipe breaks under the next message, which ends the session too)."""
     import anyio
 
     server = build_server(workspace)
     _quiet_logging()
-    anyio.run(server.run_stdio_async)
+    try:
+        anyio.run(server.run_stdio_async)
+    except BaseException as exc:
+        if not _client_gone(exc):
+            raise
+        log.info("the client went away; stopping")
+
+
+def _client_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (an exception group, as anyio's task groups raise them) says only that the
+    other end of the pipes is gone."""
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+        return True
+    inner = getattr(exc, "exceptions", None)
+    return bool(inner) and all(_client_gone(e) for e in inner)
 
 
 def run_http(workspace: Workspace, *, host: str, port: int, token: str,
