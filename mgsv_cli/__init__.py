@@ -33,12 +33,15 @@ __all__ = ["__version__", *_API, *_ERRORS]
 def __getattr__(name: str):
     """``mgsv_cli.<name>`` of the public API, imported on first use (then kept here)."""
     if name in _ERRORS:
-        from mgsv_cli import errors as module
+        from mgsv_cli import errors
+
+        value = getattr(errors, name)
     elif name in _API:
-        from mgsv_cli import api as module
+        from mgsv_cli import api
+
+        value = getattr(api, name)
     else:
         raise AttributeError(f"module 'mgsv_cli' has no attribute {name!r}")
-    value = getattr(module, name)
     globals()[name] = value
     return value
 

@@ -301,7 +301,9 @@ def load_suggester(library: Library | PathLike | None = None, *, checkpoint: Pat
     request = SuggestRequest.build(_settings(), keyword_arg, index=_store_of(library), checkpoint=checkpoint,
                                    untrained=untrained, encoders=encoders, device=device, offline=offline,
                                    weights_dir=weights_dir, rerank=rerank, first_stage=first_stage)
-    return Suggester.open(status=status, encoders_obj=loaded_encoders, **request.open_options())
+    suggester = Suggester.open(status=status, encoders_obj=loaded_encoders, **request.open_options())
+    assert isinstance(suggester, Suggester)  # open() makes an instance of the class it is called on
+    return suggester
 
 
 # ---------------------------------------------------------------- render and export

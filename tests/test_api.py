@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _library_helpers import TRACKS, media_src, run_cli, tiny_encoders  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,8 +195,8 @@ def test_the_readme_script_runs(tmp_path, media_src):  # noqa: F811
     mgsv_home = tmp_path / "mgsv_home"
     model, variant = build_untrained(video_dim=512, music_dim=64, config="tiny")
     save_checkpoint(mgsv_home / "data" / "runs" / "tiny", model, variant, {})
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "MGSV_HOME": str(mgsv_home), "MGSV_ENCODERS": "tiny",
-           "MGSV_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "MGSV_HOME": str(mgsv_home),
+           "MGSV_ENCODERS": "tiny", "MGSV_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", readme_script()], capture_output=True, text=True, timeout=900,
                           cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

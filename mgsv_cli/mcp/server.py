@@ -104,8 +104,8 @@ def build_server(workspace: Workspace):
     from mcp.types import ToolAnnotations
 
     server = _server_class()("mgsv", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
-    reading = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
-    writing = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False)
+    reading = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+    writing = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
     @server.tool(name="library_info", title="The music library", annotations=reading, description=(
         "What the music library holds (tracks, tracks with beat grids, files that could not be indexed, the "
@@ -129,7 +129,7 @@ def build_server(workspace: Workspace):
         return workspace.list_tracks(offset, limit, contains)
 
     @server.tool(name="index_folder", title="Index a music folder", annotations=ToolAnnotations(
-        readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False), description=(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False), description=(
         "Add the audio files (mp3 wav flac m4a aac ogg opus) under a folder to the library, recursively. Only "
         "new or changed files are embedded; unchanged ones are not even read, so running it again is cheap. "
         "Long: about a second per minute of music on a GPU, much more on a CPU; progress is reported. Files "
@@ -259,7 +259,7 @@ def _client_gone(exc: BaseException) -> bool:
     other end of the pipes is gone."""
     if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
         return True
-    inner = getattr(exc, "exceptions", None)
+    inner = getattr(exc, "exceptions", None) or ()
     return bool(inner) and all(_client_gone(e) for e in inner)
 
 

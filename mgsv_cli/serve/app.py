@@ -93,7 +93,9 @@ UNAUTHORIZED = "missing or wrong access token: open the URL `mgsv serve` printed
 
 def token_matches(given: str | None, token: str) -> bool:
     """Whether a request's token is the run's (compared in constant time)."""
-    return bool(given) and secrets.compare_digest(given.encode(), token.encode())
+    if not given:
+        return False
+    return secrets.compare_digest(given.encode(), token.encode())
 
 
 def bearer_token(authorization: str | None) -> str | None:

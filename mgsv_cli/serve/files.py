@@ -269,4 +269,5 @@ class UploadWriter:
 
 
 __all__ = ["Folders", "NotServable", "UploadTooLarge", "UnsupportedUpload", "UploadWriter", "inside", "contained",
-           "within", "indexed_track", "absolute_path", "relative_name", "url_path", "safe_stem", "content_disposition", "upload_extension"]
+           "within", "indexed_track", "absolute_path", "relative_name", "url_path", "safe_stem", "content_disposition",
+           "upload_extension"]

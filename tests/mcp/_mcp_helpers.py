@@ -37,7 +37,8 @@ class Layout:
                 "--output-dir", str(self.outputs), "--encoders", "tiny", "--untrained", "--device", "cpu", *extra]
 
     def env(self) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH", "MGSV_DEBUG")}
+        passed = ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH", "MGSV_DEBUG")
+        keep = {k: v for k, v in os.environ.items() if k in passed}
         return {**keep, "MGSV_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "PYTHONUNBUFFERED": "1"}
 

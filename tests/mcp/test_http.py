@@ -9,10 +9,20 @@ import time
 
 import anyio
 import pytest
-
 from _library_helpers import TRACKS
-from _mcp_helpers import (KILL_TRACKS, TOKEN, Layout, http_session, ok, refused, run, start_client, start_http,
-                          text_of, wait_for)
+from _mcp_helpers import (
+    KILL_TRACKS,
+    TOKEN,
+    Layout,
+    http_session,
+    ok,
+    refused,
+    run,
+    start_client,
+    start_http,
+    text_of,
+    wait_for,
+)
 
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}}
@@ -90,7 +100,8 @@ def test_the_tools_over_http(served, allowed_media):
             steps["again"] = await ok(client, "suggest_music", {"video": clip, "top": 3, "snap": "beat"})
             steps["render"] = await ok(client, "render_video", {"video": clip, "mix": "original"})
             steps["export"] = await ok(client, "export_timeline", {"video": clip, "format": "fcpxml", "snap": "beat"})
-            steps["outside"] = await refused(client, "suggest_music", {"video": str(allowed_media.parent / "secret.mp4")})
+            secret = str(allowed_media.parent / "secret.mp4")
+            steps["outside"] = await refused(client, "suggest_music", {"video": secret})
         return steps
 
     steps = run(go)

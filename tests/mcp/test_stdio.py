@@ -8,7 +8,6 @@ import signal
 import sys
 
 import pytest
-
 from _library_helpers import TRACKS
 from _mcp_helpers import KILL_TRACKS, ok, process_gone, refused, run, start_client, stdio_session, wait_for
 

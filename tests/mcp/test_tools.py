@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from _library_helpers import TRACKS
 from _mcp_helpers import ok, refused, run
 
