@@ -178,6 +178,11 @@ class Suggester:
         path = outputs.check_video_input(video_path).resolve()
         try:
             result = self.suggest_video(path, top_k, snap=snap, include_short=include_short)
+        except MediaError:
+            # Not a readable video: said in the words of the check the batch path makes before
+            # loading (one probe, on this failure only), whichever front end asked.
+            check_video(path)
+            raise
         except (OSError, ValueError, RuntimeError) as exc:  # a decoder or tensor error on one odd file
             raise MediaError(f"{path}: {type(exc).__name__}: {first_line(exc)}") from None
         if remember:  # render and export need it: a failure to store it fails the clip
