@@ -22,7 +22,7 @@ callbacks given).
 
 Heavy modules (torch, the encoders, opentimelineio) load inside the functions that need
 them; ``mgsv_cli/__init__.py`` re-exports the names of ``__all__`` lazily, so ``import
-mgsv_cli`` stays instant. ``tests/test_api.py`` records every public name and signature: a
+mgsv_cli`` stays instant. ``tests/test_public_api.py`` records every public name and signature: a
 change to them is deliberate.
 
 An app-layer module, like the CLI. May import anything of mgsv but the front ends (``cli``,
