@@ -415,12 +415,14 @@ EVAL_SPLITS = ("val", "test", "train")
 
 def evaluate(data: PathLike, split: str = "test", *, checkpoint: PathLike | None = None,
              baseline: str | None = None, device: str | None = None, batch_size: int = 256,
-             progress: ProgressFn | None = None) -> dict[str, Any]:
+             progress: ProgressFn | None = None, plots: PathLike | None = None) -> dict[str, Any]:
     """The benchmark protocol on an MGSV-EC split at ``data``: mIoU, R@1/5/10, MoR@1/10/100, and
     the same for the exact-length cut ``suggest`` makes (``*_cut``), as ``mgsv eval --json``.
 
     ``checkpoint``: a run folder or ``.safetensors`` file (default: the latest run);
     ``baseline="prior"``: the content-free moment instead of a model (labels only).
+    ``plots``: a folder to draw the IoU histogram, recall@k curve and per-category table into
+    (their paths under ``result["plots"]``).
     ``progress(stage, done, total)`` hears the packing and scoring. Raises ``DataError``,
     ``CheckpointError``, ``UsageError``.
     """
@@ -433,6 +435,8 @@ def evaluate(data: PathLike, split: str = "test", *, checkpoint: PathLike | None
             raise UsageError(f"baseline {baseline!r}: the only baseline is 'prior'")
         if checkpoint is not None:
             raise UsageError("the prior baseline uses no checkpoint: give either baseline or checkpoint")
+        if plots is not None:
+            raise UsageError("plots draw a model's rankings and moments; the prior baseline has none")
         return evaluation.evaluate_prior(data, split)
     return evaluation.evaluate(data, split, checkpoint=checkpoint, device=device or _settings().device,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, progress=progress, plots=plots)

@@ -194,6 +194,24 @@ def duration_features(frame_mask: Tensor, n_frames: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` itself in the forward pass (exactly); its gradient times ``scale`` in the backward (0: a stop)."""
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGradient.apply(x, scale)
+
+
 def sinusoid_table(n_positions: int, dim: int) -> Tensor:
     """Fixed transformer positions [n_positions, dim]: sin on even, cos on odd channels."""
     position = torch.arange(n_positions, dtype=torch.float32)[:, None]
@@ -745,16 +763,26 @@ class MaDe(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
 
-    def forward(self, frames: Tensor, frame_mask: Tensor, windows: Tensor, window_mask: Tensor) -> dict[str, Tensor]:
+    def forward(self, frames: Tensor, frame_mask: Tensor, windows: Tensor, window_mask: Tensor,
+                detect_grad_scale: float = 1.0) -> dict[str, Tensor]:
         """A training batch of B matched pairs.
 
         Returns ``mean_sim`` and ``xpool_sim`` [B_music, B_video] over all pairs of the batch,
         ``spans`` [L, B, 2], the moment of each matched pair after every decoder layer, and
         with ``start_pointer`` its ``start_logits`` [L, B, S] over the track's windows.
+        ``detect_grad_scale`` (made-plus, ``TrainConfig``): the gradient that detection sends
+        back into the enhancers is multiplied by it (0: detection trains only its own weights);
+        the outputs are the same whatever its value.
         """
         video = self.encode_video(frames, frame_mask)
         music = self.encode_music(windows, window_mask)
         mean_sim, xpool_sim = self.similarities(video, music)
+        if detect_grad_scale != 1.0:
+            # encode_video/encode_music keep the tokens here; only search drops them
+            assert video.tokens is not None and music.tokens is not None
+            video = VideoTokens(scale_gradient(video.tokens, detect_grad_scale), video.mask,
+                                scale_gradient(video.pooled, detect_grad_scale))
+            music = replace(music, tokens=scale_gradient(music.tokens, detect_grad_scale))
         spans, start_logits = self._detect(video, music)
         out = {"mean_sim": mean_sim, "xpool_sim": xpool_sim, "spans": spans}
         if start_logits is not None:
@@ -762,6 +790,19 @@ class MaDe(nn.Module):
         return out
 
     # -- bookkeeping ------------------------------------------------------------------------
+
+    def learned_scalars(self) -> dict[str, float]:
+        """The learned scalars as they act, for training curves: ``logit_scale`` (the matching
+        losses' inverse temperature), ``xpool_sharpness`` and the multi-scale fusion weights
+        (``scale_weight_x1``, ``_x2``, ...) where the switches have them."""
+        with torch.no_grad():
+            out = {"logit_scale": float(self.logit_scale.float().exp())}
+            if self.xpool.log_sharpness is not None:
+                out["xpool_sharpness"] = float(self.xpool.log_sharpness.float().exp())
+            if self.cfg.n_music_scales > 1:
+                for scale, weight in enumerate(self.scale_logits.float().softmax(0).tolist()):
+                    out[f"scale_weight_x{2 ** scale}"] = weight
+        return out
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per module: enhancement, matching, detection, total."""

@@ -78,9 +78,15 @@ class TrainConfig:
     # InfoNCE over the batch's distinct tracks, same-track videos positives (losses.py)
     same_track_positives: bool = False
     start_weight: float = 1.0  # cross-entropy on the labelled start window (models with start_pointer only)
+    detect_grad_scale: float = 1.0  # made-plus: detection's gradient into the shared enhancers times this (0: stopped)
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
     eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if not 0.0 <= self.detect_grad_scale <= 1.0:
+            raise ValueError(f"detect_grad_scale must be from 0 (detection's gradient stopped at the enhancers) "
+                             f"to 1 (the paper's), not {self.detect_grad_scale}")
 
 
 # ----------------------------------------------------------------------------- ReAL (seed 003)

@@ -72,7 +72,7 @@ SIGNATURES = {
              "reporter: 'Reporter | None' = None) -> 'TrainResult'",
     "evaluate": "(data: 'PathLike', split: 'str' = 'test', *, checkpoint: 'PathLike | None' = None, "
                 "baseline: 'str | None' = None, device: 'str | None' = None, batch_size: 'int' = 256, "
-                "progress: 'ProgressFn | None' = None) -> 'dict[str, Any]'",
+                "progress: 'ProgressFn | None' = None, plots: 'PathLike | None' = None) -> 'dict[str, Any]'",
     "load_model": "(checkpoint: 'PathLike | None' = None, *, device: 'str | None' = None) -> 'LoadedModel'",
     # the request forms: what the CLI, mgsv serve and mgsv mcp call with their own requests
     "run_index": "(request: 'IndexRequest', progress: 'IndexProgress | None' = None) -> 'IndexReport'",

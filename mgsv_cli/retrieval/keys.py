@@ -42,11 +42,23 @@ class ResidentKeys:
 
     def score(self, model, video_tokens):
         """Relevance p_s of every track for one video (B = 1): float32 [N], track order."""
+        return self.score_videos(model, video_tokens)[0]
+
+    def score_videos(self, model, video_tokens, block: int | None = None):
+        """Relevance p_s of every track for each video of a batch: float32 [B, N], track order.
+
+        ``block``: tracks per ``score_pairs`` call, which holds ``block x B`` pairs at once (the
+        benchmark's thousands of tracks x hundreds of videos); None scores a bucket in one call.
+        """
         import torch
 
-        scores = torch.full((self.n_tracks,), float("-inf"), device=video_tokens.pooled.device)
+        n_videos = video_tokens.pooled.shape[0]
+        scores = torch.full((n_videos, self.n_tracks), float("-inf"), device=video_tokens.pooled.device)
         for positions, music in self.buckets:
-            scores[positions] = model.score_pairs(video_tokens, music)[:, 0].float()
+            step = len(positions) if block is None else max(1, int(block))
+            for begin in range(0, len(positions), step):
+                part = music if step >= len(positions) else _rows(music, begin, begin + step)
+                scores[:, positions[begin:begin + step]] = model.score_pairs(video_tokens, part).float().t()
         return torch.nan_to_num(scores, nan=float("-inf"))
 
     @property
@@ -80,7 +92,7 @@ class ResidentKeys:
         from mgsv_cli.models.made import MusicTokens
 
         last_valid = torch.where(mask.any(1), mask.shape[1] - mask.flip(1).int().argmax(1), 0)
-        bucket_of = torch.bucketize(last_valid, torch.tensor(BUCKET_EDGES), right=False)
+        bucket_of = torch.bucketize(last_valid, torch.tensor(BUCKET_EDGES, device=mask.device), right=False)
         buckets = []
         for b in bucket_of.unique().tolist():
             positions = torch.nonzero(bucket_of == b).flatten()
@@ -105,6 +117,14 @@ class ResidentKeys:
         offsets = None if rows.offsets is None else torch.from_numpy(np.asarray(rows.offsets, np.float32)).to(device)
         return cls.from_full(keys.float(), torch.from_numpy(np.asarray(rows.pooled, np.float32)).to(device),
                              mask.to(device), offsets)
+
+
+def _rows(music, begin: int, stop: int):
+    """Rows [begin, stop) of a MusicTokens (views, no copy)."""
+    from dataclasses import fields, replace
+
+    return replace(music, **{f.name: None if getattr(music, f.name) is None else getattr(music, f.name)[begin:stop]
+                             for f in fields(music)})
 
 
 def _dequantized(rows):

@@ -245,17 +245,21 @@ def test_trained_checkpoint_is_used_and_dims_are_checked(capsys, media_src, inde
     assert both.code == UsageError.exit_code
 
 
-def test_suggest_api_one_call(media_src, indexed, tiny_encoders):
+def test_suggest_videos_checks_inputs_then_answers_each(media_src, indexed, tiny_encoders):
     from mgsv_cli.editor.record import load_last_suggestion
-    from mgsv_cli.editor.suggest import suggest
+    from mgsv_cli.editor.requests import SuggestRequest
+    from mgsv_cli.editor.suggest import suggest_videos
 
-    outcomes = suggest([clip(media_src, 1), media_src / "nope.mp4"], top_k=1, index_path=indexed, untrained=True,
-                       device="cpu", encoders_obj=tiny_encoders)
-    (missing, none, reason), (video, result, error) = outcomes
-    assert missing == media_src / "nope.mp4" and none is None and reason == "no such file or folder"
-    assert video == clip(media_src, 1).resolve() and error is None and len(result.suggestions) == 1
-    assert result.duration == pytest.approx(CLIP_SECONDS[1], abs=0.05)
-    assert load_last_suggestion(video).to_json()["suggestions"] == result.to_json()["suggestions"]
+    request = SuggestRequest(top=1, index=str(indexed), untrained=True, device="cpu")
+    outcomes = list(suggest_videos([clip(media_src, 1), media_src / "nope.mp4"], request,
+                                   encoders_obj=tiny_encoders))
+    missing, answered = outcomes  # the refused input comes first, before anything loads
+    assert missing.video == str(media_src / "nope.mp4") and missing.result is None
+    assert missing.error == "no such file or folder" and missing.exit_code == 2
+    assert answered.video == str(clip(media_src, 1).resolve()) and answered.error is None
+    assert len(answered.result.suggestions) == 1
+    assert answered.result.duration == pytest.approx(CLIP_SECONDS[1], abs=0.05)
+    assert load_last_suggestion(clip(media_src, 1)).to_json()["suggestions"] == answered.result.to_json()["suggestions"]
 
 
 def test_results_equal_a_direct_model_computation(media_src, indexed, tiny_encoders):
@@ -343,6 +347,28 @@ def test_length_buckets_score_exactly_like_full_tokens():
         assert torch.equal(with_offsets.to_full(96)[3], offsets) and with_offsets.has_offsets
     assert len(ResidentKeys.from_full(music.keys, music.pooled, music.mask).buckets) == 4
     torch.testing.assert_close(bucketed, full, atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_of_videos_scored_in_blocks_of_tracks_matches_one_score_pairs_call():
+    """``mgsv eval`` ranks through ``ResidentKeys.score_videos``: blocks of tracks inside each length
+    bucket must not change a score (tolerance 1e-5: block sizes change the summation order)."""
+    from mgsv_cli.models.checkpoint import build_untrained
+    from mgsv_cli.retrieval.keys import ResidentKeys
+
+    model, _ = build_untrained(video_dim=32, music_dim=24, config="tiny", seed=2)
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([2, 7, 30, 31, 33, 80, 96, 12, 50])
+    mask = torch.arange(96)[None] < lengths[:, None]
+    windows = torch.randn(len(lengths), 96, 24, generator=gen) * mask[..., None]
+    with torch.inference_mode():
+        music = model.encode_music(windows, mask.float(), for_search=True)
+        videos = model.encode_video(torch.randn(3, 50, 32, generator=gen), torch.ones(3, 50))
+        expected = model.score_pairs(videos, music).t()  # [videos, tracks]
+        resident = ResidentKeys.from_full(music.keys, music.pooled, music.mask, music.offsets)
+        for block in (None, 1, 2, 100):
+            scores = resident.score_videos(model, videos, block=block)
+            assert scores.shape == (3, len(lengths))
+            torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_expand_video_inputs(media_src, tmp_path):

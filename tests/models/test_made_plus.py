@@ -456,3 +456,44 @@ def test_the_querybank_survives_a_checkpoint_and_bf16(tmp_path):
         assert int(half.querybank_rows) == 5  # the count is not a float: casting keeps it
         torch.testing.assert_close(half.encode_music(windows, window_mask, for_search=True).offsets, before,
                                    atol=0.05, rtol=0.05)
+
+
+# ------------------------------------------------------------------ detection's gradient into the enhancers
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.25])
+def test_detect_grad_scale_keeps_the_outputs_and_scales_only_detections_gradient_into_the_enhancers(scale):
+    from mgsv_cli.models.losses import detection_loss
+
+    model = plus_model(seed=3, n_music_scales=1, duration_query=False)  # eval mode: no dropout draws
+    batch = inputs(4, seed=4)
+    target = torch.tensor([[0.2, 0.05], [0.3, 0.1], [0.1, 0.04], [0.25, 0.08]])
+    enhancers = [p for m in (model.video_enhancer, model.music_enhancer) for p in m.parameters()]
+    detector = list(model.detector.parameters())
+
+    def grads(out, which, params):
+        if which == "detection":
+            loss = detection_loss(out["spans"], target) + start_window_loss(out["start_logits"], target, 96)
+        else:
+            loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale)
+        found = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(found, params)]
+
+    plain, scaled = model(*batch), model(*batch, detect_grad_scale=scale)
+    assert all(torch.equal(plain[k], scaled[k]) for k in plain)  # the forward pass is untouched
+    for got, want in zip(grads(scaled, "detection", enhancers), grads(plain, "detection", enhancers)):
+        torch.testing.assert_close(got, scale * want, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads(plain, "detection", enhancers))
+    for got, want in zip(grads(scaled, "detection", detector), grads(plain, "detection", detector)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)  # detection's own weights: all of it
+    for got, want in zip(grads(scaled, "matching", enhancers), grads(plain, "matching", enhancers)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)  # matching: untouched
+
+
+def test_detect_grad_scale_outside_0_to_1_is_a_config_error(tmp_path):
+    from mgsv_cli.errors import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[train]\ndetect_grad_scale = 1.5\n')
+    with pytest.raises(ConfigError, match="detect_grad_scale"):
+        load_config(str(bad))

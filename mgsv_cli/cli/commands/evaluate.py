@@ -25,6 +25,7 @@ def eval_command(
     device: Device = None,
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="videos (and tracks) per forward pass; lower it if the GPU runs out of memory"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="folder to write plots into: IoU histogram, recall@k curve, per-category table"),
 ) -> None:
     """Benchmark a trained model (or a baseline) on an MGSV-EC split: mIoU, R@k, MoR@k."""
     import json
@@ -34,11 +35,13 @@ def eval_command(
 
     with stage_progress(enabled=not as_json and baseline is None) as progress:
         result = evaluate(data, split, checkpoint=checkpoint, baseline=baseline, device=device, batch_size=batch_size,
-                          progress=progress)
+                          progress=progress, plots=plots)
     if as_json:
         typer.echo(json.dumps({key: result.get(key) for key in RESULT_KEYS}))
     else:
         _print_eval_table(result)
+        if result.get("plots"):
+            console.print(f"plots: {Path(result['plots'][0]).parent}", style="dim")
 
 
 def _print_eval_table(result: dict) -> None:

@@ -50,7 +50,8 @@ def train_command(
     if best:
         console.print(f"best epoch {best['epoch']}: mIoU {best['miou']:.3f}, R@1 {best['r1']:.1f}, "
                       f"MoR@1 {best['mor1']:.1f}")
-    console.print(f"checkpoint: {result.run_dir / 'model.safetensors'}  (log: {result.run_dir / 'train.log'})")
+    console.print(f"checkpoint: {result.run_dir / 'model.safetensors'}  (log: {result.run_dir / 'train.log'}; "
+                  f"curves: the PNGs there, or tensorboard --logdir {result.run_dir})")
 
 
 class _TrainProgress:
