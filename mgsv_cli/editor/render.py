@@ -219,7 +219,7 @@ class _FfmpegFailed(MediaError):
 
 def _ffmpeg(args: list[str], what: str) -> str:
     """Run ffmpeg with ``args``; return its stderr (where filters print); MediaError on failure."""
-    proc = media.run_ffmpeg(["-nostats", *args], what, check=False)
+    proc = media.run_ffmpeg(["-nostats", *args], what, check=False, die_with_parent=True)
     stderr = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
         raise _FfmpegFailed(what, media.ffmpeg_failure(proc.returncode, stderr))

@@ -6,11 +6,17 @@ frame rates, whether there is sound). Every ffmpeg call takes an argument list (
 shell) and a failure becomes a :class:`~mgsv_cli.errors.MediaError` that names the file and
 the last line ffmpeg had to say.
 
-Every ffmpeg child dies with the process that started it: on Linux it asks the kernel for
-SIGKILL when its parent goes (``PR_SET_PDEATHSIG``, see :func:`_die_with_parent`), so a
-``kill -9`` of mgsv never leaves an ffmpeg writing on for seconds into a file nobody will
+An ffmpeg that writes a file dies with the process that started it: on Linux it asks the
+kernel for SIGKILL when its parent goes (``PR_SET_PDEATHSIG``, see :func:`_die_with_parent`),
+so a ``kill -9`` of mgsv never leaves an ffmpeg writing on for seconds into a file nobody will
 move into place. Other systems have no such request; there the render's clean-up of stale
-temporaries (``editor/render.py``) waits until the file stops changing.
+temporaries (``editor/render.py``) waits until the file stops changing. An ffmpeg that only
+writes to mgsv's pipes (decoding, probing) is not asked: it ends on the broken pipe when mgsv
+goes, and it must be started without a ``preexec_fn``. A ``preexec_fn`` makes Python ``fork``
+(not ``vfork``), and ``fork`` runs every library's at-fork handler: OpenBLAS's waits for its
+worker threads, which never come back while another thread of ours is inside a threaded matrix
+product (the indexer prepares spectrograms in threads while its main thread decodes), so the
+spawn hung for good (seen in the tests; a repro hangs about once in 200 spawns).
 """
 from __future__ import annotations
 
@@ -230,7 +236,8 @@ def _die_with_parent():
     A parent that died between ``fork`` and ``prctl`` would send no signal: the child
     checks that its parent is still the one that started it, and kills itself otherwise.
     The function runs between fork and exec and does only that system call (no imports,
-    no locks), which is what makes a ``preexec_fn`` safe with other threads running.
+    no locks); the ``fork`` it needs is the risk (the module docstring), so only ffmpegs that
+    write files ask for it.
     """
     prctl = _prctl()
     if prctl is None:
@@ -245,32 +252,35 @@ def _die_with_parent():
     return in_child
 
 
-def ffmpeg_child_options() -> dict:
+def ffmpeg_child_options(die_with_parent: bool = False) -> dict:
     """Keyword arguments for ``subprocess.run``/``Popen`` of every ffmpeg mgsv starts.
 
-    The child dies with mgsv (:func:`_die_with_parent`), and Python's ignored SIGXFSZ is
-    kept (``restore_signals=False``), which turns a file size limit into an EFBIG error
-    ffmpeg reports instead of a silent death by signal (its pipes are read to the end, so
-    an ignored SIGPIPE changes nothing).
+    Python's ignored SIGXFSZ is kept (``restore_signals=False``), which turns a file size
+    limit into an EFBIG error ffmpeg reports instead of a silent death by signal; the ignored
+    SIGPIPE makes a write to a pipe whose reader died an error ffmpeg stops on.
+    ``die_with_parent``: the child dies with mgsv (:func:`_die_with_parent`); only for an
+    ffmpeg that writes files, since it costs a real ``fork`` (see the module docstring).
     """
     options: dict = {"restore_signals": False}
-    in_child = _die_with_parent()
+    in_child = _die_with_parent() if die_with_parent else None
     if in_child is not None:
         options["preexec_fn"] = in_child
     return options
 
 
 def run_ffmpeg(args: Sequence[str | os.PathLike[str]], what: str, *, check: bool = True,
-               input: bytes | None = None) -> subprocess.CompletedProcess:
+               input: bytes | None = None, die_with_parent: bool = False) -> subprocess.CompletedProcess:
     """Run ``ffmpeg -hide_banner -nostdin ARGS`` capturing stdout (bytes) and stderr.
 
     ``what`` says what was being done ("decoding audio of x.mp3"); on a non-zero exit
     (when ``check``) a MediaError "WHAT: <ffmpeg's last meaningful line>" is raised.
     ``input``: bytes for ffmpeg's stdin (then ``-nostdin`` is left out).
+    ``die_with_parent``: for an ffmpeg that writes files (see :func:`ffmpeg_child_options`).
     """
     cmd = [ffmpeg_exe(), "-hide_banner", *([] if input is not None else ["-nostdin"]), *[str(a) for a in args]]
     try:
-        proc = subprocess.run(cmd, input=input, capture_output=True, check=False, **ffmpeg_child_options())
+        proc = subprocess.run(cmd, input=input, capture_output=True, check=False,
+                              **ffmpeg_child_options(die_with_parent))
     except OSError as exc:
         raise MediaError(f"{what}: cannot start ffmpeg ({exc})") from exc
     if check and proc.returncode != 0:

@@ -58,7 +58,7 @@ def _encode(args: list[str], pcm: bytes, out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        run_ffmpeg(["-loglevel", "error", "-y", *args, str(out)], f"writing {out}", input=pcm)
+        run_ffmpeg(["-loglevel", "error", "-y", *args, str(out)], f"writing {out}", input=pcm, die_with_parent=True)
     except MediaError:
         out.unlink(missing_ok=True)
         raise

@@ -129,7 +129,8 @@ def make_preview(video: Path, track: Path, start: float, *, mix: str, fade_in: f
     tmp = cache / f".{name}.{uuid.uuid4().hex[:8]}.part"
     try:
         media.run_ffmpeg(["-nostats", "-loglevel", "error", *inputs, "-filter_complex", graph, "-map", "[out]",
-                          "-ar", str(rate), *codec, "-y", str(tmp)], f"making the preview of {track.name}")
+                          "-ar", str(rate), *codec, "-y", str(tmp)], f"making the preview of {track.name}",
+                         die_with_parent=True)
         os.replace(tmp, target)
     finally:
         paths.remove_quietly(tmp)

@@ -168,14 +168,19 @@ def wait_for(condition, what: str, deadline_s: float = 60.0, poll_s: float = 0.0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
-def test_ffmpeg_dies_with_the_process_that_started_it(tmp_path):
+@pytest.mark.parametrize("output, die_with_parent", [
+    (["-f", "null", "-"], True),  # writes no pipe: only the kernel's parent-death signal stops it
+    (["-f", "s16le", "-"], False),  # writes to mgsv's pipe: the broken pipe stops it
+])
+def test_ffmpeg_dies_with_the_process_that_started_it(tmp_path, output, die_with_parent):
     """kill -9 of mgsv must not leave its ffmpeg running: here one that would run for 10 minutes."""
     import os
     import signal
     import subprocess
 
     script = ("from mgsv_cli.media.ffmpeg import run_ffmpeg\n"
-              "run_ffmpeg(['-re', '-f', 'lavfi', '-i', 'sine=d=600', '-f', 'null', '-'], 'playing a tone')\n")
+              f"run_ffmpeg(['-re', '-f', 'lavfi', '-i', 'sine=d=600', *{output!r}], 'playing a tone', "
+              f"die_with_parent={die_with_parent})\n")
     parent = subprocess.Popen([sys.executable, "-c", script])
     child = None
     try:
@@ -188,6 +193,41 @@ def test_ffmpeg_dies_with_the_process_that_started_it(tmp_path):
         parent.wait()
         if child is not None and not _gone(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_decoding_ffmpegs_start_without_a_fork_time_function():
+    """A preexec_fn forces a real fork, whose at-fork handlers (OpenBLAS's) can hang for good
+    while another thread is inside a threaded matrix product; decoders must not ask for one."""
+    assert "preexec_fn" not in media.ffmpeg_child_options()
+    if sys.platform.startswith("linux"):
+        assert "preexec_fn" in media.ffmpeg_child_options(die_with_parent=True)
+
+
+def test_ffmpeg_spawns_do_not_hang_beside_a_threaded_matrix_product():
+    """The indexer's shape of work: a thread multiplying spectrogram-sized matrices while the main
+    thread starts ffmpeg after ffmpeg. Before decoders were started without a fork, this hung
+    about once in 200 spawns; 400 spawns, in a child process so that a hang fails the test."""
+    import subprocess
+
+    script = (
+        "import threading, numpy as np\n"
+        "from mgsv_cli.media.ffmpeg import run_ffmpeg\n"
+        "stop = threading.Event()\n"
+        "def multiply():\n"
+        "    a, b = np.random.rand(3000, 257), np.random.rand(257, 128)\n"
+        "    while not stop.is_set():\n"
+        "        a @ b\n"
+        "worker = threading.Thread(target=multiply, daemon=True)\n"
+        "worker.start()\n"
+        "for _ in range(400):\n"
+        "    run_ffmpeg(['-version'], 'asking the version')\n"
+        "stop.set()\n"
+        "print('done')\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.fail("400 ffmpeg spawns beside a matrix product did not finish in 10 minutes: a fork hung")
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
 
 
 def test_probe_decodes_when_container_has_no_duration(tmp_path):
