@@ -159,3 +159,15 @@ def test_a_killed_client_leaves_the_server_and_the_library_intact(tmp_path, allo
         assert server.stop() == 0
     library = mgsv.open_library(layout.library)
     assert library.info(check=True).damage is None and len(library.tracks()) == len(TRACKS) + KILL_TRACKS
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port 70000: expected 0 to 65535"),
+    (["--port", "9000"], "--port go with --http"),
+])
+def test_address_flags_are_checked_before_anything_starts(capsys, tmp_path, args, message):
+    from _library_helpers import run_cli
+
+    http = ["--http"] if "70000" in args else []
+    got = run_cli(capsys, "mcp", "--library", tmp_path / "none.sqlite", *http, *args)
+    assert got.code == 2 and message in " ".join(got.err.split())

@@ -27,7 +27,7 @@ def mcp_command(
     weights_dir: WeightsDir = None,
     http: bool = typer.Option(False, "--http", help="serve streamable HTTP (at /mcp) instead of stdio; needs the printed token"),
     host: str = typer.Option("127.0.0.1", "--host", help="with --http: address to listen on; 0.0.0.0 opens it to other machines (a warning says so)"),
-    port: int = typer.Option(DEFAULT_MCP_PORT, "--port", min=0, max=65535, help="with --http: port to listen on (0: any free port)"),
+    port: int = typer.Option(DEFAULT_MCP_PORT, "--port", help="with --http: port to listen on, 0 to 65535 (0: any free port)"),
     token: Optional[str] = typer.Option(None, "--token", envvar="MGSV_MCP_TOKEN", help="with --http: the access token clients must send (default: a new one, printed; or MGSV_MCP_TOKEN)"),
 ) -> None:
     """Serve the library to AI agents over the Model Context Protocol: index, suggest, render, export as tools.
@@ -48,6 +48,8 @@ def mcp_command(
                                        ("--token", token is not None)) if on]
         if given:
             raise UsageError(f"{', '.join(given)} go with --http (stdio needs no address)")
+    if not 0 <= port <= 65535:  # checked here, not by typer, whose range metavar crowds the help's columns
+        raise UsageError(f"--port {port}: expected 0 to 65535")
     _require_sdk()
     request = SuggestRequest.build(settings(), cli_flag, index=library, checkpoint=checkpoint, untrained=untrained,
                                    encoders=encoders, device=device, offline=offline, weights_dir=weights_dir)
