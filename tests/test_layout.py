@@ -7,11 +7,14 @@
                         folder) | the track stores (peers: storage knows no network)
     retrieval           the search: derived rows, first stage, rerank, moments
     editor | research   (peers: neither imports the other)
-    app       cli, settings, doctor, demo, completion, __main__, serve (the web server and its client)
+    app       api (the public Python API), cli, serve (the web server and its client), mcp (the MCP
+              server), settings, doctor, demo, completion, __main__
 
 A module may import its own sub-package and anything in a lower layer, never a higher
 one; the module graph has no cycle; and each sub-package imports only what its own
-docstring's "May import:" line lists.
+docstring's "May import:" line lists. Within the app layer, ``api`` is what the front ends
+(cli, serve, mcp) call: it imports none of them. The package root re-exports ``api``'s
+names lazily (PEP 562 ``__getattr__``): that one upward import is allowed, only there.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ LAYERS = {
     "app": 6,
 }
 PEERS_THAT_MUST_NOT_MEET = {("editor", "research"), ("research", "editor"), ("models", "index"), ("index", "models")}
-APP_MODULES = {"cli", "settings", "doctor", "demo", "completion", "__main__", "serve"}
+APP_MODULES = {"api", "cli", "settings", "doctor", "demo", "completion", "__main__", "serve", "mcp"}
+FRONT_ENDS = ("cli", "serve", "mcp")
+# What the package root imports, only inside its module ``__getattr__`` (the lazy re-export).
+ROOT_LAZY = {"mgsv_cli.api", "mgsv_cli.errors"}
 BASE_MODULES = {"errors", "paths", "device"}
 
 
@@ -77,9 +83,39 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Every module's imports, less the package root's lazy re-export of the API (its own test
+    checks that one: :func:`test_the_package_root_re_exports_the_api_lazily`)."""
     files = module_files()
     known = set(files)
-    return {module: imports_of(module, path, known) for module, path in files.items()}
+    graph = {module: imports_of(module, path, known) for module, path in files.items()}
+    graph["mgsv_cli"] -= ROOT_LAZY
+    return graph
+
+
+def test_the_package_root_re_exports_the_api_lazily():
+    """``mgsv_cli/__init__.py`` imports nothing at module level, and inside its ``__getattr__`` only
+    the API and the errors; ``import mgsv_cli`` loads neither."""
+    import subprocess
+    import sys
+
+    tree = ast.parse((REPO / "mgsv_cli" / "__init__.py").read_text())
+    top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert top_level == []
+    [getattr_fn] = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"]
+    known = set(module_files())
+    assert imports_of("mgsv_cli", REPO / "mgsv_cli" / "__init__.py", known) == ROOT_LAZY
+    assert {f"{n.module}.{a.name}" for n in ast.walk(getattr_fn) if isinstance(n, ast.ImportFrom)
+            for a in n.names} == ROOT_LAZY
+    code = "import sys, mgsv_cli; print(sorted(m for m in sys.modules if m.startswith('mgsv_cli')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['mgsv_cli']"
+
+
+def test_the_api_imports_no_front_end():
+    """The CLI, ``mgsv serve`` and ``mgsv mcp`` call the API; it calls none of them."""
+    graph = import_graph()
+    assert not [t for t in graph["mgsv_cli.api"] if t.split(".")[1] in FRONT_ENDS]
 
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
@@ -150,7 +186,7 @@ def test_function_level_and_relative_imports_are_read(tmp_path):
     assert imports_of("mgsv_cli.media.m", source, known) == known
 
 
-SUB_PACKAGES = ["media", "features", "index", "retrieval", "editor", "research", "serve", "cli"]
+SUB_PACKAGES = ["media", "features", "index", "retrieval", "editor", "research", "serve", "cli", "mcp"]
 
 
 @pytest.mark.parametrize("package", SUB_PACKAGES)
@@ -217,5 +253,5 @@ def test_models_package_says_what_it_is_for():
 
 
 def test_tests_mirror_the_packages():
-    for package in ("media", "features", "models", "index", "retrieval", "editor", "research", "serve"):
+    for package in ("media", "features", "models", "index", "retrieval", "editor", "research", "serve", "mcp"):
         assert list((REPO / "tests" / package).glob("test_*.py")), f"tests/{package}/ has no tests"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUB_PACKAGES = ("media", "features", "models", "index", "editor", "research")
+SUB_PACKAGES = ("media", "features", "models", "index", "retrieval", "editor", "research", "cli", "serve", "mcp")
 
 
 def _pyproject() -> dict:

@@ -26,7 +26,7 @@ from mgsv_cli.errors import MgsvError
 
 # The commands, in the order `mgsv --help` lists them: importing a module registers its commands.
 # isort: off
-from mgsv_cli.cli.commands import train, evaluate, index, suggest, render, serve, export, doctor  # noqa: F401
+from mgsv_cli.cli.commands import train, evaluate, index, suggest, render, serve, mcp, export, doctor  # noqa: F401
 from mgsv_cli.cli.commands import data, models, config  # noqa: F401
 # isort: on
 

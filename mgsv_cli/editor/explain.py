@@ -1,4 +1,5 @@
-"""Why this track, why here, in one line of text: ``mgsv suggest --explain``.
+"""Why this track, why here, in one line of text: ``mgsv suggest --explain``, and in words for
+agents (:func:`why`, ``mgsv mcp``).
 
 A strip along the whole track (the first 240 s the model sees), one cell per stretch of
 2.5 s windows, each drawn as a block as tall as the matching attention there (the
@@ -31,3 +32,22 @@ def relevance_strip(relevance: Sequence[float], start: float, end: float, width:
     last_cut = min(width - 1, max(first_cut, int((end - 1e-9) / seconds_per_cell)))
     chosen = "".join(cells[first_cut:last_cut + 1])
     return "".join(cells[:first_cut]) + "[" + chosen + "]" + "".join(cells[last_cut + 1:])
+
+
+def why(entry) -> str:
+    """Why this track and this cut, in one sentence of plain numbers (what ``mgsv mcp`` tells an
+    agent beside each suggestion; ``entry``: a ``record.Suggestion``, times in seconds)."""
+    from mgsv_cli.features.recipe import window_bounds
+
+    parts = [f"score {entry.score:.3f} (the model's match of the whole track to the clip, from -2 to 2)"]
+    relevance = list(entry.relevance or [])
+    if relevance and max(relevance) > min(relevance):  # a flat strip says nothing about where
+        low, high = window_bounds(max(range(len(relevance)), key=relevance.__getitem__) * WINDOW_STEP_S)
+        parts.append(f"the part of the track most relevant to the clip is {low:.0f}-{high:.0f} s")
+    parts.append(f"the model's moment is {entry.predicted_start:.1f}-{entry.predicted_end:.1f} s, so the cut is "
+                 f"{entry.start:.1f}-{entry.end:.1f} s (as long as the clip, inside the track)")
+    if entry.snapped_to:
+        parts.append(f"its start was moved onto a {entry.snapped_to}")
+    if not entry.fits:
+        parts.append(f"the track ({entry.track_duration:.1f} s) is shorter than the clip: silence fills the rest")
+    return "; ".join(parts)

@@ -545,19 +545,25 @@ def _sub(parent, tag: str, text: str | None = None):
 
 
 def export_suggestion(video_path: str | os.PathLike, request, *, start: float | None = None,
-                      out: str | os.PathLike | None = None, force: bool | None = None):
-    """Write the suggestion remembered for ``video_path`` as a timeline, as ``request``
+                      out: str | os.PathLike | None = None, force: bool | None = None,
+                      record: SuggestionResult | None = None):
+    """Write a suggestion for ``video_path`` as a timeline, as ``request``
     (``editor.requests.ExportRequest``) asks: its pick, format, frame rate, moved onto the beat
-    when it says so. ``start`` moves the picked cut there first (same length); ``out`` and
-    ``force`` replace the request's (``mgsv serve`` writes an upload's timelines in its own folder).
+    when it says so. ``record``: the suggestion (default: the one remembered for the video).
+    ``start`` moves the picked cut there first (same length); ``out`` and ``force`` replace the
+    request's (``mgsv serve`` writes an upload's timelines in its own folder).
 
-    Returns ``(ExportResult, the record as written, the snapping.Snap or None)``.
+    Returns ``(ExportResult, the record as written, the snapping.Snap or None)``
+    (:meth:`ExportedTimeline.of` makes them one value).
     """
     import dataclasses
 
     from mgsv_cli.editor.snapping import snap_suggestion
 
-    record = load_last_suggestion(video_path)
+    if record is None:
+        record = load_last_suggestion(video_path)
+    else:
+        outputs.check_video_input(video_path)
     if start is not None:
         entry = record.pick(request.pick)
         record = record.with_entry(dataclasses.replace(entry, start=float(start),
@@ -569,3 +575,31 @@ def export_suggestion(video_path: str | os.PathLike, request, *, start: float | 
                               pick=request.pick, frame_rate=request.frame_rate,
                               force=request.force if force is None else force)
     return exported, record, snap_info
+
+
+@dataclass(frozen=True)
+class ExportedTimeline:
+    """A timeline written for a suggestion, as ``mgsv export --json`` prints it (times in seconds)."""
+
+    out: Path  # the file written (absolute)
+    format: str  # fcpxml | fcp7 | edl | otio
+    video: str
+    rank: int  # which suggestion of the record
+    track: str
+    start: float  # the cut in the track, after any snapping
+    end: float
+    snapped_to: str | None = None  # "downbeat" | "beat" when --snap beat moved the start
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, exported: ExportResult, record: SuggestionResult, snap, fmt: str, pick: int) -> "ExportedTimeline":
+        """The value of :func:`export_suggestion`'s ``(ExportResult, record, Snap or None)``."""
+        entry = record.pick(pick)
+        return cls(out=exported.out.absolute(), format=fmt, video=record.video, rank=pick, track=entry.track,
+                   start=entry.start, end=entry.end, snapped_to=snap.snapped_to if snap else None,
+                   warnings=tuple(exported.warnings))
+
+    def to_json(self) -> dict:
+        return {"out": str(self.out), "format": self.format, "video": self.video, "rank": self.rank,
+                "track": self.track, "start": round(self.start, 6), "end": round(self.end, 6),
+                "snapped_to": self.snapped_to, "warnings": list(self.warnings)}

@@ -713,16 +713,18 @@ def _write(plan: _Plan, graph: str, out: Path, tmp: Path, force: bool) -> str:
 
 
 def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None = None,
-                      index_path: str | os.PathLike | None = None) -> tuple[Path, float]:
-    """Track and start of suggestion ``pick`` (1 = best) remembered by ``mgsv suggest`` for ``video``.
+                      index_path: str | os.PathLike | None = None, record=None) -> tuple[Path, float]:
+    """Track and start of suggestion ``pick`` (1 = best) of ``record`` (a ``SuggestionResult``),
+    by default the one ``mgsv suggest`` remembered for ``video``.
 
     ``snap="beat"`` moves the start onto the nearest downbeat/beat (same length, inside the track).
     """
     from mgsv_cli.editor.record import load_last_suggestion, track_gone
     from mgsv_cli.editor.snapping import snap_entry
 
-    hint = f"run `mgsv suggest {video}` first, or give --track and --start"
-    entry = load_last_suggestion(video, hint=hint).pick(pick)
+    if record is None:
+        record = load_last_suggestion(video, hint=f"run `mgsv suggest {video}` first, or give --track and --start")
+    entry = record.pick(pick)
     if not os.path.isfile(entry.track):
         raise track_gone(entry.track, video)
     if snap is not None:
@@ -732,8 +734,9 @@ def remembered_moment(video: str | os.PathLike, pick: int = 1, snap: str | None 
 
 def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.PathLike | None = None,
                    start: float | None = None, snap: str | None = None,
-                   index_path: str | os.PathLike | None = None) -> tuple[Path, float]:
-    """The music to put under ``video``: the given ``track``/``start``, else remembered suggestion ``pick``.
+                   index_path: str | os.PathLike | None = None, record=None) -> tuple[Path, float]:
+    """The music to put under ``video``: the given ``track``/``start``, else suggestion ``pick`` of
+    ``record`` (default: the one remembered for ``video``).
 
     ``snap="beat"`` moves the start onto the nearest downbeat/beat, keeping the cut's length.
     """
@@ -742,13 +745,23 @@ def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.Path
     outputs.check_video_input(video)
     check_snap(snap)
     if track is None:
-        return remembered_moment(video, pick, snap, index_path)
+        return remembered_moment(video, pick, snap, index_path, record=record)
     start = float(start if start is not None else 0.0)
     if snap is None:
         return Path(track), start
     video_seconds = video_stream_seconds(Path(video)) or media.probe(video).duration
     moved = snap_cut(str(track), start, video_seconds, media.probe(track).duration, index_path=index_path)
     return Path(track), moved.start
+
+
+def render_clip(video: str | os.PathLike, request, record=None) -> RenderResult:
+    """One clip as ``request`` (``editor.requests.RenderRequest``) asks: its track and start, else
+    suggestion ``request.pick`` of ``record`` (default: the one remembered for the clip), mixed
+    down by :func:`render`. What ``mgsv render CLIP``, ``mgsv serve``, the Python API and
+    ``mgsv mcp`` all run; raises the render's errors."""
+    moment = resolve_moment(video, request.pick, request.track, request.start, request.snap, request.index,
+                            record=record)
+    return render(video, *moment, **request.mixdown())
 
 
 def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pick: int = 1,
@@ -804,8 +817,7 @@ def render_videos(videos, request) -> Iterator[RenderOutcome]:
     videos come first).
     """
     if outputs.single_clip(videos):
-        moment = resolve_moment(videos[0], request.pick, request.track, request.start, request.snap, request.index)
-        yield RenderOutcome(str(videos[0]), render(videos[0], *moment, **request.mixdown()))
+        yield RenderOutcome(str(videos[0]), render_clip(videos[0], request))
         return
     found, problems = outputs.expand_video_inputs(videos)
     for name, reason in problems:

@@ -5,7 +5,7 @@ and the user's defaults (``defaults``: any object with the settings' attributes,
 ``snap``, ``top_k``...; the settings file is the app's business, so it is passed in), and one
 set of rules says what goes together. Each caller's errors name its own spelling of an
 option (``names``): the CLI's ``--flags`` (:func:`cli_flag`), the server's JSON fields
-(:func:`json_field`).
+(:func:`json_field`), the Python API's keyword arguments (:func:`keyword_arg`).
 
 Every option a user can leave out is None here until :meth:`build` fills it from
 ``defaults``; a request once built is valid, and the library functions take it as it is.
@@ -31,6 +31,11 @@ def cli_flag(field: str) -> str:
 def json_field(field: str) -> str:
     """How the JSON API spells option ``field`` (``fmt`` -> ``"format"``)."""
     return '"' + {"fmt": "format"}.get(field, field) + '"'
+
+
+def keyword_arg(field: str) -> str:
+    """How the Python API (``mgsv_cli.api``) spells option ``field`` (``fmt`` -> ``format``)."""
+    return {"fmt": "format"}.get(field, field)
 
 
 # ---------------------------------------------------------------- one rule per option (the others

@@ -169,6 +169,26 @@ class Suggester:
         result.timings["embed_video"] = t_embed
         return result
 
+    def suggest_clip(self, video_path: str | os.PathLike, top_k: int = 5, snap: str | None = None,
+                     include_short: bool = False, remember: bool = True) -> SuggestionResult:
+        """One clip as every front end asks for it (``mgsv suggest CLIP``, ``mgsv serve``, the
+        Python API, ``mgsv mcp``): the argument checked first ("no such file", "a folder"), a
+        decoder's error on an odd file as a ``MediaError`` naming it, and the result remembered
+        for render and export unless ``remember`` is False."""
+        path = outputs.check_video_input(video_path).resolve()
+        try:
+            result = self.suggest_video(path, top_k, snap=snap, include_short=include_short)
+        except MediaError:
+            # Not a readable video: said in the words of the check the batch path makes before
+            # loading (one probe, on this failure only), whichever front end asked.
+            check_video(path)
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:  # a decoder or tensor error on one odd file
+            raise MediaError(f"{path}: {type(exc).__name__}: {first_line(exc)}") from None
+        if remember:  # render and export need it: a failure to store it fails the clip
+            remember_suggestion(result)
+        return result
+
     def suggest_features(self, frames, frame_mask, duration: float, top_k: int = 5, video: str = "",
                          snap: str | None = None, include_short: bool = False,
                          track_exists: Callable[[str], bool] | None = None) -> SuggestionResult:
@@ -482,13 +502,8 @@ def suggest_videos(videos: Sequence[str | os.PathLike], request, *, status: Stat
     suggester = Suggester.open(status=status, prefetch=found[0], encoders_obj=encoders_obj, **request.open_options())
     with suggester:
         if outputs.single_clip(videos):  # its error (and exit code) is the command's
-            try:
-                result = suggester.suggest_video(found[0], request.top, snap=request.snap,
-                                                 include_short=request.include_short)
-            except (OSError, ValueError, RuntimeError) as exc:  # a decoder error on an odd file, as in a batch
-                raise MediaError(f"{found[0]}: {type(exc).__name__}: {first_line(exc)}") from None
-            if remember:
-                remember_suggestion(result)
+            result = suggester.suggest_clip(found[0], request.top, snap=request.snap,
+                                            include_short=request.include_short, remember=remember)
             yield Outcome(str(found[0]), result)
             return
         for video, batch_result, error in suggest_many(suggester, found, top_k=request.top, remember=remember,

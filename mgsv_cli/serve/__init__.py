@@ -10,6 +10,10 @@ of a cut with ffmpeg; ``app`` is the FastAPI application (token, Host check, JSO
 errors); ``server`` runs it on uvicorn. ``static/`` holds the page (plain HTML/CSS/JS).
 
 An app-layer package, like the CLI; FastAPI and uvicorn only in ``app`` and ``server``.
+Its work goes through the public API (``api``: ``load_suggester``, ``render_clip``,
+``export_suggestion``), as the CLI's does; ``mgsv mcp`` reuses its guards (token, Host
+check, which files may be read) and its uvicorn server.
+
 May import: base modules, ``media``, ``features``, ``models``, ``index``, ``retrieval``,
-``editor`` and ``settings``. Never research or the CLI (the CLI imports ``client``).
+``editor``, ``settings`` and ``api``. Never research or the CLI (the CLI imports ``client``).
 """

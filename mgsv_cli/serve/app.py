@@ -85,6 +85,25 @@ def refusal(status: int, message: str, *, headers: Mapping[str, str] | None = No
                           INTERNAL_EXIT if status >= 500 else USAGE_EXIT, headers=headers, **extra)
 
 
+# ---------------------------------------------------------------- who may ask
+
+
+UNAUTHORIZED = "missing or wrong access token: open the URL `mgsv serve` printed"
+
+
+def token_matches(given: str | None, token: str) -> bool:
+    """Whether a request's token is the run's (compared in constant time)."""
+    if not given:
+        return False
+    return secrets.compare_digest(given.encode(), token.encode())
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (None for any other scheme)."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
 # ---------------------------------------------------------------- which Host headers are ours
 
 
@@ -255,9 +274,8 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     bearer = HTTPBearer(auto_error=False, description="the token printed by `mgsv serve`")
 
     def check(value: str | None) -> None:
-        if not value or not secrets.compare_digest(value.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong access token: open the URL `mgsv serve` printed",
-                                headers={"WWW-Authenticate": "Bearer"})
+        if not token_matches(value, token):
+            raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
     def need_token(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
         check(credentials.credentials if credentials else None)
@@ -459,11 +477,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             return None
         return "/files/outputs/" + files.url_path(real, folders.outputs) + "?download=1"
 
-    def absolute_path(value: str, what: str) -> Path:
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            raise errors.UsageError(f"{what} {value!r}: give an absolute path")
-        return path
+    absolute_path = files.absolute_path
 
     def absolute(value: str | None, what: str) -> Path | None:
         return None if value is None else absolute_path(value, what)
@@ -472,8 +486,9 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
               summary="Put a track under a clip (what `mgsv render` does); a download URL for uploads")
     def render(body: RenderBody) -> dict:
         from mgsv_cli import settings
+        from mgsv_cli.api import RenderRequest, render_clip
         from mgsv_cli.editor import render as rendering
-        from mgsv_cli.editor.requests import RenderRequest, json_field
+        from mgsv_cli.editor.requests import json_field
 
         video = absolute_path(body.video, "video")
         request = RenderRequest.build(settings.load_settings(), json_field, pick=body.pick,
@@ -485,9 +500,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             # The page's renders go to the server's outputs, replaced on re-render, its tracks the index's.
             track = None if request.track is None else Path(engine.track(str(request.track)).path)
             request = dataclasses.replace(request, out=target, force=True, track=track)
-        moment = rendering.resolve_moment(video, request.pick, request.track, request.start, request.snap,
-                                          request.index)
-        result = rendering.render(video, *moment, **request.mixdown())
+        result = render_clip(video, request)
         exact = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
         return {"result": result.to_dict(), "exact": exact, "download_url": download_url(result.out_path)}
 
@@ -495,8 +508,9 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
               summary="Write a timeline of a remembered suggestion (what `mgsv export` does)")
     def export(body: ExportBody):
         from mgsv_cli import settings
+        from mgsv_cli.api import ExportRequest, export_suggestion
         from mgsv_cli.editor import export as writers
-        from mgsv_cli.editor.requests import ExportRequest, json_field
+        from mgsv_cli.editor.requests import json_field
 
         video, out = absolute_path(body.video, "video"), absolute(body.out, "out")
         request = ExportRequest.build(settings.load_settings(), json_field, pick=body.pick, fmt=body.format, out=out,
@@ -507,8 +521,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             target = page_output(video, writers.default_output_path(video, fmt).name)
             if target is not None:
                 out, force = target, True
-        exported, record, snap_info = writers.export_suggestion(video, request, start=body.start, out=out,
-                                                                force=force)
+        exported, record, snap_info = export_suggestion(video, request, start=body.start, out=out, force=force)
         written = exported.out
         entry = record.pick(body.pick)
         url = download_url(written)

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from mgsv_cli import __version__, paths
-from mgsv_cli.editor.record import SuggestionResult, remember_suggestion
-from mgsv_cli.errors import MediaError, MgsvError, first_line
+from mgsv_cli.editor.record import SuggestionResult
+from mgsv_cli.errors import MgsvError
 
 if TYPE_CHECKING:
     from mgsv_cli.editor.suggest import Suggester
@@ -89,12 +89,12 @@ class Engine:
         return self._worker.submit(fn, *args, **kwargs).result()
 
     def _open(self, encoders_obj=None) -> None:
-        from mgsv_cli.editor.suggest import Suggester
+        from mgsv_cli.api import load_suggester
 
         signature = self._current_signature()
-        suggester = Suggester.open(index_path=self.index_path, checkpoint=self.checkpoint, untrained=self.untrained,
+        suggester = load_suggester(self.index_path, checkpoint=self.checkpoint, untrained=self.untrained,
                                    encoders=self.encoders_asked, device=self.device_asked, offline=self.offline,
-                                   weights_dir=self.weights_dir, status=self._status, encoders_obj=encoders_obj)
+                                   weights_dir=self.weights_dir, status=self._status, loaded_encoders=encoders_obj)
         if not isinstance(suggester.encoders, _CachingEncoders):
             suggester.encoders = _CachingEncoders(suggester.encoders, self._features, self._feature_cache_size)
         # A duck-typed wrapper, not a VideoPrefetcher: its __getattr__ passes start and close on.
@@ -218,25 +218,12 @@ class Engine:
         return self._run(self._track, ref)
 
     def _track(self, ref: str | int):
-        from mgsv_cli.serve.files import NotServable
+        from mgsv_cli.serve.files import NotServable, indexed_track
 
-        store = self.suggester.store
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            found = store.tracks([int(ref)]) if self.suggester.tracks.positions_of([int(ref)])[0] >= 0 else []
-            info = found[0] if found else None
-        else:
-            info = store.find(str(ref)) if ref and "\x00" not in str(ref) else None
-            if info is not None and info.path != str(ref):
-                info = None  # only the stored path itself, never another name of it
-        if info is None:
-            raise NotServable("not a track of the index")
-        try:
-            real = Path(info.path).resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise NotServable(f"the track {info.path} is gone") from None
-        if str(real) != info.path or not real.is_file():
-            raise NotServable("not a track of the index")
-        return info
+        if (isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit())) and \
+                self.suggester.tracks.positions_of([int(ref)])[0] < 0:
+            raise NotServable("not a track of the index")  # not among the tracks loaded
+        return indexed_track(self.suggester.store, ref)
 
     def tracks_json(self, wanted_paths: list[str] | None = None, beats: bool = False, offset: int = 0,
                     limit: int | None = None) -> dict[str, Any]:
@@ -289,18 +276,8 @@ class Engine:
                 raise OptionsDiffer(reason)
         else:
             self._refresh()
-        from mgsv_cli.editor.suggest import check_video
-
-        path = Path(video).expanduser().resolve()
-        check_video(path)  # an unreadable clip is refused as `mgsv suggest` refuses it, before decoding
-        options = {"include_short": True} if include_short else {}
-        try:
-            result = self.suggester.suggest_video(path, top_k, snap=snap, **options)
-        except (OSError, ValueError, RuntimeError) as exc:  # a decoder error on an odd file, as `mgsv suggest` says it
-            raise MediaError(f"{path}: {type(exc).__name__}: {first_line(exc)}") from None
-        if remember:
-            remember_suggestion(result)
-        return result
+        return self.suggester.suggest_clip(Path(video).expanduser(), top_k, snap=snap, include_short=include_short,
+                                           remember=remember)
 
 
 class _Cached:

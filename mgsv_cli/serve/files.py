@@ -105,8 +105,30 @@ def inside(root: Path, name: str) -> Path:
     return target
 
 
+def absolute_path(value: str | os.PathLike, what: str) -> Path:
+    """A path a request names (``~`` expanded), which must be absolute: a relative one would be
+    read against the server's working folder, not the client's."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        from mgsv_cli.errors import UsageError
+
+        raise UsageError(f"{what} {str(value)!r}: give an absolute path")
+    return path
+
+
 def contained(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
-    """An absolute ``path`` (as the API returns them) that really lies inside one of ``roots``."""
+    """An absolute ``path`` (as the API returns them) of a regular file that really lies inside
+    one of ``roots``."""
+    real = within(path, roots, strict=True)
+    if not real.is_file():
+        raise NotServable("not a file this server hands out")
+    return real
+
+
+def within(path: str | os.PathLike, roots: Iterable[Path], *, strict: bool = False) -> Path:
+    """The real location of an absolute ``path`` (every symlink on the way followed), when it
+    lies inside one of ``roots``' real locations; NotServable otherwise. ``strict``: it must
+    exist; else it may be a file still to write (an output), whose existing part is resolved."""
     text = str(path)
     if not text or "\x00" in text:
         raise NotServable("not a file this server hands out")
@@ -114,14 +136,42 @@ def contained(path: str | os.PathLike, roots: Iterable[Path]) -> Path:
     if not candidate.is_absolute():
         raise NotServable("not a file this server hands out")
     try:
-        real = candidate.resolve(strict=True)
+        real = candidate.resolve(strict=strict)
     except (OSError, RuntimeError):
         raise NotServable("no such file") from None
     for root in roots:
-        real_root = root.resolve()
-        if real.is_relative_to(real_root) and real.is_file():
+        try:
+            real_root = Path(root).resolve()
+        except (OSError, RuntimeError):
+            continue
+        if real.is_relative_to(real_root):
             return real
     raise NotServable("not a file this server hands out")
+
+
+def indexed_track(store, ref: str | int):
+    """The track of ``store`` (a ``TrackStore``) that ``ref`` names, an id or its stored path, whose
+    file really is that stored path: never another name of it, nor a symlink (or a folder on the
+    way) leading elsewhere. NotServable for anything else, and for a track whose file is gone."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        try:
+            found = store.tracks([int(ref)])
+        except MgsvError:  # an id the store does not hold
+            found = []
+        info = found[0] if found else None
+    else:
+        info = store.find(str(ref)) if ref and "\x00" not in str(ref) else None
+        if info is not None and info.path != str(ref):
+            info = None  # only the stored path itself, never another name of it
+    if info is None:
+        raise NotServable("not a track of the index")
+    try:
+        real = Path(info.path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise NotServable(f"the track {info.path} is gone") from None
+    if str(real) != info.path or not real.is_file():
+        raise NotServable("not a track of the index")
+    return info
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -219,4 +269,5 @@ class UploadWriter:
 
 
 __all__ = ["Folders", "NotServable", "UploadTooLarge", "UnsupportedUpload", "UploadWriter", "inside", "contained",
-           "relative_name", "url_path", "safe_stem", "content_disposition", "upload_extension"]
+           "within", "indexed_track", "absolute_path", "relative_name", "url_path", "safe_stem", "content_disposition",
+           "upload_extension"]

@@ -71,7 +71,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server_class():
+def uvicorn_server_class():
     import uvicorn
     from uvicorn.server import HANDLED_SIGNALS
 
@@ -151,7 +151,7 @@ def run_server(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, index_path
 
             config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                     timeout_graceful_shutdown=5, server_header=False)
-            _uvicorn_server_class()(config, started).run(sockets=[sock])
+            uvicorn_server_class()(config, started).run(sockets=[sock])
         finally:
             state.remove_state(token)
             engine.close()

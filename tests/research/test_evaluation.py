@@ -211,7 +211,7 @@ def test_cli_bad_root_is_one_line_without_traceback(tmp_path):
     (["--split", "val", "--baseline", "median"], 2, "only baseline is 'prior'"),
     (["--split", "dev", "--baseline", "prior"], 2, "expected val or test"),
     (["--split", "val"], 6, "no trained checkpoint found"),
-    (["--split", "val", "--baseline", "prior", "--plots", "p"], 2, "--baseline prior has none"),
+    (["--split", "val", "--baseline", "prior", "--plots", "p"], 2, "the prior baseline has none"),
 ])
 def test_cli_usage_errors(dataset, capsys, args, code, message):
     got, _, err = _run_cli(["eval", "--data", dataset.root, *args], capsys)

@@ -1,4 +1,4 @@
-"""``mgsv eval``: the benchmark protocol on an MGSV-EC split (``research.evaluation``)."""
+"""``mgsv eval``: the benchmark protocol on an MGSV-EC split (``api.evaluate``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,29 +30,12 @@ def eval_command(
     """Benchmark a trained model (or a baseline) on an MGSV-EC split: mIoU, R@k, MoR@k."""
     import json
 
-    from mgsv_cli.errors import UsageError
+    from mgsv_cli.api import evaluate
     from mgsv_cli.research.evaluation import RESULT_KEYS
-    from mgsv_cli.settings import default
 
-    device = default("device", device)
-    if split not in ("train", "val", "test"):
-        raise UsageError(f"--split {split!r}: expected val or test")
-    if baseline is not None:
-        if baseline != "prior":
-            raise UsageError(f"--baseline {baseline!r}: the only baseline is 'prior'")
-        if checkpoint is not None:
-            raise UsageError("--baseline prior uses no checkpoint; drop --checkpoint")
-        if plots is not None:
-            raise UsageError("--plots draws a model's rankings and moments; --baseline prior has none")
-        from mgsv_cli.research.evaluation import evaluate_prior
-
-        result = evaluate_prior(data, split)
-    else:
-        from mgsv_cli.research.evaluation import evaluate
-
-        with stage_progress(enabled=not as_json) as progress:
-            result = evaluate(data, split, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                              progress=progress, plots=plots)
+    with stage_progress(enabled=not as_json and baseline is None) as progress:
+        result = evaluate(data, split, checkpoint=checkpoint, baseline=baseline, device=device, batch_size=batch_size,
+                          progress=progress, plots=plots)
     if as_json:
         typer.echo(json.dumps({key: result.get(key) for key in RESULT_KEYS}))
     else:

@@ -1,4 +1,4 @@
-"""``mgsv export``: a remembered suggestion as a timeline for editing software (``editor.export``)."""
+"""``mgsv export``: a remembered suggestion as a timeline for editing software (``api.export_suggestion``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +27,8 @@ def export_command(
     no_server: NoServer = False,
 ) -> None:
     """Write the suggested music cut as a timeline for your editing software (video on V1, music on A1)."""
-    from mgsv_cli.editor.export import export_suggestion
-    from mgsv_cli.editor.requests import ExportRequest, cli_flag
+    from mgsv_cli.api import ExportRequest, export_suggestion
+    from mgsv_cli.editor.requests import cli_flag
 
     request = ExportRequest.build(settings(), cli_flag, pick=pick, fmt=fmt, out=out, frame_rate=frame_rate, snap=snap,
                                   index=index, force=force)  # before anything is read or snapped
@@ -50,14 +50,12 @@ def _print_export(exported, record, snap_info, *, fmt: str, pick: int, as_json: 
 
     from rich.markup import escape
 
+    from mgsv_cli.api import ExportedTimeline
+
     written = exported.out
     entry = record.pick(pick)
     if as_json:
-        typer.echo(json.dumps({
-            "ok": True, "out": str(written.absolute()), "format": fmt, "video": record.video, "rank": pick,
-            "track": entry.track, "start": round(entry.start, 6), "end": round(entry.end, 6),
-            "snapped_to": snap_info.snapped_to if snap_info else None, "warnings": exported.warnings,
-        }))
+        typer.echo(json.dumps({"ok": True, **ExportedTimeline.of(exported, record, snap_info, fmt, pick).to_json()}))
         return
     console.print(f"[green]✓[/] {escape(str(written))} ({fmt}): ♪ {escape(Path(entry.track).name)} "
                   f"{entry.start:.2f}–{entry.end:.2f} s", highlight=False)

@@ -1,4 +1,4 @@
-"""``mgsv index``: a music folder into a track store (``index.pipeline``), and ``--failed``."""
+"""``mgsv index``: a music folder into a track store (``api.run_index``), and ``--failed``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,15 +41,15 @@ def index_command(
     """
     import shlex
 
+    from mgsv_cli.api import IndexRequest, run_index
     from mgsv_cli.editor.requests import cli_flag
     from mgsv_cli.errors import UsageError
-    from mgsv_cli.index.pipeline import IndexRequest, run_index
 
     if failed:
         clashing = [flag for flag, on in (("--force", force), ("--prune", prune), ("--retry-failed", retry_failed)) if on]
         if clashing:
             raise UsageError(f"--failed only lists; it does not go with {', '.join(clashing)}")
-        _print_failed_files(store or index or settings().index, music_dir, as_json)
+        _print_failed_files(store or index, music_dir, as_json)
         return
     if as_json:
         raise UsageError("--json goes with --failed (`mgsv index --failed --json`)")
@@ -96,15 +96,17 @@ def _print_failures_at_end(failed, what: str = "could not be indexed (skipped; t
         console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
-def _print_failed_files(index, music_dir: Optional[str], as_json: bool) -> None:
-    """`mgsv index --failed`: the remembered failures, one per line (or one JSON object)."""
+def _print_failed_files(index: Optional[str], music_dir: Optional[str], as_json: bool) -> None:
+    """`mgsv index --failed`: the remembered failures of ``index`` (None: the settings'), one per
+    line (or one JSON object)."""
     import json
 
     from rich.markup import escape
 
-    from mgsv_cli.index.pipeline import failed_files
+    from mgsv_cli.api import open_library
 
-    path, found = failed_files(index, under=music_dir)
+    library = open_library(index)
+    path, found = library.uri, library.failed(under=music_dir)
     if as_json:
         typer.echo(json.dumps({"index": str(path), "failed": [f.to_dict() for f in found]}))
         return

@@ -1,4 +1,4 @@
-"""``mgsv render``: the music mixed under clips (``editor.render``)."""
+"""``mgsv render``: the music mixed under clips (``api.render_videos``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +32,9 @@ def render_command(
 
     Defaults for --mix, --fade-in, --fade-out, --loudness and --snap come from `mgsv config` when set there.
     """
-    from mgsv_cli.editor import render as rendering
+    from mgsv_cli.api import RenderRequest, render_videos
     from mgsv_cli.editor.outputs import single_clip
-    from mgsv_cli.editor.requests import RenderRequest, cli_flag
+    from mgsv_cli.editor.requests import cli_flag
 
     request = RenderRequest.build(settings(), cli_flag, pick=pick, track=track, start=start, out=out, mix=mix,
                                   fade_in=fade_in, fade_out=fade_out, loudness=loudness, snap=snap, index=index,
@@ -50,7 +50,7 @@ def render_command(
             _print_render(served, as_json)  # a running `mgsv serve` did it
             return
     n_done = n_failed = 0
-    for outcome in rendering.render_videos(videos, request):
+    for outcome in render_videos(videos, request):
         if single:  # one clip: its error (and exit code) is raised, never here
             _print_render(outcome.result, as_json)
             return

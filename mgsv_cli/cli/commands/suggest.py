@@ -1,4 +1,4 @@
-"""``mgsv suggest``: ranked tracks and the moment to cut for clips (``editor.suggest``), and the table."""
+"""``mgsv suggest``: ranked tracks and the moment to cut for clips (``api.suggest_videos``), and the table."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,9 +40,9 @@ def suggest_command(
     """
     from rich.markup import escape
 
+    from mgsv_cli.api import SuggestRequest, suggest_videos
     from mgsv_cli.editor.outputs import single_clip
-    from mgsv_cli.editor.requests import SuggestRequest, cli_flag
-    from mgsv_cli.editor.suggest import suggest_videos
+    from mgsv_cli.editor.requests import cli_flag
     from mgsv_cli.errors import first_line
     from mgsv_cli.serve import client as serve_client
 

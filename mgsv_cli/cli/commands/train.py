@@ -1,4 +1,4 @@
-"""``mgsv train``: MaDe or ReAL on MGSV-EC-layout features (``research.train``)."""
+"""``mgsv train``: MaDe or ReAL on MGSV-EC-layout features (``api.train``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,22 +30,15 @@ def train_command(
 
     On a CUDA GPU the features are kept on the GPU, the network runs in bf16 and Adam is fused.
     """
-    from mgsv_cli.models.variants import load_config, replace_train
-    from mgsv_cli.research.train import train
-    from mgsv_cli.settings import default
+    from mgsv_cli.api import train
 
-    device = default("device", device)
-    chosen = load_config(config or "made")
-    variant = replace_train(chosen, epochs=epochs, batch_size=batch_size, lr=lr, precision=precision, seed=seed)
-    asked = dict(epochs=epochs, batch_size=batch_size, lr=lr, precision=precision, seed=seed,
-                 model=chosen.model if config is not None else None)
     reporter = _TrainProgress()
     try:
         with reporter:
             # reporter: a Reporter by duck typing (research.runs is not imported when the CLI starts)
-            result = train(data, variant, out_dir=out, device=device, resume=resume,
-                           reporter=reporter,  # type: ignore[arg-type]
-                           asked=asked, compile=compile_model, stage=stage)
+            result = train(data, config=config, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                           precision=precision, seed=seed, device=device, resume=resume, compile=compile_model,
+                           stage=stage, reporter=reporter)  # type: ignore[arg-type]
     except KeyboardInterrupt:
         if reporter.stopped is None:
             raise
