@@ -616,9 +616,12 @@ def make_media_dataset(root: str | os.PathLike, n_tracks: int = DEFAULT_MEDIA_TR
     also told about writing the media. Raises UsageError for bad sizes or a ROOT whose ``media``
     folder is not empty (nothing is written then).
     """
+    from mgsv_cli.features.recipe import ENCODER_IDS
     from mgsv_cli.research.build import BuildProgress, build_dataset
 
     counts = {**DEFAULT_CLIPS, **(clips or {})}
+    if build and isinstance(encoders, str) and encoders not in ENCODER_IDS:  # before any file is written
+        raise UsageError(f"--encoders {encoders!r}: expected {' or '.join(ENCODER_IDS)}")
     if not 2 <= int(n_tracks) <= 500:
         raise UsageError(f"--tracks {n_tracks}: expected 2 to 500 for --media")
     if counts["train"] < 1 or counts["val"] < 1 or counts["test"] < 0:

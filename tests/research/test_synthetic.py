@@ -299,6 +299,9 @@ def test_planted_media_pair_each_clip_with_one_unique_section(tmp_path):
     assert read_planted(info.root)["clips"][0]["music_start"] == info.clips[0].music_start
     with pytest.raises(UsageError):
         make_media_dataset(tmp_path / "planted", n_tracks=3, build=False)  # media/ exists: never overwritten
+    with pytest.raises(UsageError, match="--encoders 'clip'"):
+        make_media_dataset(tmp_path / "other", n_tracks=3, encoders="clip")
+    assert not (tmp_path / "other").exists()  # refused before anything is written
 # ------------------------------------------------------------------ regimes (bench_quality, issue 24)
 
 
