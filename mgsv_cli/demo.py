@@ -45,7 +45,8 @@ BATCH_SIZE = 16
 # files makes a new cache key (so an edited generator or recipe never meets an old model).
 CACHE_SOURCES = (
     "media/synth.py", "research/synthetic.py", "research/build.py", "research/dataset.py", "research/train.py",
-    "features/encoders.py", "features/recipe.py", "models/made.py", "models/losses.py", f"models/{CONFIG}.toml",
+    "research/runs.py", "features/encoders.py", "features/recipe.py", "models/made.py", "models/losses.py",
+    "models/variants.py", "models/checkpoint.py", f"models/{CONFIG}.toml",
 )
 
 EXPLANATION = (
