@@ -10,7 +10,7 @@ one; ``train`` is MaDe's training loop and ``train_real`` ReAL's two-stage one, 
 (TensorBoard event files, PNGs).
 
 May import: base modules, ``media``, ``features``, ``models``, ``retrieval``, and the index's
-embedding paths ``index.plan``, ``index.ray_engine`` and ``index.records`` (``build`` embeds music
-with the code ``mgsv index`` runs, on either engine, and videos with the code ``mgsv suggest``
-runs). Never the track stores, the editor or the app.
+Ray path ``index.ray_engine`` (``build`` embeds music with the code ``mgsv index`` runs, on
+either engine, and videos with the code ``mgsv suggest`` runs). Never the track stores, the
+editor or the app.
 """
