@@ -51,7 +51,7 @@ def data_build_command(
     many videos use it. Safe to interrupt and re-run: only what is missing is embedded. Files that cannot be
     read are listed and their rows left out (exit code 1).
     """
-    from mgsv_cli.cli.commands.index import _interruptible
+    from mgsv_cli.cli.output import interruptible
     from mgsv_cli.editor.requests import cli_flag
     from mgsv_cli.research.build import BuildRequest, run_build
 
@@ -59,14 +59,14 @@ def data_build_command(
                                  offline=offline, weights_dir=weights_dir, batch_windows=batch_windows,
                                  split_by=split_by, val_fraction=val_fraction, test_fraction=test_fraction,
                                  seed=seed, tolerance=tolerance, engine=engine, ray_address=ray_address)
-    report = _interruptible(lambda progress: run_build(request, progress), "dataset")
+    report = interruptible(lambda progress: run_build(request, progress), "dataset")
     _print_build_summary(report)
 
 
 def _print_build_summary(report) -> None:
     from rich.markup import escape
 
-    from mgsv_cli.cli.commands.index import _print_failures_at_end
+    from mgsv_cli.cli.output import print_failures_at_end
 
     sizes = ", ".join(f"{split} {n}" for split, n in report.rows.items())
     style = "bold red" if report.failed else "bold green"
@@ -75,7 +75,7 @@ def _print_build_summary(report) -> None:
                   f"videos ({report.embedded_videos} embedded now, {report.reused_videos} already there); features of "
                   f"{escape(report.encoders.describe())}", highlight=False, soft_wrap=True)
     if report.failed:
-        _print_failures_at_end(report.failed, "could not be read (their rows are left out; tried again on the next run)")
+        print_failures_at_end(report.failed, "could not be read (their rows are left out; tried again on the next run)")
         console.print(f"{report.skipped_rows} row(s) left out", style="yellow")
     console.print(f"next: mgsv train --data {escape(str(report.root))}" + (" --config tiny" if report.encoders.kind == "tiny" else ""),
                   highlight=False, soft_wrap=True)
@@ -106,9 +106,9 @@ def data_synth_command(
     from mgsv_cli.research.synthetic import make_dataset, make_media_dataset
 
     if media:
-        from mgsv_cli.cli.commands.index import _interruptible
+        from mgsv_cli.cli.output import interruptible
 
-        info = _interruptible(lambda progress: make_media_dataset(
+        info = interruptible(lambda progress: make_media_dataset(
             root, n_tracks=tracks or 12, seed=seed, clips={"train": clips}, encoders=encoders,
             device=device or "auto", progress=progress), "dataset")
         console.print(f"[green]✓[/] wrote {len(info.tracks)} planted tracks and {len(info.clips)} clips to "

@@ -8,7 +8,7 @@ import typer
 
 from mgsv_cli.cli.app import app
 from mgsv_cli.cli.options import ENCODERS_HELP, INDEX_HELP, Device, Offline, WeightsDir
-from mgsv_cli.cli.output import console, err_console, settings
+from mgsv_cli.cli.output import console, interruptible, print_failures_at_end, settings
 
 
 @app.command("index", epilog="Example: mgsv index ~/Music   (again later: only new or changed files are embedded; mgsv index --failed lists the files it could not take)")
@@ -58,42 +58,17 @@ def index_command(
                                  offline=offline, weights_dir=weights_dir, batch_windows=batch_windows,
                                  detect_beats=beats, prune=prune, force=force, retry_failed=retry_failed, keys=keys,
                                  ray_address=ray_address)
-    report = _interruptible(lambda progress: run_index(request, progress), "store" if store else "index")
+    report = interruptible(lambda progress: run_index(request, progress), "store" if store else "index")
     target = f"--store {shlex.quote(store)}" if store else f"--index {shlex.quote(index)}" if index else ""
     _print_index_summary(report, request.encoders, target)
     if report.failed:
         if request.engine == "ray":  # a Ray run's lines scroll past its bars: said once more at the end
-            _print_failures_at_end(report.failed)
+            print_failures_at_end(report.failed)
         raise typer.Exit(1)
 
 
 def _path_or_uri(value: str) -> str:
     return value if "://" in value else str(Path(value).expanduser())
-
-
-def _interruptible(run, where: str):
-    """``run(progress)`` under the index progress bars; Ctrl-C keeps what was written and says how to resume."""
-    progress = _IndexBars()
-    try:
-        with progress:
-            return run(progress)
-    except KeyboardInterrupt:
-        report = progress.interrupted_report
-        saved = f"; {report.n_tracks} track(s) in the {where}" if report is not None else ""
-        err_console.print(f"[yellow]interrupted[/]{saved}: run the same command again to resume", highlight=False,
-                          soft_wrap=True)
-        raise typer.Exit(130)
-
-
-def _print_failures_at_end(failed, what: str = "could not be indexed (skipped; tried again on the next run)") -> None:
-    """The files a run skipped, listed once more after the summary (a Ray run's lines scroll past its
-    bars); ``what`` says what became of them."""
-    from rich.markup import escape
-
-    console.print(f"{len(failed)} file(s) {what}:", highlight=False, soft_wrap=True)
-    for path, reason in failed:
-        line = reason if path in reason else f"{path}: {reason}"  # as _IndexBars.failed shows it
-        console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _print_failed_files(index: Optional[str], music_dir: Optional[str], as_json: bool) -> None:
@@ -117,70 +92,9 @@ def _print_failed_files(index: Optional[str], music_dir: Optional[str], as_json:
     console.print(f"{len(found)} file(s){escape(where)} could not be indexed into {escape(str(path))} "
                   "(skipped while unchanged; `--retry-failed` tries them again):", highlight=False, soft_wrap=True)
     for f in found:
-        line = f.reason if f.path in f.reason else f"{f.path}: {f.reason}"  # as _IndexBars.failed shows it
+        line = f.reason if f.path in f.reason else f"{f.path}: {f.reason}"  # as IndexBars.failed shows it
         gone = "" if f.exists else " [dim](gone: `--prune` forgets it)[/]"
         console.print(f"  {escape(line)}{gone}", highlight=False, soft_wrap=True)
-
-
-class _IndexBars:
-    """Rich progress bars (stderr) for ``index_music``'s stages; failures printed above them."""
-
-    LABELS = {"checking": "checking files", "probing": "reading tags", "embedding": "embedding audio",
-              "beats": "finding beats", "indexing": "indexing on Ray (files)"}
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            SpinnerColumn,
-            TaskID,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                             TimeRemainingColumn(), TextColumn("[dim]{task.fields[detail]}"), console=err_console,
-                             transient=True,
-                             # Bars only on a terminal: in a log they leave a stray blank line before
-                             # the one-line error (failures are still printed, above the bars).
-                             disable=not err_console.is_terminal)
-        self.tasks: dict[str, TaskID] = {}
-        self.note_task: Optional[TaskID] = None
-        self.interrupted_report = None  # what an interrupted run kept
-
-    def __enter__(self) -> "_IndexBars":
-        self.bars.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bars.__exit__(*exc)
-
-    def stage(self, name: str, total: float) -> None:
-        self._clear_note()
-        self.tasks[name] = self.bars.add_task(self.LABELS.get(name, name), total=total, detail="")
-
-    def advance(self, name: str, amount: float = 1.0, detail: str = "") -> None:
-        if name in self.tasks:
-            self.bars.update(self.tasks[name], advance=amount, detail=Path(detail).name if detail else "")
-
-    def failed(self, path: str, reason: str) -> None:
-        from rich.markup import escape
-
-        message = reason if path in reason else f"{path}: {reason}"  # most reasons name the file already
-        self.bars.console.print(f"[red]✗[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-    def note(self, message: str) -> None:
-        self._clear_note()
-        self.note_task = self.bars.add_task(message, total=None, detail="")
-
-    def interrupted(self, report) -> None:
-        self.interrupted_report = report
-
-    def _clear_note(self) -> None:
-        if self.note_task is not None:
-            self.bars.remove_task(self.note_task)
-            self.note_task = None
 
 
 def _print_index_summary(report, encoders: str, target_flag: str = "") -> None:
