@@ -262,6 +262,8 @@ def _stage_progress(enabled: bool):
 
 ENCODER_KINDS = ("pretrained", "tiny")
 ENCODERS_HELP = "pretrained (CLIP ViT-B/32 + AST, what MaDe was trained on) | tiny (small random networks: tests, demos)"
+FIT_HELP = ("cut (the moment, faded out) | ending (the moment, then the track's own ending on the last frame, "
+            "joined on bars) | loop (bars repeat to fill a clip longer than the track)")
 INDEX_HELP = "music index database (default: index.sqlite in mgsv's data folder; MGSV_HOME moves it)"
 
 
@@ -543,6 +545,7 @@ def suggest_command(
     top: Optional[int] = typer.Option(None, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these); default 5"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start each cut on the nearest downbeat/beat (beats found at index time)"),
     include_short: bool = typer.Option(False, "--include-short", help="rank tracks shorter than the clip too (marked; render fills the rest with silence)"),
+    fit: Optional[str] = typer.Option(None, "--fit", help=FIT_HELP),
     explain: bool = typer.Option(False, "--explain", help="draw each track's relevance per 2.5 s window, with the cut in \\[brackets]"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout (\"ok\": false for a video that failed)"),
     untrained: bool = typer.Option(False, "--untrained", help="random MaDe weights instead of a checkpoint (demo; results are meaningless)"),
@@ -559,10 +562,11 @@ def suggest_command(
     A library of up to 1,000 tracks is scored whole; a larger one, or a Lance store, is searched in
     two stages: the pooled track vectors pick --rerank candidates, which the full model rescores.
 
-    Defaults for --index, --top, --snap, --device, --weights-dir and --offline come from `mgsv config` when set there.
+    Defaults for --index, --top, --snap, --fit, --device, --weights-dir and --offline come from `mgsv config` when set there.
     """
     from rich.markup import escape
 
+    from mgsv_cli.editor.editlist import check_fit
     from mgsv_cli.errors import MediaError, UsageError, first_line
     from mgsv_cli.settings import default
     from mgsv_cli.editor.outputs import expand_video_inputs, is_folder
@@ -576,6 +580,8 @@ def suggest_command(
     snap = None if snap == "off" else snap
     if snap not in (None, "beat"):
         raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
+    fit = default("fit", fit)
+    check_fit(fit)
     _check_encoders(encoders)
     from mgsv_cli.index.search import first_stage_kinds
 
@@ -599,7 +605,7 @@ def suggest_command(
     for name, reason in problems:
         err_console.print(f"[red]✗[/] {escape(name)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if not no_server and len(videos) == 1 and not is_folder(videos[0]) and (served := serve_client.try_suggest(
-            found[0], top=top, snap=snap, include_short=include_short, index=index, checkpoint=checkpoint,
+            found[0], top=top, snap=snap, include_short=include_short, fit=fit, index=index, checkpoint=checkpoint,
             untrained=untrained, encoders=encoders, device=device, weights_dir=weights_dir,
             failed=lambda exc: _print_suggest_failure(str(found[0]), first_line(exc), as_json))) is not None:
         _print_suggestions(served, as_json, explain)  # a running `mgsv serve` did it, with the same options
@@ -613,7 +619,7 @@ def suggest_command(
         with suggester:  # one clip: its error (and exit code) is the command's
             try:
                 try:
-                    result = suggester.suggest_video(found[0], top, snap=snap, include_short=include_short)
+                    result = suggester.suggest_video(found[0], top, snap=snap, include_short=include_short, fit=fit)
                 except (OSError, ValueError, RuntimeError) as exc:  # a decoder error on an odd file, as in a batch
                     raise MediaError(f"{found[0]}: {type(exc).__name__}: {first_line(exc)}") from None
                 remember_suggestion(result)
@@ -624,7 +630,8 @@ def suggest_command(
         return
     n_done, n_failed = 0, len(problems)
     with suggester:
-        for video, result, error in suggest_many(suggester, found, top_k=top, snap=snap, include_short=include_short):
+        for video, result, error in suggest_many(suggester, found, top_k=top, snap=snap, include_short=include_short,
+                                                 fit=fit):
             if error is not None:
                 n_failed += 1
                 _print_suggest_failure(str(video), error, as_json)
@@ -683,7 +690,8 @@ def _suggestion_rows(result) -> list[dict[str, str]]:
         cut = f"{_mmss(s.start)}–{_mmss(s.end)}" + ("" if s.fits else " short")
         rows.append({"#": str(s.rank), "track": s.name, "score": f"{s.score:.3f}", "cut": cut,
                      "start s": f"{s.start:.2f}", "file": Path(s.track).name,
-                     "predicted": f"{_mmss(s.predicted_start)}–{_mmss(s.predicted_end)}"})
+                     "predicted": f"{_mmss(s.predicted_start)}–{_mmss(s.predicted_end)}",
+                     "fit": s.edit.summary() if s.edit is not None else ""})
     return rows
 
 
@@ -699,6 +707,8 @@ def _print_suggestions(result, as_json: bool, explain: bool = False) -> None:
         return
     rows = _suggestion_rows(result)
     fixed = ["#", "score", "cut", "start s"]
+    if any(r["fit"] for r in rows):  # --fit ending/loop: what was made, or why it fell back
+        fixed.append("fit")
     optional = ["predicted", "file"]  # added while the name keeps its room
     if not any(r["file"] != r["track"] for r in rows):
         optional.remove("file")  # untagged tracks: the name is the file's
@@ -721,7 +731,7 @@ def _print_suggestions(result, as_json: bool, explain: bool = False) -> None:
             shown.append(column)
     name_width = max(5, min(longest, room_for_name(shown)))
     table = Table(title=f"{escape(Path(result.video).name)} ({result.duration:.1f} s)", title_justify="left")
-    order = ["#", "track", "score", "cut", "start s", "predicted", "file"]
+    order = ["#", "track", "score", "cut", "start s", "fit", "predicted", "file"]
     columns = [c for c in order if c == "track" or c in shown]
     for column in columns:
         table.add_column(column, justify="right" if column in ("#", "score", "start s") else "left", no_wrap=True,
@@ -761,6 +771,7 @@ def render_command(
     fade_out: Optional[float] = typer.Option(None, "--fade-out", help="seconds of fade-out, ending with the video (default 1.0)"),
     loudness: Optional[float] = typer.Option(None, "--loudness", help="target integrated loudness, LUFS, EBU R128 (default -16)"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start the music on the nearest downbeat/beat"),
+    fit: Optional[str] = typer.Option(None, "--fit", help=FIT_HELP + " (default: as suggested)"),
     index: Optional[Path] = typer.Option(None, "--index", help="music index holding the tracks' beats (for --snap)"),
     force: bool = typer.Option(False, "--force", help="overwrite existing outputs (never the inputs)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout"),
@@ -787,18 +798,23 @@ def render_command(
         raise UsageError(f"--pick {pick}: ranks start at 1")
     if mix not in rendering.MIX_MODES:
         raise UsageError(f"--mix {mix!r}: expected one of {', '.join(rendering.MIX_MODES)}")
+    from mgsv_cli.editor.editlist import check_fit
+
+    check_fit(fit)
+    if fit is None and track is not None:  # no suggestion to follow: the settings' fit
+        fit = default("fit")
     options = dict(mix=mix, fade_in=fade_in, fade_out=fade_out, loudness=loudness, force=force)
     single = len(videos) == 1 and not is_folder(videos[0])
     if single and not no_server:
         from mgsv_cli.serve import client as serve_client
 
         if (served := serve_client.try_render(videos[0], pick=pick, track=track, start=start, out=out, snap=snap,
-                                              index=index, **options)) is not None:
+                                              index=index, fit=fit, **options)) is not None:
             _print_render(served, as_json)  # a running `mgsv serve` did it
             return
     if single:
-        moment = rendering.resolve_moment(videos[0], pick or 1, track, start, snap, index)
-        result = rendering.render(videos[0], *moment, out=out, **options)
+        music, begin, edit = rendering.resolve_music(videos[0], pick or 1, track, start, snap, index, fit)
+        result = rendering.render(videos[0], music, begin, out=out, edit=edit, **options)
         _print_render(result, as_json)
         return
     found, problems = expand_video_inputs(videos)
@@ -807,7 +823,7 @@ def render_command(
         n_failed += 1
         _print_render_failure(name, reason, UsageError.exit_code, as_json)
     for video, result, error in rendering.render_many(found, out=out, pick=pick or 1, track=track, start=start,
-                                                     snap=snap, index_path=index, **options):
+                                                     snap=snap, index_path=index, fit=fit, **options):
         if error is None:
             n_done += 1
             _print_render(result, as_json)
@@ -834,6 +850,11 @@ def _print_render(result, as_json: bool) -> None:
         f"♪ {escape(result.track.name)} {result.start:.2f}–{result.end:.2f} s, {result.mix}, {loud}",
         highlight=False,
     )
+    if result.edit is not None:
+        joins = result.edit["joins"]
+        console.print(f"  ♪ {result.edit['mode']}: " + ", ".join(
+            f"join at {j['at']:.2f} s ({j['out']:.2f} → {j['into']:.2f} s in the track)" for j in joins)
+            + ("; " if joins else "") + "the track's ending finishes the clip", highlight=False)
     for warning in result.warnings:
         console.print(f"  [yellow]![/] {escape(warning)}", highlight=False)
 
@@ -920,6 +941,7 @@ def export_command(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="timeline file to write, or a folder (made if missing) to write it in (default <video>.mgsv.<ext> beside the video)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output file"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start the music on the nearest downbeat/beat | off (default: settings)"),
+    fit: Optional[str] = typer.Option(None, "--fit", help=FIT_HELP + " (default: as suggested)"),
     frame_rate: Optional[float] = typer.Option(None, "--frame-rate", help="timeline frame rate (default: the video's, else 25)"),
     index: Optional[Path] = typer.Option(None, "--index", help="music index holding the tracks' beats (for --snap beat)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -933,11 +955,15 @@ def export_command(
     fmt = fmt or (writers.format_from_path(out) if out is not None else None) or settings.default("export_format")
     writers.check_frame_rate(frame_rate)  # before anything is read or snapped
     snap = settings.effective({"snap": snap})[0].snap
+    from mgsv_cli.editor.editlist import check_fit
+
+    check_fit(fit)
     if not no_server:
         from mgsv_cli.serve import client as serve_client
 
         if (served := serve_client.try_export(video, pick=pick, fmt=fmt, out=out, force=force, snap=snap,
-                                              frame_rate=frame_rate, index=settings.default("index", index))) is not None:
+                                              frame_rate=frame_rate, index=settings.default("index", index),
+                                              fit=fit)) is not None:
             _print_export(*served, fmt=fmt, pick=pick, as_json=as_json)  # a running `mgsv serve` did it
             return
     record = load_last_suggestion(video)
@@ -947,6 +973,11 @@ def export_command(
 
         with err_console.status("finding the beats of the track"):
             record, snap_info = snap_suggestion(record, pick, index_path=settings.default("index", index))
+    if fit is not None or (snap_info is not None and record.pick(pick).edit is not None):
+        from mgsv_cli.editor.fitting import refit_suggestion
+
+        with err_console.status("finding the bars of the track"):
+            record = refit_suggestion(record, pick, fit, index_path=settings.default("index", index))
     exported = writers.write_timeline(record, video, fmt, out, pick=pick, frame_rate=frame_rate, force=force)
     _print_export(exported, record, snap_info, fmt=fmt, pick=pick, as_json=as_json)
 
@@ -963,10 +994,12 @@ def _print_export(exported, record, snap_info, *, fmt: str, pick: int, as_json: 
             "ok": True, "out": str(written.absolute()), "format": fmt, "video": record.video, "rank": pick,
             "track": entry.track, "start": round(entry.start, 6), "end": round(entry.end, 6),
             "snapped_to": snap_info.snapped_to if snap_info else None, "warnings": exported.warnings,
+            **({"edit": entry.edit.to_dict()} if entry.edit is not None else {}),
         }))
         return
     console.print(f"[green]✓[/] {escape(str(written))} ({fmt}): ♪ {escape(Path(entry.track).name)} "
-                  f"{entry.start:.2f}–{entry.end:.2f} s", highlight=False)
+                  f"{entry.start:.2f}–{entry.end:.2f} s" + (f", {entry.edit.summary()}" if entry.edit else ""),
+                  highlight=False)
     for warning in exported.warnings:
         console.print(f"  [yellow]![/] {escape(warning)}", highlight=False)
     if snap_info is not None:

@@ -31,6 +31,7 @@ from mgsv_cli.features.recipe import window_valid
 from mgsv_cli.index.search import DEFAULT_RERANK
 from mgsv_cli.index.token_cache import model_fingerprint, scoring_tokens_for
 from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
+from mgsv_cli.editor.fitting import check_fit, fit_entry
 from mgsv_cli.editor.snapping import check_snap, snap_entry
 from mgsv_cli.editor.tracklist import TrackList
 from mgsv_cli.media.beats import BeatGrid
@@ -268,7 +269,7 @@ class Suggester:
         self.close()
 
     def suggest_video(self, video_path: str | os.PathLike, top_k: int = 5, snap: str | None = None,
-                      include_short: bool = False) -> SuggestionResult:
+                      include_short: bool = False, fit: str = "cut") -> SuggestionResult:
         """Embed one video and rank the index for it; raises ``MediaError`` on an unreadable file.
 
         ``snap="beat"`` moves each cut's start onto the nearest downbeat/beat stored in the index.
@@ -280,13 +281,13 @@ class Suggester:
         t_embed = time.perf_counter() - t0
         result = self.suggest_features(video.feats, video.mask, float(video.duration), top_k,
                                        video=str(Path(video_path).resolve()), snap=snap,
-                                       include_short=include_short, track_exists=os.path.exists)
+                                       include_short=include_short, track_exists=os.path.exists, fit=fit)
         result.timings["embed_video"] = t_embed
         return result
 
     def suggest_features(self, frames, frame_mask, duration: float, top_k: int = 5, video: str = "",
                          snap: str | None = None, include_short: bool = False,
-                         track_exists: Callable[[str], bool] | None = None) -> SuggestionResult:
+                         track_exists: Callable[[str], bool] | None = None, fit: str = "cut") -> SuggestionResult:
         """The encoder-free part: frames [F, video_dim] + mask [F] of one video -> result.
 
         Only tracks at least as long as the clip are ranked (a shorter one would end
@@ -305,6 +306,7 @@ class Suggester:
         if top_k < 1:
             raise UsageError("--top must be at least 1")
         check_snap(snap)
+        check_fit(fit)
         fits = self.tracks.fits(duration)  # bool [N]
         missing: list[int] = []
 
@@ -356,6 +358,8 @@ class Suggester:
             beats = self._beats(track) if snap == "beat" else None
             if beats:  # the grid stored with the track; none: the cut stays
                 entry, _ = snap_entry(entry, grid=BeatGrid.from_dict(beats))
+            if fit != "cut":  # a step on the finished suggestion, like snapping
+                entry = fit_entry(entry, fit, duration)
             suggestions.append(entry)
         return SuggestionResult(
             video=video, duration=duration, suggestions=suggestions, checkpoint=self.model_id,
@@ -603,7 +607,7 @@ def probe_named_videos(named: Iterable[str | os.PathLike], found: list[Path]
 
 
 def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, remember: bool = True,
-                 snap: str | None = None, include_short: bool = False,
+                 snap: str | None = None, include_short: bool = False, fit: str = "cut",
                  ) -> Iterator[tuple[Path, SuggestionResult | None, str | None]]:
     """Yield ``(video, result, None)`` or ``(video, None, reason)`` per video; a bad file never stops the batch."""
     videos = list(videos)
@@ -611,7 +615,7 @@ def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, r
         if position + 1 < len(videos):
             suggester.prefetcher.start(videos[position + 1])  # decodes while this one goes through CLIP
         try:
-            result = suggester.suggest_video(video, top_k, snap=snap, include_short=include_short)
+            result = suggester.suggest_video(video, top_k, snap=snap, include_short=include_short, fit=fit)
             if remember:  # render and export need it: a failure to store it fails the video
                 remember_suggestion(result)
         except MgsvError as exc:
