@@ -18,9 +18,9 @@ whole, never blended with the outgoing one. With both sides on the bar grid, the
 length is fixed up to less than a bar by the start and the end; the remainder is taken where
 it is least heard: the start moves (before its fade-in) by less than a bar, or, when the
 start is pinned on a downbeat (``--snap beat``), the ending's ring-out after the last
-downbeat is shortened (never below ``MIN_RING_SECONDS``, with a short fade), whichever costs
-less (a pinned start moving costs as much as a typical bar change). Either way the spans add
-up to the clip's length exactly.
+downbeat is shortened (never below ``MIN_RING_SECONDS``, with a short fade); a pinned start
+moves only when no join leaves a ring-out long enough (a note says so). Either way the spans
+add up to the clip's length exactly.
 
 **Join cost.** Bars are compared in harmony (cosine distance of bar chroma), timbre
 (distance of standardised MFCCs) and loudness (dB), each in units of the track's own median
@@ -71,7 +71,7 @@ ACCEPT_PERCENTILE = 90.0
 LONGER_TAIL_WEIGHT = 0.25
 SHORTER_TAIL_WEIGHT = 0.1
 SHIFT_WEIGHT = 0.5  # per bar the start moves
-PINNED_SHIFT_COST = 1.0  # moving a start pinned on a downbeat
+PINNED_SHIFT_COST = 10.0  # moving a start pinned on a downbeat: only when nothing else works
 TRIM_WEIGHT = 1.0  # per bar of the real ending's ring-out cut away
 SECTION_BONUS = 0.2
 TEMPO_WEIGHT = 10.0  # per unit of relative bar-length difference (1% -> 0.1)
