@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from mgsv_cli.features import recipe as R  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from mgsv_cli.features import recipe as R  # noqa: E402
 
 DEFAULT_SETTINGS = [
     "fp32/eager/2", "fp32/sdpa/2", "autocast-bf16/sdpa/2", "cast-bf16/eager/2",
@@ -108,8 +108,8 @@ def run_e2e(n_tracks: int) -> dict:
     """features.py's own path (defaults) on a real-size random AST: fbank + batching + model."""
     import torch
 
-    from mgsv_cli.features import encoders as F
     from mgsv_cli.device import resolve_device
+    from mgsv_cli.features import encoders as F
 
     device = resolve_device("cpu")
     dtype = F._ast_dtype(device, "auto")

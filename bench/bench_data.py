@@ -32,8 +32,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MGSV_HOME"] = str(Path(tmp) / "home")
         import torch
-
         from _datagen import make_dataset
+
         from mgsv_cli.models.checkpoint import build_untrained
         from mgsv_cli.research.dataset import load_split
         from mgsv_cli.research.evaluation import evaluate_model
@@ -61,7 +61,8 @@ def main() -> None:
                 n_rows += len(batch)
             elapsed = time.perf_counter() - start
             print(f"batches of {args.train_batch} (shuffled, dedupe_tracks={dedupe}): "
-                  f"{1000 * elapsed / max(1, split.n_batches(args.train_batch)):.1f} ms/batch, {n_rows / elapsed:.0f} rows/s")
+                  f"{1000 * elapsed / max(1, split.n_batches(args.train_batch)):.1f} ms/batch, "
+                  f"{n_rows / elapsed:.0f} rows/s")
 
         if args.skip_eval:
             return

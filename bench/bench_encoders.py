@@ -26,7 +26,9 @@ IMPORT_PROBE = """
 import time
 t = time.perf_counter(); import torch; a = time.perf_counter() - t
 t = time.perf_counter(); import open_clip; b = time.perf_counter() - t
-t = time.perf_counter(); import transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer; c = time.perf_counter() - t
+t = time.perf_counter()
+import transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer
+c = time.perf_counter() - t
 print(a, b, c)
 """
 
@@ -94,7 +96,8 @@ def main() -> None:
             encoders.embed_frames(small[:2])  # warm-up
             seconds, feats = timed(lambda: encoders.embed_frames(small), args.repeat)
             results[label] = feats
-            print(f"CLIP {label}: {n_frames} frames in one batch {seconds:.2f} s = {seconds / n_frames * 1000:.1f} ms/frame")
+            print(f"CLIP {label}: {n_frames} frames in one batch {seconds:.2f} s = "
+                  f"{seconds / n_frames * 1000:.1f} ms/frame")
             if label == "fp32":
                 video_s, _ = timed(lambda: encoders.embed_video(clip), 1)
                 print(f"embed_video end to end (decode + preprocess + CLIP fp32): {video_s:.2f} s")

@@ -42,19 +42,22 @@ def build(root: str, n: int, dim: int, key_windows: int, chunk: int = 100_000) -
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
         hashes = [f"{i:032x}" for i in range(start, start + k)]
-        ids = pa.array([ls.track_id_of(h) for h in hashes], pa.int64())
+        locations = [f"/catalog/{h}.flac" for h in hashes]
+        ids = pa.array([ls.track_key(loc) for loc in locations], pa.int64())
+        content_keys = pa.array([ls.track_key(h) for h in hashes], pa.int64())  # what derived rows are current for
         tokens = pa.Table.from_arrays([
-            ids, pa.array([f"/catalog/{h}.flac" for h in hashes]), pa.array(hashes), pa.array(np.full(k, 140.0)),
+            ids, pa.array(locations), pa.array(hashes), pa.array(np.full(k, 140.0)),
             pa.array(["{}"] * k), pa.array(["bench"] * k), pa.array(np.ones(k, np.int32)),
             pa.array(np.full(k, 768, np.int32)),
             _binary(k, 768 * 2), pa.array([b"\x01"] * k, pa.binary()), pa.nulls(k, pa.string()),
+            pa.array(np.full(k, 1 << 20, np.int64)), pa.array(np.full(k, 10 ** 18, np.int64)), content_keys,
         ], schema=ls._tracks_schema())
         lance.write_dataset(tokens, ls._join(root, ls.TRACKS_NAME), mode="create" if start == 0 else "append")
         pooled = np.random.default_rng(start).standard_normal((k, dim)).astype(np.float32)
         # Random bit patterns as fp16 keys: what is measured is the read, not the values.
         keys = np.random.default_rng(start + 1).integers(0, 1 << 14, (k, key_windows, dim), dtype=np.uint16)
         derived = pa.Table.from_arrays([
-            ids, pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), dim),
+            ids, content_keys, pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), dim),
             pa.array(np.full(k, key_windows, np.int32)),
             ls._scoring_blobs(pooled, keys.view(np.float16), np.ones((k, key_windows), bool), np.full(k, key_windows)),
         ], schema=ls._derived_schema(dim, fp))

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from mgsv_cli.models.variants import load_config  # noqa: E402
 from mgsv_cli.device import compute_dtype, tune_malloc_for_training  # noqa: E402
 from mgsv_cli.models.losses import detection_loss, matching_loss  # noqa: E402
 from mgsv_cli.models.made import MaDe  # noqa: E402
+from mgsv_cli.models.variants import load_config  # noqa: E402
 
 
 def fake_batch(n: int, seed: int = 0):
@@ -139,8 +139,10 @@ def main() -> None:
         print(f"train step batch 64 [{dtype}]: {bench_train_step(model, dtype, batch64):.3f} s (target <= 1.5)")
     batch512 = fake_batch(512)
     for dtype in (torch.float32, torch.bfloat16):
-        print(f"SmG inference 512 pairs [{dtype}]: {smg_pairs_per_second(model, dtype, batch512):.0f} pairs/s (target >= 500)")
-    print(f"B x B forward of 512 pairs [bf16]: {full_forward_seconds(model, torch.bfloat16, batch512):.2f} s (reference 6.7 s)")
+        pairs_per_second = smg_pairs_per_second(model, dtype, batch512)
+        print(f"SmG inference 512 pairs [{dtype}]: {pairs_per_second:.0f} pairs/s (target >= 500)")
+    forward_seconds = full_forward_seconds(model, torch.bfloat16, batch512)
+    print(f"B x B forward of 512 pairs [bf16]: {forward_seconds:.2f} s (reference 6.7 s)")
     for dtype in (torch.float32, torch.bfloat16):
         seconds, _ = query_seconds(model, dtype)
         print(f"1 video vs 4,000 cached tracks + top-5 moments [{dtype}]: {seconds * 1000:.1f} ms (target < 100)")

@@ -3,11 +3,14 @@
 Generates ``--tracks`` songs of ``--seconds`` s (``media.synth``, a mix of wav/mp3/flac;
 kept in ``--folder`` for reuse), then indexes that folder twice with the same encoders:
 
-- ``--engine local``: ``index.store.index_music`` into a fresh SQLite index (the encoders
+- ``--engine local``: ``index.pipeline.index_folder`` into a fresh SQLite index (the encoders
   load inside the timed call, as `mgsv index` does);
 - ``--engine ray``: ``index.ray_engine.index_with_ray`` into a fresh Lance store on a local
   Ray of ``--num-cpus`` CPUs. Ray's start is timed apart (``ray_init_s``); the run itself
   includes the actors' start and their encoder loading.
+
+Then each engine runs again on the unchanged folder (``*_rerun_s``): the plan alone (size and
+mtime as stored: nothing read, nothing embedded; on Ray, the listing joined with the store).
 
 Prints files/s and audio-seconds/s of each and the overhead ratio (Ray's seconds over
 local's: above 1 means Ray is slower on this machine), then ONE JSON line
@@ -58,8 +61,8 @@ def measure(folder, *, encoders: str = "tiny", num_cpus: int | None = None, dete
     import ray
 
     from mgsv_cli.features.encoders import load_encoders
+    from mgsv_cli.index.pipeline import index_folder
     from mgsv_cli.index.ray_engine import index_with_ray
-    from mgsv_cli.index.store import index_music
     from mgsv_cli.media.ffmpeg import probe
     from mgsv_cli.media.files import scan_audio_files
 
@@ -69,9 +72,13 @@ def measure(folder, *, encoders: str = "tiny", num_cpus: int | None = None, dete
     scratch = Path(tempfile.mkdtemp(prefix="mgsv-bench-ray-", dir=work_dir))
     try:
         t0 = time.perf_counter()
-        local = index_music(folder, scratch / "index.sqlite", detect_beats=detect_beats, encoders=lambda: load_encoders(
-            kind=encoders, device=device, parts=("music",)))
+        local = index_folder(folder, scratch / "index.sqlite", detect_beats=detect_beats,
+                             encoders=lambda: load_encoders(kind=encoders, device=device, parts=("music",)))
         local_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        local_again = index_folder(folder, scratch / "index.sqlite", detect_beats=detect_beats,
+                                   encoders=lambda: load_encoders(kind=encoders, device=device, parts=("music",)))
+        local_rerun_s = time.perf_counter() - t0
         started = not ray.is_initialized()
         t0 = time.perf_counter()
         if started:
@@ -83,6 +90,10 @@ def measure(folder, *, encoders: str = "tiny", num_cpus: int | None = None, dete
             remote = index_with_ray(folder, str(scratch / "catalog.lance"), encoder_kind=encoders, device=device,
                                     detect_beats=detect_beats)
             ray_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            remote_again = index_with_ray(folder, str(scratch / "catalog.lance"), encoder_kind=encoders,
+                                          device=device, detect_beats=detect_beats)
+            ray_rerun_s = time.perf_counter() - t0
         finally:
             if started:
                 ray.shutdown()
@@ -91,6 +102,8 @@ def measure(folder, *, encoders: str = "tiny", num_cpus: int | None = None, dete
     if local.added != len(files) or remote.added != len(files):
         raise RuntimeError(f"not every file was indexed: local {local.added}, ray {remote.added} of {len(files)} "
                            f"(failed: {local.failed or remote.failed})")
+    if local_again.unchanged != len(files) or remote_again.unchanged != len(files):
+        raise RuntimeError(f"a rerun on the unchanged folder did work: local {local_again}, ray {remote_again}")
     return {
         "bench": "ray_index", "encoders": encoders, "files": len(files), "audio_s": round(audio_seconds, 1),
         "ray_cpus": cpus, "beats": detect_beats,
@@ -98,6 +111,7 @@ def measure(folder, *, encoders: str = "tiny", num_cpus: int | None = None, dete
         "local_files_per_s": round(len(files) / local_s, 3), "ray_files_per_s": round(len(files) / ray_s, 3),
         "local_audio_s_per_s": round(audio_seconds / local_s, 2), "ray_audio_s_per_s": round(audio_seconds / ray_s, 2),
         "overhead_ratio": round(ray_s / local_s, 3), "overhead_ratio_with_init": round((ray_s + init_s) / local_s, 3),
+        "local_rerun_s": round(local_rerun_s, 2), "ray_rerun_s": round(ray_rerun_s, 2),
     }
 
 
@@ -128,6 +142,7 @@ def main() -> None:
           f"{result['ray_audio_s_per_s']:8.2f} audio-s/s  (+ {result['ray_init_s']:.2f} s ray.init)")
     print(f"  overhead ratio (ray / local): {result['overhead_ratio']:.3f}, "
           f"with ray.init: {result['overhead_ratio_with_init']:.3f}")
+    print(f"  rerun, nothing changed: local {result['local_rerun_s']:.2f} s, ray {result['ray_rerun_s']:.2f} s")
     print(json.dumps(result))
 
 

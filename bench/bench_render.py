@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--size", default="1280x720", help="clip frame size")
     args = parser.parse_args()
 
-    from mgsv_cli.media import ffmpeg as media
     from mgsv_cli.editor import render
+    from mgsv_cli.media import ffmpeg as media
     from mgsv_cli.media import synth
 
     width, height = (int(v) for v in args.size.split("x"))

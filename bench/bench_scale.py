@@ -12,7 +12,7 @@ Sections (``--sections``; all by default):
     for N in ``--rerank-sizes``: the share of queries whose top-10 *sets* are identical and
     whose ordered lists are. The catalog's derived rows live in an in-memory store (the
     stores' equality is what tests/index/test_search.py checks); N = 1,000 is also run through
-    ``search.search`` itself and compared.
+    ``retrieval.search.Retriever`` itself and compared.
 ``million``
     ``--tracks`` (1,000,000) synthetic tracks written straight into a Lance track store in
     the layout ``lance_store`` writes (chunks of ``--chunk`` rows): tracks with no AST tokens,
@@ -22,7 +22,8 @@ Sections (``--sections``; all by default):
     fresh process (so that its peak resident memory is the search's alone): the first stage's
     build time (export of the pooled matrix to a memory-mapped .npy + inverse norms), and
     ``--repeats`` queries of a ``made``-size MaDe (d 256, random weights): first stage +
-    rerank of ``--rerank`` (1,000) + moments on the top 5, median latency per stage, peak RSS
+    rerank of ``--rerank`` (1,000) + moments on the top 5 (the steps of ``Retriever.search``,
+    timed one by one), median latency per stage, peak RSS
     (VmHWM). The moments' AST tokens are random [S_i, 768] made on the fly for the 5 winners
     (1M tracks of real tokens would be 147 GB); their Lance read (~5 x 90 KB) is left out.
     The warm queries read whatever the page cache holds (printed: the share of the store's files
@@ -82,6 +83,7 @@ class MemoryStore:
     ids int64 [N], pooled float32 [N, d], keys float16 [N, S, d], mask bool [N, S], durations [N]."""
 
     uri = "memory"
+    supports_vector_index = False
 
     def __init__(self, ids, pooled, keys, mask, durations, key_scales=None):
         self.ids, self.pooled, self.keys, self.mask, self.durations = ids, pooled, keys, mask, durations
@@ -95,7 +97,7 @@ class MemoryStore:
         return self.ids, self.pooled
 
     def tracks(self, ids):
-        from mgsv_cli.index.backend import TrackRecord
+        from mgsv_cli.index.records import TrackRecord
 
         return [TrackRecord(int(i), f"/catalog/{int(i)}", f"{int(i):032x}", float(self.durations[self._row[int(i)]]))
                 for i in ids]
@@ -103,7 +105,7 @@ class MemoryStore:
     def derived_for(self, fingerprint, ids):
         import numpy as np
 
-        from mgsv_cli.index.backend import DerivedRows
+        from mgsv_cli.index.records import DerivedRows
 
         rows = np.array([self._row[int(i)] for i in ids], dtype=np.int64)
         width = max(1, int(self.mask[rows].any(0).nonzero()[0].max(initial=0)) + 1)
@@ -145,8 +147,8 @@ def make_catalog(model, info, n_tracks: int, n_queries: int, seed: int = 7):
     import numpy as np
     import torch
 
-    from mgsv_cli.index.backend import derive_rows
     from mgsv_cli.research import synthetic as syn
+    from mgsv_cli.retrieval.derived import derive_rows
 
     rng = np.random.default_rng(seed)
     codebook = rng.normal(size=(syn.N_SECTION_TYPES, syn.STYLE_DIM))
@@ -181,7 +183,8 @@ def make_catalog(model, info, n_tracks: int, n_queries: int, seed: int = 7):
 def run_agreement(args, results: dict) -> None:
     import torch
 
-    from mgsv_cli.index import search
+    from mgsv_cli.retrieval.first_stage import FirstStage
+    from mgsv_cli.retrieval.search import Retriever, rerank_ids
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="mgsv-bench-scale-") as tmp:
@@ -191,7 +194,8 @@ def run_agreement(args, results: dict) -> None:
     store, frames, frame_masks, targets = make_catalog(model, info, args.catalog, args.queries)
     log(f"catalog: {args.catalog} tracks (derived rows of the trained model) and {args.queries} queries in "
         f"{time.perf_counter() - start:.0f} s")
-    stage = search.FirstStage.build(store, FINGERPRINT, kind="exact")
+    stage = FirstStage.build(store, FINGERPRINT, kind="exact")
+    retriever = Retriever(model, store, FINGERPRINT, stage, None, 1000)  # two stages, rerank 1,000
     int8_store = store.quantized()
     sizes = sorted(args.rerank_sizes)
     int8_same_set = {n: 0 for n in sizes}  # the rerank on int8 keys against exhaustive float16 scoring
@@ -204,11 +208,11 @@ def run_agreement(args, results: dict) -> None:
     for q in range(len(frames)):
         with torch.inference_mode():
             video = model.encode_video(frames[q:q + 1], frame_masks[q:q + 1])
-        full = search.exhaustive(model, video, store, FINGERPRINT, stage)
+        full = rerank_ids(model, video, store, FINGERPRINT, store.ids)  # every track scored by the model
         score_of = dict(zip(full.track_ids.tolist(), full.scores.tolist()))
         reference = full.track_ids[:TOP].tolist()
         exhaustive_hits += int(targets[q] in reference)
-        int8 = search.exhaustive(model, video, int8_store, FINGERPRINT, stage)
+        int8 = rerank_ids(model, video, int8_store, FINGERPRINT, store.ids)
         int8_score_of = dict(zip(int8.track_ids.tolist(), int8.scores.tolist()))
         first_ids, _ = stage.top(video.pooled[0].numpy(), max(sizes))
         for n in sizes:
@@ -221,8 +225,7 @@ def run_agreement(args, results: dict) -> None:
             int8_same_set[n] += set(kept) == set(reference)
             int8_same_list[n] += kept == reference
         if 1000 in sizes and q < args.check_queries:
-            real = search.search(model, video, store, FINGERPRINT, rerank=1000, top_k=TOP, first_stage=stage,
-                                 moments=False)
+            real = retriever.search(video, top_k=TOP, moments=False)
             checked += 1
             kept = sorted(first_ids[:1000].tolist(), key=lambda i: (-score_of[i], i))[:TOP]
             mismatched += real.top_ids.tolist() != kept
@@ -237,7 +240,8 @@ def run_agreement(args, results: dict) -> None:
             f"{100 * recall_target[n] / n_q:>19.1f}% {100 * int8_same_set[n] / n_q:>19.1f}% "
             f"{100 * int8_same_list[n] / n_q:>12.1f}%")
     if checked:
-        log(f"search.search at N=1000 agrees with the computation above on {checked - mismatched} of {checked} queries")
+        log(f"Retriever.search at N=1000 agrees with the computation above on {checked - mismatched} of {checked} "
+            "queries")
     results["agreement"] = {
         "catalog": args.catalog, "queries": n_q, "epochs": args.epochs,
         "same_set_pct": {str(n): round(100 * same_set[n] / n_q, 2) for n in sizes},
@@ -295,14 +299,17 @@ def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compress
     for begin in range(0, n, chunk):
         k = min(chunk, n - begin)
         hashes = [f"{i:032x}" for i in range(begin, begin + k)]
-        ids = pa.array([ls.track_id_of(h) for h in hashes], pa.int64())
+        locations = [f"/catalog/{h}.flac" for h in hashes]
+        ids = pa.array([ls.track_key(loc) for loc in locations], pa.int64())
+        content_keys = pa.array([ls.track_key(h) for h in hashes], pa.int64())  # what derived rows are current for
         durations = np.clip(rng.normal(140.0, 45.0, k), 15.0, 300.0).round(3)
         counts = windows_of(durations)
         tracks = pa.Table.from_arrays([
-            ids, pa.array([f"/catalog/{h}.flac" for h in hashes]), pa.array(hashes), pa.array(durations),
+            ids, pa.array(locations), pa.array(hashes), pa.array(durations),
             pa.array(["{}"] * k), pa.array(["bench-scale"] * k), pa.array(np.zeros(k, np.int32)),
             pa.array(np.full(k, 768, np.int32)), _binary_rows(b"", np.zeros(k), 0),
             pa.array([b""] * k, pa.binary()), pa.nulls(k, pa.string()),
+            pa.array(np.full(k, 5 << 20, np.int64)), pa.array(np.full(k, 10 ** 18, np.int64)), content_keys,
         ], schema=ls._tracks_schema(key_encoding))
         lance.write_dataset(tracks, tracks_uri, mode="create" if begin == 0 else "append")
         total = int(counts.sum())
@@ -311,7 +318,7 @@ def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compress
         pooled = rng.standard_normal((k, dim), dtype=np.float32)
         rows = np.split(keys, np.cumsum(counts)[:-1])  # views: track j's keys [S_j, dim]
         derived = pa.Table.from_arrays([
-            ids, pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), dim),
+            ids, content_keys, pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), dim),
             pa.array(counts.astype(np.int32)),
             ls._scoring_blobs(pooled, rows, [np.ones(len(r), bool) for r in rows], counts, key_encoding),
         ], schema=schema)
@@ -386,22 +393,23 @@ def query_phase(args) -> dict:
     import numpy as np
     import torch
 
-    from mgsv_cli.index import search
     from mgsv_cli.index.backend import open_store
     from mgsv_cli.models.made import MaDe
     from mgsv_cli.models.variants import load_config
+    from mgsv_cli.retrieval.first_stage import FirstStage
+    from mgsv_cli.retrieval.search import Retriever, detect_moments, rerank_ids
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     model = MaDe(load_config("made").model).eval()
     store = RandomTokens(open_store(args.store_root))
     start = time.perf_counter()
-    stage = search.FirstStage.build(store, FINGERPRINT, kind=args.first_stage)
+    stage = FirstStage.build(store, FINGERPRINT, kind=args.first_stage)
     build_s = time.perf_counter() - start
     stage = None  # one copy at a time: the second build is what a later process pays
     gc.collect()
     again = time.perf_counter()
-    stage = search.FirstStage.build(store, FINGERPRINT, kind=args.first_stage)
+    stage = FirstStage.build(store, FINGERPRINT, kind=args.first_stage)
     reopen_s = time.perf_counter() - again
     gc.collect()
     build_peak = peak_rss_mb()
@@ -423,15 +431,24 @@ def query_phase(args) -> dict:
                 video = model.encode_video(frames, torch.arange(50)[None] < 24)
             if cold:  # every row this query reads comes from the disk
                 evict_from_page_cache(args.store_root)
+            # The steps of Retriever.search (a catalog: no resident keys), each timed.
             t0 = time.perf_counter()
-            found = search.search(model, video, store, FINGERPRINT, rerank=rerank, top_k=5, first_stage=stage)
-            total = time.perf_counter() - t0
-            if q == 0:
-                continue  # the first query warms the id -> row map and the caches
-            for key in ("first_stage", "rerank", "moments"):
-                stages[key].append(found.timings[key])
-            stages["total"].append(total)
-        assert len(found.top_ids) == 5 and found.predicted.shape == (5, 2)
+            ids, cos = stage.top(video.pooled[0].numpy(), rerank)
+            t1 = time.perf_counter()
+            candidates = rerank_ids(model, video, store, FINGERPRINT, ids, cos)
+            t2 = time.perf_counter()
+            top_ids = candidates.track_ids[:5]
+            durations = np.array([r.duration for r in store.tracks(top_ids.tolist())], dtype=np.float64)
+            predicted, _ = detect_moments(model, video, store, top_ids, durations)
+            t3 = time.perf_counter()
+            if q == 0:  # the first query warms the id -> row map and the caches; it is checked instead
+                found = Retriever(model, store, FINGERPRINT, stage, None, rerank).search(video, top_k=5)
+                assert found.top_ids.tolist() == top_ids.tolist(), (found.top_ids, top_ids)
+                continue
+            for key, seconds in (("first_stage", t1 - t0), ("rerank", t2 - t1), ("moments", t3 - t2)):
+                stages[key].append(seconds)
+            stages["total"].append(t3 - t0)
+        assert len(top_ids) == 5 and predicted.shape == (5, 2)
         numbers["by_rerank"][label] = {
             **{f"{k}_ms_median": round(1000 * float(np.median(v)), 1) for k, v in stages.items()},
             "total_ms_max": round(1000 * float(np.max(stages["total"])), 1), "queries": repeats}
@@ -446,7 +463,8 @@ def run_million(args, results: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     root = str(folder / "catalog.lance")
     free_gb = shutil.disk_usage(folder).free / 2 ** 30
-    need_gb = args.tracks * 57 * (261 if args.keys == "int8" else 513) * 1.1 / 2 ** 30 + args.tracks * 1100 * 2 / 2 ** 30
+    need_gb = (args.tracks * 57 * (261 if args.keys == "int8" else 513) * 1.1 / 2 ** 30
+               + args.tracks * 1100 * 2 / 2 ** 30)
     log(f"store in {folder}: {free_gb:.0f} GiB free, the build needs about {need_gb:.1f} GiB")
     if not args.reuse and need_gb > free_gb - 10:
         raise SystemExit(f"not enough free disk for {args.tracks:,} tracks ({need_gb:.0f} GiB + 10 GiB spare)")
@@ -470,8 +488,9 @@ def run_million(args, results: dict) -> None:
             raise SystemExit(f"the query phase failed:\n{child.stderr[-3000:]}")
         numbers = json.loads(child.stdout.strip().splitlines()[-1])
         numbers.update(store_gib=round(size_gb, 1), write_store_s=None if build_s is None else round(build_s, 1))
-        log(f"{numbers['tracks']:,} tracks ({size_gb:.1f} GiB store, {numbers['keys']} keys): first stage ({numbers['first_stage_kind']}, "
-            f"{numbers['first_stage_dtype']}) built in {numbers['build_first_stage_s']:.2f} s "
+        log(f"{numbers['tracks']:,} tracks ({size_gb:.1f} GiB store, {numbers['keys']} keys): "
+            f"first stage ({numbers['first_stage_kind']}, {numbers['first_stage_dtype']}) "
+            f"built in {numbers['build_first_stage_s']:.2f} s "
             f"({numbers['build_first_stage_again_s']:.3f} s when its export exists)")
         share = numbers["store_cached_share_before_queries"]
         if share is not None:
@@ -513,7 +532,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="agreement: query videos")
     parser.add_argument("--epochs", type=int, default=4, help="agreement: training epochs of the tiny model")
     parser.add_argument("--rerank-sizes", type=int, nargs="+", default=[10, 20, 50, 100, 250, 500, 1000, 2000])
-    parser.add_argument("--check-queries", type=int, default=50, help="agreement: queries also run by search.search")
+    parser.add_argument("--check-queries", type=int, default=50,
+                        help="agreement: queries also run by Retriever.search")
     parser.add_argument("--tracks", type=int, default=1_000_000, help="million: catalog size")
     parser.add_argument("--chunk", type=int, default=20_000, help="million: tracks per Lance write")
     parser.add_argument("--rerank", type=int, nargs="+", default=[1000],

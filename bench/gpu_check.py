@@ -15,7 +15,7 @@ Everything it needs is generated here (no network, no downloads):
 3. **eval**: the test split, 2,000 videos x 2,000 tracks (``eval_test_s``: the protocol
    itself, warm; ``eval_test_total_s``: the whole ``evaluate`` call);
 4. **index**: ~200 generated songs of 30-240 s (FLAC files) through ``mgsv index``'s
-   ``index_music`` with a real-size AST (random weights saved with ``save_pretrained``,
+   ``index_folder`` with a real-size AST (random weights saved with ``save_pretrained``,
    loaded by the real loader through ``MGSV_AST_WEIGHTS``): windows per second end to
    end from the files (``ast_windows_per_s``), beside the model alone
    (``ast_model_windows_per_s``) and the CPU side alone (decoding + filterbanks on the
@@ -162,8 +162,8 @@ def plan_dataset(root: Path, cfg: dict, seed: int = 0) -> dict[str, list[dict]]:
                                            ("music_style", MUSIC_DIM), ("music_code", MUSIC_DIM))}
     _Plan.projections["onset"] = rng.normal(size=MUSIC_DIM).astype(np.float32)
     popularity = 1.0 / np.arange(1, n_train_tracks + 1) ** 0.8  # long-tailed, like the release
-    train = np.concatenate([np.arange(n_train_tracks),
-                            rng.choice(n_train_tracks, cfg["n_train"] - n_train_tracks, p=popularity / popularity.sum())])
+    repeats = rng.choice(n_train_tracks, cfg["n_train"] - n_train_tracks, p=popularity / popularity.sum())
+    train = np.concatenate([np.arange(n_train_tracks), repeats])
     assignment = {"train": rng.permutation(train),
                   "val": rng.choice(n_tracks, cfg["n_val"], replace=False),  # one video per track, as released
                   "test": rng.choice(n_tracks, cfg["n_test"], replace=False)}
@@ -401,7 +401,7 @@ def save_random_ast(folder: Path, tiny: bool) -> None:
 
 
 class _StageTimes:
-    """index_music's progress: when each stage starts (and when the run ends)."""
+    """index_folder's progress: when each stage starts (and when the run ends)."""
 
     def __init__(self):
         self.starts: dict[str, float] = {}
@@ -419,6 +419,9 @@ class _StageTimes:
     def note(self, message):
         pass
 
+    def interrupted(self, report):
+        pass
+
 
 def section_index(work: Path, cfg: dict, device: str, out: dict) -> None:
     import torch
@@ -426,7 +429,7 @@ def section_index(work: Path, cfg: dict, device: str, out: dict) -> None:
     from mgsv_cli.device import resolve_device
     from mgsv_cli.features import recipe
     from mgsv_cli.features.encoders import load_encoders
-    from mgsv_cli.index.store import index_music
+    from mgsv_cli.index.pipeline import index_folder
 
     torch_device = resolve_device(device)
     music = work / "music"
@@ -469,7 +472,7 @@ def section_index(work: Path, cfg: dict, device: str, out: dict) -> None:
     # end to end: `mgsv index` (no beat grids: that is librosa's, not the GPU's, work)
     stages = _StageTimes()
     t0 = time.perf_counter()
-    report = index_music(music, work / "index-ast.sqlite", encoders=encoders, progress=stages, detect_beats=False)
+    report = index_folder(music, work / "index-ast.sqlite", encoders=encoders, progress=stages, detect_beats=False)
     end = time.perf_counter()
     if stages.failures or report.failed:
         raise RuntimeError(f"indexing failed for some files: {(stages.failures or report.failed)[:1]}")
@@ -478,8 +481,9 @@ def section_index(work: Path, cfg: dict, device: str, out: dict) -> None:
     out["ast_index_s"] = end - t0
     out["ast_windows_per_s"] = n_windows / (end - embed_start)
     log(f"index: {n_windows} windows, {out['ast_windows_per_s']:.0f} windows/s end to end from the files "
-        f"(model alone {out['ast_model_windows_per_s']:.0f}/s, CPU side alone {out['ast_cpu_prep_windows_per_s']:.0f}/s;"
-        f" batch {batch}, {encoders.workers} audio workers); probing {out['ast_probe_s']:.1f} s")
+        f"(model alone {out['ast_model_windows_per_s']:.0f}/s, "
+        f"CPU side alone {out['ast_cpu_prep_windows_per_s']:.0f}/s; batch {batch}, {encoders.workers} audio workers); "
+        f"probing {out['ast_probe_s']:.1f} s")
     del encoders
     _free(torch)
 
@@ -532,7 +536,8 @@ def section_clip(work: Path, cfg: dict, device: str, out: dict):
 def section_suggest(work: Path, cfg: dict, device: str, clip_encoders, out: dict) -> None:
     from mgsv_cli.editor.suggest import Suggester
     from mgsv_cli.features.encoders import PRETRAINED_ENCODER_ID, decode_video
-    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
+    from mgsv_cli.index.pipeline import import_tokens
+    from mgsv_cli.index.records import NewTrack
     from mgsv_cli.media import synth
     from mgsv_cli.models.checkpoint import build_untrained, save_checkpoint
 
@@ -548,13 +553,14 @@ def section_suggest(work: Path, cfg: dict, device: str, clip_encoders, out: dict
     def tracks():
         for k in range(cfg["suggest_tracks"]):
             duration = float(rng.uniform(30.0, 240.0))
-            mask = (centres <= duration).astype(np.float32)
+            mask = centres <= duration
             feats = rng.standard_normal((N_WINDOWS, MUSIC_DIM), dtype=np.float32) * mask[:, None]
             path = library / f"track_{k:05d}.mp3"
             path.write_bytes(b"stand-in %d" % k)
-            yield PrecomputedTrack(str(path), feats, mask, duration, title=f"Track {k}")
+            # No content hash: the store hashes the (distinct) stand-in file.
+            yield NewTrack(str(path), "", duration, feats, mask, PRETRAINED_ENCODER_ID, {"title": f"Track {k}"})
 
-    import_tokens(index_path, tracks(), encoder_id=PRETRAINED_ENCODER_ID)
+    import_tokens(index_path, tracks())
     width, height = cfg["clip_size"]
     clip = synth.synth_clip(work / "clip.mp4", seconds=cfg["clip_seconds"], with_audio=True,
                             size=(width, height), fps=cfg["clip_fps"])

@@ -160,38 +160,32 @@ def _configured_weights_dir() -> Path | None:
 
 def _index() -> list[Check]:
     from mgsv_cli import settings
-    from mgsv_cli.index.store import check_index
+    from mgsv_cli.index.backend import is_lance_uri, open_store
 
     try:
-        path = Path(settings.load_settings().index)
+        location = str(settings.load_settings().index)
     except MgsvError:
         from mgsv_cli.paths import default_index_path
 
-        path = default_index_path()
-    if not path.is_file():
-        return [Check("music index", False, f"{path} (none yet: `mgsv index MUSIC_DIR`)")]
+        location = str(default_index_path())
+    lance = is_lance_uri(location)
+    if not lance and not Path(location).is_file():
+        return [Check("music index", False, f"{location} (none yet: `mgsv index MUSIC_DIR`)")]
     try:
-        health = check_index(path)
+        with open_store(location) as store:
+            health = store.health()
     except MgsvError as exc:
-        # An index that exists but cannot be used stops index, suggest and render alike.
+        # A store that exists but cannot be used stops index, suggest and render alike.
         return [Check("music index", False, str(exc), required=True)]
     if health.damage is not None:
-        from mgsv_cli.index.store import damaged_error
+        from mgsv_cli.index.sqlite_db import damaged_error
 
-        return [Check("music index", False, str(damaged_error(path, health.damage)), required=True)]
-    size_mib = path.stat().st_size / 2**20
-    detail = f"{health.n_tracks} track(s), {health.n_beats} with beats, {size_mib:.1f} MiB — {path}"
+        return [Check("music index", False, str(damaged_error(Path(location), health.damage)), required=True)]
+    size = "" if lance else f", {Path(location).stat().st_size / 2**20:.1f} MiB"
+    detail = f"{health.n_tracks} track(s), {health.n_beats} with beats{size} — {location}"
     if health.n_failed:
         detail += f"; {health.n_failed} file(s) could not be indexed (`mgsv index --failed` lists them)"
     return [Check("music index", health.n_tracks > 0, detail)]
-
-
-def index_counts(path: Path) -> tuple[int, int]:
-    """(tracks, tracks with a beat grid) in an index, opened read-only (never locks a writer out)."""
-    from mgsv_cli.index.store import open_index
-
-    with open_index(path, require_tracks=False) as index:
-        return len(index), index.beat_count()
 
 
 def _checkpoints() -> list[Check]:
@@ -223,3 +217,14 @@ def _version_of(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+def checkpoint_status():
+    """A :class:`~mgsv_cli.features.weights.WeightsStatus` for the newest trained run (``mgsv models list``)."""
+    from mgsv_cli.features.weights import WeightsStatus
+    from mgsv_cli.models.checkpoint import MADE_CHECKPOINT_NOTE, WEIGHTS_NAME, latest_run
+
+    run = latest_run()
+    if run is not None:
+        return WeightsStatus("MaDe checkpoint", True, str(run / WEIGHTS_NAME), "trained run")
+    return WeightsStatus("MaDe checkpoint", False, None, "missing", MADE_CHECKPOINT_NOTE)

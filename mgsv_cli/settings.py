@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from mgsv_cli import paths
 from mgsv_cli.editor.editlist import FIT_MODES
 from mgsv_cli.editor.render import MIX_MODES
+from mgsv_cli.editor.snapping import SNAP_MODES as _SNAPS
 from mgsv_cli.errors import ConfigError, OutputExistsError, storage_error
 
 if sys.version_info >= (3, 11):
@@ -33,7 +34,7 @@ else:  # Python 3.10
 FILE_NAME = "config.toml"
 ENV_PREFIX = "MGSV_"
 ENCODER_KINDS = ("pretrained", "tiny")
-SNAP_MODES = ("off", "beat")
+SNAP_MODES = ("off", *_SNAPS)  # the settings file's words: snapping's modes, or none
 EXPORT_FORMATS = ("fcpxml", "fcp7", "edl", "otio")  # writers.FORMATS (a test keeps them equal)
 
 SOURCE_DEFAULT = "default"
@@ -219,7 +220,7 @@ def _parse(key: str, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where} = {raw!r}: {exc}") from None
 
 
-def _from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def _from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     values = {}
     for key in FIELDS:
@@ -230,7 +231,7 @@ def _from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def effective(cli_overrides: dict[str, Any] | None = None,
-              environ: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
+              environ: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """The settings in force and where each value came from.
 
     ``cli_overrides``: values given on the command line (``None`` values mean "not given"

@@ -5,6 +5,6 @@ exact-length cut), ``variants`` (frozen model/training configs read from the TOM
 beside this file), ``checkpoint`` (safetensors weights with their config; ``load_model``
 is the single loading entry point). Shipped as ``mgsv_cli.models``.
 
-May import: the base modules (errors, paths, device) and ``features.recipe`` (the token
-shapes the networks are built for). Never media I/O, the index, the editor, research or the CLI.
+May import: base modules and ``features.recipe`` (the token shapes the networks are built
+for). Never media I/O, the index, the editor, research or the app.
 """

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
 from mgsv_cli.errors import CheckpointError, first_line
+from mgsv_cli.models.variants import VariantConfig, load_config, variant_from_dict, variant_to_dict
 from mgsv_cli.paths import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
@@ -199,13 +199,3 @@ MADE_CHECKPOINT_NOTE = (
     "no pretrained MaDe checkpoint is published (the authors released code, not weights): "
     "train one with `mgsv train --data ROOT`"
 )
-
-
-def checkpoint_status():
-    """A :class:`~mgsv_cli.features.weights.WeightsStatus` for the newest trained run."""
-    from mgsv_cli.features.weights import WeightsStatus
-
-    run = latest_run()
-    if run is not None:
-        return WeightsStatus("MaDe checkpoint", True, str(run / WEIGHTS_NAME), "trained run")
-    return WeightsStatus("MaDe checkpoint", False, None, "missing", MADE_CHECKPOINT_NOTE)

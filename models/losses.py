@@ -80,7 +80,8 @@ def matching_loss(
     scale = log_logit_scale.exp()
     same_track = None if track_ids is None else track_ids[:, None] == track_ids[None, :]
     if same_track_positives and track_ids is not None:
-        return multi_positive_info_nce(mean_sim, scale, track_ids) + multi_positive_info_nce(xpool_sim, scale, track_ids)
+        return (multi_positive_info_nce(mean_sim, scale, track_ids)
+                + multi_positive_info_nce(xpool_sim, scale, track_ids))
     return symmetric_info_nce(mean_sim, scale, same_track) + symmetric_info_nce(xpool_sim, scale, same_track)
 
 

@@ -48,7 +48,6 @@ from torch import Tensor, nn
 
 from mgsv_cli.models.variants import ModelConfig
 
-
 QUERYBANK_CHUNK_ELEMENTS = 1 << 23  # tracks x querybank videos x d per similarities() call (32 MB in float32)
 
 
@@ -195,6 +194,24 @@ def duration_features(frame_mask: Tensor, n_frames: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` itself in the forward pass (exactly); its gradient times ``scale`` in the backward (0: a stop)."""
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGradient.apply(x, scale)
+
+
 def sinusoid_table(n_positions: int, dim: int) -> Tensor:
     """Fixed transformer positions [n_positions, dim]: sin on even, cos on odd channels."""
     position = torch.arange(n_positions, dtype=torch.float32)[:, None]
@@ -319,6 +336,8 @@ class EnhanceBlock(nn.Module):
 
 class Enhancer(nn.Module):
     """Frozen-encoder tokens [B, L, in_dim] + mask [B, L] -> tokens [B, L, d], pooled [B, d]."""
+
+    positions: Tensor  # a buffer (typed here: nn.Module's __getattr__ says Tensor | Module)
 
     def __init__(self, in_dim: int, n_positions: int, cfg: ModelConfig):
         super().__init__()
@@ -480,6 +499,7 @@ class Detector(nn.Module):
 
     def forward(self, video: VideoTokens, music: MusicTokens) -> tuple[Tensor, Tensor | None]:
         """-> spans [L, B, 2] (float32) and, with ``start_pointer``, start_logits [L, B, S] (else None)."""
+        assert music.tokens is not None  # detection needs the tokens (MusicTokens.for_scoring drops them)
         memory, mask = pack_valid_tokens(torch.cat([video.tokens, music.tokens], dim=1),
                                          torch.cat([video.mask, music.mask], dim=1))
         pos = cumulative_sine_positions(mask, memory.shape[-1]).to(memory.dtype)
@@ -509,6 +529,7 @@ class Detector(nn.Module):
         slot = video_mask.sum(1, keepdim=True) + (music_mask.cumsum(1) - 1).clamp(min=0)  # [B, S]
         slot = slot.clamp(max=memory.shape[1] - 1)
         windows = torch.gather(memory, 1, slot[:, :, None].expand(-1, -1, memory.shape[-1]))  # [B, S, d]
+        assert self.pointer is not None  # called with start_pointer only
         with torch.autocast(hidden.device.type, enabled=False):
             query = F.linear(hidden.float(), self.pointer.weight.float(), self.pointer.bias.float())
             logits = torch.einsum("lbd,bsd->lbs", query, windows.float()) * hidden.shape[-1] ** -0.5
@@ -552,6 +573,9 @@ class MaDe(nn.Module):
     Inputs are frozen-encoder features: frames [B, F, video_dim] and windows [N, S, music_dim]
     with 0/1 masks. See the module docstring for the parts.
     """
+
+    querybank: Tensor  # buffers of made-plus (typed here: nn.Module's __getattr__ says Tensor | Module)
+    querybank_rows: Tensor
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -634,7 +658,7 @@ class MaDe(nn.Module):
             keys, mask = pool_windows(music.keys, music.mask, 2**scale)
             h1 = self.xpool(video.pooled, keys, mask)
             fused = fused + weight * (F.normalize(h1.float(), dim=-1) * v[None]).sum(-1)
-        return fused
+        return fused  # type: ignore[return-value]  # a Tensor: n_music_scales > 1 here, the loop runs
 
     def score_pairs(self, video: VideoTokens, music: MusicTokens) -> Tensor:
         """Relevance p_s of every (track, video) pair in one pass: [N, B]; minus the tracks'
@@ -680,7 +704,8 @@ class MaDe(nn.Module):
         sims = []
         for begin in range(0, rows, chunk):
             queries = bank[begin:begin + chunk]
-            mean_sim, xpool_sim = self.similarities(VideoTokens(None, None, queries), music)
+            # no tokens, no mask: similarities() reads a VideoTokens' pooled vectors only
+            mean_sim, xpool_sim = self.similarities(VideoTokens(None, None, queries), music)  # type: ignore[arg-type]
             sims.append((mean_sim + xpool_sim).float())
         beta, weight = self.cfg.querybank_beta, self.cfg.querybank_weight
         return weight / beta * (torch.logsumexp(beta * torch.cat(sims, dim=1), dim=1) - math.log(rows))
@@ -738,16 +763,26 @@ class MaDe(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
 
-    def forward(self, frames: Tensor, frame_mask: Tensor, windows: Tensor, window_mask: Tensor) -> dict[str, Tensor]:
+    def forward(self, frames: Tensor, frame_mask: Tensor, windows: Tensor, window_mask: Tensor,
+                detect_grad_scale: float = 1.0) -> dict[str, Tensor]:
         """A training batch of B matched pairs.
 
         Returns ``mean_sim`` and ``xpool_sim`` [B_music, B_video] over all pairs of the batch,
         ``spans`` [L, B, 2], the moment of each matched pair after every decoder layer, and
         with ``start_pointer`` its ``start_logits`` [L, B, S] over the track's windows.
+        ``detect_grad_scale`` (made-plus, ``TrainConfig``): the gradient that detection sends
+        back into the enhancers is multiplied by it (0: detection trains only its own weights);
+        the outputs are the same whatever its value.
         """
         video = self.encode_video(frames, frame_mask)
         music = self.encode_music(windows, window_mask)
         mean_sim, xpool_sim = self.similarities(video, music)
+        if detect_grad_scale != 1.0:
+            # encode_video/encode_music keep the tokens here; only search drops them
+            assert video.tokens is not None and music.tokens is not None
+            video = VideoTokens(scale_gradient(video.tokens, detect_grad_scale), video.mask,
+                                scale_gradient(video.pooled, detect_grad_scale))
+            music = replace(music, tokens=scale_gradient(music.tokens, detect_grad_scale))
         spans, start_logits = self._detect(video, music)
         out = {"mean_sim": mean_sim, "xpool_sim": xpool_sim, "spans": spans}
         if start_logits is not None:
@@ -755,6 +790,19 @@ class MaDe(nn.Module):
         return out
 
     # -- bookkeeping ------------------------------------------------------------------------
+
+    def learned_scalars(self) -> dict[str, float]:
+        """The learned scalars as they act, for training curves: ``logit_scale`` (the matching
+        losses' inverse temperature), ``xpool_sharpness`` and the multi-scale fusion weights
+        (``scale_weight_x1``, ``_x2``, ...) where the switches have them."""
+        with torch.no_grad():
+            out = {"logit_scale": float(self.logit_scale.float().exp())}
+            if self.xpool.log_sharpness is not None:
+                out["xpool_sharpness"] = float(self.xpool.log_sharpness.float().exp())
+            if self.cfg.n_music_scales > 1:
+                for scale, weight in enumerate(self.scale_logits.float().softmax(0).tolist()):
+                    out[f"scale_weight_x{2 ** scale}"] = weight
+        return out
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per module: enhancement, matching, detection, total."""

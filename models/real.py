@@ -75,6 +75,8 @@ class ContextModel(nn.Module):
     """Per-modality Linear to d + fixed sinusoidal positions, then ONE block shared by both
     modalities (the paper's parameter sharing); padded tokens are zeroed."""
 
+    positions: Tensor  # a buffer (typed here: nn.Module's __getattr__ says Tensor | Module)
+
     def __init__(self, cfg: RealModelConfig):
         super().__init__()
         self.video_proj = nn.Linear(cfg.video_dim, cfg.d_model)

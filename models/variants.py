@@ -52,7 +52,9 @@ class ModelConfig:
         if self.n_music_scales < 1:
             raise ValueError(f"n_music_scales must be at least 1, not {self.n_music_scales}")
         if self.xpool_sharpness < 0:
-            raise ValueError(f"xpool_sharpness must be 0 (the paper's fixed scale) or positive, not {self.xpool_sharpness}")
+            raise ValueError(
+                f"xpool_sharpness must be 0 (the paper's fixed scale) or positive, not {self.xpool_sharpness}"
+            )
         if self.querybank_size < 0:
             raise ValueError(f"querybank_size must be 0 (off) or positive, not {self.querybank_size}")
         if self.querybank_beta <= 0 or self.querybank_weight < 0:
@@ -73,11 +75,18 @@ class TrainConfig:
     giou_weight: float = 1.0
     logit_scale_init: float = 1.0 / 0.03
     mask_same_track_negatives: bool = False
-    same_track_positives: bool = False  # InfoNCE over the batch's distinct tracks, same-track videos positives (losses.py)
+    # InfoNCE over the batch's distinct tracks, same-track videos positives (losses.py)
+    same_track_positives: bool = False
     start_weight: float = 1.0  # cross-entropy on the labelled start window (models with start_pointer only)
+    detect_grad_scale: float = 1.0  # made-plus: detection's gradient into the shared enhancers times this (0: stopped)
     precision: str = "auto"  # auto | fp32 | bf16
     seed: int = 0
     eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if not 0.0 <= self.detect_grad_scale <= 1.0:
+            raise ValueError(f"detect_grad_scale must be from 0 (detection's gradient stopped at the enhancers) "
+                             f"to 1 (the paper's), not {self.detect_grad_scale}")
 
 
 # ----------------------------------------------------------------------------- ReAL (seed 003)

@@ -64,14 +64,14 @@ def built(tmp_path_factory, media_src, tiny_encoders):
 
 def index_good_tracks(root: Path, media_src: Path, encoders, detect_beats: bool) -> tuple[Path, Path]:
     """Copy the good tracks to ``root/music`` and index them into ``root/index.sqlite``."""
-    from mgsv_cli.index import store
+    from mgsv_cli.index.pipeline import index_folder
 
     music = root / "music"
     for rel, *_ in TRACKS:
         (music / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(media_src / "music" / rel, music / rel)
     index = root / "index.sqlite"
-    assert store.index_music(music, index, encoders=encoders, detect_beats=detect_beats).ok
+    assert index_folder(music, index, encoders=encoders, detect_beats=detect_beats).ok
     return music.resolve(), index
 
 

@@ -1,18 +1,14 @@
 """Media files the media/feature tests generate with ffmpeg's lavfi sources (no fixtures on disk)."""
 from __future__ import annotations
 
-import sys
-
-import shutil
-
 import contextlib
-
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 
 def ffmpeg(*args: str) -> None:

@@ -195,14 +195,14 @@ LONG_NAME = "01 - The Extraordinarily Long Title of a Wonderful Summer Anthem (E
 
 @pytest.fixture(scope="module")
 def long_named_library(tmp_path_factory, media_src, tiny_encoders):
-    from mgsv_cli.index import store
+    from mgsv_cli.index.pipeline import index_folder
 
     root = tmp_path_factory.mktemp("long_names")
     music = root / "music"
     music.mkdir()
     shutil.copy2(media_src / "music" / TRACKS[1][0], music / "02-tagged.mp3")  # tagged: "Synth B - Beta"
     shutil.copy2(media_src / "music" / TRACKS[2][0], music / LONG_NAME.replace(".wav", ".flac"))
-    assert store.index_music(music, root / "index.sqlite", encoders=tiny_encoders, detect_beats=False).ok
+    assert index_folder(music, root / "index.sqlite", encoders=tiny_encoders, detect_beats=False).ok
     return root / "index.sqlite"
 
 

@@ -32,13 +32,14 @@ def test_old_checkpoint_loads_with_its_config(old_files):
 
 
 def test_old_index_opens_with_its_tracks_tokens_and_beats(old_files):
-    from mgsv_cli.index.store import open_index
+    from mgsv_cli.index.backend import open_store
 
-    with open_index(old_files / "index.sqlite") as index:
+    with open_store(old_files / "index.sqlite") as index:
         tracks = index.tracks()
         assert [t.path for t in tracks] == [f"/music/track-{k}.mp3" for k in range(4)]
         assert [t.duration for t in tracks] == [31.0, 64.5, 122.0, 18.0]
-        assert tracks[1].beats and tracks[1].beats["tempo_bpm"] == 120.0
+        beats = index.beats_for([t.id for t in tracks])
+        assert beats[1] and beats[1]["tempo_bpm"] == 120.0
         feats, mask = index.tokens_for([t.id for t in tracks])
         assert feats.shape[0] == 4 and mask.sum(axis=1).tolist() == [13, 26, 49, 8]
         assert index.integrity_check() == "ok"
@@ -54,7 +55,7 @@ def test_old_files_give_the_same_suggestions(old_files, snap):
     mask = (np.arange(50) < 13).astype(np.float32)
     encoders = load_encoders("tiny", device="cpu")
     with Suggester.open(index_path=old_files / "index.sqlite", checkpoint=old_files / "checkpoint",
-                        encoders_obj=encoders, device="cpu", use_cache=False) as suggester:
+                        encoders_obj=encoders, device="cpu") as suggester:
         got = suggester.suggest_features(frames, mask, 12.4, top_k=4, video="/clips/fixture.mp4", snap=snap).to_json()
     assert [s["track"] for s in got["suggestions"]] == [s["track"] for s in expected["suggestions"]]
     for mine, theirs in zip(got["suggestions"], expected["suggestions"]):

@@ -40,13 +40,13 @@ def test_required_checks_pass_here():
 
 
 def test_index_size_is_read(isolated_home):
-    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
+    from mgsv_cli.index.pipeline import import_tokens
+    from mgsv_cli.index.records import NewTrack
     from mgsv_cli.paths import default_index_path
 
-    tracks = [PrecomputedTrack(f"/music/{i}.mp3", np.zeros((3, 4), np.float32), np.ones(3, np.float32), 60.0)
+    tracks = [NewTrack(f"/music/{i}.mp3", "", 60.0, np.zeros((3, 4), np.float32), np.ones(3, bool), "test-encoder")
               for i in range(3)]
-    import_tokens(default_index_path(), tracks, encoder_id="test-encoder")
-    assert doctor.index_counts(default_index_path()) == (3, 0)
+    import_tokens(default_index_path(), tracks)
     check = by_name(doctor.run_checks())["music index"]
     assert check.ok and check.detail.startswith("3 track(s), 0 with beats")
 
@@ -86,13 +86,14 @@ def test_a_crashing_check_becomes_a_failed_line(monkeypatch):
 
 def _index_at_default_path(n_tracks: int = 12):
     """An index of ``n_tracks`` made-up tracks where doctor looks (big enough to need overflow pages)."""
-    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
+    from mgsv_cli.index.pipeline import import_tokens
+    from mgsv_cli.index.records import NewTrack
     from mgsv_cli.paths import default_index_path
 
     rng = np.random.default_rng(0)
-    tracks = [PrecomputedTrack(f"/music/{i}.mp3", rng.standard_normal((96, 64)).astype(np.float32),
-                               np.ones(96, np.float32), 60.0) for i in range(n_tracks)]
-    import_tokens(default_index_path(), tracks, encoder_id="test-encoder")
+    tracks = [NewTrack(f"/music/{i}.mp3", "", 60.0, rng.standard_normal((96, 64)).astype(np.float32),
+                       np.ones(96, bool), "test-encoder") for i in range(n_tracks)]
+    import_tokens(default_index_path(), tracks)
     return default_index_path()
 
 

@@ -3,13 +3,15 @@
     base      mgsv_cli, errors, paths, device
     media     ffmpeg I/O, files, beats, synth
     features  the recipe, the encoders, their weights
-    models    the networks (shipped as mgsv_cli.models from the top-level models/ folder)
-    index     the track store, the token cache
+    models | index      the networks (shipped as mgsv_cli.models from the top-level models/
+                        folder) | the track stores (peers: storage knows no network)
+    retrieval           the search: derived rows, first stage, rerank, moments
     editor | research   (peers: neither imports the other)
     app       cli, settings, doctor, demo, completion, __main__, serve (the web server and its client)
 
 A module may import its own sub-package and anything in a lower layer, never a higher
-one; and the module graph has no cycle.
+one; the module graph has no cycle; and each sub-package imports only what its own
+docstring's "May import:" line lists.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = {
-    "base": 0, "media": 1, "features": 2, "models": 3, "index": 4, "editor": 5, "research": 5, "app": 6,
+    "base": 0, "media": 1, "features": 2, "models": 3, "index": 3, "retrieval": 4, "editor": 5, "research": 5,
+    "app": 6,
 }
-PEERS_THAT_MUST_NOT_MEET = {("editor", "research"), ("research", "editor")}
+PEERS_THAT_MUST_NOT_MEET = {("editor", "research"), ("research", "editor"), ("models", "index"), ("index", "models")}
 APP_MODULES = {"cli", "settings", "doctor", "demo", "completion", "__main__", "serve"}
 BASE_MODULES = {"errors", "paths", "device"}
 
@@ -147,10 +150,65 @@ def test_function_level_and_relative_imports_are_read(tmp_path):
     assert imports_of("mgsv_cli.media.m", source, known) == known
 
 
-@pytest.mark.parametrize("package", ["media", "features", "index", "editor", "research", "serve"])
+SUB_PACKAGES = ["media", "features", "index", "retrieval", "editor", "research", "serve", "cli"]
+
+
+@pytest.mark.parametrize("package", SUB_PACKAGES)
 def test_every_sub_package_says_what_it_is_for(package):
     doc = ast.get_docstring(ast.parse((REPO / "mgsv_cli" / package / "__init__.py").read_text()))
     assert doc and "May import" in doc
+
+
+def may_import(docstring: str) -> set[str] | None:
+    """What a package's "May import:" line allows: package or module names (``features.recipe``),
+    ``base`` for the base modules; None for "anything"."""
+    import re
+
+    line = docstring.split("May import:", 1)[1].split("Never", 1)[0]
+    if "anything" in line:
+        return None
+    allowed = set(re.findall(r"``([a-z_.]+)``", line))
+    if "base modules" in line:
+        allowed.add("base")
+    return allowed
+
+
+def allowed_by(allowed: set[str] | None, own: str, target: str) -> bool:
+    """Whether a module of package ``own`` may import ``target`` under ``allowed``."""
+    if allowed is None:
+        return True
+    parts = target.split(".")
+    if len(parts) == 1 or parts[1] in BASE_MODULES:
+        return "base" in allowed
+    name = ".".join(parts[1:])
+    return parts[1] == own or any(name == a or name.startswith(a + ".") for a in allowed)
+
+
+def docstring_violations(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for package in [*SUB_PACKAGES, "models"]:
+        init = REPO / ("models" if package == "models" else f"mgsv_cli/{package}") / "__init__.py"
+        allowed = may_import(ast.get_docstring(ast.parse(init.read_text())) or "May import: ")
+        for module, targets in graph.items():
+            if module.split(".")[1:2] != [package]:
+                continue
+            problems += [f"{module} imports {target}, which mgsv_cli.{package}'s docstring does not allow"
+                         for target in sorted(targets) if not allowed_by(allowed, package, target)]
+    return problems
+
+
+def test_every_package_imports_only_what_its_docstring_allows():
+    assert docstring_violations(import_graph()) == []
+
+
+def test_the_docstring_rule_bites():
+    allowed = may_import("x.\n\nMay import: base modules and ``features.recipe``. Never the index.")
+    assert allowed == {"base", "features.recipe"}
+    assert allowed_by(allowed, "models", "mgsv_cli.errors") and allowed_by(allowed, "models", "mgsv_cli.models.made")
+    assert allowed_by(allowed, "models", "mgsv_cli.features.recipe")
+    assert not allowed_by(allowed, "models", "mgsv_cli.features.weights")
+    assert not allowed_by(allowed, "models", "mgsv_cli.index.backend")
+    assert allowed_by(may_import("May import: anything of mgsv."), "cli", "mgsv_cli.index")
 
 
 def test_models_package_says_what_it_is_for():
@@ -159,5 +217,5 @@ def test_models_package_says_what_it_is_for():
 
 
 def test_tests_mirror_the_packages():
-    for package in ("media", "features", "models", "index", "editor", "research", "serve"):
+    for package in ("media", "features", "models", "index", "retrieval", "editor", "research", "serve"):
         assert list((REPO / "tests" / package).glob("test_*.py")), f"tests/{package}/ has no tests"

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from _workflow_helpers import clear_settings_env
+
 from mgsv_cli import settings
 from mgsv_cli.cli import main
 from mgsv_cli.errors import ConfigError, OutputExistsError
@@ -107,8 +107,8 @@ def test_init_writes_a_loadable_commented_file_and_never_overwrites():
 
 
 def test_choices_match_the_modules_that_use_them():
-    from mgsv_cli.editor import render
     from mgsv_cli.editor import export as writers
+    from mgsv_cli.editor import render
 
     assert settings.MIX_MODES == tuple(render.MIX_MODES)
     assert settings.EXPORT_FORMATS == tuple(writers.FORMATS)

@@ -6,6 +6,6 @@ cut onto the beat; ``suggest`` ranks tracks and finds moments; ``render`` is the
 mixdown (it owns the mix modes); ``export`` writes timelines through OpenTimelineIO;
 ``tracklist`` is the suggester's view of the library's tracks (arrays for all, records on demand).
 
-May import: base modules, ``media``, ``features``, ``models`` and ``index``. Never
-``research`` or the CLI.
+May import: base modules, ``media``, ``features``, ``models``, ``index`` and ``retrieval``.
+Never research or the app.
 """

@@ -137,7 +137,8 @@ class EditList:
         try:
             spans = tuple(Span(float(s["start"]), float(s["end"])) for s in data["spans"])
             joins = tuple(Join(float(j["at"]), float(j["out"]), float(j["into"]), float(j["crossfade"]),
-                               float(j.get("cost", 0.0)), bool(j.get("section", False))) for j in data.get("joins") or ())
+                               float(j.get("cost", 0.0)), bool(j.get("section", False)))
+                          for j in data.get("joins") or ())
             found = cls(mode=str(data["mode"]), requested=str(data.get("requested", data["mode"])), spans=spans,
                         joins=joins, length=float(data.get("length") or sum(s.seconds for s in spans)),
                         fade_out=float(data.get("fade_out") or 0.0), reason=data.get("reason"),

@@ -29,4 +29,5 @@ def relevance_strip(relevance: Sequence[float], start: float, end: float, width:
     seconds_per_cell = n * WINDOW_STEP_S / width
     first_cut = min(width - 1, int(start / seconds_per_cell))
     last_cut = min(width - 1, max(first_cut, int((end - 1e-9) / seconds_per_cell)))
-    return "".join(cells[:first_cut]) + "[" + "".join(cells[first_cut:last_cut + 1]) + "]" + "".join(cells[last_cut + 1:])
+    chosen = "".join(cells[first_cut:last_cut + 1])
+    return "".join(cells[:first_cut]) + "[" + chosen + "]" + "".join(cells[last_cut + 1:])

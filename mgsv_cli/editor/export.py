@@ -155,11 +155,12 @@ def default_output_path(video: str | os.PathLike, fmt: str) -> Path:
     return outputs.beside(video, _check_format(fmt)[1])
 
 
-def check_frame_rate(frame_rate: float | None) -> None:
-    """A UsageError for a ``--frame-rate`` that is not a positive, finite number (nan, inf, 0, -5)."""
+def check_frame_rate(frame_rate: float | None, names=None) -> float | None:
+    """A timeline's frame rate: a positive, finite number of frames per second (nan, inf, 0, -5 refused)."""
     if frame_rate is not None and not (math.isfinite(frame_rate) and frame_rate > 0):
-        raise UsageError(f"--frame-rate {frame_rate}: must be a positive number of frames per second "
-                         "(such as 25 or 29.97)")
+        name = names("frame_rate") if names is not None else "--frame-rate"
+        raise UsageError(f"{name} {frame_rate}: must be a positive number of frames per second (such as 25 or 29.97)")
+    return frame_rate
 
 
 def timeline_rate(fps: float | None) -> float:
@@ -189,7 +190,8 @@ def video_timeline_rate(info) -> tuple[float, str | None]:
                       f"nominal): the timeline runs at {_rate_text(rate)} fps")
     rate = _timecode_rate(info.fps)
     if rate is None:
-        unusual = f"{name} runs at {info.fps:g} fps, not a timecode rate" if info.fps else f"{name} states no frame rate"
+        unusual = (f"{name} runs at {info.fps:g} fps, not a timecode rate" if info.fps
+                   else f"{name} states no frame rate")
         return FALLBACK_RATE, f"{unusual}: the timeline runs at {_rate_text(FALLBACK_RATE)} fps"
     return rate, None
 
@@ -241,9 +243,11 @@ def plan_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, p
     cut_start = round(start * rate)
     cut_frames = min(video_frames, max(1, round((end - start) * rate)))
     clips, fades = _edit_clips(entry.edit, video_seconds, video_frames, rate)
-    if clips:
+    fit = None
+    if clips and entry.edit is not None:
         cut_start, cut_frames = clips[0]
         warnings += list(entry.edit.notes)
+        fit = entry.edit.mode
     elif not track_fits(track_seconds, video_seconds):
         warnings.append(f"{shorter_than_clip(track_seconds, video_seconds)}: the music stops "
                         f"{video_seconds - track_seconds:.2f} s before the video ends")
@@ -254,7 +258,7 @@ def plan_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, p
         cut_start_frame=cut_start, cut_frames=cut_frames, rank=entry.rank, score=entry.score, title=entry.title,
         artist=entry.artist, warnings=tuple(warnings), width=info.width, height=info.height,
         sources={video: SourceFormat.of(info), track: SourceFormat.of(track_info)},
-        music_clips=tuple(clips), crossfade_frames=tuple(fades), fit=entry.edit.mode if clips else None,
+        music_clips=tuple(clips), crossfade_frames=tuple(fades), fit=fit,
     )
 
 
@@ -552,7 +556,8 @@ def _fcpxml_with_transitions(text: str, plan: TimelinePlan) -> str:
     effect_id = f"r{len(resources) + 1}"
     while root.find(f".//*[@id='{effect_id}']") is not None:
         effect_id = f"r{int(effect_id[1:]) + 1}"
-    ElementTree.SubElement(resources, "effect", {"id": effect_id, "name": "Audio Crossfade", "uid": "FFAudioTransition"})
+    ElementTree.SubElement(resources, "effect",
+                           {"id": effect_id, "name": "Audio Crossfade", "uid": "FFAudioTransition"})
     storyline = ElementTree.Element("spine", {"lane": "-1", "offset": host.get("start", "0s")})
     exact = _exact_rate(plan.rate)
     for k, clip in enumerate(music):
@@ -643,3 +648,37 @@ def _sub(parent, tag: str, text: str | None = None):
     if text is not None:
         element.text = text
     return element
+
+
+def export_suggestion(video_path: str | os.PathLike, request, *, start: float | None = None,
+                      out: str | os.PathLike | None = None, force: bool | None = None):
+    """Write the suggestion remembered for ``video_path`` as a timeline, as ``request``
+    (``editor.requests.ExportRequest``) asks: its pick, format, frame rate, moved onto the beat
+    when it says so. ``start`` moves the picked cut there first (same length); ``out`` and
+    ``force`` replace the request's (``mgsv serve`` writes an upload's timelines in its own folder).
+
+    Returns ``(ExportResult, the record as written, the snapping.Snap or None)``.
+    """
+    import dataclasses
+
+    from mgsv_cli.editor.snapping import snap_suggestion
+
+    record = load_last_suggestion(video_path)
+    if start is not None:
+        entry = record.pick(request.pick)
+        record = record.with_entry(dataclasses.replace(entry, start=float(start),
+                                                       end=float(start) + entry.end - entry.start, snapped_to=None))
+    snap_info = None
+    if request.snap == "beat":
+        record, snap_info = snap_suggestion(record, request.pick, index_path=request.index)
+    fit, join = getattr(request, "fit", None), getattr(request, "join", None)
+    if fit is not None or join is not None or (start is not None or snap_info is not None) and \
+            record.pick(request.pick).edit is not None:
+        from mgsv_cli.editor.fitting import refit_suggestion
+
+        # The edit list is made again for the moved start, the mode asked for, or the join moved.
+        record = refit_suggestion(record, request.pick, fit, index_path=request.index, join_at=join)
+    exported = write_timeline(record, video_path, request.fmt, request.out if out is None else out,
+                              pick=request.pick, frame_rate=request.frame_rate,
+                              force=request.force if force is None else force)
+    return exported, record, snap_info

@@ -114,8 +114,8 @@ def join_costs(structure: TrackStructure) -> JoinCosts:
         steps = np.diagonal(matrix, offset=1)
         scale = max(float(np.median(steps)) if len(steps) else 0.0, floor)
         parts.append((matrix / scale, steps / scale))
-    direct = sum(p[0] for p in parts) / len(parts)
-    natural = sum(p[1] for p in parts) / len(parts)
+    direct = np.mean([p[0] for p in parts], axis=0)
+    natural = np.mean([p[1] for p in parts], axis=0)
     # Context: what follows (i vs j) and what came before (i - 1 vs j - 1): low where the
     # music around both bar lines is alike (the same chord of the same kind of section).
     context = direct.copy()
@@ -233,7 +233,8 @@ class _Context:
         before the end (the moment the video wants keeps the other half)."""
         import numpy as np
 
-        candidates = [s for s in self.structure.sections if s <= self.bars[self.last] - MIN_ENDING_BARS * self.bar + 1e-3]
+        latest = self.bars[self.last] - MIN_ENDING_BARS * self.bar + 1e-3
+        candidates = [s for s in self.structure.sections if s <= latest]
         target = candidates[-1] if candidates else self.bars[max(0, self.last - MIN_ENDING_BARS)]
         target = max(target, self.end - 0.5 * self.length)
         return int(np.argmin(np.abs(self.bars - target)))
@@ -248,7 +249,7 @@ class _Context:
         options = []
         start = self.start - remainder
         if start >= -_TOLERANCE and first_cut - start >= 0.5 * self.bar:
-            cost = SHIFT_WEIGHT * abs(remainder) / self.bar + (PINNED_SHIFT_COST if self.pinned and abs(remainder) > 1e-3 else 0.0)
+            cost = SHIFT_WEIGHT * abs(remainder) / self.bar + self._pinned_cost(remainder)
             note = (f"start moved {remainder:+.2f} s off the downbeat so the ending lands on the last frame"
                     if self.pinned and abs(remainder) > 1e-3 else None)
             options.append((cost, max(0.0, start), self.end, 0.0, note))
@@ -259,6 +260,10 @@ class _Context:
             note = f"the last chord's ring-out shortened by {trimmed:.2f} s" if trimmed > 1e-3 else None
             options.append((TRIM_WEIGHT * trimmed / self.bar, self.start, end, fade, note))
         return min(options, key=lambda o: o[0]) if options else None
+
+    def _pinned_cost(self, moved: float) -> float:
+        """Moving a start pinned on a downbeat: only when nothing else works."""
+        return PINNED_SHIFT_COST if self.pinned and abs(moved) > 1e-3 else 0.0
 
     def _bonus(self, i: int, j: int) -> float:
         return SECTION_BONUS if self.costs.section[i] and self.costs.section[j] else 0.0
@@ -286,7 +291,7 @@ class _Context:
             start = max(0.0, self.end - self.length)
             moved = start - self.start
             note = f"start moved {moved:+.2f} s so the track's ending finishes the clip" if abs(moved) > 1e-3 else None
-            cost = SHIFT_WEIGHT * abs(moved) / self.bar + (PINNED_SHIFT_COST if self.pinned and abs(moved) > 1e-3 else 0.0)
+            cost = SHIFT_WEIGHT * abs(moved) / self.bar + self._pinned_cost(moved)
             plans.append(_Plan(cost, start, self.end, 0.0, (), (), (note,) if note else ()))
         rough = None
         for i in self._out_bars():
@@ -308,7 +313,8 @@ class _Context:
                 if absorbed is None:
                     continue
                 extra, start, end, fade, note = absorbed
-                place = (LONGER_TAIL_WEIGHT if j < self.preferred_in else SHORTER_TAIL_WEIGHT) * abs(j - self.preferred_in)
+                weight = LONGER_TAIL_WEIGHT if j < self.preferred_in else SHORTER_TAIL_WEIGHT
+                place = weight * abs(j - self.preferred_in)
                 cost = join + extra + place - self._bonus(i, j)
                 plans.append(_Plan(cost, start, end, fade, ((i, j),), (join,), (note,) if note else ()))
         if not plans:
@@ -400,8 +406,9 @@ def _edit_list(made: str, requested: str, structure: TrackStructure, plan: _Plan
         out, into = bars[i] - JOIN_LEAD_SECONDS, bars[j] - JOIN_LEAD_SECONDS
         spans.append(Span(position, out))
         at += out - position
+        section = costs.section  # bool [n]
         joins.append(Join(at=at, out=out, into=into, crossfade=min(CROSSFADE_SECONDS, max(0.0, into)),
-                          cost=cost, section=bool(costs.section[i] and costs.section[j])))
+                          cost=cost, section=bool(section[i] and section[j])))  # type: ignore[index]
         position = into
     spans.append(Span(position, float(plan.end)))
     # Floating-point sums: the last span ends exactly where the clip does.

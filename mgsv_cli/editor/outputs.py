@@ -65,6 +65,11 @@ def is_folder(path: str | os.PathLike) -> bool:
         return False
 
 
+def single_clip(videos) -> bool:
+    """One clip named (not a folder): its failure is the command's error, not one line of a batch."""
+    return len(videos) == 1 and not is_folder(videos[0])
+
+
 def is_mgsv_output(path: str | os.PathLike) -> bool:
     """Whether a file name is one mgsv writes (``<stem>.mgsv.<ext>``)."""
     return OUTPUT_TAG + "." in Path(path).name

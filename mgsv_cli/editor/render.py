@@ -38,8 +38,8 @@ from typing import Iterable, Iterator
 from mgsv_cli.editor import outputs
 from mgsv_cli.editor.editlist import EditList
 from mgsv_cli.editor.record import FIT_TOLERANCE, shorter_than_clip, track_fits
-from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, StorageError, UsageError, storage_error
+from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.paths import remove_quietly
 
 MIX_MODES = ("replace", "original", "duck")
@@ -83,6 +83,34 @@ ABANDONED_AFTER_SECONDS = 24 * 3600.0
 # Ducking: the music drops by roughly 12-15 dB while the video's voice (normalised to the
 # target loudness for detection) is above about -30 dBFS, and comes back within ~0.3 s.
 DUCK_FILTER = "sidechaincompress=threshold=0.03:ratio=8:attack=15:release=300:knee=2:makeup=1"
+
+
+LOUDNESS_RANGE = (-70.0, -5.0)  # LUFS a render may aim at
+
+
+def _named(names, field: str) -> str:
+    """An option as the caller spells it (``editor.requests``: a --flag or a JSON field)."""
+    return names(field) if names is not None else "--" + field.replace("_", "-")
+
+
+def check_mix(mix: str, names=None) -> str:
+    if mix not in MIX_MODES:
+        raise UsageError(f"{_named(names, 'mix')} {mix!r}: expected one of {', '.join(MIX_MODES)}")
+    return mix
+
+
+def check_fade(field: str, seconds: float, names=None) -> float:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UsageError(f"{_named(names, field)} {seconds}: seconds, 0 or more")
+    return float(seconds)
+
+
+def check_loudness(lufs: float, names=None) -> float:
+    low, high = LOUDNESS_RANGE
+    if not (math.isfinite(lufs) and low <= lufs <= high):
+        raise UsageError(f"{_named(names, 'loudness')} {lufs} LUFS: expected a value from {low:g} to {high:g}")
+    return float(lufs)
+
 
 
 @dataclass
@@ -163,9 +191,8 @@ def fit_cut(start: float, video_seconds: float, track_seconds: float) -> Cut:
 
 def fit_fades(fade_in: float, fade_out: float, music_seconds: float) -> tuple[float, float, list[str]]:
     """Fade lengths that fit in ``music_seconds`` (both shrunk in proportion when they overlap)."""
-    for name, value in (("fade-in", fade_in), ("fade-out", fade_out)):
-        if not math.isfinite(value) or value < 0:
-            raise UsageError(f"{name} {value} s: must be 0 or more")
+    check_fade("fade_in", fade_in)
+    check_fade("fade_out", fade_out)
     total = fade_in + fade_out
     if total <= music_seconds:
         return fade_in, fade_out, []
@@ -470,10 +497,8 @@ def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out
     own (the track's ending finishes it); loudness, ducking and the video are as for a cut.
     """
     video, track = outputs.check_video_input(video), Path(track).expanduser()
-    if mix not in MIX_MODES:
-        raise UsageError(f"--mix {mix!r}: expected one of {', '.join(MIX_MODES)}")
-    if not (-70.0 <= loudness <= -5.0):
-        raise UsageError(f"loudness {loudness} LUFS: expected a value from -70 to -5")
+    check_mix(mix)
+    check_loudness(loudness)
     out_path = _check_output(video, track, Path(out).expanduser() if out is not None else None, force)
     plan, warnings = _plan(video, track, start, mix, fade_in, fade_out, loudness, edit)
     tmp = _reserve_temporary(out_path)  # an unwritable folder fails now, not after the passes
@@ -816,8 +841,9 @@ def resolve_music(video: str | os.PathLike, pick: int = 1, track: str | os.PathL
     """:func:`resolve_moment` with the music's edit list: ``(track, start, edit or None)``.
 
     ``fit``: ``cut``, ``ending`` or ``loop``; None plays what the remembered suggestion holds
-    (its edit list, made by ``mgsv suggest --fit``), and with ``track``/``start`` a cut. The edit is made again when the mode differs, the start was snapped
-    now, or ``join_at`` moves its join to another bar line.
+    (its edit list, made by ``mgsv suggest --fit``), and with ``track``/``start`` a cut. The
+    edit is made again when the mode differs, the start was snapped now, or ``join_at`` moves
+    its join to another bar line.
     """
     from mgsv_cli.editor import fitting
     from mgsv_cli.editor.snapping import check_snap, snap_cut
@@ -884,3 +910,40 @@ def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pi
             yield video, result, None
         except MgsvError as exc:
             yield video, None, exc
+
+
+@dataclass(frozen=True)
+class RenderOutcome:
+    """What became of one video of :func:`render_videos`: its ``result``, or why it failed
+    (``error``, one line, with its ``exit_code``)."""
+
+    video: str
+    result: RenderResult | None = None
+    error: str | None = None
+    exit_code: int = 0
+
+
+def render_videos(videos, request) -> Iterator[RenderOutcome]:
+    """Render a request (``editor.requests.RenderRequest``) under clips (files or folders of them).
+
+    One clip named (not a folder): rendered to ``request.out`` (a file, or a folder to put it in),
+    its error raised. Several: each into ``request.out`` (a folder) or beside itself, one
+    :class:`RenderOutcome` each, a failure never stopping the batch (inputs that are not
+    videos come first).
+    """
+    if outputs.single_clip(videos):
+        music, begin, edit = resolve_music(videos[0], request.pick, request.track, request.start, request.snap,
+                                           request.index, request.fit, join_at=request.join)
+        yield RenderOutcome(str(videos[0]), render(videos[0], music, begin, edit=edit, **request.mixdown()))
+        return
+    found, problems = outputs.expand_video_inputs(videos)
+    for name, reason in problems:
+        yield RenderOutcome(name, error=reason, exit_code=UsageError.exit_code)
+    options = {k: v for k, v in request.mixdown().items() if k != "out"}
+    for video, result, error in render_many(found, out=request.out, pick=request.pick, track=request.track,
+                                            start=request.start, snap=request.snap, index_path=request.index,
+                                            fit=request.fit, **options):
+        if error is None:
+            yield RenderOutcome(str(video), result)
+        else:
+            yield RenderOutcome(str(video), error=str(error), exit_code=error.exit_code)

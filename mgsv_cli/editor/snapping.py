@@ -33,15 +33,28 @@ class Snap:
         return self.start - self.requested_start
 
 
+def normalize_snap(snap: str | None, names=None) -> str | None:
+    """``snap`` as the library takes it: ``"beat"``, or None for no snapping (``"off"`` too, the
+    settings file's word for it); anything else a UsageError naming the option (``names``, see
+    ``editor.requests``)."""
+    if snap is None or snap == "off":
+        return None
+    if snap not in SNAP_MODES:
+        flag = names("snap") if names is not None else "--snap"
+        raise UsageError(f"{flag} {snap!r}: expected {' or '.join(('off', *SNAP_MODES))}")
+    return snap
+
+
 def check_snap(snap: str | None) -> None:
     """A UsageError for anything but no snapping or ``"beat"``."""
-    if snap is not None and snap not in SNAP_MODES:
-        raise UsageError(f"--snap {snap!r}: the only snap is 'beat'")
+    if snap is not None:
+        normalize_snap(snap)
 
 
 def grid_for_track(track, index_path=None) -> tuple[BeatGrid, str]:
-    """The track's beat grid and where it came from: ``"index"`` when the music index
-    stored one at index time, else ``"detected"`` now (decoding the file)."""
+    """The track's beat grid and where it came from: ``"index"`` when the track store (an
+    SQLite index or a Lance store) keeps one from index time, else ``"detected"`` now
+    (decoding the file)."""
     stored = _stored_grid(str(track), index_path)
     if stored is not None:
         return stored, "index"
@@ -49,17 +62,20 @@ def grid_for_track(track, index_path=None) -> tuple[BeatGrid, str]:
 
 
 def _stored_grid(track: str, index_path) -> BeatGrid | None:
-    from mgsv_cli.index.store import open_index
+    """The grid the store at ``index_path`` (either backend; None: mgsv's index) keeps for ``track``."""
+    from mgsv_cli.index.backend import open_store
 
     try:
-        index = open_index(index_path, require_tracks=False)
+        store = open_store(index_path)
     except MgsvError:
-        return None  # no index, or not one of ours: detecting is the fallback
-    with index:
-        for info in index.tracks():
-            if info.path == track and info.beats:
-                return BeatGrid.from_dict(info.beats)
-    return None
+        return None  # no store, or not one of ours: detecting is the fallback
+    with store:
+        try:
+            record = store.find(track)
+            beats = store.beats_for([record.track_id])[0] if record is not None else None
+        except MgsvError:
+            return None
+    return BeatGrid.from_dict(beats) if beats else None
 
 
 def snap_cut(track, start: float, length: float, track_seconds: float, *, grid: BeatGrid | None = None,

@@ -1,13 +1,11 @@
-"""The suggester's view of the library's tracks: every track's id and duration as arrays, a
-``TrackInfo`` on demand.
+"""The suggester's view of a store's tracks: every track's id and duration as arrays, a
+``TrackRecord`` on demand.
 
-An editor's SQLite library is read whole (thousands of tracks: the list is the index's own).
-A catalog store of a million tracks is not: its records as Python objects take ~6 s and ~1 GB
-to build, and a query needs only two numbers per track (whether it is long enough for the
-clip, and where the first stage's ids sit) plus the records of the few tracks suggested.
-So :class:`TrackList` keeps ids and durations as numpy arrays for all tracks, and either
-holds the ``TrackInfo`` list (``of``) or loads the records of the positions asked for
-(``lazy``), keeping the last few thousand.
+A query needs two numbers per track (whether it is long enough for the clip, and where the
+retriever's ids sit) plus the records of the few tracks suggested; a catalog's records as
+Python objects would take seconds and a gigabyte to build for a million tracks. So :class:`TrackList`
+keeps ids and durations as numpy arrays for all tracks and loads the records of the
+positions asked for, keeping the last few thousand.
 
 May import: base modules, ``index`` and ``editor.record``.
 """
@@ -15,33 +13,22 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
-_KEEP_LOADED = 4096  # lazy records kept between queries (a few videos' candidates)
+_KEEP_LOADED = 4096  # records kept between queries (a few videos' candidates)
 
 
 class TrackList:
-    """Tracks by position: ``ids`` int64 [N], ``durations`` float64 [N] seconds; ``tracks[p]`` a ``TrackInfo``."""
+    """Tracks by position: ``ids`` int64 [N], ``durations`` float64 [N] seconds; ``tracks[p]`` a
+    ``TrackRecord``, read with ``load(ids)`` (e.g. ``TrackStore.tracks``: records in the order asked)."""
 
-    def __init__(self, ids, durations, infos: Sequence | None = None,
-                 load: Callable[[list[int]], list] | None = None):
+    def __init__(self, ids, durations, load: Callable[[list[int]], list]):
         import numpy as np
 
         self.ids = np.asarray(ids, dtype=np.int64)
         self.durations = np.asarray(durations, dtype=np.float64)
-        self._infos = infos
         self._load = load
         self._loaded: dict[int, Any] = {}
         self._order = np.argsort(self.ids, kind="stable")
         self._sorted_ids = self.ids[self._order]
-
-    @classmethod
-    def of(cls, infos: Sequence) -> "TrackList":
-        """The list of a library read whole (``TrackInfo`` objects, in index order)."""
-        return cls([t.id for t in infos], [t.duration for t in infos], infos=list(infos))
-
-    @classmethod
-    def lazy(cls, ids, durations, load: Callable[[list[int]], list]) -> "TrackList":
-        """Tracks ``ids`` [N] of ``durations`` [N]; ``load(ids)`` returns their ``TrackInfo`` in that order."""
-        return cls(ids, durations, load=load)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -52,28 +39,22 @@ class TrackList:
             self.load(chosen)
             return [self[p] for p in chosen]
         position = int(position)
-        if self._infos is not None:
-            return self._infos[position]
         if position not in self._loaded:
             self.load([position])
         return self._loaded[position]
 
     def __iter__(self) -> Iterator:
-        if self._infos is not None:
-            return iter(self._infos)
         return (self[p] for p in range(len(self)))
 
     def load(self, positions: Sequence[int]) -> None:
-        """Read the records of ``positions`` in one call (a lazy list; nothing to do otherwise)."""
-        if self._infos is not None:
-            return
+        """Read the records of ``positions`` in one call (those not read already)."""
         wanted = sorted({int(p) for p in positions} - self._loaded.keys())
         if not wanted:
             return
         if len(self._loaded) + len(wanted) > _KEEP_LOADED:
             self._loaded.clear()
-        infos = self._load([int(self.ids[p]) for p in wanted])
-        self._loaded.update(zip(wanted, infos))
+        records = self._load([int(self.ids[p]) for p in wanted])
+        self._loaded.update(zip(wanted, records))
 
     def fits(self, clip_seconds: float):
         """bool [N]: which tracks are long enough for a clip of ``clip_seconds`` (``record.tracks_fit``)."""

@@ -6,5 +6,5 @@
 finds, downloads and reports the pretrained weights (one Hugging Face cache probe,
 shared by loading and ``mgsv models list``).
 
-May import: the base modules (errors, paths, device) and ``media``.
+May import: base modules and ``media``. Never the networks, the index or anything above.
 """

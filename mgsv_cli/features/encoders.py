@@ -10,7 +10,6 @@ Everything heavy (torch, open_clip, transformers) is imported inside functions.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import os
 from collections import deque
@@ -22,12 +21,28 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from mgsv_cli.errors import MediaError, MgsvError, WeightsMissingError, first_line
+from mgsv_cli.features.recipe import (
+    AST_MEAN,
+    AST_STD,
+    CLIP_IMAGE_SIZE,
+    CLIP_MEAN,
+    CLIP_STD,
+    ENCODER_IDS,
+    MAX_MUSIC_SECONDS,
+    N_FBANK_FRAMES,
+    N_MEL_BINS,
+    N_MUSIC_WINDOWS,
+    N_VIDEO_FRAMES,
+    SAMPLE_RATE,
+    TINY_MUSIC_DIM,
+    TrackSpectrogram,
+)
 from mgsv_cli.features.weights import (
-    CLIP_MODEL_NAME,
-    CLIP_PRETRAINED_TAG,
     AST_HUB_REPO,
     AST_WEIGHTS_SUBDIR,
     CLIP_HUB_REPO,
+    CLIP_MODEL_NAME,
+    CLIP_PRETRAINED_TAG,
     CLIP_WEIGHTS_SUBDIR,
     cached_ast_weights,
     cached_clip_file,
@@ -36,26 +51,11 @@ from mgsv_cli.features.weights import (
     hub_unreachable_reason,
     offline_env,
 )
-from mgsv_cli.features.recipe import (
-    TINY_MUSIC_DIM,
-    AST_MEAN,
-    AST_STD,
-    CLIP_IMAGE_SIZE,
-    CLIP_MEAN,
-    CLIP_STD,
-    MAX_MUSIC_SECONDS,
-    N_FBANK_FRAMES,
-    N_MEL_BINS,
-    N_MUSIC_WINDOWS,
-    N_VIDEO_FRAMES,
-    SAMPLE_RATE,
-    TrackSpectrogram,
-)
 
 # ---------------------------------------------------------------- encoder identities
 
-PRETRAINED_ENCODER_ID = "clip-vit-b-32-openai+ast-audioset-0.4593"
-TINY_ENCODER_ID = "tiny-v1"
+PRETRAINED_ENCODER_ID = ENCODER_IDS["pretrained"]
+TINY_ENCODER_ID = ENCODER_IDS["tiny"]
 TINY_SEED = 20250601
 
 # bench/bench_ast.py on the 2-core CPU: casting AST's weights to bf16 is as fast as
@@ -178,10 +178,22 @@ class _TrackJob:
         self.n_remaining = len(self.todo)
         self.feats = None if spectrogram is None else np.zeros((N_MUSIC_WINDOWS, music_dim), np.float32)
 
+    def window(self, k: int):
+        """The spectrogram of window ``k`` (a job is batched only while it has one)."""
+        assert self.spectrogram is not None
+        return self.spectrogram.window(k)
+
+    def store(self, k: int, row) -> None:
+        """Window ``k``'s embedding computed."""
+        assert self.feats is not None  # set with the spectrogram
+        self.feats[k] = row
+        self.n_remaining -= 1
+
     def result(self) -> TrackFeatures:
         if self.error is not None:
             return TrackFeatures(self.path, error=self.error)
         spectrogram, self.spectrogram = self.spectrogram, None
+        assert spectrogram is not None  # a job has a spectrogram or an error; result() runs once
         return TrackFeatures(self.path, feats=self.feats, mask=spectrogram.valid.astype(np.uint8),
                              duration=spectrogram.duration)
 
@@ -348,10 +360,10 @@ class Encoders:
         import torch
 
         if not self.overlap:
-            return _Launched(batch, self.embed_windows(np.stack([job.spectrogram.window(k) for job, k in batch])))
+            return _Launched(batch, self.embed_windows(np.stack([job.window(k) for job, k in batch])))
         on_gpu = getattr(self.device, "type", None) == "cuda"
         staged = torch.empty((len(batch), N_FBANK_FRAMES, N_MEL_BINS), dtype=torch.float32, pin_memory=on_gpu)
-        np.stack([job.spectrogram.window(k) for job, k in batch], out=staged.numpy())
+        np.stack([job.window(k) for job, k in batch], out=staged.numpy())
         with torch.inference_mode(), self._memory_hint(len(batch)):
             inputs = staged.to(self.device, non_blocking=True)
             out = self._ast(input_values=inputs.to(self._ast_dtype)).pooler_output.float()
@@ -409,8 +421,7 @@ class _Launched:
             self.done.synchronize()
         outputs = self.outputs.numpy() if hasattr(self.outputs, "numpy") else self.outputs
         for (job, k), row in zip(self.batch, outputs):
-            job.feats[k] = row
-            job.n_remaining -= 1
+            job.store(k, row)
 
 
 @contextlib.contextmanager
@@ -542,7 +553,7 @@ def _load_pretrained(device, offline: bool, weights_dir, precision: str, parts) 
     clip_name = f"CLIP {CLIP_MODEL_NAME} '{CLIP_PRETRAINED_TAG}' (hub {CLIP_HUB_REPO})"
     ast_name = f"AST {AST_HUB_REPO}"
     clip_source = find_clip_weights(weights_dir) if "video" in parts else None
-    ast_source = find_ast_weights(weights_dir) if "music" in parts else None
+    ast_source: Path | str | None = find_ast_weights(weights_dir) if "music" in parts else None
     # Say everything that is missing at once, before spending time loading anything: offline,
     # or when the hub cannot be reached (its client would retry for ~30 s before failing).
     clip_source = clip_source or ("video" in parts and cached_clip_file()) or None
@@ -673,7 +684,8 @@ def _load_tiny(device, precision: str, parts) -> Encoders:
             config = ASTConfig(
                 hidden_size=TINY_MUSIC_DIM, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                 patch_size=16, frequency_stride=10, time_stride=10, max_length=N_FBANK_FRAMES,
-                num_mel_bins=N_MEL_BINS, attn_implementation="sdpa",
+                # attn_implementation: a PretrainedConfig keyword, taken through **kwargs (not in ASTConfig's signature)
+                num_mel_bins=N_MEL_BINS, attn_implementation="sdpa",  # type: ignore[call-arg]
             )
             ast_model = _place_ast(ASTModel(config), device, _ast_dtype(device, precision))
     clip_dtype = _clip_dtype(device, precision)

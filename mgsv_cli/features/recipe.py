@@ -39,6 +39,8 @@ TINY_MUSIC_DIM = 64  # the tiny encoders' music width (their frames are CLIP-wid
 # (video, music) token widths per ``--encoders`` kind: a checkpoint trained on features of one
 # kind can only rank music indexed with that kind.
 ENCODER_WIDTHS = {"pretrained": (CLIP_EMBED_DIM, AST_EMBED_DIM), "tiny": (CLIP_EMBED_DIM, TINY_MUSIC_DIM)}
+# The id each kind's tokens carry in a track store (tokens of different ids never mix).
+ENCODER_IDS = {"pretrained": "clip-vit-b-32-openai+ast-audioset-0.4593", "tiny": "tiny-v1"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -49,6 +51,11 @@ def encoders_for_widths(video_dim: int, music_dim: int) -> str | None:
         if widths == (int(video_dim), int(music_dim)):
             return kind
     return None
+
+
+def encoder_kind_of(encoder_id: str | None) -> str:
+    """``tiny`` or ``pretrained``: the ``--encoders`` choice that produces ``encoder_id``."""
+    return "tiny" if encoder_id and encoder_id.startswith("tiny") else "pretrained"
 
 
 def describe_encoders(video_dim: int, music_dim: int) -> str:

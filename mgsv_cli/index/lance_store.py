@@ -3,39 +3,51 @@
 Layout under the store's root (a local folder or a ``s3://``/``gs://``/``az://`` URI,
 given to Lance unchanged; credentials come from the usual environment variables)::
 
-    ROOT/tracks.lance          one row per track (schema below)
-    ROOT/derived/<fp>.lance    one dataset per checkpoint fingerprint: track_id, pooled, n_windows, scoring
+    ROOT/tracks.lance          one row per file (schema below)
+    ROOT/failed.lance          the files that could not be taken: path, size, mtime, reason
+    ROOT/derived/<fp>.lance    one dataset per checkpoint fingerprint: track_id, content_key,
+                               pooled, n_windows, scoring
 
 Design choices:
 
-* **Ids from the content hash.** A track's id is the first 63 bits of BLAKE2b of its content
-  hash: stable, unique in practice (10^7 tracks collide with odds about 5e-6) and the same
-  whichever writer (a Ray worker, a rerun) adds it, so two writers never need to agree on a
-  counter. Tracks are only ever appended: a changed file is a new content hash, a new track.
+* **One row per file, ids from the location.** A track's id is the first 63 bits of
+  BLAKE2b of its location (:func:`track_key`): stable, unique in practice (10^7 tracks
+  collide with odds about 5e-6) and the same whichever writer (a Ray worker, a rerun) adds
+  it, so two writers never need to agree on a counter. A changed file is the same track
+  with new tokens (its ``content_key``, the same 63 bits of its content hash, changes);
+  a renamed or copied file gets a row of its own with the tokens of the identical content
+  copied, as in the SQLite index. Stores written before (format 1) keyed rows by content:
+  their ids are their content keys, which is what the migration gives their
+  ``content_key`` column, so their derived rows stay current.
+* **What tells an unchanged file**: each row keeps the file's size and mtime, so a rerun
+  reads only files whose size or mtime changed, as the SQLite index does.
 * **Tokens trimmed.** AST tokens are stored as fp16 bytes ``[n, 768]`` up to the last valid
   window (a 140 s track keeps 57 of 96 windows), with the window mask ``[n]``; reads pad
   back to 96. Pooled vectors are a ``fixed_size_list<float32, d>`` column, so that a Lance
   vector index can be built on them.
+* **Derived rows are current** while their ``content_key`` is the track's: a re-embedded
+  file is encoded again, a track never scored with another content's keys.
 * **One blob per reranked track.** The rerank reads 1,000 random tracks' derived rows per
-  query, and Lance's ``take()`` costs per column read: a track's pooled vector, fp16 keys
-  ``[n, d]`` and mask ``[n]`` are one uncompressed ``scoring`` blob (decoded with slice copies
-  straight from the arrow buffer).
+  query, and Lance's ``take()`` costs per column read: a track's pooled vector, keys and
+  mask are one uncompressed ``scoring`` blob (decoded with slice copies straight from the
+  arrow buffer).
 * **Keys in float16 or int8**, chosen when the store is created (``key_encoding``, recorded in
   the tracks dataset's metadata; each derived dataset records its own). int8 keeps each
   window's key as int8 [d] with one float32 scale (:func:`~mgsv_cli.index.records.quantize_keys`):
-  ~16 KB instead of ~30 KB per track, so a million tracks' derived rows (15 GB instead of 29)
-  stay in a 23 GB machine's page cache, at a cost of ~0.3% of each key's norm.
-* **One commit per call.** ``add_tracks`` and ``put_derived`` are each one Lance commit (a new
-  version of the dataset, written atomically by Lance): a writer killed mid-call leaves the
+  about half the bytes, so a million tracks' derived rows stay in a workstation's page cache,
+  at a cost of ~0.3% of each key's norm.
+* **One commit per call.** Every write (``add_tracks``, ``touch``, ``put_derived``...) is one
+  Lance commit (a new version, written atomically): a writer killed mid-call leaves the
   store at the previous version; its orphan data files are invisible to readers.
 * **Two writers.** On a local folder every write holds an exclusive ``flock`` on
-  ``ROOT.lock`` for the length of one commit, and inserts with ``merge_insert`` on the content
-  hash, so concurrent runs both land without duplicates. Object stores have no lock: there a
-  writer re-reads the hashes it has just inserted after its commit and deletes every copy
-  but the first (smallest row id), so racing writers converge on one row per hash; readers
-  ignore the brief duplicates (one row per id).
+  ``ROOT.lock`` for the length of one commit, and upserts by location, so concurrent runs
+  both land without duplicates. Object stores have no lock: there a writer re-reads the
+  locations it has just inserted after its commit and deletes every copy but the first
+  (smallest row id), so racing writers converge on one row per file; readers ignore the
+  brief duplicates (one row per id).
 * **Format version** in the schema metadata of every dataset (``mgsv_store_format``); a
-  store written by a newer mgsv is refused, never half-read.
+  store written by a newer mgsv is refused, never half-read. An older store is migrated on
+  its first write (columns added, format raised).
 * **The pooled matrix** is exported once per (tracks version, derived version) to a ``.npy``
   in the cache folder and memory-mapped: the first stage of the search multiplies a query by
   [N, d] without copying millions of rows into Python objects.
@@ -46,32 +58,55 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from mgsv_cli import paths
 from mgsv_cli.errors import DataError, IndexDatabaseError, MgsvError, StorageError, first_line, storage_error
 from mgsv_cli.features import recipe
-from mgsv_cli.index.records import DerivedRows, NewTrack, TrackRecord, check_derived, pad_rows, to_numpy, \
-    valid_length
+from mgsv_cli.index.locking import make_folder, writer_lock
+from mgsv_cli.index.records import (
+    DerivedRows,
+    FailedFile,
+    FileState,
+    NewTrack,
+    TrackRecord,
+    check_derived,
+    pad_rows,
+    to_numpy,
+    valid_length,
+)
+from mgsv_cli.index.trackstore import TrackStore
 
-FORMAT_VERSION = 3  # the newest format this mgsv reads: 1; 2: derived datasets of int8 keys; 3: with score offsets
+# Lance warns at every fork once it is imported; mgsv forks only to exec ffmpeg (subprocess) and
+# Ray's processes, which touch no Lance state before exec.
+warnings.filterwarnings("ignore", message="lance is not fork-safe")
+
+# The newest format this mgsv reads. Tracks: 1 rows by content; 2 rows by file (ids from the
+# location, size, mtime and content_key columns). Derived: 1; 2 int8 keys; 3 score offsets;
+# 4 rows carry their track's content_key.
+FORMAT_VERSION = 4
+TRACKS_FORMAT, DERIVED_FORMAT = 2, 4
 _FORMAT_KEY = b"mgsv_store_format"
 _KEY_ENCODING_KEY = b"mgsv_key_encoding"  # tracks: the store's choice for new derived datasets; derived: its own
 _OFFSETS_KEY = b"mgsv_score_offsets"  # derived: b"1" when each scoring blob holds the model's score offset
 _KIND_KEY = b"mgsv_store_kind"
 TRACKS_NAME = "tracks.lance"
+FAILED_NAME = "failed.lance"
 DERIVED_FOLDER = "derived"
-_RECORD_COLUMNS = ["id", "location", "content_hash", "duration", "tags"]
+_RECORD_COLUMNS = ["id", "location", "content_hash", "duration", "tags", "content_key"]
 _TOKEN_COLUMNS = ["id", "n_windows", "feat_dim", "tokens", "mask"]
 _EXPORT_CHUNK = 65536  # rows per take() while exporting the pooled matrix
 SCORING_COLUMN = "scoring"  # derived, per row: float32 LE pooled [d] | keys | uint8 mask [n]; keys are
 # float16 LE [n, d], or with int8 keys float32 LE scales [n] | int8 [n, d]
 
 
-def track_id_of(content_hash: str) -> int:
-    """The stable id of the track with ``content_hash``: 63 bits of BLAKE2b (a positive int64)."""
-    digest = hashlib.blake2b(content_hash.encode(), digest_size=8).digest()
+def track_key(text: str) -> int:
+    """63 bits of BLAKE2b of ``text`` (a positive int64): a track's id (of its location) and the
+    key of its content (of its content hash)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
@@ -83,10 +118,8 @@ def _join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/")] + list(parts))
 
 
-def _format_of(key_encoding: str, offsets: bool = False) -> int:
-    """The format a derived dataset of ``key_encoding`` (and score ``offsets``) is written in: the
-    oldest that has what it needs, so that older mgsv still reads what it can score right."""
-    return 3 if offsets else 2 if key_encoding == "int8" else 1
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _tracks_schema(key_encoding: str = "float16"):
@@ -104,7 +137,24 @@ def _tracks_schema(key_encoding: str = "float16"):
         pa.field("tokens", pa.large_binary()),  # float16 LE [n_windows, feat_dim]
         pa.field("mask", pa.binary()),  # uint8 [n_windows]
         pa.field("beats", pa.string()),  # beat-grid JSON or null
-    ], metadata={_FORMAT_KEY: b"1", _KIND_KEY: b"tracks", _KEY_ENCODING_KEY: key_encoding.encode()})
+        pa.field("size", pa.int64()),  # the file's, when it was read (null: tokens made elsewhere)
+        pa.field("mtime_ns", pa.int64()),
+        pa.field("content_key", pa.int64()),  # track_key(content_hash): what derived rows are current for
+    ], metadata={_FORMAT_KEY: str(TRACKS_FORMAT).encode(), _KIND_KEY: b"tracks",
+                 _KEY_ENCODING_KEY: key_encoding.encode()})
+
+
+# What a tracks dataset of format 1 gains on its first write: its ids were content keys.
+_TRACKS_MIGRATION = {"size": "CAST(NULL AS BIGINT)", "mtime_ns": "CAST(NULL AS BIGINT)", "content_key": "id"}
+
+
+def _failed_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("path", pa.string(), nullable=False), pa.field("size", pa.int64()), pa.field("mtime_ns", pa.int64()),
+        pa.field("reason", pa.string()), pa.field("failed_at", pa.string()),
+    ], metadata={_FORMAT_KEY: b"1", _KIND_KEY: b"failed"})
 
 
 def _derived_schema(dim: int, fingerprint: str, key_encoding: str = "float16", offsets: bool = False):
@@ -112,34 +162,46 @@ def _derived_schema(dim: int, fingerprint: str, key_encoding: str = "float16", o
 
     return pa.schema([
         pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("content_key", pa.int64()),  # the content the row was computed from
         pa.field("pooled", pa.list_(pa.float32(), dim)),
         pa.field("n_windows", pa.int32()),
         # What the rerank reads, as one uncompressed blob per track (see _scoring_blobs): Lance's
-        # take() of 1,000 random rows costs per column read (pooled + keys + mask: 74 ms at 1M
-        # tracks, this one column: ~45 ms), and fp16 activations barely compress (~8%) while
-        # decompressing 29 MB cost ~40 ms of 2 cores. ``pooled`` above stays for the vector index
-        # and the first stage's export (1 KB of 30 per track held twice).
+        # take() of 1,000 random rows costs per column read, and fp16 activations barely compress.
+        # ``pooled`` above stays for the vector index and the first stage's export.
         pa.field(SCORING_COLUMN, pa.large_binary(), metadata={"lance-encoding:compression": "none"}),
-    ], metadata={_FORMAT_KEY: str(_format_of(key_encoding, offsets)).encode(), _KIND_KEY: b"derived",
+    ], metadata={_FORMAT_KEY: str(DERIVED_FORMAT).encode(), _KIND_KEY: b"derived",
                  b"fingerprint": fingerprint.encode(), _KEY_ENCODING_KEY: key_encoding.encode(),
                  _OFFSETS_KEY: b"1" if offsets else b"0"})
 
 
-class LanceTrackStore:
+def _format(ds) -> int:
+    try:
+        return int((ds.schema.metadata or {}).get(_FORMAT_KEY, b"0"))
+    except ValueError:
+        return 0
+
+
+class LanceTrackStore(TrackStore):
     """:class:`~mgsv_cli.index.backend.TrackStore` over Lance datasets under ``uri``.
 
-    Every read opens the latest version (appends by other writers are seen); track ids are
-    stable, so ids read from one version stay valid in later ones.
+    Every read opens the latest version (writes by other writers are seen) unless
+    :meth:`pin` fixed one; track ids are stable, so ids read from one version stay valid.
     """
+
+    commit_size = 32
+    supports_vector_index = True
 
     def __init__(self, uri: str, *, lock_timeout: float = 60.0, lock: bool = True, key_encoding: str = "float16"):
         self.uri = uri
         self.key_encoding = key_encoding  # for derived datasets created from now on (see open)
         self._tracks_uri = _join(uri, TRACKS_NAME)
+        self._failed_uri = _join(uri, FAILED_NAME)
         self._lock_timeout = lock_timeout
         # Object stores cannot be flock'ed: their writers deduplicate after committing instead.
         self._use_lock = lock and not _is_remote(uri)
-        self._maps: dict[tuple[str, str], tuple[int, Any, Any]] = {}  # latest version's map per dataset
+        self._maps: dict[tuple, tuple] = {}  # per (dataset, columns): the latest version's id map
+        self._pinned: int | None = None  # tracks version every read uses (pin)
+        self._read_keys: dict[int, int] = {}  # content_key of the tokens handed out by tokens_for
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -191,7 +253,7 @@ class LanceTrackStore:
         import lance
 
         if not _is_remote(self.uri):
-            _make_folder(Path(self.uri))
+            make_folder(Path(self.uri))
         schema = _tracks_schema(self.key_encoding)
         with self._write_lock():
             if self._exists(self._tracks_uri):  # another run created it meanwhile
@@ -203,11 +265,11 @@ class LanceTrackStore:
                 if not self._exists(self._tracks_uri):
                     raise self._error(exc, "create") from None
 
-    def _dataset(self, dataset_uri: str):
+    def _dataset(self, dataset_uri: str, version: int | None = None):
         import lance
 
         with self._lance_errors("read"):
-            return lance.dataset(dataset_uri)
+            return lance.dataset(dataset_uri, version=version)
 
     def _check_format(self, ds, kind: str) -> None:
         meta = ds.schema.metadata or {}
@@ -246,13 +308,12 @@ class LanceTrackStore:
         except Exception as exc:  # Lance raises OSError, ValueError, RuntimeError...: one line each
             raise self._error(exc, action) from None
 
+
     @contextlib.contextmanager
     def _write_lock(self):
         if not self._use_lock:
             yield
             return
-        from mgsv_cli.index.store import writer_lock
-
         try:
             with writer_lock(Path(self.uri), timeout=self._lock_timeout):
                 yield
@@ -263,27 +324,45 @@ class LanceTrackStore:
                                      f"{self._lock_timeout:g} s (lock {self.uri}.lock); try again when it is done") \
                 from None
 
-    # -- tracks ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _commit(self):
+        """One write: under the lock (local folders), Lance's errors as one line."""
+        with self._write_lock(), self._lance_errors("write"):
+            yield
+
+    # -- tracks: reading -------------------------------------------------------------------
 
     def _tracks(self):
-        return self._dataset(self._tracks_uri)
+        return self._dataset(self._tracks_uri, self._pinned)
 
-    def _id_map(self, ds, column: str, keep: str = "first"):
-        """(sorted unique ids, their row positions) of ``ds`` at its version; duplicates (a
-        racing writer's, until it deduplicates) resolve to their first or last row."""
+    def _has(self, ds, column: str) -> bool:
+        return column in ds.schema.names
+
+    def _id_map(self, ds, column: str, keep: str = "first", stamp: str | None = None):
+        """(sorted unique ids, their row positions[, their ``stamp`` column]) of ``ds`` at its
+        version; duplicates (a racing writer's, until it deduplicates) resolve to their first or
+        last row. A missing ``stamp`` column (a dataset of an older format) reads as the ids."""
         import numpy as np
 
-        key = (ds.uri, keep)
+        key = (ds.uri, column, keep, stamp)
         cached = self._maps.get(key)
         if cached is None or cached[0] != ds.version:
+            columns = [column] + ([stamp] if stamp and self._has(ds, stamp) else [])
             with self._lance_errors("read"):
-                ids = ds.to_table(columns=[column]).column(0).to_numpy()
+                table = ds.to_table(columns=columns)
+            ids = table.column(0).to_numpy()
+            stamps = None
+            if stamp:
+                stamps = ids.copy() if len(columns) == 1 else \
+                    np.where(table.column(1).is_null().to_numpy(zero_copy_only=False), ids,
+                             table.column(1).fill_null(0).to_numpy())
             if keep == "last":
-                ids = ids[::-1]
+                ids, stamps = ids[::-1], (None if stamps is None else stamps[::-1])
             unique, first = np.unique(ids, return_index=True)
             positions = first if keep == "first" else len(ids) - 1 - first
-            cached = self._maps[key] = (ds.version, unique, positions.astype(np.int64))
-        return cached[1], cached[2]
+            kept = None if stamps is None else stamps[first]
+            cached = self._maps[key] = (ds.version, unique, positions.astype(np.int64), kept)
+        return (cached[1], cached[2]) if stamp is None else (cached[1], cached[2], cached[3])
 
     def _positions(self, ds, ids: Sequence[int], column: str = "id", keep: str = "first", what: str = "tracks"):
         import numpy as np
@@ -304,12 +383,16 @@ class LanceTrackStore:
             head = ds.to_table(columns=["encoder_id"], limit=1).column(0).to_pylist()
         return head[0] if head else None
 
+    @property
+    def content_version(self) -> str:
+        return f"{self.uri}:{self._tracks().version}"
+
     def __len__(self) -> int:
         return len(self._id_map(self._tracks(), "id")[0])
 
     def ids_and_durations(self) -> tuple[Any, Any]:
-        """(ids int64 [N], durations float64 [N] seconds) of every track, by id: what a search
-        over the whole store needs of each track, without N records (1M records: ~6 s, ~1 GB)."""
+        """(ids int64 [N], durations float64 [N] seconds) of every track, by id, without N records
+        (1M records: ~6 s, ~1 GB)."""
         import numpy as np
 
         ds = self._tracks()
@@ -318,19 +401,38 @@ class LanceTrackStore:
             durations = ds.to_table(columns=["duration"]).column(0).to_numpy(zero_copy_only=False)[first]
         return unique.astype(np.int64), np.nan_to_num(durations.astype(np.float64), nan=0.0)
 
+    def _records(self, table) -> list[TrackRecord]:
+        data = table.to_pydict()
+        keys = data.get("content_key") or data["id"]
+        return [TrackRecord(int(i), loc, h, float(d), json.loads(t) if t else {}, int(k if k is not None else i))
+                for i, loc, h, d, t, k in zip(data["id"], data["location"], data["content_hash"], data["duration"],
+                                              data["tags"], keys)]
+
+    def _record_columns(self, ds) -> list[str]:
+        return [c for c in _RECORD_COLUMNS if self._has(ds, c)]
+
     def tracks(self, ids: Sequence[int] | None = None) -> list[TrackRecord]:
-        """Records of ``ids`` in the order asked; every track, by id, when None."""
+        """Records of ``ids`` in the order asked; every track, by id, when None (``token_stamp``: the
+        track's content key, which changes with its tokens)."""
         ds = self._tracks()
         with self._lance_errors("read"):
             if ids is None:  # one scan, not N random reads; first row of an id (see _id_map), by id
-                table = ds.to_table(columns=_RECORD_COLUMNS)
+                table = ds.to_table(columns=self._record_columns(ds))
                 table = table.take(self._id_map(ds, "id")[1]) if table.num_rows else table
             else:
-                table = ds.take(self._positions(ds, ids), columns=_RECORD_COLUMNS)
-        table = table.to_pydict()
-        return [TrackRecord(int(i), loc, h, float(d), json.loads(t) if t else {})
-                for i, loc, h, d, t in zip(table["id"], table["location"], table["content_hash"],
-                                           table["duration"], table["tags"])]
+                table = ds.take(self._positions(ds, ids), columns=self._record_columns(ds))
+        return self._records(table)
+
+    def find(self, location: str | os.PathLike) -> TrackRecord | None:
+        from mgsv_cli.index.sqlite_store import resolve_location
+
+        text = str(location)
+        candidates = [text] if _is_remote(text) else list(dict.fromkeys([text, resolve_location(text)]))
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            table = ds.to_table(columns=self._record_columns(ds), filter=_in_filter("location", candidates), limit=1)
+        records = self._records(table)
+        return records[0] if records else None
 
     def iter_tokens(self, batch_size: int = 256) -> Iterator[tuple[Any, Any, Any]]:
         """Every track's tokens, in store order: (ids int64 [B], tokens float32 [B, 96, 768], mask bool [B, 96])."""
@@ -345,50 +447,235 @@ class LanceTrackStore:
                 batch = next(batches, None)
             if batch is None:
                 return
-            ids = batch.column(0).to_pylist()
-            keep = [k for k, i in enumerate(ids) if i not in seen and not seen.add(i)]
+            keep = []
+            for k, i in enumerate(batch.column(0).to_pylist()):
+                if i not in seen:
+                    seen.add(i)
+                    keep.append(k)
             if keep:
                 yield _decode_tokens(pa.Table.from_batches([batch]).take(keep))
 
     def tokens_for(self, ids: Sequence[int]) -> tuple[Any, Any]:
-        """AST tokens of ``ids``: float32 [K, 96, 768], mask bool [K, 96], in the order asked."""
+        """AST tokens of ``ids``: float32 [K, 96, 768], mask bool [K, 96], in the order asked.
+
+        Remembers the content key each track's tokens had, so that derived rows computed from
+        them are filed under it even if a writer replaces the track meanwhile."""
+        ds = self._tracks()
+        positions = self._positions(ds, ids)
+        columns = _TOKEN_COLUMNS + (["content_key"] if self._has(ds, "content_key") else [])
+        with self._lance_errors("read"):
+            table = ds.take(positions, columns=columns)
+        found, tokens, mask = _decode_tokens(table)
+        keys = table.column("content_key").to_pylist() if "content_key" in columns else found.tolist()
+        self._read_keys.update({int(i): int(k if k is not None else i) for i, k in zip(found.tolist(), keys)})
+        return tokens, mask
+
+    def beats_for(self, ids: Sequence[int]) -> list[dict | None]:
         ds = self._tracks()
         positions = self._positions(ds, ids)
         with self._lance_errors("read"):
-            table = ds.take(positions, columns=_TOKEN_COLUMNS)
-        _, tokens, mask = _decode_tokens(table)
-        return tokens, mask
+            values = ds.take(positions, columns=["beats"]).column(0).to_pylist()
+        return [json.loads(v) if v else None for v in values]
 
-    def beats_for(self, track_id: int) -> dict | None:
-        ds = self._tracks()
-        positions = self._positions(ds, [track_id])
+    def beat_count(self) -> int:
         with self._lance_errors("read"):
-            value = ds.take(positions, columns=["beats"]).column(0)[0].as_py()
-        return json.loads(value) if value else None
+            return int(self._tracks().count_rows(filter="beats IS NOT NULL"))
 
-    def content_hashes(self) -> set[str]:
-        ds = self._tracks()
+    def pin(self) -> None:
+        """Every later read of the tracks sees the version of now (writers go on meanwhile)."""
+        if self._pinned is None:
+            self._pinned = self._dataset(self._tracks_uri).version
+
+    # -- failed files ----------------------------------------------------------------------
+
+    def dataset_uri(self, kind: str) -> str | None:
+        """The URI of the store's ``tracks`` or ``failed`` dataset (None: no failed files yet), for
+        readers of the datasets themselves (the Ray engine's ``read_lance``)."""
+        if kind == "tracks":
+            return self._tracks_uri
+        return self._failed_uri if self._failed() is not None else None
+
+    def tracks_columns(self) -> list[str]:
+        """The columns of the tracks dataset (an older format has fewer)."""
+        return list(self._tracks().schema.names)
+
+    def _failed(self):
+        if not self._exists(self._failed_uri):
+            return None
+        ds = self._dataset(self._failed_uri)
+        self._check_format(ds, "failed")
+        return ds
+
+    def _failed_rows(self) -> list[dict]:
+        ds = self._failed()
+        if ds is None:
+            return []
         with self._lance_errors("read"):
-            return set(ds.to_table(columns=["content_hash"]).column(0).to_pylist())
+            return ds.to_table().to_pylist()
+
+    def failed_files(self) -> list[FailedFile]:
+        rows = {r["path"]: r for r in self._failed_rows()}  # a racing writer's duplicate: one each
+        return [FailedFile(p, r["reason"], r["size"], r["mtime_ns"], r["failed_at"]) for p, r in sorted(rows.items())]
+
+    def failed_states(self) -> dict[str, tuple[int | None, int | None]]:
+        return {r["path"]: (r["size"], r["mtime_ns"]) for r in self._failed_rows()}
+
+    def remember_failures(self, items: Sequence[tuple[str, int | None, int | None, str]]) -> None:
+        import lance
+        import pyarrow as pa
+
+        if not items:
+            return
+        latest = {path: (size, mtime, reason) for path, size, mtime, reason in items}
+        table = pa.Table.from_pylist([{"path": p, "size": s, "mtime_ns": m, "reason": r, "failed_at": _now()}
+                                      for p, (s, m, r) in latest.items()], schema=_failed_schema())
+        with self._commit():
+            ds = self._failed()
+            if ds is None:
+                lance.write_dataset(table, self._failed_uri, schema=table.schema, mode="create")
+            else:
+                ds.merge_insert("path").when_matched_update_all().when_not_matched_insert_all().execute(table)
+
+    def forget_failures(self, paths_: Sequence[str]) -> None:
+        ds = self._failed()
+        if ds is None or not paths_:
+            return
+        with self._commit():
+            ds.delete(_in_filter("path", list(paths_)))
+
+    # -- tracks: writing -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self, lock_timeout: float | None = None) -> Iterator[None]:
+        """Each write locks for its own commit (concurrent runs both land); what a run needs first
+        is a store of the current format: an older one is migrated here."""
+        if lock_timeout is not None:
+            self._lock_timeout = max(self._lock_timeout, lock_timeout)
+        self._migrate()
+        yield
+
+    def _migrate(self) -> None:
+        """Give a tracks dataset of format 1 the columns of format 2 (one commit)."""
+        ds = self._dataset(self._tracks_uri)
+        if _format(ds) >= TRACKS_FORMAT:
+            return
+        with self._commit():
+            ds = self._dataset(self._tracks_uri)
+            missing = {k: v for k, v in _TRACKS_MIGRATION.items() if not self._has(ds, k)}
+            if missing:
+                ds.add_columns(missing)
+            ds = self._dataset(self._tracks_uri)
+            ds.update_schema_metadata({_FORMAT_KEY.decode(): str(TRACKS_FORMAT)})
+
+    def file_states(self) -> dict[str, FileState]:
+        ds = self._tracks()
+        columns = ["location", "size", "mtime_ns", "content_hash"]
+        with self._lance_errors("read"):
+            table = ds.to_table(columns=[c for c in columns if self._has(ds, c)])
+        data = table.to_pydict()
+        none = [None] * table.num_rows
+        return {loc: FileState(size, mtime, content) for loc, size, mtime, content in
+                zip(data["location"], data.get("size", none), data.get("mtime_ns", none), data["content_hash"])}
+
+    def set_encoders(self, encoder_id: str, *, replace: bool = False) -> None:
+        stored = self.encoder_id
+        if stored is None or stored == encoder_id:
+            return
+        if not replace:
+            raise IndexDatabaseError(
+                f"the track store {self.uri} holds tokens of encoders '{stored}', not '{encoder_id}'; "
+                "re-run with --force to rebuild it with these encoders, or use another --store for them")
+        with self._commit():  # the tokens of different encoders live in different spaces: start afresh
+            self._dataset(self._tracks_uri).delete("true")
 
     def add_tracks(self, tracks: Iterable[NewTrack]) -> int:
-        """Append the tracks whose content hash is not stored yet, in one commit; returns how many."""
-        table = _tracks_table(list(tracks), self.key_encoding)
+        """Upsert the tracks by location, in one commit (a changed file keeps its id, with new tokens)."""
+        todo = list(tracks)
+        table = _tracks_table(todo, self.key_encoding)
         if table.num_rows == 0:
             return 0
         encoders = set(table.column("encoder_id").to_pylist())
-        with self._write_lock():
+        with self._commit():
             stored = self.encoder_id
             if len(encoders) > 1 or (stored is not None and stored not in encoders):
                 raise IndexDatabaseError(
                     f"the track store {self.uri} holds tokens of encoders '{stored}', not "
                     f"{', '.join(repr(e) for e in sorted(encoders - {stored}))}; use another --store for them")
-            with self._lance_errors("write"):
-                result = self._tracks().merge_insert("content_hash").when_not_matched_insert_all().execute(table)
-        added = int(result.get("num_inserted_rows", 0))
-        if not self._use_lock and added:
-            self._deduplicate(self._tracks_uri, "content_hash", table.column("content_hash").to_pylist())
-        return added
+            self._dataset(self._tracks_uri).merge_insert("location").when_matched_update_all() \
+                .when_not_matched_insert_all().execute(table)
+        locations = table.column("location").to_pylist()
+        if not self._use_lock:
+            self._deduplicate(self._tracks_uri, "location", locations)
+        failed = self.failed_states()  # read once: a comprehension's condition runs per location
+        self.forget_failures([loc for loc in locations if loc in failed])
+        return table.num_rows
+
+    def touch(self, items: Sequence[tuple[str, FileState]]) -> None:
+        import pyarrow as pa
+
+        if not items:
+            return
+        table = pa.table({"location": [loc for loc, _ in items],
+                          "size": pa.array([s.size for _, s in items], pa.int64()),
+                          "mtime_ns": pa.array([s.mtime_ns for _, s in items], pa.int64())})
+        with self._commit():
+            self._dataset(self._tracks_uri).merge_insert("location").when_matched_update_all().execute(table)
+        failed = self.failed_states()
+        self.forget_failures([loc for loc, _ in items if loc in failed])
+
+    def reuse(self, items: Sequence[tuple[str, FileState]]) -> list[str]:
+        """Copy the row of a stored track of the same content to each location (one commit)."""
+        wanted = {loc: state for loc, state in items if state.content_hash}
+        if not wanted:
+            return []
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            table = ds.to_table(filter=_in_filter("content_hash", sorted({s.content_hash for s in wanted.values()})))
+        by_hash: dict[str, dict[str, Any]] = {}
+        for row in table.to_pylist():
+            by_hash.setdefault(row["content_hash"], row)
+        copies = []
+        for location, state in wanted.items():
+            source = by_hash.get(state.content_hash)
+            if source is None or source["location"] == location:
+                continue
+            copies.append({**source, "id": track_key(location), "location": location, "size": state.size,
+                           "mtime_ns": state.mtime_ns, "content_key": track_key(state.content_hash)})
+        if copies:
+            import pyarrow as pa
+
+            rows = pa.Table.from_pylist(copies, schema=table.schema)
+            with self._commit():
+                self._dataset(self._tracks_uri).merge_insert("location").when_matched_update_all() \
+                    .when_not_matched_insert_all().execute(rows)
+            failed = self.failed_states()  # a delete that matches nothing is still a commit (a version)
+            self.forget_failures([c["location"] for c in copies if c["location"] in failed])
+        return [c["location"] for c in copies]
+
+    def remove(self, locations: Sequence[str]) -> int:
+        if not locations:
+            return 0
+        with self._commit():
+            ds = self._dataset(self._tracks_uri)
+            before = ds.count_rows()
+            ds.delete(_in_filter("location", list(locations)))
+            return before - self._dataset(self._tracks_uri).count_rows()
+
+    def tracks_without_beats(self) -> list[tuple[int, str]]:
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            table = ds.to_table(columns=["id", "location"], filter="beats IS NULL")
+        return sorted(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+
+    def set_beats(self, items: Sequence[tuple[int, dict | None]]) -> None:
+        import pyarrow as pa
+
+        if not items:
+            return
+        table = pa.table({"id": pa.array([int(i) for i, _ in items], pa.int64()),
+                          "beats": pa.array([json.dumps(b) if b is not None else None for _, b in items], pa.string())})
+        with self._commit():
+            self._dataset(self._tracks_uri).merge_insert("id").when_matched_update_all().execute(table)
 
     def _deduplicate(self, dataset_uri: str, column: str, values: list) -> int:
         """Delete every copy but the first (smallest row id) of ``values`` in ``column``: what a
@@ -426,25 +713,42 @@ class LanceTrackStore:
         self._check_format(ds, "derived")
         return ds
 
-    def derived_missing(self, fingerprint: str) -> list[int]:
-        """Ids of tracks with no derived rows for ``fingerprint`` (tracks never change: a
-        track's rows, once written, stay current)."""
+    def _current(self, tracks, derived):
+        """(derived track ids, their row positions) of the rows current for ``tracks``: of a track
+        there, computed from its content now (``content_key``)."""
         import numpy as np
 
-        ids = self._id_map(self._tracks(), "id")[0]
+        track_ids, _, track_keys = self._id_map(tracks, "id", stamp="content_key")
+        derived_ids, positions, derived_keys = self._id_map(derived, "track_id", "last", stamp="content_key")
+        at = np.clip(np.searchsorted(track_ids, derived_ids), 0, max(len(track_ids) - 1, 0))
+        current = (track_ids[at] == derived_ids) & (track_keys[at] == derived_keys) if len(track_ids) else \
+            np.zeros(len(derived_ids), bool)
+        return derived_ids[current], positions[current]
+
+    def derived_missing(self, fingerprint: str) -> list[int]:
+        """Ids of tracks with no current derived rows for ``fingerprint``."""
+        import numpy as np
+
+        tracks = self._tracks()
+        ids = self._id_map(tracks, "id")[0]
         derived = self._derived(fingerprint)
         if derived is not None:
-            ids = np.setdiff1d(ids, self._id_map(derived, "track_id", "last")[0])
+            ids = np.setdiff1d(ids, self._current(tracks, derived)[0])
         return ids.tolist()
 
     def put_derived(self, fingerprint: str, rows: DerivedRows) -> None:
-        """Store (replace) rows for ``fingerprint`` in one commit."""
+        """Store (replace) rows for ``fingerprint`` in one commit, each filed under the content key
+        its tokens had when :meth:`tokens_for` read them."""
         import lance
 
         ids, pooled, keys, mask, offsets = check_derived(rows)
         if not len(ids):
             return
-        self._positions(self._tracks(), ids.tolist())  # rows of unknown tracks are a caller's mistake
+        ds = self._tracks()
+        self._positions(ds, ids.tolist())  # rows of unknown tracks are a caller's mistake
+        if not all(int(i) in self._read_keys for i in ids):
+            self.tokens_for([int(i) for i in ids if int(i) not in self._read_keys])  # reads their content keys
+        content_keys = [self._read_keys[int(i)] for i in ids]
         dataset_uri = self._derived_uri(fingerprint)
         with self._write_lock():
             derived = self._derived(fingerprint)
@@ -453,7 +757,7 @@ class LanceTrackStore:
             if derived is not None and _has_offsets(derived) != (offsets is not None):
                 raise DataError(f"derived rows {'with' if offsets is not None else 'without'} score offsets for "
                                 f"checkpoint {fingerprint}, whose stored rows are the other kind")
-            table = _derived_table(ids, pooled, keys, mask, fingerprint, encoding, offsets)
+            table = _derived_table(ids, content_keys, pooled, keys, mask, fingerprint, encoding, offsets)
             if derived is None:
                 try:
                     lance.write_dataset(table, dataset_uri, schema=table.schema, mode="create")
@@ -466,13 +770,19 @@ class LanceTrackStore:
                     raise DataError(f"derived rows of width {pooled.shape[1]} for checkpoint {fingerprint}, "
                                     f"whose stored rows are {derived.schema.field('pooled').type}")
                 with self._lance_errors("write"):
+                    if _format(derived) < DERIVED_FORMAT:  # rows of an older format: their ids were content keys
+                        if not self._has(derived, "content_key"):
+                            derived.add_columns({"content_key": "track_id"})
+                        derived = self._dataset(dataset_uri)
+                        derived.update_schema_metadata({_FORMAT_KEY.decode(): str(DERIVED_FORMAT)})
+                        derived = self._dataset(dataset_uri)
                     derived.merge_insert("track_id").when_matched_update_all() \
-                        .when_not_matched_insert_all().execute(table)
+                        .when_not_matched_insert_all().execute(table.select(derived.schema.names))
         if not self._use_lock:
             self._deduplicate(dataset_uri, "track_id", ids.tolist())
 
     def pooled_matrix(self, fingerprint: str) -> tuple[Any, Any]:
-        """(track_ids int64 [N], pooled float32 [N, d]) of every track with derived rows, by id;
+        """(track_ids int64 [N], pooled float32 [N, d]) of every track with current derived rows, by id;
         both memory-mapped from ``.npy`` files exported once per store version."""
         import numpy as np
 
@@ -495,12 +805,9 @@ class LanceTrackStore:
         objects), atomically, and drop the exports of older versions."""
         import numpy as np
 
-        track_ids = self._id_map(tracks, "id")[0]
-        derived_ids, positions = self._id_map(derived, "track_id", "last")
-        current = np.isin(derived_ids, track_ids)
-        derived_ids, positions = derived_ids[current], positions[current]
+        derived_ids, positions = self._current(tracks, derived)
         dim = derived.schema.field("pooled").type.list_size
-        _make_folder(folder)
+        make_folder(folder)
         tmp = folder / f".{stem}.{os.getpid()}.tmp.npy"
         try:
             matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(derived_ids), dim))
@@ -550,6 +857,7 @@ class LanceTrackStore:
                                                               _has_offsets(derived))
         return DerivedRows(np.asarray(list(ids), dtype=np.int64), pooled, keys, mask, scales, offsets)
 
+
     def derived_dataset(self, fingerprint: str):
         """The Lance dataset of ``fingerprint``'s derived rows (format checked), or None: for a
         vector search on ``pooled`` (``to_table(nearest=...)``)."""
@@ -566,6 +874,7 @@ class LanceTrackStore:
             derived.create_index("pooled", index_type="IVF_PQ", metric=metric, num_partitions=num_partitions,
                                  num_sub_vectors=num_sub_vectors, replace=True)
 
+
     # -- upkeep ---------------------------------------------------------------------------
 
     def compact(self, *, min_fragments: int = 64, keep_versions_for_s: float = 3600.0) -> int:
@@ -579,7 +888,7 @@ class LanceTrackStore:
         """
         from datetime import timedelta
 
-        uris = [self._tracks_uri]
+        uris = [self._tracks_uri] + ([self._failed_uri] if self._exists(self._failed_uri) else [])
         derived_root = Path(self.uri) / DERIVED_FOLDER
         if not _is_remote(self.uri) and derived_root.is_dir():
             uris += [str(d) for d in sorted(derived_root.glob("*.lance"))]
@@ -595,24 +904,12 @@ class LanceTrackStore:
             done += 1
         return done
 
+
     def close(self) -> None:
         self._maps.clear()
 
-    def __enter__(self) -> "LanceTrackStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 # ---------------------------------------------------------------- packing
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise storage_error("create the folder", folder, exc) from None
 
 
 def _in_filter(column: str, values: list) -> str:
@@ -736,9 +1033,9 @@ def _decode_scoring(column, order, dim: int, key_encoding: str = "float16", has_
             at, keys_at = int(order[row]), begin + header
             mask_at = keys_at + (per_window - 1) * n
             pooled[at] = data[begin:begin + 4 * dim].view("<f4")
-            if has_offsets:
+            if offsets is not None:  # has_offsets
                 offsets[at] = data[begin + 4 * dim:keys_at].view("<f4")[0]
-            if quantized:
+            if scales is not None:  # quantized
                 scales[at, :n] = data[keys_at:keys_at + 4 * n].view("<f4")
                 keys[at, :n] = data[keys_at + 4 * n:mask_at].view(np.int8).reshape(n, dim)
             else:
@@ -749,24 +1046,22 @@ def _decode_scoring(column, order, dim: int, key_encoding: str = "float16", has_
 
 
 def _tracks_table(tracks: list[NewTrack], key_encoding: str = "float16"):
-    """The arrow table of ``tracks`` (each content hash once), tokens trimmed to their last valid window."""
+    """The arrow table of ``tracks`` (each location once: the last given wins), tokens trimmed
+    to their last valid window."""
     import numpy as np
     import pyarrow as pa
 
+    latest = {str(track.location): track for track in tracks}
     columns: dict[str, list] = {f.name: [] for f in _tracks_schema()}
-    seen: set[str] = set()
-    for track in tracks:
-        if track.content_hash in seen:
-            continue
-        seen.add(track.content_hash)
+    for location, track in latest.items():
         tokens = to_numpy(track.tokens)
         mask = to_numpy(track.mask).astype(bool).reshape(-1)
         if tokens.ndim != 2 or mask.shape != (tokens.shape[0],) or tokens.shape[0] > recipe.N_MUSIC_WINDOWS:
-            raise DataError(f"tokens of shape {tokens.shape} with mask {mask.shape} for {track.location}: "
+            raise DataError(f"tokens of shape {tokens.shape} with mask {mask.shape} for {location}: "
                             f"expected [S <= {recipe.N_MUSIC_WINDOWS}, D] and [S]")
         n = valid_length(mask)
-        columns["id"].append(track_id_of(track.content_hash))
-        columns["location"].append(str(track.location))
+        columns["id"].append(track_key(location))
+        columns["location"].append(location)
         columns["content_hash"].append(track.content_hash)
         columns["duration"].append(float(track.duration))
         columns["tags"].append(json.dumps(dict(track.tags or {}), sort_keys=True))
@@ -776,6 +1071,9 @@ def _tracks_table(tracks: list[NewTrack], key_encoding: str = "float16"):
         columns["tokens"].append(np.ascontiguousarray(tokens[:n], dtype="<f2").tobytes())
         columns["mask"].append(mask[:n].astype(np.uint8).tobytes())
         columns["beats"].append(json.dumps(track.beats) if track.beats is not None else None)
+        columns["size"].append(track.size)
+        columns["mtime_ns"].append(track.mtime_ns)
+        columns["content_key"].append(track_key(track.content_hash))
     return pa.Table.from_pydict(columns, schema=_tracks_schema(key_encoding))
 
 
@@ -795,7 +1093,8 @@ def _decode_tokens(table):
     return table.column("id").to_numpy().astype(np.int64), tokens, mask
 
 
-def _derived_table(ids, pooled, keys, mask, fingerprint: str, key_encoding: str = "float16", offsets=None):
+def _derived_table(ids, content_keys, pooled, keys, mask, fingerprint: str, key_encoding: str = "float16",
+                   offsets=None):
     import numpy as np
     import pyarrow as pa
 
@@ -804,6 +1103,7 @@ def _derived_table(ids, pooled, keys, mask, fingerprint: str, key_encoding: str 
     schema = _derived_schema(dim, fingerprint, key_encoding, offsets is not None)
     return pa.Table.from_arrays([
         pa.array(ids, pa.int64()),
+        pa.array(content_keys, pa.int64()),
         pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(pooled).reshape(-1), pa.float32()), dim),
         pa.array(counts, pa.int32()),
         _scoring_blobs(pooled, keys, mask, counts, key_encoding, offsets),

@@ -4,22 +4,34 @@ For catalogs of 10^5 to 10^7 tracks (GPU-days of AST). The pipeline, one Ray Dat
 dataset streamed end to end:
 
 1. the driver lists the audio files: a local folder (``media.files.scan_audio_files``) or
-   an object-store prefix (``s3://bucket/music``, through ``pyarrow.fs``);
-2. CPU tasks (``map_batches`` of :func:`prepare_tracks`, one CPU each) read each file,
-   hash it (``media.files.content_hash``) and skip the hashes the store holds already;
-   the others are probed (tags), decoded and turned into normalised log-mel frames
+   an object-store prefix (``s3://bucket/music``, through ``pyarrow.fs``, which gives each
+   object's size and mtime);
+2. the listing is joined (Ray Data, by location) with what the store knows of each file,
+   read as a dataset from the store itself (``ray.data.read_lance``: location, size, mtime,
+   content hash; and its failed files): no task ever carries the catalog's state as an
+   argument;
+3. CPU tasks (``map_batches`` of :func:`prepare_tracks`, one CPU each) run the plan of the
+   local engine on each file (``pipeline.check_file``: unchanged, touched, failed before,
+   failing now, or to embed, the content hashed only when size or mtime changed); files to
+   embed are probed (tags), decoded and turned into normalised log-mel frames
    (``features.recipe.TrackSpectrogram``; windows overlap 4x, so the frames are a quarter
    of the windows' bytes), and get their beat grid;
-3. an actor pool (``map_batches`` of :class:`AstEmbedder`: one AST per actor, loaded on
+4. an actor pool (``map_batches`` of :class:`AstEmbedder`: one AST per actor, loaded on
    the first track that needs it; ``num_gpus=1`` per actor where the cluster has GPUs)
    embeds the valid windows, batching windows across tracks;
-4. the driver appends the results to the store in chunks (``iter_batches`` ->
-   ``add_tracks``, one atomic commit each), so a killed run keeps what it committed and a
-   rerun skips it. Bad files become failure rows, never crashes: listed at the end.
+5. the driver writes the results to the store in chunks
+   (``iter_batches`` -> ``add_tracks``, ``touch``, ``remember_failures``, one atomic commit
+   each), so a killed run keeps what it committed and a rerun skips it. Bad files become
+   failure rows, never crashes: listed at the end and remembered, like the local engine's.
+   Gone files are counted, and dropped with ``prune``.
+
+A renamed or copied file is embedded again here (the local engine copies the tokens of an
+identical content instead): finding a content among 10^7 stored ones per file would need a
+second pass over the catalog.
 
 Ray restarts a killed actor and retries its batch (Ray Data's actor pools default to
-``max_restarts=-1``, ``max_task_retries=-1``); the store deduplicates by content hash, so
-nothing is lost or stored twice either way.
+``max_restarts=-1``, ``max_task_retries=-1``); the store upserts by location, so nothing is
+lost or stored twice either way.
 
 Ray's own console output is kept from a CLI user: its C++ core's log lines (started at
 level FATAL unless ``RAY_BACKEND_LOG_LEVEL`` says otherwise), Ray Data's console logs
@@ -38,16 +50,32 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from mgsv_cli.errors import IndexDatabaseError, MgsvError, StorageError, UsageError, first_line
-from mgsv_cli.index.records import NewTrack
-from mgsv_cli.index.store import IndexProgress, IndexReport
+from mgsv_cli.features.recipe import ENCODER_IDS
+from mgsv_cli.index.plan import (
+    EMBED,
+    FAILED,
+    SKIPPED,
+    TOUCHED,
+    UNCHANGED,
+    IndexProgress,
+    IndexReport,
+    beat_grid,
+    check_file,
+    probe_audio,
+)
+from mgsv_cli.index.records import FileState, NewTrack
+
+if TYPE_CHECKING:
+    from mgsv_cli.features.encoders import Encoders
 
 # The progress stage of a Ray run: files finished (stored, skipped or failed) of all listed.
 STAGE = "indexing"
-# Status of a row between the stages.
-NEW, STORED, FAILED, FATAL = "new", "stored", "failed", "fatal"
+# Status of a row between the stages: the plan's kinds (``pipeline.check_file``), and FATAL (the
+# encoders could not load: raised by the driver as the original error).
+NEW, FATAL = "embed", "fatal"
 PREPARE_MEMORY = 512 << 20  # bytes a CPU task reserves (Ray Data measured ~260 MB with beats)
 # Ray's own output a CLI user should not see (see ``_quiet_start``): its C++ core's log lines
 # below FATAL, and the usage-stats notice ray.init prints on nightly wheels.
@@ -64,6 +92,7 @@ def _row_schema():
 
     return pa.schema([
         ("location", pa.string()), ("content_hash", pa.string()), ("status", pa.string()),
+        ("size", pa.int64()), ("mtime_ns", pa.int64()), ("forget", pa.bool_()), ("replacing", pa.bool_()),
         ("error", pa.string()), ("error_type", pa.string()), ("duration", pa.float64()), ("tags", pa.string()),
         ("beats", pa.string()), ("frames", pa.large_binary()), ("tokens", pa.large_binary()),
         ("dim", pa.int32()), ("mask", pa.binary()), ("encoder_id", pa.string()),
@@ -85,8 +114,10 @@ def is_remote(source: str) -> bool:
     return "://" in str(source)
 
 
-def list_audio(source) -> list[str]:
-    """The audio files under ``source``: resolved local paths, or ``scheme://bucket/key`` URIs, sorted.
+def list_audio(source) -> list[dict]:
+    """The audio files under ``source``, sorted: ``{"location", "size", "mtime_ns"}`` rows of resolved
+    local paths (size and mtime read by the tasks) or ``scheme://bucket/key`` URIs (with the
+    size and mtime the listing gives).
 
     Hidden files and folders are skipped, as ``scan_audio_files`` does. A missing folder
     or prefix is a ``UsageError``; an object store that cannot be listed a ``StorageError``.
@@ -97,7 +128,7 @@ def list_audio(source) -> list[str]:
         root = Path(source).expanduser()
         if not root.exists():
             raise UsageError(f"music folder {root} does not exist")
-        return [str(p) for p in scan_audio_files(root)]
+        return [{"location": str(p), "size": None, "mtime_ns": None} for p in scan_audio_files(root)]
     import pyarrow.fs as pafs
 
     from mgsv_cli.media.files import is_audio_file
@@ -119,40 +150,73 @@ def list_audio(source) -> list[str]:
         relative = entry.path[len(prefix):] if entry.path.startswith(prefix) else entry.path
         if entry.type == pafs.FileType.File and is_audio_file(Path(entry.path)) \
                 and not any(part.startswith(".") for part in relative.split("/")):
-            found.append(f"{scheme}://{entry.path}")
-    return sorted(found)
+            mtime = entry.mtime_ns if entry.mtime_ns is not None else None
+            found.append({"location": f"{scheme}://{entry.path}", "size": entry.size, "mtime_ns": mtime})
+    return sorted(found, key=lambda row: row["location"])
 
 
 # ---------------------------------------------------------------- stage 1: CPU tasks
 
 
-def prepare_tracks(batch, *, stored: Iterable[str] = frozenset(), detect_beats: bool = False):
-    """Ray Data stage (CPU task): read, hash, probe, decode and make filterbanks.
+def prepare_tracks(batch, *, detect_beats: bool = False, retry: bool = False, force: bool = False):
+    """Ray Data stage (CPU task): the plan of each file, and the work of those to embed.
 
-    ``batch`` a pyarrow table with a ``location`` column (paths or URIs). Returns one row per
-    file in the row schema: status ``stored`` (hash already in the store), ``failed`` (why
-    in ``error``) or ``new`` with the tags, the duration, the beat grid (JSON) and the
-    normalised log-mel frames float32 [n_frames, 128] as bytes.
+    ``batch`` a pyarrow table of the listing joined with the store's states: ``location``,
+    ``size``/``mtime_ns`` (a remote file's, from the listing; None: read here),
+    ``stored_size``/``stored_mtime_ns``/``stored_hash`` (what the store holds for the location;
+    null: nothing) and ``failed_known``/``failed_size``/``failed_mtime_ns`` (a remembered failure;
+    its size and mtime may be null, for a file that could not even be stat'ed). Returns one
+    row per file in the row schema: its kind (``pipeline.check_file``), and for files to
+    embed the tags, duration, beat grid (JSON) and normalised log-mel frames float32
+    [n_frames, 128] as bytes. ``force``: every file is embedded again (one the store held is
+    marked ``replacing``).
     """
-    stored = stored if isinstance(stored, (set, frozenset)) else frozenset(stored)
-    return _rows_table([_prepare_one(location, stored, detect_beats) for location in batch.column("location").to_pylist()])
+    columns = batch.to_pydict()
+    rows = []
+    for k, location in enumerate(columns["location"]):
+        def value(name):
+            return columns[name][k] if name in columns else None
+
+        stored = None if value("stored_hash") is None else \
+            FileState(value("stored_size"), value("stored_mtime_ns"), value("stored_hash"))
+        failed = (value("failed_size"), value("failed_mtime_ns")) if value("failed_known") else None
+        row = _prepare_one(location, value("size"), value("mtime_ns"), None if force else stored, failed,
+                           detect_beats, retry)
+        row["replacing"] = row["replacing"] or stored is not None
+        rows.append(row)
+    return _rows_table(rows)
 
 
-def _prepare_one(location: str, stored, detect_beats: bool) -> dict:
+def _prepare_one(location: str, size, mtime_ns, stored, failed, detect_beats: bool, retry: bool) -> dict:
     if not is_remote(location):
-        return _prepare_file(location, Path(location), stored, detect_beats)
+        return _prepare_file(location, Path(location), stored, failed, detect_beats, retry)
     import tempfile
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="mgsv-ray-") as folder:
-            local = Path(folder) / ("track" + Path(location).suffix)
+    with tempfile.TemporaryDirectory(prefix="mgsv-ray-") as folder:
+        local = Path(folder) / ("track" + Path(location).suffix)
+
+        def digest() -> str:  # downloads only when size and mtime do not settle it
+            from mgsv_cli.media.files import content_hash
+
             _download(location, local)
-            row = _prepare_file(location, local, stored, detect_beats)
-    except OSError as exc:
-        return {"location": location, "status": FAILED, "error": f"{location}: cannot read ({first_line(exc)})"}
-    if row.get("error"):  # name the object, not the temporary copy ffmpeg read
-        row["error"] = row["error"].replace(str(local), location)
-    return row
+            return content_hash(local)
+
+        checked = check_file(location, size, mtime_ns, stored, failed, digest, retry=retry)
+        row = _row_of(checked, size, mtime_ns)
+        if checked.kind != EMBED:
+            return row
+        try:
+            return {**row, **_embed_work(location, local, detect_beats)}
+        except OSError as exc:
+            return {**row, "status": FAILED, "error": f"{location}: cannot read ({first_line(exc)})"}
+
+
+def _row_of(checked, size, mtime_ns) -> dict:
+    state = checked.state
+    return {"location": checked.location, "status": checked.kind, "error": checked.reason or None,
+            "content_hash": None if state is None else state.content_hash,
+            "size": size if state is None else state.size, "mtime_ns": mtime_ns if state is None else state.mtime_ns,
+            "forget": bool(checked.forget), "replacing": bool(checked.exists)}
 
 
 def _download(uri: str, target: Path, chunk: int = 8 << 20) -> None:
@@ -165,37 +229,38 @@ def _download(uri: str, target: Path, chunk: int = 8 << 20) -> None:
             out.write(data)
 
 
-def _prepare_file(location: str, path: Path, stored, detect_beats: bool) -> dict:
+def _prepare_file(location: str, path: Path, stored, failed, detect_beats: bool, retry: bool) -> dict:
+    from mgsv_cli.index.plan import check_local_file
+
+    checked = check_local_file(path, stored, failed, retry)
+    row = _row_of(checked, None, None)
+    if checked.kind == FAILED and row["size"] is None:
+        from mgsv_cli.index.plan import signature
+
+        row["size"], row["mtime_ns"] = signature(path)
+    if checked.kind != EMBED:
+        return row
+    return {**row, **_embed_work(location, path, detect_beats)}
+
+
+def _embed_work(location: str, path: Path, detect_beats: bool) -> dict:
+    """Probe, decode and make the filterbank frames of a file to embed (a failure row on bad media)."""
     from mgsv_cli.features.encoders import load_track_audio
     from mgsv_cli.features.recipe import TrackSpectrogram
-    from mgsv_cli.index import store as sqlite_index
-    from mgsv_cli.media import ffmpeg as media
-    from mgsv_cli.media.files import content_hash
+    from mgsv_cli.index.records import clean_tags
 
-    row: dict[str, Any] = {"location": location}
     try:
-        size = path.stat().st_size
-        digest = content_hash(path) if size else None
-    except OSError as exc:
-        return {**row, "status": FAILED, "error": sqlite_index.unreadable_reason(Path(location), exc)}
-    if digest is None:
-        return {**row, "status": FAILED, "error": "empty file (0 bytes)"}
-    row["content_hash"] = digest
-    if digest in stored:
-        return {**row, "status": STORED}
-    try:
-        info = media.probe(path)
-        if not float(getattr(info, "duration", 0.0) or 0.0) > 0:
-            return {**row, "status": FAILED, "error": "no audio (zero duration)"}
+        info = probe_audio(path)
         samples, duration = load_track_audio(path)
         spectrogram = TrackSpectrogram(samples, duration)
     except MgsvError as exc:
-        return {**row, "status": FAILED, "error": first_line(exc)}
+        return {"status": FAILED, "error": first_line(exc).replace(str(path), location)}
     except (OSError, ValueError) as exc:
-        return {**row, "status": FAILED, "error": f"{location}: {first_line(exc)}"}
-    beats = sqlite_index.beats_json(sqlite_index.beat_detector(), path) if detect_beats else None
-    return {**row, "status": NEW, "duration": float(spectrogram.duration), "tags": json.dumps(sqlite_index.track_tags(info)),
-            "beats": beats, "frames": spectrogram.frames.astype("float32").tobytes()}
+        return {"status": FAILED, "error": f"{location}: {first_line(exc)}"}
+    beats = beat_grid(path) if detect_beats else None
+    return {"status": NEW, "duration": float(spectrogram.duration), "tags": json.dumps(clean_tags(info.tags)),
+            "beats": json.dumps(beats) if beats is not None else None,
+            "frames": spectrogram.frames.astype("float32").tobytes()}
 
 
 def _spectrogram(frames_bytes: bytes, duration: float):
@@ -224,7 +289,7 @@ class AstEmbedder:
         self.options = dict(kind=kind, device=device, offline=offline, weights_dir=weights_dir,
                             batch_windows=batch_windows)
         self.threads = threads
-        self.encoders = None
+        self.encoders: Encoders | None = None
         self.fatal: tuple[str, str] | None = None
 
     def _load(self):
@@ -264,6 +329,7 @@ class AstEmbedder:
         from mgsv_cli.features.recipe import N_MUSIC_WINDOWS
 
         encoders = self.encoders
+        assert encoders is not None  # called after _load() gave them
         spectrograms = [_spectrogram(row["frames"], row["duration"]) for row in rows]
         feats = [np.zeros((N_MUSIC_WINDOWS, encoders.music_dim), np.float32) for _ in rows]
         todo = [(i, int(k)) for i, spec in enumerate(spectrograms) for k in np.flatnonzero(spec.valid)]
@@ -286,7 +352,8 @@ def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", 
                    detect_beats: bool = True, ray_address: str | None = None, num_cpus: int | None = None,
                    actors: int | None = None, tracks_per_batch: int = 4, commit_every: int = 32,
                    progress: IndexProgress | None = None, embedder: type = AstEmbedder,
-                   key_encoding: str | None = None) -> IndexReport:
+                   key_encoding: str | None = None, prune: bool = False, force: bool = False,
+                   retry_failed: bool = False) -> IndexReport:
     """Bring the Lance store at ``store_uri`` up to date with the audio under ``source``, on Ray.
 
     ``source``: a local folder (single machine or a shared file system) or an object-store
@@ -296,59 +363,82 @@ def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", 
     initialised Ray is used as it is. ``actors``: AST actors (default: one per GPU, else
     one per two CPUs), ``tracks_per_batch`` tracks per actor call, ``commit_every`` tracks
     per store commit. ``embedder``: the actor class (tests pass one that dies).
-    ``key_encoding``: how a new store keeps its X-Pool keys (``float16``, ``int8``).
-    Returns an ``IndexReport``: ``added``, ``unchanged`` (hash already stored or seen
-    twice), ``failed`` (path, reason), ``n_tracks``. On KeyboardInterrupt the committed
-    tracks stay; the exception is re-raised with ``.report`` attached.
+    ``key_encoding``, ``prune``, ``force``, ``retry_failed``: as for ``pipeline.index_folder``.
+    Returns an ``IndexReport``. On KeyboardInterrupt the committed tracks stay; the report
+    goes to ``progress.interrupted`` and the interrupt goes on.
     """
     from mgsv_cli.index.backend import is_lance_uri, open_store
+    from mgsv_cli.index.plan import check_encoder_kind
 
     if not is_lance_uri(str(store_uri)):
         raise UsageError(f"--engine ray writes a Lance track store, not an SQLite index: pass --store DIR.lance "
                          f"or an object-store URI such as s3://bucket/mgsv-store (got {store_uri})")
     _check_address(ray_address)
-    if not is_remote(source) and not Path(source).expanduser().exists():  # before creating any store
-        raise UsageError(f"music folder {Path(source).expanduser()} does not exist")
+    if encoder_kind not in ENCODER_IDS:
+        raise UsageError(f"encoders {encoder_kind!r}: expected pretrained or tiny")
+    listing = list_audio(source)  # before creating any store
+    if not listing and not prune:
+        from mgsv_cli.media.files import no_audio_message
+
+        raise UsageError(no_audio_message(Path(source)) if not is_remote(source) else
+                         f"no audio files under {source}: nothing to index")
     progress = progress or IndexProgress()
-    store = open_store(str(store_uri), create=True, key_encoding=key_encoding)
-    _check_encoders(store, encoder_kind)
-    report = IndexReport(index_path=store.uri)  # type: ignore[arg-type]
-    locations = list_audio(source)
-    report.n_scanned = len(locations)
-    stored = frozenset(store.content_hashes())
-    if locations:
-        progress.note("starting Ray")
-        started = _connect(ray_address, num_cpus)
+    with open_store(str(store_uri), create=True, key_encoding=key_encoding) as store, store.writing():
+        if not force:
+            check_encoder_kind(store, encoder_kind)
+        report = IndexReport(index_path=store.uri, n_scanned=len(listing))
         try:
-            dataset = _pipeline(locations, stored, embedder, dict(
-                kind=encoder_kind, device=device, offline=offline,
-                weights_dir=str(weights_dir) if weights_dir else None, batch_windows=batch_windows),
-                detect_beats, actors, tracks_per_batch)
-            with _quiet("ray.data"):
-                _consume(dataset, store, progress, report, len(locations), commit_every, stored)
-        except KeyboardInterrupt as exc:
+            if listing:
+                _run(listing, store, progress, report, embedder, dict(
+                    kind=encoder_kind, device=device, offline=offline,
+                    weights_dir=str(weights_dir) if weights_dir else None, batch_windows=batch_windows),
+                    detect_beats, ray_address, num_cpus, actors, tracks_per_batch, commit_every, force,
+                    retry_failed or force)
+            _prune_or_count_missing(store, {row["location"] for row in listing}, prune, report)
+        except KeyboardInterrupt:
             report.interrupted = True
-            report.n_tracks = len(store)
-            exc.report = report  # type: ignore[attr-defined]
+            with contextlib.suppress(MgsvError, OSError):
+                report.n_tracks = len(store)
+            progress.interrupted(report)
             raise
-        finally:
-            if started:
-                _shutdown()
-        if report.added and hasattr(store, "compact"):
+        if report.added:
             store.compact()
-    report.n_tracks = len(store)
+        report.n_tracks = len(store)
     return report
 
 
-def _check_encoders(store, kind: str) -> None:
-    from mgsv_cli.features.encoders import PRETRAINED_ENCODER_ID, TINY_ENCODER_ID
+def _run(listing, store, progress, report, embedder, encoder_options, detect_beats, ray_address, num_cpus, actors,
+         tracks_per_batch, commit_every, force, retry) -> None:
+    progress.note("starting Ray")
+    started = _connect(ray_address, num_cpus)
+    try:
+        if force:
+            store.set_encoders(ENCODER_IDS[encoder_options["kind"]], replace=True)
+        dataset = _pipeline(listing, store, embedder, encoder_options, detect_beats, actors, tracks_per_batch,
+                            force, retry)
+        with _quiet("ray.data"):
+            _consume(dataset, store, progress, report, len(listing), commit_every)
+    finally:
+        if started:
+            _shutdown()
 
-    wanted = {"tiny": TINY_ENCODER_ID, "pretrained": PRETRAINED_ENCODER_ID}.get(kind)
-    if wanted is None:
-        raise UsageError(f"encoders {kind!r}: expected pretrained or tiny")
-    if store.encoder_id is not None and store.encoder_id != wanted:
-        raise IndexDatabaseError(f"the track store {store.uri} holds tokens of encoders '{store.encoder_id}', not "
-                                 f"'{wanted}'; use another --store for these encoders")
+
+def _prune_or_count_missing(store, listed: set[str], prune: bool, report: IndexReport) -> None:
+    """Stored files the listing no longer has (a local one: no longer on disk): counted, or removed
+    with ``prune`` (and the remembered failures of files that are gone forgotten)."""
+    def gone(location: str) -> bool:
+        return location not in listed and (is_remote(location) or not os.path.exists(location))
+
+    if prune:
+        forgotten = [p for p in store.failed_states() if gone(p)]
+        store.forget_failures(forgotten)
+        report.forgotten_failed = len(forgotten)
+    vanished = [location for location in store.file_states() if gone(location)]
+    if prune:
+        store.remove(vanished)
+        report.pruned = len(vanished)
+    else:
+        report.missing = len(vanished)
 
 
 def _check_address(address: str | None) -> None:
@@ -474,9 +564,9 @@ def _shutdown() -> None:
     ray.shutdown()
 
 
-def _pipeline(locations: list[str], stored: frozenset, embedder: type, encoder_options: dict, detect_beats: bool,
-              actors: int | None, tracks_per_batch: int):
-    """The lazy Ray dataset: file list -> CPU prepare tasks -> AST actor pool."""
+def _pipeline(listing: list[dict], store, embedder: type, encoder_options: dict, detect_beats: bool,
+              actors: int | None, tracks_per_batch: int, force: bool, retry: bool):
+    """The lazy Ray dataset: listing joined with the store's states -> CPU prepare tasks -> AST actors."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -486,14 +576,14 @@ def _pipeline(locations: list[str], stored: frozenset, embedder: type, encoder_o
     resources = ray.cluster_resources()
     cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     # A few files per block: enough blocks for every CPU, few enough to keep Ray's overhead small.
-    blocks = max(1, min(len(locations), max(2 * cpus, math.ceil(len(locations) / 16))))
-    dataset = ray.data.from_items([{"location": loc} for loc in locations], override_num_blocks=blocks)
+    blocks = max(1, min(len(listing), max(2 * cpus, math.ceil(len(listing) / 16))))
+    dataset = _joined(ray.data.from_items(listing, override_num_blocks=blocks), store, blocks)
     # The memory hint (samples + frames of a 240 s track are ~30 MB, plus the libraries and
     # beat detection's buffers) also keeps Ray Data from fusing this stage into the actors: operators with
     # different resources stay apart, so decoding scales with the CPUs, not the actors.
     dataset = dataset.map_batches(prepare_tracks, batch_size=1, batch_format="pyarrow", num_cpus=1,
                                   memory=PREPARE_MEMORY,
-                                  fn_kwargs={"stored": stored, "detect_beats": detect_beats})
+                                  fn_kwargs={"detect_beats": detect_beats, "retry": retry, "force": force})
     if gpus:
         n_actors, placement = actors or gpus, {"num_gpus": 1, "num_cpus": 1}
         threads = None
@@ -509,21 +599,67 @@ def _pipeline(locations: list[str], stored: frozenset, embedder: type, encoder_o
                                fn_constructor_kwargs={**encoder_options, "threads": threads}, **placement)
 
 
-def _consume(dataset, store, progress: IndexProgress, report: IndexReport, n_files: int, commit_every: int,
-             stored: frozenset) -> None:
-    """Stream the results into the store, ``commit_every`` new tracks per commit."""
+def _renamed(batch, names: dict):
+    return batch.rename_columns([names.get(c, c) for c in batch.column_names])
+
+
+def _marked_failures(batch):
+    """The remembered failures as the join's right side: ``failed_*`` columns and ``failed_known``
+    true on every row. The join keeps only the left key (``location``): a matched failure is told
+    by this column, since its size and mtime may be null."""
+    import pyarrow as pa
+
+    batch = _renamed(batch, {"path": "failed_path", "size": "failed_size", "mtime_ns": "failed_mtime_ns"})
+    return batch.append_column("failed_known", pa.array([True] * batch.num_rows, pa.bool_()))
+
+
+def _joined(listing, store, blocks: int):
+    """The listing joined (left, by location) with the store's file states and remembered failures,
+    both read by Ray Data from the store's own datasets: no task carries them as an argument."""
+    import ray
+
+    if len(store):
+        columns = [c for c in ("location", "size", "mtime_ns", "content_hash") if c in store.tracks_columns()]
+        stored = ray.data.read_lance(store.dataset_uri("tracks"), columns=columns).map_batches(
+            _renamed, batch_format="pyarrow",  # type: ignore[arg-type]  # Ray passes ``names`` (fn_kwargs)
+            fn_kwargs={"names": {"size": "stored_size", "mtime_ns": "stored_mtime_ns", "content_hash": "stored_hash"}})
+        listing = listing.join(stored, "left_outer", num_partitions=blocks, on=("location",))
+    failed = store.dataset_uri("failed")
+    if failed is not None:
+        remembered = ray.data.read_lance(failed, columns=["path", "size", "mtime_ns"]).map_batches(
+            _marked_failures, batch_format="pyarrow")
+        listing = listing.join(remembered, "left_outer", num_partitions=blocks, on=("location",),
+                               right_on=("failed_path",))
+    return listing
+
+
+def _consume(dataset, store, progress: IndexProgress, report: IndexReport, n_files: int, commit_every: int) -> None:
+    """Stream the results into the store: ``commit_every`` new tracks per commit, and the touched
+    files' new mtimes and the failures in the same batches."""
     import numpy as np
 
     from mgsv_cli.features.recipe import MAX_MUSIC_SECONDS
 
     progress.stage(STAGE, n_files)
     pending: list[NewTrack] = []
-    seen = set(stored)
+    replacing: set[str] = set()  # of the pending tracks, those whose location the store held
+    touched: list[tuple[str, FileState]] = []
+    failures: list[tuple[str, int | None, int | None, str]] = []
+    forget: list[str] = []
 
     def flush() -> None:
         if pending:
-            report.added += store.add_tracks(pending)
+            store.add_tracks(pending)
+            report.updated += len(replacing)
+            report.added += len(pending) - len(replacing)
             pending.clear()
+            replacing.clear()
+        store.touch(touched)
+        store.remember_failures(failures)
+        store.forget_failures(forget)
+        touched.clear()
+        failures.clear()
+        forget.clear()
 
     for batch in _batches(dataset, commit_every):
         for row in batch.to_pylist():
@@ -533,16 +669,25 @@ def _consume(dataset, store, progress: IndexProgress, report: IndexReport, n_fil
             if status == FAILED:
                 report.failed.append((location, row["error"] or "failed"))
                 progress.failed(*report.failed[-1])
-            elif status == STORED or row["content_hash"] in seen:
+                failures.append((location, row.get("size"), row.get("mtime_ns"), row["error"] or "failed"))
+            elif status == SKIPPED:
+                report.skipped_failed += 1
+            elif status in (UNCHANGED, TOUCHED):
                 report.unchanged += 1
+                if status == TOUCHED:
+                    report.touched += 1
+                    touched.append((location, FileState(row["size"], row["mtime_ns"], row["content_hash"])))
+                elif row.get("forget"):
+                    forget.append(location)
             else:
-                seen.add(row["content_hash"])
+                if row.get("replacing"):
+                    replacing.add(location)
                 mask = np.frombuffer(row["mask"], dtype=bool)
                 tokens = np.frombuffer(row["tokens"], dtype=np.float16).reshape(mask.shape[0], row["dim"])
                 beats = json.loads(row["beats"]) if row["beats"] else None
                 pending.append(NewTrack(location, row["content_hash"], float(row["duration"]), tokens, mask,
                                         row.get("encoder_id") or store.encoder_id, json.loads(row["tags"] or "{}"),
-                                        beats))
+                                        beats, row.get("size"), row.get("mtime_ns")))
                 report.beats_added += beats is not None
                 report.long_tracks += float(row["duration"]) > MAX_MUSIC_SECONDS
             progress.advance(STAGE, 1, location)

@@ -1,33 +1,93 @@
 """The records a track store exchanges, and the packing every backend shares.
 
-Kept apart from ``backend.py`` (which picks a backend) so that both backends can import
-them without an import cycle. ``backend.py`` re-exports everything here.
+One record per thing, whichever backend holds it: :class:`TrackRecord` (a stored track),
+:class:`NewTrack` (a track to store, with its tokens), :class:`FileState` (what the store
+knows of a file: size, mtime, content), :class:`FailedFile` (a file it could not take),
+:class:`DerivedRows` (a checkpoint's rows of some tracks). Kept apart from ``backend.py``
+so that both backends import them without an import cycle.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+TAG_KEYS = ("title", "artist", "album")
 
 
 @dataclass(frozen=True)
 class TrackRecord:
-    """One indexed track, without its tokens."""
+    """One stored track, without its tokens or beat grid (``TrackStore.beats_for``).
+
+    ``location`` is the file's resolved path (or object-store URI); ``tags`` its title,
+    artist and album when the file has them; ``token_stamp`` changes whenever the
+    track's stored tokens do (caches derived from the tokens compare it).
+    """
 
     track_id: int
     location: str
     content_hash: str
     duration: float
     tags: dict[str, str] = field(default_factory=dict)
+    token_stamp: int = 0
+
+    @property
+    def id(self) -> int:
+        return self.track_id
+
+    @property
+    def path(self) -> str:
+        return self.location
+
+    @property
+    def title(self) -> str | None:
+        return self.tags.get("title")
+
+    @property
+    def artist(self) -> str | None:
+        return self.tags.get("artist")
+
+    @property
+    def album(self) -> str | None:
+        return self.tags.get("album")
+
+    @property
+    def name(self) -> str:
+        """"Artist - Title" when tagged, else the file name."""
+        if self.title and self.artist:
+            return f"{self.artist} - {self.title}"
+        return self.title or Path(self.location).name
+
+
+def clean_tags(tags) -> dict[str, str]:
+    """Title, artist and album of a tag mapping (any case of key), stripped; empty ones dropped."""
+    wanted: dict[str, str] = {}
+    for key, value in dict(tags or {}).items():
+        name = str(key).lower()
+        if name in TAG_KEYS and value is not None and str(value).strip():
+            wanted[name] = str(value).strip()
+    return wanted
+
+
+class FileState(NamedTuple):
+    """What a store knows of a file it took: ``size`` and ``mtime_ns`` (what tells an
+    unchanged file without reading it) and the ``content_hash`` of the bytes it embedded."""
+
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str
 
 
 @dataclass
 class NewTrack:
-    """A track to add: its record fields and frozen features.
+    """A track to store: its file, its record fields and frozen features.
 
-    ``tokens`` float16/float32 [S, 768], ``mask`` bool [S] (S <= 96, padded slots False),
-    ``beats`` the beat-grid dict or None, ``encoder_id`` the encoders that made the tokens.
+    ``tokens`` float16/float32 [S, D], ``mask`` bool [S] (S <= 96, padded slots False),
+    ``beats`` the beat-grid dict or None, ``encoder_id`` the encoders that made the tokens;
+    ``size``/``mtime_ns`` the file's when it was read (None for tokens made elsewhere), and
+    ``sample_rate``/``channels`` its audio's, as probed.
     """
 
     location: str
@@ -38,6 +98,39 @@ class NewTrack:
     encoder_id: str
     tags: dict[str, str] = field(default_factory=dict)
     beats: dict | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file the store could not take, as it remembers it (unchanged: not tried again)."""
+
+    path: str
+    reason: str
+    size: int | None
+    mtime_ns: int | None
+    failed_at: str
+
+    @property
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason, "size": self.size, "mtime_ns": self.mtime_ns,
+                "failed_at": self.failed_at, "exists": self.exists}
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """What ``mgsv doctor`` says about a store: counts, and damage (None when healthy)."""
+
+    n_tracks: int
+    n_beats: int
+    n_failed: int
+    damage: str | None
 
 
 @dataclass
@@ -119,10 +212,10 @@ def pad_rows(rows: Sequence, masks: Sequence, width: int, dim: int, dtype):
     return out, mask
 
 
-def check_derived(rows: DerivedRows):
-    """``rows`` as numpy (ids int64 [K], pooled float32 [K, d], keys float16 [K, S, d], mask bool [K, S],
-    offsets float32 [K] or None), with their shapes checked: a caller's mistake is an error here, not
-    a store with bad rows. Quantized keys (``key_scales`` given) come back dequantized."""
+def check_derived(rows: DerivedRows, key_dtype: str = "float16"):
+    """``rows`` as numpy (ids int64 [K], pooled float32 [K, d], keys [K, S, d] in ``key_dtype``, mask bool
+    [K, S], offsets float32 [K] or None), with their shapes checked: a caller's mistake is an error here,
+    not a store with bad rows. Quantized keys (``key_scales`` given) come back dequantized."""
     import numpy as np
 
     from mgsv_cli.errors import DataError
@@ -135,7 +228,7 @@ def check_derived(rows: DerivedRows):
         if scales.shape != keys.shape[:-1]:
             raise DataError(f"key scales of shape {scales.shape} for keys of shape {keys.shape}")
         keys = dequantize_keys(keys, scales)
-    keys = keys.astype(np.float16)
+    keys = keys.astype(key_dtype)
     mask = to_numpy(rows.mask).astype(bool)
     k = ids.shape[0]
     if pooled.ndim != 2 or pooled.shape[0] != k or keys.ndim != 3 or keys.shape[0] != k \
@@ -146,23 +239,3 @@ def check_derived(rows: DerivedRows):
     if offsets is not None and offsets.shape != (k,):
         raise DataError(f"derived rows of mismatched shapes: ids {ids.shape}, offsets {offsets.shape}")
     return ids, pooled, keys, mask, offsets
-
-
-def derive_rows(model, track_ids, tokens, mask) -> DerivedRows:
-    """What the search keeps of tracks for ``model``: ``tokens`` float32 [K, S, 768], ``mask`` [K, S].
-
-    Runs ``model.encode_music`` (MaDe's music enhancer and X-Pool key projection) on the
-    model's device; returns pooled float32 [K, d], keys float16 [K, S', d] (S' <= S) and the
-    score offsets float32 [K] of a model that has them.
-    """
-    import numpy as np
-    import torch
-
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        music = model.encode_music(torch.as_tensor(np.asarray(tokens, dtype=np.float32), device=device),
-                                   torch.as_tensor(np.asarray(mask), device=device).bool(), for_search=True)
-    offsets = None if music.offsets is None else to_numpy(music.offsets.float()).astype(np.float32)
-    return DerivedRows(np.asarray(track_ids, dtype=np.int64), to_numpy(music.pooled.float()).astype(np.float32),
-                       to_numpy(music.keys.float()).astype(np.float16), to_numpy(music.mask).astype(bool),
-                       offsets=offsets)

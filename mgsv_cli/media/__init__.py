@@ -4,6 +4,6 @@ ffmpeg I/O (``ffmpeg``: probe, frames at 1 fps, mono audio, running ffmpeg with 
 errors), finding and hashing music files (``files``), beat detection on a signal
 (``beats``) and synthesised media for demos and tests (``synth``).
 
-May import: ``mgsv_cli.errors``, ``mgsv_cli.paths``, ``mgsv_cli.device``. Never the
-encoders, the networks, the index, the editor, research or the CLI.
+May import: base modules (``errors``, ``paths``, ``device``). Never the encoders, the
+networks, the index, the editor, research or the app.
 """

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from mgsv_cli.errors import DataError
+
+if TYPE_CHECKING:  # numpy is imported by the functions that use it
+    import numpy as np
 
 # Analysis resolution: 10 ms hops and ~32 ms FFT frames keep beat times within a few
 # milliseconds of the onsets (longer frames smear the onset and make beats late).
@@ -241,7 +244,7 @@ def _extend_grid(beats, envelope, frame_rate: float):
     return np.concatenate([head[:0:-1], beats, tail[1:]])
 
 
-def _beat_accents(y, sr: int, beats) -> dict[int, object]:
+def _beat_accents(y, sr: int, beats) -> dict[int, np.ndarray]:
     """Per-beat accents ``{meter: [n_beats]}``: bass onsets plus harmonic change, standardised.
 
     Bar starts are where the kick drum or bass note lands and where chords change; the

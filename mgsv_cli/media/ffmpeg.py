@@ -24,7 +24,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from mgsv_cli.errors import MediaError, os_error_cause
 
@@ -260,7 +260,7 @@ def ffmpeg_child_options() -> dict:
     return options
 
 
-def run_ffmpeg(args: list[str], what: str, *, check: bool = True,
+def run_ffmpeg(args: Sequence[str | os.PathLike[str]], what: str, *, check: bool = True,
                input: bytes | None = None) -> subprocess.CompletedProcess:
     """Run ``ffmpeg -hide_banner -nostdin ARGS`` capturing stdout (bytes) and stderr.
 
@@ -505,6 +505,7 @@ def _decode_frames_1fps(path, max_frames: int | None, short_side: int | None,
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, **ffmpeg_child_options())
         except OSError as exc:
             raise MediaError(f"decoding frames of {file}: cannot start ffmpeg ({exc})") from exc
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             for frame in _iter_ppm(proc.stdout):
                 frames.append(_resize_short_side(frame, short_side) if short_side else frame)
@@ -551,7 +552,7 @@ def _resize_short_side(frame, short_side: int):
     size = shortest_side_size(width, height, short_side)
     if size == (width, height):
         return frame
-    return np.asarray(Image.fromarray(frame).resize(size, Image.BICUBIC))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
 
 
 # ---------------------------------------------------------------- audio
@@ -566,7 +567,7 @@ def read_audio_mono(path: str | os.PathLike, max_seconds: float | None = None, *
     import numpy as np
 
     file = _check_input_file(path)
-    args = ["-i", file]
+    args: list[str | os.PathLike[str]] = ["-i", file]
     if max_seconds is not None:
         args += ["-t", f"{max_seconds:.6f}"]
     args += ["-map", "0:a:0", "-vn", "-sn", "-dn",

@@ -50,9 +50,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
-from mgsv_cli.features import recipe
 from mgsv_cli import paths
 from mgsv_cli.errors import DataError
+from mgsv_cli.features import recipe
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -717,7 +717,9 @@ def _fill(root: Path, kind: str, ids: np.ndarray, shape: tuple[int, int], feats:
     for row, (feature, mask) in enumerate(loaded):
         stored = feature.astype(feats.dtype)
         if not np.isfinite(stored).all():
-            raise DataError(f"{feature_path(root, kind, ids[row])}: values outside the {feats.dtype} range or not finite")
+            raise DataError(
+                f"{feature_path(root, kind, ids[row])}: values outside the {feats.dtype} range or not finite"
+            )
         if feats.dtype != feature.dtype:
             worst = max(worst, float(np.max(np.abs(stored.astype(np.float32) - feature), initial=0.0)))
         feats[row] = stored

@@ -37,17 +37,19 @@ PUBLISHED_MADE_TEST = {"miou": 0.722, "r1": 8.8, "r5": 16.3, "r10": 19.8,
 
 
 def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, dtype=None,
-                   progress: Optional[ProgressFn] = None) -> dict[str, Any]:
+                   progress: Optional[ProgressFn] = None, details: bool = False) -> dict[str, Any]:
     """Run the full protocol of ``model`` (a MaDe) on one loaded split.
 
     ``split_data``: a memory-mapped ``SplitData`` or a ``DeviceSplit`` already on ``device``.
     Every distinct track is encoded once and kept on ``device``; every video is encoded
-    once, scored against all tracks in blocks of ``batch_size`` tracks (one
-    ``score_pairs`` call per block of videos x block of tracks, so memory stays bounded
-    by ``batch_size`` squared), the scores of a block of videos gathered on the device and
-    copied back once, and its moment detected on its GT track. ``dtype`` (e.g. ``torch.bfloat16``) runs a copy of the model whose
+    once and ranked against all tracks by the search's resident keys (blocks of
+    ``batch_size`` tracks per ``score_pairs`` call, so memory stays bounded by ``batch_size``
+    squared), the scores of a block of videos gathered on the device and copied back once,
+    and its moment detected on its GT track.
+    ``dtype`` (e.g. ``torch.bfloat16``) runs a copy of the model whose
     weights are in that dtype (cheaper than autocast, which casts every activation);
-    ``None`` runs in float32. Returns the keys of :data:`RESULT_KEYS` (plus ``n_tracks``).
+    ``None`` runs in float32. Returns the keys of :data:`RESULT_KEYS` (plus ``n_tracks``);
+    ``details``: also ``per_video`` (:func:`per_video_details`), what the plots are drawn from.
     """
     import torch
 
@@ -59,53 +61,56 @@ def evaluate_model(model, split_data: SplitData, device, batch_size: int = 256, 
     runner = model if dtype is None or dtype == model.dtype else copy.deepcopy(model).to(dtype)
     try:
         with torch.inference_mode():
-            tracks = _EncodedTracks(runner, split_data, device, batch_size, progress)
+            tracks = _encode_tracks(runner, split_data, device, batch_size, progress)
             ranks, moments = _score_and_detect(runner, split_data, tracks, device, batch_size, progress)
     finally:
         model.train(was_training)
-    return _protocol_metrics(split_data, ranks, moments)
+    per_video = per_video_details(split_data, ranks, moments)
+    result = _protocol_metrics(split_data, per_video)
+    if details:
+        result["per_video"] = per_video
+    return result
 
 
-class _EncodedTracks:
-    """Every distinct track of a split encoded once, stored longest first.
+def per_video_details(split_data: SplitData, ranks: np.ndarray, moments: np.ndarray) -> dict[str, Any]:
+    """Per video: 0-based rank of the GT track, IoU of the moment (paper protocol) and of the
+    exact-length cut, and the video's category; plus ``n_tracks``."""
+    labels = split_data.labels
+    cut = np.stack(metrics.duration_exact_cut(moments[:, 0], moments[:, 1], labels.video_duration,
+                                              labels.music_total_duration), axis=1)
+    return {"ranks": ranks, "ious": metrics.temporal_iou(moments, labels.moments),
+            "cut_ious": metrics.temporal_iou(cut, labels.moments), "categories": labels.video_category,
+            "n_tracks": split_data.n_tracks}
 
-    Sorting by length lets each block of tracks be trimmed to its own last valid window,
-    so short tracks do not pay for the longest one. ``order[p]`` is the split track at
-    stored position ``p``; ``position[t]`` the stored position of split track ``t``.
-    """
 
-    def __init__(self, model, split_data: SplitData, device, batch_size: int, progress: Optional[ProgressFn]):
-        import torch
+def write_plots(result: dict[str, Any], folder: str | os.PathLike) -> list:
+    """``mgsv eval --plots DIR``: the IoU histogram, R@k / MoR@k against k and the per-category
+    table (CSV and Markdown) of an :func:`evaluate` result made with ``details=True``."""
+    from pathlib import Path
 
-        n_valid = split_data.track_valid_counts()
-        self.order = np.argsort(-n_valid, kind="stable")
-        self.position = np.empty_like(self.order)
-        self.position[self.order] = np.arange(self.order.size)
-        self.device = device
-        self.order_on_device = torch.from_numpy(self.order).to(device)  # stored position -> split track
-        parts = []
-        for begin in range(0, self.order.size, batch_size):
-            chunk = self.order[begin:begin + batch_size]
-            windows, mask = split_data.track_inputs(chunk, device)
-            parts.append(model.encode_music(windows, mask, for_search=True))
-            if progress:
-                progress("encoding music", begin + chunk.size, self.order.size)
-        self.tokens = _concat_padded(parts)
+    from mgsv_cli.research.curves import write_eval_plots
 
-    def __len__(self) -> int:
-        return int(self.order.size)
+    return write_eval_plots(result["per_video"], Path(folder), f"{result['split']} ({result['n']} videos)",
+                            IOU_THRESHOLD)
 
-    def block(self, begin: int, stop: int):
-        """Tokens of stored positions [begin, stop), trimmed to their longest track."""
-        import torch
 
-        return self.tokens.take(torch.arange(begin, stop, device=self.device)).trimmed()
+def _encode_tracks(model, split_data: SplitData, device, batch_size: int, progress: Optional[ProgressFn]):
+    """Every distinct track of a split encoded once (``for_search``: keys and score offsets too):
+    a MusicTokens [n_tracks, S, d] in split-track order. Encoded longest first, so a batch of
+    similar lengths is trimmed to its own last valid window."""
+    import torch
 
-    def of_tracks(self, track_index: np.ndarray):
-        """Tokens of the given split tracks (in that order), trimmed."""
-        import torch
-
-        return self.tokens.take(torch.from_numpy(self.position[track_index]).to(self.device)).trimmed()
+    order = np.argsort(-split_data.track_valid_counts(), kind="stable")
+    parts = []
+    for begin in range(0, order.size, batch_size):
+        chunk = order[begin:begin + batch_size]
+        windows, mask = split_data.track_inputs(chunk, device)
+        parts.append(model.encode_music(windows, mask, for_search=True))
+        if progress:
+            progress("encoding music", begin + chunk.size, order.size)
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    return _concat_padded(parts).take(torch.from_numpy(position).to(device))
 
 
 _PER_SLOT_FIELDS = ("tokens", "mask", "keys")  # MusicTokens fields with one entry per window
@@ -120,7 +125,7 @@ def _concat_padded(parts: list):
     if len(parts) == 1:
         return parts[0]
     length = max(p.mask.shape[1] for p in parts)
-    joined = {}
+    joined: dict[str, Any] = {}
     for field in dataclasses.fields(parts[0]):
         values = [getattr(p, field.name) for p in parts]
         if any(v is None for v in values):
@@ -142,12 +147,17 @@ def _pad_dim1(tensor, length: int):
     return torch.cat([tensor, pad], dim=1)
 
 
-def _score_and_detect(model, split_data: SplitData, tracks: _EncodedTracks, device, batch_size: int,
+def _score_and_detect(model, split_data: SplitData, tracks, device, batch_size: int,
                       progress: Optional[ProgressFn]) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks of the GT track [n] and moments on the GT track [n, 2] (seconds)."""
+    """Ranks of the GT track [n] and moments on the GT track [n, 2] (seconds). ``tracks``: the
+    split's MusicTokens (:func:`_encode_tracks`), ranked through the search's own resident keys
+    (``retrieval.keys.ResidentKeys``: length buckets, ``batch_size`` tracks per call)."""
     import torch
 
-    n, n_tracks = split_data.n, len(tracks)
+    from mgsv_cli.retrieval.keys import ResidentKeys
+
+    resident = ResidentKeys.from_full(tracks.keys, tracks.pooled, tracks.mask, tracks.offsets)
+    n = split_data.n
     ranks = np.empty(n, dtype=np.int64)
     moments = np.empty((n, 2), dtype=np.float64)
     durations = split_data.labels.music_total_duration
@@ -156,14 +166,11 @@ def _score_and_detect(model, split_data: SplitData, tracks: _EncodedTracks, devi
         videos = split_data.video_index[rows]
         frames, frame_mask = split_data.video_inputs(videos, device)
         video_tokens = model.encode_video(frames, frame_mask)
-        scores = torch.empty((rows.size, n_tracks), dtype=torch.float32, device=device)
-        for t_begin in range(0, n_tracks, batch_size):
-            t_stop = min(n_tracks, t_begin + batch_size)
-            block = model.score_pairs(video_tokens, tracks.block(t_begin, t_stop))  # [tracks, videos]
-            scores[:, tracks.order_on_device[t_begin:t_stop]] = block.float().t()
+        scores = resident.score_videos(model, video_tokens, block=batch_size)  # [videos, tracks]
         gt_tracks = split_data.track_index[rows]
         ranks[rows] = metrics.gt_ranks(scores.cpu().numpy(), gt_tracks)
-        spans = model.detect(video_tokens, tracks.of_tracks(gt_tracks)).float()
+        gt_music = tracks.take(torch.from_numpy(gt_tracks).to(device)).trimmed()
+        spans = model.detect(video_tokens, gt_music).float()
         seconds = model.spans_to_seconds(spans, torch.from_numpy(durations[rows]).float().to(device))
         moments[rows] = seconds.float().cpu().numpy()
         if progress:
@@ -171,12 +178,8 @@ def _score_and_detect(model, split_data: SplitData, tracks: _EncodedTracks, devi
     return ranks, moments
 
 
-def _protocol_metrics(split_data: SplitData, ranks: np.ndarray, moments: np.ndarray) -> dict[str, Any]:
-    labels = split_data.labels
-    ious = metrics.temporal_iou(moments, labels.moments)
-    cut = np.stack(metrics.duration_exact_cut(moments[:, 0], moments[:, 1], labels.video_duration,
-                                              labels.music_total_duration), axis=1)
-    cut_ious = metrics.temporal_iou(cut, labels.moments)
+def _protocol_metrics(split_data: SplitData, per_video: dict[str, Any]) -> dict[str, Any]:
+    ranks, ious, cut_ious = per_video["ranks"], per_video["ious"], per_video["cut_ious"]
     recall = metrics.recall_at_k(ranks, RECALL_KS)
     moment_recall = metrics.moment_recall_at_k(ranks, ious, MOMENT_RECALL_KS, IOU_THRESHOLD)
     moment_recall_cut = metrics.moment_recall_at_k(ranks, cut_ious, MOMENT_RECALL_KS, IOU_THRESHOLD)
@@ -201,16 +204,17 @@ def parameter_counts(model) -> dict[str, int]:
 
 def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.PathLike] = None,
              device: str = "auto", batch_size: int = 256, precision: str = "fp32",
-             progress: Optional[ProgressFn] = None) -> dict[str, Any]:
+             progress: Optional[ProgressFn] = None, plots: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Load ``split`` under ``root`` and a trained model, and run :func:`evaluate_model`.
 
     ``checkpoint``: None (latest run), a run folder or a ``.safetensors`` file. On a CUDA
     GPU the split's features are copied there once when they fit (``dataset.place_split``);
     running out of GPU memory is a one-line error naming ``--batch-size``.
     Adds ``params`` (per-module counts), ``checkpoint`` (path) and ``checkpoint_id``.
+    ``plots``: a folder to write the plots into (:func:`write_plots`); their paths are in ``plots``.
     """
-    from mgsv_cli.models.checkpoint import load_model
     from mgsv_cli.device import compute_dtype, out_of_memory_hint, resolve_device
+    from mgsv_cli.models.checkpoint import load_model
     from mgsv_cli.research.dataset import place_split
 
     torch_device = resolve_device(device)
@@ -219,7 +223,11 @@ def evaluate(root: str | os.PathLike, split: str, checkpoint: Optional[str | os.
     split_data = load_split(root, split, progress=progress)
     with out_of_memory_hint("evaluating", "--batch-size", batch_size, torch_device):
         placed = place_split(split_data, torch_device)
-        result = evaluate_model(model, placed, torch_device, batch_size=batch_size, dtype=dtype, progress=progress)
+        result = evaluate_model(model, placed, torch_device, batch_size=batch_size, dtype=dtype, progress=progress,
+                                details=plots is not None)
+    if plots is not None:
+        result["plots"] = [str(path) for path in write_plots(result, plots)]
+        del result["per_video"]
     result["params"] = parameter_counts(model)
     result["checkpoint"] = str(meta.get("path", "")) if meta else None
     result["checkpoint_id"] = meta.get("checkpoint_id") if meta else None

@@ -17,7 +17,6 @@ from mgsv_cli.errors import CheckpointError, UsageError
 from mgsv_cli.models.checkpoint import LAST_NAME, WEIGHTS_NAME, atomic_write_json, save_weights
 from mgsv_cli.models.variants import VariantConfig, variant_from_dict
 
-
 PAPER_METRICS = ("miou", "r1", "r5", "r10", "mor1", "mor10", "mor100")
 
 
@@ -31,6 +30,9 @@ class Reporter:
     def step(self, loss: float, lr: float) -> None: ...
 
     def end_epoch(self, epoch: int, train_loss: float, metrics: dict[str, Any], is_best: bool) -> None: ...
+
+    def interrupted(self, run_dir: Path, epochs_done: int) -> None:
+        """Training was interrupted (Ctrl-C) with ``epochs_done`` epochs saved in ``run_dir``."""
 
 
 @dataclass

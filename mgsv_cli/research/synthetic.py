@@ -51,6 +51,17 @@ real download. Numbers measured on it say nothing about real music. Design decis
   are rather than learning to match codes. An oracle that knows the projections finds
   the start on new tracks as well (tests/research/test_synthetic.py), so the signal
   is there for a model that generalises.
+- **Regimes** (``bench/bench_quality.py`` compares the variants under each).
+  ``per_pair_ids``: False is the above (one id per track, many videos each); True gives every
+  train video a track of its own (its own id, style and sections), as val and test have,
+  so no two training pairs share a track and nothing is popular. ``link_dims``: how many of
+  the :data:`STYLE_DIM` dimensions of a video's code are its section's (the rest are drawn
+  afresh per video and carry nothing), so the video -> moment and video -> track link
+  can be made weak (4 of 16) without changing the features' scale. ``style_scale``: the
+  track style's amplitude in the windows and in the videos (the videos' deviation from it,
+  ``style_noise``, is not scaled): below 1 the style says less about the track. The
+  defaults write the same bytes as before these options existed (extra draws happen only
+  when an option is away from its default).
 - **Realistic durations.** Tracks 30-240 s (window j valid iff 2.5 j <= duration),
   videos 5-50 s (frame i valid iff i <= duration, at most 50), GT moment length =
   ``video_segment_duration``; ``video_total_duration`` is sometimes longer.
@@ -153,6 +164,9 @@ class SyntheticDataset:
     rows: dict[str, list[dict]]
     seed: int
     projections: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    per_pair_ids: bool = False  # the regime (make_dataset's options of the same names)
+    link_dims: int = STYLE_DIM
+    style_scale: float = 1.0
 
     @property
     def track_ids(self) -> list[str]:
@@ -191,7 +205,8 @@ def split_sizes(n_videos: int, n_val: int | None = None, n_test: int | None = No
 def make_dataset(root: str | os.PathLike, n_videos: int = DEFAULT_VIDEOS, n_tracks: int = DEFAULT_TRACKS,
                  seed: int = 0, *, n_val: int | None = None, n_test: int | None = None,
                  noise: float = 0.5, style_noise: float = 0.3,
-                 shared_fraction: float = SHARED_FRACTION) -> SyntheticDataset:
+                 shared_fraction: float = SHARED_FRACTION, per_pair_ids: bool = False,
+                 link_dims: int = STYLE_DIM, style_scale: float = 1.0) -> SyntheticDataset:
     """Write a synthetic MGSV-EC dataset under ``root`` and describe it.
 
     ``n_videos`` in all, ``n_val``/``n_test`` of them in val/test (default 10% each),
@@ -202,19 +217,30 @@ def make_dataset(root: str | os.PathLike, n_videos: int = DEFAULT_VIDEOS, n_trac
     frame/window (the planted signals have about unit std per dimension);
     ``style_noise`` the std of each video's deviation from its track's style (0.3: the
     right track is easy to rank, ~1.0: hard; the moment signal is unaffected).
+    ``per_pair_ids``: every train video its own track (``n_tracks`` is then
+    the number of train videos, whatever is passed); ``link_dims`` (1 to 16) of a video's
+    code dimensions are its section's; ``style_scale`` (0 to 10) scales the track style
+    (module docstring, "Regimes").
 
     Raises UsageError for impossible sizes or a ROOT that already holds a dataset
     (nothing is written then), StorageError when the disk refuses a write (nothing
     is left behind).
     """
     sizes = split_sizes(int(n_videos), n_val, n_test)
+    if per_pair_ids:
+        n_tracks = max(sizes["train"], MIN_TRACKS)
     _check_sizes(int(n_videos), int(n_tracks), sizes)
     _check_noise(noise, style_noise)
     if not 0.0 <= shared_fraction <= 1.0:
         raise UsageError(f"shared_fraction {shared_fraction!r}: expected a number from 0 to 1")
+    if not (isinstance(link_dims, (int, np.integer)) and 1 <= link_dims <= STYLE_DIM):
+        raise UsageError(f"link_dims {link_dims!r}: expected a whole number from 1 to {STYLE_DIM}")
+    if not (np.isfinite(style_scale) and 0.0 <= style_scale <= 10.0):
+        raise UsageError(f"style_scale {style_scale!r}: expected a number from 0 to 10")
     root = Path(root).expanduser()
     check_target(root)
-    info = _plan(root, sizes, int(n_tracks), int(seed), float(shared_fraction))
+    info = _plan(root, sizes, int(n_tracks), int(seed), float(shared_fraction), bool(per_pair_ids))
+    info.per_pair_ids, info.link_dims, info.style_scale = bool(per_pair_ids), int(link_dims), float(style_scale)
     _write(info, float(noise), float(style_noise), int(seed))
     return info
 
@@ -260,7 +286,8 @@ def check_target(root: Path) -> None:
 # ------------------------------------------------------------------ planning (labels and latents)
 
 
-def _plan(root: Path, sizes: dict[str, int], n_tracks: int, seed: int, shared_fraction: float) -> SyntheticDataset:
+def _plan(root: Path, sizes: dict[str, int], n_tracks: int, seed: int, shared_fraction: float,
+          per_pair_ids: bool = False) -> SyntheticDataset:
     """Draw every track and CSV row (no features yet)."""
     rng = np.random.default_rng(seed)
     projections = {name: rng.normal(0.0, 1.0 / np.sqrt(STYLE_DIM), (dim, STYLE_DIM)).astype(np.float32)
@@ -269,7 +296,9 @@ def _plan(root: Path, sizes: dict[str, int], n_tracks: int, seed: int, shared_fr
     codebook = rng.normal(size=(max(N_SECTION_TYPES, 1), STYLE_DIM))
     ids = _IdMaker(rng)
     tracks = [_make_track(rng, codebook, ids.music(), "train", rng.normal(size=STYLE_DIM)) for _ in range(n_tracks)]
-    popularity = 1.0 / np.arange(1, n_tracks + 1) ** ZIPF_EXPONENT
+    # Per-pair ids: one track per train video, none more popular than another.
+    popularity = (np.ones(n_tracks) if per_pair_ids
+                  else 1.0 / np.arange(1, n_tracks + 1) ** ZIPF_EXPONENT)
     assignment = {"train": _zipf_assignment(rng, sizes["train"], popularity)}
     for split in ("val", "test"):
         n = sizes[split]
@@ -392,13 +421,14 @@ def _write_all(staging: Path, info: SyntheticDataset, noise: float, style_noise:
     for kind in FEATURE_DIRS:
         (staging / FEATURE_DIRS[kind]).mkdir(parents=True, exist_ok=True)
     for track in info.tracks:
-        windows, mask = _track_windows(rng, track, proj, noise)
+        windows, mask = _track_windows(rng, track, proj, noise, info.style_scale)
         _save(windows, feature_path(staging, "music", track.music_id))
         _save(mask, feature_path(staging, "music_mask", track.music_id))
     by_id = {t.music_id: t for t in info.tracks}
     for split in SPLITS:
         for row in info.rows[split]:
-            frames, mask = _video_frames(rng, by_id[row["music_id"]], row, proj, noise, style_noise)
+            frames, mask = _video_frames(rng, by_id[row["music_id"]], row, proj, noise, style_noise,
+                                         info.link_dims, info.style_scale)
             _save(frames, feature_path(staging, "video", row["video_id"]))
             _save(mask, feature_path(staging, "video_mask", row["video_id"]))
         _write_csv(csv_path(staging, split), info.rows[split])
@@ -414,11 +444,11 @@ def _save(array: np.ndarray, path: Path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def _track_windows(rng: np.random.Generator, track: Track, proj: dict, noise: float):
+def _track_windows(rng: np.random.Generator, track: Track, proj: dict, noise: float, style_scale: float = 1.0):
     """[96, 768] float32 windows and [96] int64 mask: style everywhere, a code in each section."""
     centres = WINDOW_HOP * np.arange(N_WINDOWS)
     valid = centres <= track.duration
-    windows = proj["music_style"] @ track.style.astype(np.float32) \
+    windows = proj["music_style"] @ (style_scale * track.style).astype(np.float32) \
         + np.float32(noise) * rng.standard_normal((N_WINDOWS, MUSIC_DIM), dtype=np.float32)
     for code, start, end in zip(track.section_codes, track.section_starts, track.section_ends):
         inside = (centres >= start) & (centres <= end)
@@ -427,13 +457,16 @@ def _track_windows(rng: np.random.Generator, track: Track, proj: dict, noise: fl
     return windows.astype(np.float32), valid.astype(np.int64)
 
 
-def _video_frames(rng: np.random.Generator, track: Track, row: dict, proj: dict, noise: float, style_noise: float):
+def _video_frames(rng: np.random.Generator, track: Track, row: dict, proj: dict, noise: float, style_noise: float,
+                  link_dims: int = STYLE_DIM, style_scale: float = 1.0):
     """[50, 512] float32 (float16-exact) frames and [50] float32 mask of one video."""
     section = track.section_starts.index(row["music_start"])
     duration = row["video_segment_duration"]
     n_valid = min(N_FRAMES, int(np.floor(duration)) + 1)
-    latent_style = track.style + style_noise * rng.normal(size=STYLE_DIM)
+    latent_style = style_scale * track.style + style_noise * rng.normal(size=STYLE_DIM)
     latent_code = track.section_codes[section] + VIDEO_CODE_NOISE * rng.normal(size=STYLE_DIM)
+    if link_dims < STYLE_DIM:  # a weak link: these dimensions are the video's own, as large as a code's
+        latent_code[link_dims:] = rng.normal(size=STYLE_DIM - link_dims)
     signal = proj["video_style"] @ latent_style.astype(np.float32) + proj["video_code"] @ latent_code.astype(np.float32)
     frames = np.zeros((N_FRAMES, VIDEO_DIM), dtype=np.float32)
     frames[:n_valid] = signal + np.float32(noise) * rng.standard_normal((n_valid, VIDEO_DIM), dtype=np.float32)

@@ -17,8 +17,14 @@ runs the training forward through ``torch.compile``: off by default everywhere, 
 the first steps pay for compilation and the padding trims make shapes vary.
 
 The loop reports through a :class:`Reporter` so the library stays free of any UI; the CLI
-draws rich progress bars from it. A run resumes exactly from its last finished epoch: the
-weights, the Adam moments, the schedule position and the RNG state are saved after each.
+draws rich progress bars from it. What a researcher looks at afterwards goes into the run
+folder (:mod:`~mgsv_cli.research.curves`): TensorBoard event files (each loss term, the
+gradient norm before clipping and the learning rate per step; every val number and the
+learned scalars per epoch, also kept in the history records) as it goes, and ``curves.png``
+when the run ends (from the history, so a resumed run's picture covers all its epochs).
+
+A run resumes exactly from its last finished epoch: the weights, the Adam moments, the
+schedule position and the RNG state are saved after each.
 """
 from __future__ import annotations
 
@@ -29,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mgsv_cli.errors import UsageError
 from mgsv_cli.features.recipe import describe_encoders
 from mgsv_cli.models.checkpoint import WEIGHTS_NAME, atomic_write_json, save_checkpoint
 from mgsv_cli.models.variants import VariantConfig, variant_to_dict
-from mgsv_cli.errors import UsageError
+from mgsv_cli.research.curves import CURVES_NAME, CurveLog, plot_history
 from mgsv_cli.research.runs import (  # noqa: F401  (re-exported: the library API of training)
     PAPER_METRICS,
     Reporter,
@@ -44,11 +51,12 @@ from mgsv_cli.research.runs import (  # noqa: F401  (re-exported: the library AP
     load_resume_point,
     new_run_dir,
     restore_optimizer,
-    saved_epochs_done,
     save_resume_point,
+    saved_epochs_done,
     saved_variant,
     selection_score,
 )
+
 
 @dataclass
 class _State:
@@ -83,10 +91,13 @@ def compiled_forward(model):
     return torch.compile(model)
 
 
-def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype, forward=None) -> float:
+def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype, forward=None,
+               terms: dict[str, float] | None = None) -> float:
     """One optimisation step on a batch of matched pairs; returns the loss.
 
-    ``forward``: what runs the network (``model`` itself, or its compiled form).
+    ``forward``: what runs the network (``model`` itself, or its compiled form). ``terms``, when
+    given, receives the loss's terms (``matching``, ``detection``, ``start`` with the pointer),
+    the total as ``loss`` and the gradient norm before clipping (``grad_norm``), as floats.
     """
     import torch
 
@@ -97,38 +108,60 @@ def train_step(model, optimizer, batch, variant: VariantConfig, lr: float, dtype
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(batch.frames.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        out = forward(batch.frames, batch.frame_mask, batch.windows, batch.window_mask)
+        if recipe.detect_grad_scale == 1.0:  # the paper's: nothing between detection and the enhancers
+            out = forward(batch.frames, batch.frame_mask, batch.windows, batch.window_mask)
+        else:
+            out = forward(batch.frames, batch.frame_mask, batch.windows, batch.window_mask,
+                          detect_grad_scale=recipe.detect_grad_scale)
     same_track = recipe.mask_same_track_negatives or recipe.same_track_positives
     track_ids = batch.track_index if same_track else None
-    loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale, track_ids, recipe.same_track_positives)
-    loss = loss + detection_loss(out["spans"], batch.span, recipe.l1_weight, recipe.giou_weight)
+    parts = {"matching": matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale, track_ids,
+                                       recipe.same_track_positives)}
+    parts["detection"] = detection_loss(out["spans"], batch.span, recipe.l1_weight, recipe.giou_weight)
+    loss = parts["matching"] + parts["detection"]
     if "start_logits" in out:  # made-plus start_pointer
-        loss = loss + recipe.start_weight * start_window_loss(out["start_logits"], batch.span, model.cfg.n_windows)
+        parts["start"] = start_window_loss(out["start_logits"], batch.span, model.cfg.n_windows)
+        loss = loss + recipe.start_weight * parts["start"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
     optimizer.step()
+    if terms is not None:
+        terms.update({name: float(value.detach()) for name, value in parts.items()})
+        terms["grad_norm"] = float(grad_norm)
     return float(loss.detach())
 
 
 def run_epoch(model, optimizer, split, variant, epoch, state: _State, total_steps, device, dtype, reporter,
-              forward=None) -> float:
+              forward=None, curves=None, epoch_terms: dict[str, float] | None = None) -> float:
     """One pass over the training split (a fresh shuffle per epoch); returns the mean loss.
 
     ``split`` is a memory-mapped ``SplitData`` or a ``DeviceSplit`` (same rows either way).
+    ``curves`` (a :class:`~mgsv_cli.research.curves.CurveLog`) gets every step's loss terms and
+    learning rate; ``epoch_terms``, when given, receives their means over the epoch.
     """
     recipe = variant.train
     model.train()
     losses = []
+    sums: dict[str, float] = {}
     batches = split.batches(recipe.batch_size, shuffle=True, seed=recipe.seed + epoch, drop_last=True)
     if getattr(device, "type", None) == "cuda" and not hasattr(split, "device"):
         batches = gathered_ahead(batches, pin=True)  # host path on a GPU: the CPU gathers while the GPU runs
     for batch in batches:
         lr = learning_rate(state.step, total_steps, recipe.lr, recipe.warmup_fraction)
-        loss = train_step(model, optimizer, batch.to(device, non_blocking=True), variant, lr, dtype, forward)
+        terms: dict[str, float] = {}
+        loss = train_step(model, optimizer, batch.to(device, non_blocking=True), variant, lr, dtype, forward,
+                          terms=terms)
         state.step += 1
         losses.append(loss)
         reporter.step(loss, lr)
+        terms["loss"] = loss
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value
+        if curves is not None:
+            curves.step(state.step, terms, lr)
+    if epoch_terms is not None:
+        epoch_terms.update({name: total / max(1, len(losses)) for name, total in sums.items()})
     return float(sum(losses) / max(1, len(losses)))
 
 
@@ -139,8 +172,8 @@ def gathered_ahead(batches, pin: bool = False, depth: int = 2):
     compute. Gathering rows from the memory map is the CPU's part of a step; this keeps
     it off the step's critical path.
     """
-    from concurrent.futures import ThreadPoolExecutor
     from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     def produce(iterator):
         batch = next(iterator, None)
@@ -183,9 +216,13 @@ def fill_querybank(model, train_split, seed: int, device, batch_size: int = 256)
 
 
 def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state: _State, train_loss: float,
-                      device, dtype, train_split=None) -> dict[str, Any]:
+                      device, dtype, train_split=None, train_terms: dict[str, float] | None = None,
+                      lr: float | None = None, curves=None) -> dict[str, Any]:
     """Score the epoch's weights on val, keep them if best, save the resume state; returns the record.
-    ``train_split``: where a made-plus querybank is sampled from (:func:`fill_querybank`)."""
+    ``train_split``: where a made-plus querybank is sampled from (:func:`fill_querybank`).
+    ``train_terms`` (the epoch's mean loss terms), ``lr`` (the last step's) and the learned scalars
+    go into the history record for ``curves.png``; ``curves`` (a ``CurveLog``) gets the record."""
+    from mgsv_cli.research.curves import learned_scalars
     from mgsv_cli.research.evaluation import evaluate_model
 
     if train_split is not None:
@@ -195,7 +232,11 @@ def validate_and_save(model, optimizer, val_split, variant, run_dir: Path, state
     is_best = score > state.best_score
     state.epochs_done += 1
     record = {"epoch": state.epochs_done, "train_loss": train_loss, "score": score, **metrics}
+    learned = learned_scalars(model)
+    record.update(train_terms=dict(train_terms or {}), lr=lr, learned=learned)
     state.history.append(record)
+    if curves is not None:
+        curves.epoch(state.step, record, learned)
     if is_best:
         state.best_score = score
         save_checkpoint(run_dir, model, variant, {"epoch": state.epochs_done, "score": score, "val": metrics,
@@ -233,9 +274,9 @@ def train(
     """
     import torch
 
-    from mgsv_cli.research.dataset import load_split, place_split
     from mgsv_cli.device import compute_dtype, device_name, out_of_memory_hint, resolve_device, tune_malloc_for_training
     from mgsv_cli.models.made import MaDe
+    from mgsv_cli.research.dataset import load_split, place_split
 
     if _family_to_train(out_dir, variant, resume, stage, asked or {}) == "real":  # ReAL: two stages
         from mgsv_cli.research.train_real import train_real
@@ -277,6 +318,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", variant_to_dict(variant))
     log = RunLog(run_dir / "train.log")
+    curves = CurveLog(run_dir)
     info = {
         "run_dir": str(run_dir), "variant": variant.name, "device": str(torch_device),
         "dtype": str(dtype).replace("torch.", ""), "params": model.parameter_counts(),
@@ -294,18 +336,24 @@ def train(
         for epoch in range(state.epochs_done, recipe.epochs):
             reporter.start_epoch(epoch, recipe.epochs, steps_per_epoch)
             with out_of_memory_hint("training", "--batch-size", recipe.batch_size, torch_device):
+                terms: dict[str, float] = {}
                 train_loss = run_epoch(model, optimizer, train_split, variant, epoch, state, total_steps,
-                                       torch_device, dtype, reporter, forward)
+                                       torch_device, dtype, reporter, forward, curves, terms)
+                lr = learning_rate(max(0, state.step - 1), total_steps, recipe.lr, recipe.warmup_fraction)
                 record = validate_and_save(model, optimizer, val_split, variant, run_dir, state, train_loss,
-                                           torch_device, dtype, train_split)
+                                           torch_device, dtype, train_split, terms, lr, curves)
             log.write(json.dumps(record))
             reporter.end_epoch(epoch, train_loss, {k: record[k] for k in record if k not in ("epoch", "best")},
                                record["best"])
-    except KeyboardInterrupt as exc:
-        exc.run_dir, exc.epochs_done = run_dir, state.epochs_done  # for the CLI's "how to resume" line
+    except KeyboardInterrupt:
         log.write(f"interrupted after {state.epochs_done} finished epoch(s)")
+        reporter.interrupted(run_dir, state.epochs_done)
         raise
+    finally:
+        curves.close()
 
+    if state.history:
+        plot_history(state.history, run_dir / CURVES_NAME, f"{variant.name}: {run_dir.name}")
     best = max(state.history, key=lambda r: r["score"], default={})
     return TrainResult(run_dir=run_dir, best_metrics=best, history=state.history)
 

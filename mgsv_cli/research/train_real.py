@@ -35,6 +35,7 @@ from mgsv_cli.models.checkpoint import (
     save_checkpoint,
 )
 from mgsv_cli.models.variants import VariantConfig, variant_to_dict
+from mgsv_cli.research.curves import CurveLog, plot_history
 from mgsv_cli.research.runs import (
     Reporter,
     RunLog,
@@ -64,7 +65,7 @@ def build_optimizer(module, lr: float, weight_decay: float, device=None):
     """AdamW over one stage's parameters (the fused kernel on CUDA)."""
     import torch
 
-    extra = {"fused": True} if getattr(device, "type", None) == "cuda" else {}
+    extra: dict[str, Any] = {"fused": True} if getattr(device, "type", None) == "cuda" else {}
     return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, **extra)
 
 
@@ -235,7 +236,7 @@ def train_real(data_root, variant: VariantConfig, out_dir=None, device: str = "a
     atomic_write_json(run_dir / "config.json", variant_to_dict(variant))
     log = RunLog(run_dir / "train.log")
     stage_metrics = _saved_stage_metrics(run_dir) if how != "new" else {}
-    context = _Context(model, variant, run_dir, torch_device, dtype, reporter, log, stage_metrics)
+    context = _Context(model, variant, run_dir, torch_device, dtype, reporter, log, stage_metrics, CurveLog(run_dir))
 
     try:
         for name in state.stages[state.stages.index(state.stage):]:
@@ -254,10 +255,12 @@ def train_real(data_root, variant: VariantConfig, out_dir=None, device: str = "a
             reporter.start(info)
             _train_stage(context, name, optimizer, state, train_split, val_split, steps_per_epoch)
             _keep_best_of_stage(model, run_dir, name)
-    except KeyboardInterrupt as exc:
-        exc.run_dir, exc.epochs_done = run_dir, state.epochs_done  # for the CLI's "how to resume" line
+    except KeyboardInterrupt:
         log.write(f"interrupted in stage {state.stage} after {state.epochs_done} finished epoch(s)")
+        reporter.interrupted(run_dir, state.epochs_done)
         raise
+    finally:
+        context.curves.close()
 
     trained = [r for r in state.history if r["stage"] == state.stages[-1]]
     best = max(trained, key=lambda r: r["score"], default={})
@@ -274,6 +277,7 @@ class _Context:
     reporter: Any
     log: Any
     stage_metrics: dict[str, Any]
+    curves: Any = None  # a CurveLog: each stage's tags under "<stage>/" (each stage has its own steps)
 
 
 def _train_stage(ctx: _Context, stage: str, optimizer, state: _RunState, train_split, val_split,
@@ -284,14 +288,20 @@ def _train_stage(ctx: _Context, stage: str, optimizer, state: _RunState, train_s
     recipe = ctx.variant.train
     n_epochs = recipe.stage_epochs(stage)
     total_steps = steps_per_epoch * n_epochs
+    if ctx.curves is not None:
+        ctx.curves.prefix = f"{stage}/"
     for epoch in range(state.epochs_done, n_epochs):
         ctx.reporter.start_epoch(epoch, n_epochs, steps_per_epoch)
         with out_of_memory_hint("training", "--batch-size", recipe.batch_size, ctx.device):
             train_loss = _run_epoch(ctx, stage, optimizer, state, train_split, epoch, total_steps)
-            record = _validate_and_save(ctx, stage, optimizer, state, val_split, train_loss)
+            lr = learning_rate(max(0, state.step - 1), total_steps, recipe.stage_lr(stage), recipe.warmup_fraction)
+            record = _validate_and_save(ctx, stage, optimizer, state, val_split, train_loss, lr)
         ctx.log.write(json.dumps(record))
         ctx.reporter.end_epoch(epoch, train_loss, {k: v for k, v in record.items() if k not in ("epoch", "best")},
                                record["best"])
+    history = [r for r in state.history if r["stage"] == stage]
+    if history:
+        plot_history(history, ctx.run_dir / f"curves-{stage}.png", f"{ctx.variant.name} ({stage}): {ctx.run_dir.name}")
 
 
 def _run_epoch(ctx: _Context, stage: str, optimizer, state: _RunState, split, epoch: int, total_steps: int) -> float:
@@ -307,11 +317,15 @@ def _run_epoch(ctx: _Context, stage: str, optimizer, state: _RunState, split, ep
         state.step += 1
         losses.append(loss)
         ctx.reporter.step(loss, lr)
+        if ctx.curves is not None:
+            ctx.curves.step(state.step, {"loss": loss}, lr)
     return float(sum(losses) / max(1, len(losses)))
 
 
-def _validate_and_save(ctx: _Context, stage: str, optimizer, state: _RunState, val_split, train_loss: float) -> dict:
+def _validate_and_save(ctx: _Context, stage: str, optimizer, state: _RunState, val_split, train_loss: float,
+                       lr: float | None = None) -> dict:
     """Score the network on val; save it as the run's checkpoint when this stage improved."""
+    from mgsv_cli.research.curves import learned_scalars
     from mgsv_cli.research.evaluation import evaluate_model
 
     recipe = ctx.variant.train
@@ -320,7 +334,10 @@ def _validate_and_save(ctx: _Context, stage: str, optimizer, state: _RunState, v
     is_best = score > state.best.get(stage, float("-inf"))
     state.epochs_done += 1
     record = {"stage": stage, "epoch": state.epochs_done, "train_loss": train_loss, "score": score, **metrics}
+    record.update(lr=lr, learned=learned_scalars(ctx.model))
     state.history.append(record)
+    if ctx.curves is not None:
+        ctx.curves.epoch(state.step, record, record["learned"])
     if is_best:
         state.best[stage], state.best_epoch[stage] = score, state.epochs_done
         ctx.stage_metrics[stage] = {"epoch": state.epochs_done, "score": score}

@@ -9,7 +9,7 @@ of clip features) and does the work; ``files`` decides which files may ever be s
 of a cut with ffmpeg; ``app`` is the FastAPI application (token, Host check, JSON
 errors); ``server`` runs it on uvicorn. ``static/`` holds the page (plain HTML/CSS/JS).
 
-An app-layer package, like the CLI. May import: base modules, ``media``, ``features``,
-``models``, ``index`` and ``editor``; FastAPI and uvicorn only in ``app`` and ``server``.
-Never ``research`` or the CLI (the CLI imports ``client``).
+An app-layer package, like the CLI; FastAPI and uvicorn only in ``app`` and ``server``.
+May import: base modules, ``media``, ``features``, ``models``, ``index``, ``retrieval``,
+``editor`` and ``settings``. Never research or the CLI (the CLI imports ``client``).
 """

@@ -33,7 +33,7 @@ import socket
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 
 from mgsv_cli import __version__, errors
 from mgsv_cli.serve import files
-from mgsv_cli.serve.engine import Engine, OptionsDiffer, exact_suggestions, track_json
+from mgsv_cli.serve.engine import Engine, OptionsDiffer, exact_suggestions
 
 log = logging.getLogger("mgsv.serve")
 
@@ -67,14 +67,14 @@ DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.c
 USAGE_EXIT, INTERNAL_EXIT = errors.UsageError.exit_code, 70  # the CLI's codes: a wrong request, a bug
 
 
-def error_response(status: int, message: str, kind: str, exit_code: int, *, headers: dict | None = None,
+def error_response(status: int, message: str, kind: str, exit_code: int, *, headers: Mapping[str, str] | None = None,
                    **extra) -> JSONResponse:
     """The one shape of every error answer: ``{"error", "type", "exit_code", ...extra}``."""
     return JSONResponse({"error": message, "type": kind, "exit_code": exit_code, **extra}, status_code=status,
                         headers=headers)
 
 
-def refusal(status: int, message: str, *, headers: dict | None = None, **extra) -> JSONResponse:
+def refusal(status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra) -> JSONResponse:
     """An error answer of the server's own (not a library error): type and reason from the HTTP status."""
     try:
         words = re.findall(r"[A-Za-z]+", HTTPStatus(status).phrase)
@@ -194,7 +194,8 @@ class SuggestBody(BaseModel):
     top: Optional[int] = Field(None, ge=1, le=1000, description="how many tracks (default: the settings' top_k)")
     snap: Optional[Literal["beat", "off"]] = Field(None, description="beat: start each cut on a downbeat/beat")
     include_short: bool = Field(False, description="rank tracks shorter than the clip too")
-    fit: Optional[Literal["cut", "ending", "loop"]] = Field(None, description="fit the music to the clip (default: settings)")
+    fit: Optional[Literal["cut", "ending", "loop"]] = Field(
+        None, description="fit the music to the clip (default: settings)")
     remember: bool = Field(True, description="remember it for render/export, as `mgsv suggest` does")
     options: Optional[CommandOptions] = Field(None, description="a CLI command's options (409 when they differ)")
     exact: bool = Field(False, description="also return the unrounded numbers")
@@ -206,7 +207,9 @@ class RenderBody(BaseModel):
     pick: Optional[int] = Field(None, ge=1, description="remembered suggestion N (default 1)")
     track: Optional[str] = Field(None, description="music file instead of the remembered suggestion (with start)")
     start: Optional[float] = Field(None, ge=0, description="where the music starts in the track, seconds")
-    out: Optional[str] = Field(None, description="output file; default beside the video, or the server's outputs for uploads")
+    out: Optional[str] = Field(
+        None, description="output file; default beside the video, or the server's outputs for uploads"
+    )
     mix: Optional[str] = Field(None, description="replace | original | duck (default: settings)")
     fade_in: Optional[float] = None
     fade_out: Optional[float] = None
@@ -344,7 +347,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     @app.get("/api/tracks/{track_id}", tags=["library"], summary="One track with its beat grid",
              dependencies=[Depends(need_token)])
     def one_track(track_id: int) -> dict:
-        return track_json(engine.track(track_id), beats=True)
+        return engine.track_json(track_id)
 
     # -------------------------------------------------------- clips in
 
@@ -436,7 +439,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
                 saved = await checked_upload(writer.finish())
                 fields = {k: v for k, v in form.items()
                           if k in ("top", "snap", "include_short", "fit") and isinstance(v, str) and v}
-                return SuggestBody(video=str(saved), **fields)
+                return SuggestBody.model_validate({"video": str(saved), **fields})
             return SuggestBody.model_validate(json.loads(await request.body() or b"null"))
         except json.JSONDecodeError as exc:
             raise errors.UsageError(f"bad request: not JSON ({exc.msg})") from None
@@ -463,44 +466,36 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             return None
         return "/files/outputs/" + files.url_path(real, folders.outputs) + "?download=1"
 
-    def absolute(value: str | None, what: str) -> Path | None:
-        if value is None:
-            return None
+    def absolute_path(value: str, what: str) -> Path:
         path = Path(value).expanduser()
         if not path.is_absolute():
             raise errors.UsageError(f"{what} {value!r}: give an absolute path")
         return path
+
+    def absolute(value: str | None, what: str) -> Path | None:
+        return None if value is None else absolute_path(value, what)
 
     @app.post("/api/render", tags=["clips"], dependencies=[Depends(need_token)],
               summary="Put a track under a clip (what `mgsv render` does); a download URL for uploads")
     def render(body: RenderBody) -> dict:
         from mgsv_cli import settings
         from mgsv_cli.editor import render as rendering
+        from mgsv_cli.editor.requests import RenderRequest, json_field
 
-        video = absolute(body.video, "video")
-        track, out = absolute(body.track, "track"), absolute(body.out, "out")
-        mix = body.mix or settings.default("mix")
-        snap = body.snap or settings.default("snap")
-        snap = None if snap == "off" else snap
-        if (track is None) != (body.start is None):
-            raise errors.UsageError("--track and --start go together (or give neither to use `mgsv suggest`'s pick)")
-        if track is not None and body.pick is not None:
-            raise errors.UsageError("--pick chooses among remembered suggestions; it cannot be combined with --track")
-        if mix not in rendering.MIX_MODES:
-            raise errors.UsageError(f"--mix {mix!r}: expected one of {', '.join(rendering.MIX_MODES)}")
-        force = body.force
-        if out is None and (target := page_output(video, rendering.default_output_path(video).name)) is not None:
-            out, force = target, True  # the page's renders go to the server's outputs, replaced on re-render
-            if track is not None:
-                track = Path(engine.track(str(track)).path)
-        index = absolute(body.index, "index") or engine.index_path
-        fit = body.fit or (settings.default("fit") if track is not None else None)
-        music, begin, edit = rendering.resolve_music(video, body.pick or 1, track, body.start, snap, index, fit,
-                                                     join_at=body.join)
-        result = rendering.render(video, music, begin, out=out, mix=mix, edit=edit,
-                                  fade_in=settings.default("fade_in", body.fade_in),
-                                  fade_out=settings.default("fade_out", body.fade_out),
-                                  loudness=settings.default("loudness", body.loudness), force=force)
+        video = absolute_path(body.video, "video")
+        request = RenderRequest.build(settings.load_settings(), json_field, pick=body.pick,
+                                      track=absolute(body.track, "track"), start=body.start,
+                                      out=absolute(body.out, "out"), mix=body.mix, fade_in=body.fade_in,
+                                      fade_out=body.fade_out, loudness=body.loudness, snap=body.snap,
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force,
+                                      fit=body.fit, join=body.join)
+        if request.out is None and (target := page_output(video, rendering.default_output_path(video).name)):
+            # The page's renders go to the server's outputs, replaced on re-render, its tracks the index's.
+            track = None if request.track is None else Path(engine.track(str(request.track)).path)
+            request = dataclasses.replace(request, out=target, force=True, track=track)
+        music, begin, edit = rendering.resolve_music(video, request.pick, request.track, request.start, request.snap,
+                                                     request.index, request.fit, join_at=request.join)
+        result = rendering.render(video, music, begin, edit=edit, **request.mixdown())
         exact = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
         return {"result": result.to_dict(), "exact": exact, "download_url": download_url(result.out_path)}
 
@@ -509,38 +504,20 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
     def export(body: ExportBody):
         from mgsv_cli import settings
         from mgsv_cli.editor import export as writers
-        from mgsv_cli.editor.record import load_last_suggestion
+        from mgsv_cli.editor.requests import ExportRequest, json_field
 
-        video, out = absolute(body.video, "video"), absolute(body.out, "out")
-        fmt = body.format or (writers.format_from_path(out) if out is not None else None) or \
-            settings.default("export_format")
-        writers.check_frame_rate(body.frame_rate)
-        snap = body.snap or settings.default("snap")
-        record = load_last_suggestion(video)
-        force = body.force
-        if out is None and fmt in writers.FORMATS:
+        video, out = absolute_path(body.video, "video"), absolute(body.out, "out")
+        request = ExportRequest.build(settings.load_settings(), json_field, pick=body.pick, fmt=body.format, out=out,
+                                      frame_rate=body.frame_rate, snap=body.snap,
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force,
+                                      fit=body.fit, join=body.join)
+        fmt, force = request.fmt, request.force
+        if out is None:
             target = page_output(video, writers.default_output_path(video, fmt).name)
             if target is not None:
                 out, force = target, True
-        if body.start is not None:
-            entry = record.pick(body.pick)
-            length = entry.end - entry.start
-            record = record.with_entry(dataclasses.replace(entry, start=float(body.start),
-                                                           end=float(body.start) + length, snapped_to=None))
-        snap_info = None
-        if snap == "beat":
-            from mgsv_cli.editor.snapping import snap_suggestion
-
-            index = absolute(body.index, "index") or engine.index_path
-            record, snap_info = snap_suggestion(record, body.pick, index_path=index)
-        if body.fit is not None or body.join is not None or body.start is not None or (
-                snap_info is not None and record.pick(body.pick).edit is not None):
-            from mgsv_cli.editor.fitting import refit_suggestion
-
-            record = refit_suggestion(record, body.pick, body.fit, index_path=absolute(body.index, "index") or
-                                      engine.index_path, join_at=body.join)
-        exported = writers.write_timeline(record, video, fmt, out, pick=body.pick, frame_rate=body.frame_rate,
-                                          force=force)
+        exported, record, snap_info = writers.export_suggestion(video, request, start=body.start, out=out,
+                                                                force=force)
         written = exported.out
         entry = record.pick(body.pick)
         url = download_url(written)
@@ -569,7 +546,8 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
                 format: Literal["wav", "m4a"] = Query("wav"),
                 fit: Optional[Literal["cut", "ending", "loop"]] = Query(
                     None, description="cut | ending | loop (default: as suggested; with track, the settings')"),
-                join: Optional[float] = Query(None, ge=0, description="move the join to the bar line nearest this time (s)"),
+                join: Optional[float] = Query(
+                    None, ge=0, description="move the join to the bar line nearest this time (s)"),
                 ) -> FileResponse:
         from mgsv_cli import settings
         from mgsv_cli.editor import fitting
@@ -585,7 +563,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             entry = record.pick(rank)
             chosen = engine.track(entry.track)
             moved = start is not None and abs(start - entry.start) > 1e-6
-            if moved:
+            if start is not None and moved:
                 entry = dataclasses.replace(entry, start=float(start), end=float(start) + record.duration,
                                             snapped_to=None)
             mode = fit or (entry.edit.requested if entry.edit is not None else "cut")
@@ -594,6 +572,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
             edit = entry.edit if mode != "cut" else None
             start = entry.start
         else:
+            assert track is not None  # either rank or track, checked above
             chosen = engine.track(track)
             start = 0.0 if start is None else start
             mode = fit or settings.default("fit")
@@ -607,7 +586,8 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
         made = make_preview(clip, Path(chosen.path), float(start), mix=mix or settings.default("mix"),
                             fade_in=settings.default("fade_in"), fade_out=settings.default("fade_out"),
                             loudness=settings.default("loudness"), fmt=format, cache=folders.previews, edit=edit)
-        headers = {"x-mgsv-start": f"{made.start:.6f}", "x-mgsv-mix": made.mix, "cache-control": "private, max-age=3600"}
+        headers = {"x-mgsv-start": f"{made.start:.6f}", "x-mgsv-mix": made.mix,
+                   "cache-control": "private, max-age=3600"}
         if edit is not None:  # what the page draws on the strip: the spans and joins heard
             headers["x-mgsv-edit"] = json.dumps(edit.to_dict(), separators=(",", ":"))
         return FileResponse(made.path, media_type=made.media_type, headers=headers)

@@ -133,6 +133,7 @@ class _Paths:
         if ".." in given.parts or not self._make_link():
             self.usable = False
             return None
+        assert self.link is not None  # _make_link() made it
         return str(self.link / given)
 
     def _make_link(self) -> bool:

@@ -25,11 +25,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mgsv_cli import __version__, paths
 from mgsv_cli.editor.record import SuggestionResult, remember_suggestion
 from mgsv_cli.errors import MediaError, MgsvError, first_line
+
+if TYPE_CHECKING:
+    from mgsv_cli.editor.suggest import Suggester
+    from mgsv_cli.editor.tracklist import TrackList
 
 FEATURE_CACHE_SIZE = 64  # clips whose CLIP features are kept (about 100 KB each)
 StatusFn = Callable[[str], None]
@@ -56,7 +60,7 @@ class Engine:
     def __init__(self, *, index_path=None, checkpoint=None, untrained: bool = False, encoders: str | None = None,
                  device: str = "auto", offline: bool = False, weights_dir=None, status: StatusFn | None = None,
                  encoders_obj=None, feature_cache_size: int = FEATURE_CACHE_SIZE):
-        self.index_path = Path(index_path).expanduser().absolute() if index_path else paths.default_index_path()
+        self.index_path = _store_location(index_path)
         self.checkpoint = Path(checkpoint).expanduser().absolute() if checkpoint is not None else None
         self.untrained = untrained
         self.encoders_asked = encoders
@@ -70,10 +74,8 @@ class Engine:
         self._feature_cache_size = feature_cache_size
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgsv-engine")
         self._lock = threading.Lock()
-        self.suggester = None
+        self._suggester: Suggester | None = None
         self._signature: tuple | None = None
-        self._tracks_by_path: dict[str, Any] = {}
-        self._tracks_by_id: dict[int, Any] = {}
         try:
             self._run(self._open, encoders_obj)
         except BaseException:
@@ -95,13 +97,12 @@ class Engine:
                                    weights_dir=self.weights_dir, status=self._status, encoders_obj=encoders_obj)
         if not isinstance(suggester.encoders, _CachingEncoders):
             suggester.encoders = _CachingEncoders(suggester.encoders, self._features, self._feature_cache_size)
-        suggester.prefetcher = _CachingPrefetcher(suggester.prefetcher, self._features)
-        old, self.suggester = self.suggester, suggester
+        # A duck-typed wrapper, not a VideoPrefetcher: its __getattr__ passes start and close on.
+        suggester.prefetcher = _CachingPrefetcher(suggester.prefetcher, self._features)  # type: ignore[assignment]
+        old, self._suggester = self._suggester, suggester
         if old is not None:
             old.close()
-        self._signature = (suggester.index.content_version, signature[1])
-        self._tracks_by_path = {t.path: t for t in suggester.tracks}
-        self._tracks_by_id = {t.id: t for t in suggester.tracks}
+        self._signature = (suggester.store.content_version, signature[1])
         self.checkpoint_file = None if self.untrained else self._checkpoint_file(self.checkpoint)
 
     @staticmethod
@@ -112,10 +113,10 @@ class Engine:
 
     def _current_signature(self) -> tuple:
         """What the server's own options mean now: the index's content, the checkpoint file."""
-        from mgsv_cli.index.store import open_index
+        from mgsv_cli.index.backend import open_store
 
-        with open_index(self.index_path, require_tracks=False) as index:
-            content = index.content_version
+        with open_store(self.index_path) as store:
+            content = store.content_version
         weights = None if self.untrained else _stamp(self._checkpoint_file(self.checkpoint))
         return content, weights
 
@@ -127,10 +128,16 @@ class Engine:
             self._open(self.suggester.encoders)  # the features of clips stay valid: same encoders
             self.reloads += 1
 
+    @property
+    def suggester(self) -> Suggester:
+        """The open suggester (``__init__`` opens one; a reload replaces it)."""
+        assert self._suggester is not None
+        return self._suggester
+
     def close(self) -> None:
         def close_suggester():
-            if self.suggester is not None:
-                self.suggester.close()
+            if self._suggester is not None:
+                self._suggester.close()
 
         try:
             self._run(close_suggester)
@@ -144,7 +151,7 @@ class Engine:
         return self.suggester.encoders_kind
 
     @property
-    def tracks(self) -> list:
+    def tracks(self) -> TrackList:
         return self.suggester.tracks
 
     def mismatch(self, asked: dict[str, Any]) -> str | None:
@@ -158,7 +165,7 @@ class Engine:
 
         if "data_dir" in asked and not _same_path(asked["data_dir"], paths.data_dir()):
             return "the command keeps its data elsewhere (another MGSV_HOME)"
-        if not _same_path(asked.get("index") or paths.default_index_path(), self.index_path):
+        if _store_location(asked.get("index")) != self.index_path:
             return f"the server uses the index {self.index_path}"
         if bool(asked.get("untrained")) != self.untrained:
             return "the server runs " + ("an untrained model" if self.untrained else "a trained checkpoint")
@@ -190,9 +197,8 @@ class Engine:
             s = self.suggester
             return {
                 "version": __version__, "pid": os.getpid(), "started_at": self.started_at,
-                "index": {"path": str(s.index.path), "tracks": len(s.tracks), "encoder_id": s.index.encoder_id,
-                          "content_version": s.index.content_version,
-                          "with_beats": sum(1 for t in s.tracks if t.beats)},
+                "index": {"path": s.store.uri, "tracks": len(s.tracks), "encoder_id": s.store.encoder_id,
+                          "content_version": s.store.content_version, "with_beats": s.store.beat_count()},
                 "model": {"id": s.model_id, "untrained": s.untrained,
                           "checkpoint": str(self.checkpoint_file) if self.checkpoint_file else None},
                 "encoders": s.encoders_kind, "device": str(s.device), "load_timings": s.timings,
@@ -204,24 +210,31 @@ class Engine:
     # ------------------------------------------------------------ tracks
 
     def track(self, ref: str | int):
-        """The indexed track ``ref`` (an id, or a path) whose file really is that indexed path.
+        """The stored track ``ref`` (an id, or a path) whose file really is that stored path.
 
-        Raises NotServable for anything else: a path not in the index, or one that is a
+        Raises NotServable for anything else: a path not in the store, or one that is a
         symlink (or lies under one) leading elsewhere.
         """
+        return self._run(self._track, ref)
+
+    def _track(self, ref: str | int):
         from mgsv_cli.serve.files import NotServable
 
+        store = self.suggester.store
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-            info = self._tracks_by_id.get(int(ref))
+            found = store.tracks([int(ref)]) if self.suggester.tracks.positions_of([int(ref)])[0] >= 0 else []
+            info = found[0] if found else None
         else:
-            info = self._tracks_by_path.get(str(ref)) if ref and "\x00" not in str(ref) else None
+            info = store.find(str(ref)) if ref and "\x00" not in str(ref) else None
+            if info is not None and info.path != str(ref):
+                info = None  # only the stored path itself, never another name of it
         if info is None:
             raise NotServable("not a track of the index")
         try:
             real = Path(info.path).resolve(strict=True)
         except (OSError, RuntimeError):
             raise NotServable(f"the track {info.path} is gone") from None
-        if str(real) not in self._tracks_by_path or not real.is_file():
+        if str(real) != info.path or not real.is_file():
             raise NotServable("not a track of the index")
         return info
 
@@ -229,12 +242,22 @@ class Engine:
                     limit: int | None = None) -> dict[str, Any]:
         def read():
             self._refresh_quietly()
-            tracks = self.suggester.tracks
+            tracks, store = self.suggester.tracks, self.suggester.store
             if wanted_paths:
-                chosen = [self._tracks_by_path[p] for p in dict.fromkeys(wanted_paths) if p in self._tracks_by_path]
+                found = (store.find(p) for p in dict.fromkeys(wanted_paths) if p and "\x00" not in p)
+                chosen = [t for t in found if t is not None]
             else:
                 chosen = tracks[offset:None if limit is None else offset + limit]
-            return {"total": len(tracks), "tracks": [track_json(t, beats) for t in chosen]}
+            grids = store.beats_for([t.id for t in chosen]) if chosen else []
+            return {"total": len(tracks), "tracks": [track_json(t, g, beats) for t, g in zip(chosen, grids)]}
+
+        return self._run(read)
+
+    def track_json(self, ref: str | int) -> dict[str, Any]:
+        """The stored track ``ref`` (see :meth:`track`) for the API, with its beat grid."""
+        def read():
+            info = self._track(ref)
+            return track_json(info, self.suggester.store.beats_for([info.id])[0], beats=True)
 
         return self._run(read)
 
@@ -267,8 +290,11 @@ class Engine:
                 raise OptionsDiffer(reason)
         else:
             self._refresh()
+        from mgsv_cli.editor.suggest import check_video
+
         path = Path(video).expanduser().resolve()
-        options = {"include_short": True} if include_short else {}
+        check_video(path)  # an unreadable clip is refused as `mgsv suggest` refuses it, before decoding
+        options: dict[str, Any] = {"include_short": True} if include_short else {}
         if fit != "cut":
             options["fit"] = fit
         try:
@@ -345,9 +371,8 @@ class _CachingEncoders:
         return getattr(self._real, name)
 
 
-def track_json(track, beats: bool = False) -> dict[str, Any]:
-    """One indexed track for the API (its beat grid when ``beats``)."""
-    grid = track.beats or None
+def track_json(track, grid: dict | None = None, beats: bool = False) -> dict[str, Any]:
+    """One stored track for the API, with its beat grid ``grid`` when ``beats``."""
     data = {
         "id": track.id, "path": track.path, "name": track.name, "title": track.title, "artist": track.artist,
         "album": track.album, "duration": round(track.duration, 6),
@@ -356,6 +381,15 @@ def track_json(track, beats: bool = False) -> dict[str, Any]:
     if beats:
         data["beats"] = grid
     return data
+
+
+def _store_location(index) -> str:
+    """The store the options name, as one string: a URI as it is, a path made absolute; None is
+    mgsv's index."""
+    if index is None or str(index) == "":
+        return str(paths.default_index_path())
+    text = str(index)
+    return text if "://" in text else str(Path(text).expanduser().resolve())
 
 
 def exact_suggestions(result: SuggestionResult) -> dict[str, Any]:

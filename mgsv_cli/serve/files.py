@@ -69,7 +69,8 @@ class Folders:
     @classmethod
     def default(cls) -> "Folders":
         base = paths.data_dir() / "serve"
-        return cls(uploads=base / "uploads", outputs=base / "outputs", previews=paths.cache_dir() / "serve" / "previews")
+        return cls(uploads=base / "uploads", outputs=base / "outputs",
+                   previews=paths.cache_dir() / "serve" / "previews")
 
     def create(self) -> "Folders":
         for folder in (self.uploads, self.outputs, self.previews):

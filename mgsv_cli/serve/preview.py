@@ -129,6 +129,7 @@ def make_preview(video: Path, track: Path, start: float, *, mix: str, fade_in: f
     if voice is None:
         graph = f"{music},volume={music_gain:.3f}dB,{limiter}[out]"
     else:
+        assert voice_level is not None  # a silent clip's voice was dropped above
         voice_gain = min(rendering.MAX_VOICE_BOOST_DB, loudness - voice_level)
         # two parts at the target loudness sum about 3 dB above it
         mixer = "amix=inputs=2:duration=first:normalize=0,volume=-3dB"
@@ -165,8 +166,10 @@ def _integrated(stderr: str) -> list[float | None]:
 
 def _prune(cache: Path) -> None:
     try:
-        files = sorted((p for p in cache.iterdir() if p.is_file() and p.suffix != ".json" and not p.name.startswith(".")),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
+        files = sorted(
+            (p for p in cache.iterdir() if p.is_file() and p.suffix != ".json" and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime, reverse=True,
+        )
     except OSError:
         return
     for old in files[KEEP_PREVIEWS:]:

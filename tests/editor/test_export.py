@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import opentimelineio as otio
 import pytest
-
 from _workflow_helpers import clear_settings_env, click_track, write_wav
-from mgsv_cli.editor.record import SuggestionResult, load_last_suggestion
-from mgsv_cli.editor import export as writers
+
 from mgsv_cli.cli import main
+from mgsv_cli.editor import export as writers
+from mgsv_cli.editor.record import SuggestionResult, load_last_suggestion
 from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
+
 
 @pytest.fixture(autouse=True)
 def no_settings_from_the_shell(monkeypatch):
@@ -46,7 +47,8 @@ def suggestion_for(folder: Path, start: float = 12.345, rank: int = 1, track: Pa
     entry = {"rank": rank, "track": str(track.resolve()), "score": 1.25, "start": start,
              "end": start + VIDEO_SECONDS, "predicted_start": start - 1, "predicted_end": start + 5,
              "track_duration": 30.0}
-    return SuggestionResult.from_json({"video": str(video.resolve()), "duration": VIDEO_SECONDS, "suggestions": [entry]})
+    return SuggestionResult.from_json({"video": str(video.resolve()), "duration": VIDEO_SECONDS,
+                                       "suggestions": [entry]})
 
 
 def read_back(path: Path, fmt: str, rate: float):
@@ -215,13 +217,13 @@ def test_cli_snap_beat_detects_beats_of_the_track(media_dir, tmp_path, capsys):
 
 def test_snap_uses_the_beats_stored_in_the_index(media_dir, tmp_path):
     from mgsv_cli.editor.snapping import snap_suggestion
+    from mgsv_cli.index.pipeline import import_tokens
+    from mgsv_cli.index.records import NewTrack
     from mgsv_cli.media.beats import BeatGrid
-    from mgsv_cli.index.store import PrecomputedTrack, import_tokens
 
     index = tmp_path / "index.sqlite"
     track = str((media_dir / "song.wav").resolve())
-    import_tokens(index, [PrecomputedTrack(track, np.zeros((4, 8), np.float32), np.ones(4, np.float32), 30.0)],
-                  encoder_id="test-encoder")
+    import_tokens(index, [NewTrack(track, "", 30.0, np.zeros((4, 8), np.float32), np.ones(4, bool), "test-encoder")])
     stored = BeatGrid(100.0, [5.0, 5.6, 6.2, 6.8], [6.2])  # deliberately not the file's real grid
     with sqlite3.connect(index) as conn:
         conn.execute("UPDATE tracks SET beats = ? WHERE path = ?", (stored.to_json(), track))
@@ -322,7 +324,8 @@ def test_timelines_carry_frame_size_rate_and_sound(phone_clips, tmp_path, fmt, c
     out = tmp_path / f"t{writers.FORMATS[fmt][1]}"
     written = writers.write_timeline(phone_suggestion(phone_clips, clip), phone_clips / f"{clip}.mp4", fmt, out)
     assert written.plan.rate == 30.0 and (written.plan.width, written.plan.height) == (width, height)
-    expected = r"vfr\.mp4 has a variable frame rate \(1[23]\.\d\d fps on average, 30 nominal\): the timeline runs at 30 fps"
+    expected = (r"vfr\.mp4 has a variable frame rate \(1[23]\.\d\d fps on average, 30 nominal\): "
+                r"the timeline runs at 30 fps")
     assert [bool(re.fullmatch(expected, w)) for w in written.warnings] == ([True] if variable else [])
     timeline = read_back(out, fmt, 30.0)
     clips = clips_by_kind(timeline)

@@ -7,13 +7,13 @@ import os
 import shutil
 from pathlib import Path
 
+import _media_checks as mc
 import numpy as np
 import opentimelineio as otio
 import pytest
-
-import _media_checks as mc
 from _library_helpers import run_cli
 from _workflow_helpers import clear_settings_env
+
 from mgsv_cli.editor import export as writers
 from mgsv_cli.media import synth
 
@@ -33,7 +33,7 @@ def library(tmp_path_factory):
     import torch
 
     from mgsv_cli.features.encoders import load_encoders
-    from mgsv_cli.index import store
+    from mgsv_cli.index.pipeline import index_folder
 
     root = tmp_path_factory.mktemp("fit")
     music = root / "music"
@@ -46,7 +46,7 @@ def library(tmp_path_factory):
     synth.write_audio(music / "d-noise.wav", noise, title="Noise")
     encoders = load_encoders(kind="tiny", device=torch.device("cpu"), offline=True, weights_dir=None)
     index = root / "index.sqlite"
-    assert store.index_music(music, index, encoders=encoders, detect_beats=True).ok
+    assert index_folder(music, index, encoders=encoders, detect_beats=True).ok
     clip = synth.synth_clip(root / "clip.mp4", seconds=CLIP_SECONDS, with_audio=False, size=(64, 48))
     long_clip = synth.synth_clip(root / "long.mp4", seconds=LONG_CLIP_SECONDS, with_audio=False, size=(64, 48))
     return root, index, clip, long_clip

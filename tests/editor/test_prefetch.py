@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mgsv_cli.editor.suggest import VideoPrefetcher
 from mgsv_cli.errors import MediaError
 from mgsv_cli.features.encoders import decode_video
-from mgsv_cli.editor.suggest import VideoPrefetcher
 from mgsv_cli.media.synth import synth_clip
 
 

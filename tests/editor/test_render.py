@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import _media_checks as mc
 import pytest
 
 from mgsv_cli.editor import render as rendering
+from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
 from mgsv_cli.media import ffmpeg as media_ffmpeg
 from mgsv_cli.media import synth
-from mgsv_cli.errors import MediaError, OutputExistsError, UsageError
-
-import _media_checks as mc
 
 VOICE_SEED = 3
 TONE_HZ = 5000.0  # above the synthetic voice's harmonics, so each can be measured apart

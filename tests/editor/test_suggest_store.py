@@ -31,10 +31,10 @@ def suggestions(capsys, video, index) -> list[dict]:
 @pytest.fixture
 def lance_store(tmp_path, built, tiny_encoders) -> str:
     pytest.importorskip("lance")
-    from mgsv_cli.index.backend import index_to_store
+    from mgsv_cli.index.pipeline import index_folder
 
     uri = str(tmp_path / "catalog.lance")
-    assert index_to_store(built[0], uri, encoders=lambda: tiny_encoders).added == len(TRACKS)
+    assert index_folder(built[0], uri, encoders=lambda: tiny_encoders, detect_beats=False).added == len(TRACKS)
     return uri
 
 
@@ -87,10 +87,10 @@ def test_a_store_of_int8_keys_gives_the_same_tracks_and_near_scores(capsys, medi
 
 
 def assert_same_suggestions(found, expected) -> None:
-    """The same tracks and cuts, scores to float32 precision: one suggester scores tokens it just
-    encoded, the other reads them back from the token cache, and MKL's float32 sums can differ in
-    the last bits with the memory's alignment or the threads a loaded machine gives them
-    (0.025895080 vs 0.025895083 was seen)."""
+    """The same tracks and cuts, scores to float32 precision: the same stored rows scored in
+    buckets of other shapes, and MKL's float32 sums can differ in the last bits with the shapes,
+    the memory's alignment or the threads a loaded machine gives them (0.025895080 vs 0.025895083
+    was seen)."""
     assert [s.track for s in found] == [s.track for s in expected]
     for a, b in zip(found, expected):
         assert a.score == pytest.approx(b.score, abs=1e-5)
@@ -107,8 +107,10 @@ def test_a_library_larger_than_the_rerank_size_is_searched_in_two_stages(media_s
                               rerank=rerank)
 
     with open_with(None) as everything, open_with(len(TRACKS)) as same, open_with(2) as two_stage:
-        assert everything.first_stage is None and same.first_stage is None  # at most N tracks: scored as before
-        assert two_stage.first_stage is not None and two_stage.scoring_tokens is None
+        # At most N tracks: every one is a candidate, scored from keys held in memory.
+        for whole in (everything, same):
+            assert whole.retriever.first_stage.kind == "all" and whole.retriever.resident is not None
+        assert two_stage.retriever.first_stage.kind == "exact" and two_stage.retriever.resident is None
         for i in range(2):
             full = everything.suggest_video(clip(media_src, i), top_k=3).suggestions
             assert_same_suggestions(same.suggest_video(clip(media_src, i), top_k=3).suggestions, full)
@@ -120,7 +122,7 @@ def test_a_library_larger_than_the_rerank_size_is_searched_in_two_stages(media_s
             with torch.inference_mode():
                 pooled = two_stage.model.encode_video(torch.as_tensor(video.feats)[None],
                                                       torch.as_tensor(video.mask)[None]).pooled[0].numpy()
-            ids, matrix = two_stage.store.pooled_matrix(two_stage.fingerprint)
+            ids, matrix = two_stage.store.pooled_matrix(two_stage.retriever.fingerprint)
             cos = (matrix @ pooled) / np.linalg.norm(matrix, axis=1)
             path_of = {t.id: t.path for t in two_stage.tracks}
             assert {s.track for s in found} == {path_of[int(ids[k])] for k in np.argsort(-cos)[:2]}

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from _media_helpers import corrupt_copy, counter_video, music_like, pattern_video, tone
 
-from mgsv_cli.features import weights as W
-from mgsv_cli.features import recipe as R
-
-from mgsv_cli.features import encoders as F
 from mgsv_cli.errors import MgsvError, UsageError, WeightsMissingError
+from mgsv_cli.features import encoders as F
+from mgsv_cli.features import recipe as R
+from mgsv_cli.features import weights as W
 
 # transformers warns that a 128-bin Kaldi filterbank at 16 kHz has an all-zero filter: expected.
 pytestmark = pytest.mark.filterwarnings("ignore:At least one mel filter has all zero values")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mgsv_cli.research import dataset, download
-from mgsv_cli.features import weights as hub
 from mgsv_cli.cli import main
 from mgsv_cli.errors import DataError, WeightsMissingError
+from mgsv_cli.features import weights as hub
+from mgsv_cli.research import dataset, download
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +109,7 @@ def fake_weights(root: Path, ast_weights: bool = True) -> None:
 
 
 def status_by_name(weights_dir=None) -> dict:
-    from mgsv_cli.models.checkpoint import checkpoint_status
+    from mgsv_cli.doctor import checkpoint_status
 
     return {s.name.split()[0]: s for s in [*hub.models_status(weights_dir), checkpoint_status()]}
 

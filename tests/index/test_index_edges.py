@@ -22,12 +22,13 @@ import pytest
 
 from mgsv_cli import paths
 from mgsv_cli.errors import IndexDatabaseError, StorageError, UsageError
-from mgsv_cli.index import store
+from mgsv_cli.index import locking, sqlite_db
+from mgsv_cli.index.sqlite_store import SqliteTrackStore
 
 pytest.register_assert_rewrite("_library_helpers")
 
-from _library_helpers import BAD_FILES, db_meta, db_rows, integrity, run_cli
-from _media_helpers import mounted_tmpfs
+from _library_helpers import BAD_FILES, db_meta, db_rows, integrity, run_cli  # noqa: E402
+from _media_helpers import mounted_tmpfs  # noqa: E402
 
 pytest_plugins = ["_library_helpers"]
 
@@ -37,6 +38,12 @@ DAMAGED = re.compile(r"^error: the music index .+ is damaged \(.+\): `mgsv index
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def health_of(index):
+    """What `mgsv doctor` reads of an index: counts and SQLite's own check."""
+    with SqliteTrackStore.open(index) as opened:
+        return opened.health()
 
 
 @pytest.fixture
@@ -138,7 +145,7 @@ def test_every_command_names_the_fix_for_a_damaged_index_and_leaves_it_alone(cap
     line = one_line_error(run_cli(capsys, "index", "--failed", "--index", index), IndexDatabaseError.exit_code)
     assert DAMAGED.match(line), line
     with pytest.raises(IndexDatabaseError, match="is damaged .* --force"):
-        store.open_index(index)  # what suggest and render open
+        SqliteTrackStore.open(index)  # what suggest and render open
 
     assert index.read_bytes() == damaged and not list(index.parent.glob("*.corrupt-*"))
     assert snapshot(music) == music_before and counting == []
@@ -179,14 +186,14 @@ def test_force_moves_a_damaged_index_aside_with_its_wal_and_rebuilds(capsys, ind
 def test_force_finds_damage_that_ordinary_reads_pass_over(capsys, indexed_music, counting):
     music, index = indexed_music
     damaged = damage_an_overflow_page(index)
-    health = store.check_index(index)
+    health = health_of(index)
     assert health.n_tracks == 3 and health.damage and "integrity check" in health.damage
 
     result = index_cli(capsys, music, index, "--force")
     assert result.code == 0, result.err
     [aside] = [p for p in index.parent.glob("index.sqlite.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
     assert aside.read_bytes() == damaged
-    assert integrity(index) == "ok" and store.check_index(index).damage is None
+    assert integrity(index) == "ok" and health_of(index).damage is None
 
 
 def test_a_file_that_is_not_a_database_is_never_moved(capsys, good_music_dir, tmp_path, counting):
@@ -279,7 +286,7 @@ def test_an_index_written_by_0_1_gains_the_failed_table_on_its_next_write(capsys
     assert first.code == 1 and "1 failed" in first.out
     assert has_failed_table(old) and list(failed_rows(old)) == ["broken.mp3"]
     assert db_meta(old)["schema_version"] == "1"
-    with store.open_index(old) as opened:
+    with SqliteTrackStore.open(old) as opened:
         assert len(opened.tracks()) == 4 and opened.integrity_check() == "ok"
     assert index_cli(capsys, music, old).code == 0
 
@@ -321,7 +328,7 @@ def test_a_lock_file_that_cannot_be_created_is_a_storage_error(capsys, indexed_m
             raise OSError(code, os.strerror(code), str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(store, "open", refusing_open, raising=False)  # the store's `open` only
+    monkeypatch.setattr(locking, "open", refusing_open, raising=False)  # the lock module's `open` only
     line = one_line_error(index_cli(capsys, music, index), StorageError.exit_code)
     assert line.startswith(f"error: cannot create the lock file {index}.lock: {cause}"), line
     assert index.read_bytes() == before and snapshot(music) == music_before
@@ -344,7 +351,7 @@ def test_sqlite_that_cannot_open_the_file_is_a_storage_error(capsys, indexed_mus
     def refusing_connect(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(store.sqlite3, "connect", refusing_connect)
+    monkeypatch.setattr(sqlite_db.sqlite3, "connect", refusing_connect)
     line = one_line_error(index_cli(capsys, music, index), StorageError.exit_code)
     assert line == f"error: cannot open the music index {index}: the file system is read-only"
     assert index.read_bytes() == before
@@ -381,8 +388,8 @@ def test_sqlite_write_failures_are_storage_errors_and_keep_the_index(capsys, ind
     music, index = indexed_music
     shutil.copy2(media_src / "spare.flac", music / "new.flac")  # one track to write
     rows, music_before = db_rows(index), snapshot(music)
-    real_connect = store._connect
-    monkeypatch.setattr(store, "_connect", lambda path, *, readonly: real_connect(path, readonly=readonly)
+    real_connect = sqlite_db.connect
+    monkeypatch.setattr(sqlite_db, "connect", lambda path, *, readonly: real_connect(path, readonly=readonly)
                         if readonly else _FailingWrites(real_connect(path, readonly=False), message))
 
     line = one_line_error(index_cli(capsys, music, index), StorageError.exit_code)
@@ -405,7 +412,7 @@ def test_an_index_on_a_read_only_mount_is_read_but_never_written(capsys, indexed
         assert line == f"error: cannot create the lock file {mounted}.lock: the file system is read-only"
         listed = run_cli(capsys, "index", "--failed", "--index", mounted)  # readers still work
         assert listed.code == 0 and "no failed files" in listed.out
-        with store.open_index(mounted) as opened:
+        with SqliteTrackStore.open(mounted) as opened:
             assert len(opened.tracks()) == 3
         assert mounted.read_bytes() == before and sorted(p.name for p in mnt.iterdir()) == ["index.sqlite"]
 
@@ -418,7 +425,7 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_index(capsys, indexed_music, med
         shutil.copy2(index, mounted)
         shutil.copy2(media_src / "spare.flac", music / "new.flac")
         rows = db_rows(mounted)
-        real_open = store._open_for_writing
+        real_open = sqlite_db.open_for_writing
 
         def open_then_fill(path):
             opened = real_open(path)
@@ -428,7 +435,7 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_index(capsys, indexed_music, med
                     filler.flush()
             return opened
 
-        monkeypatch.setattr(store, "_open_for_writing", open_then_fill)
+        monkeypatch.setattr(sqlite_db, "open_for_writing", open_then_fill)
         line = one_line_error(index_cli(capsys, music, mounted), StorageError.exit_code)
         assert line.startswith(f"error: cannot write the music index {mounted}: no space left on device"), line
         (mnt / "filler").unlink()

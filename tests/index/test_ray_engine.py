@@ -2,8 +2,11 @@
 
 One Ray instance serves the whole module (starting one costs seconds). The store is
 compared with the SQLite index `mgsv index` builds from the same folder: the same tracks
-and tokens (by content hash: the two backends number tracks differently) and the same
+and tokens (by location: the two backends number tracks differently) and the same
 suggestions; a killed AST actor or an interrupted driver loses and duplicates nothing.
+The Ray engine runs the local engine's plan: an unchanged file is not read, a touched one
+only gets its mtime, a changed one replaces its track, failures are remembered in
+``failed.lance``, vanished files are pruned when asked.
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ pytest.importorskip("lance")
 
 from mgsv_cli.errors import IndexDatabaseError, UsageError  # noqa: E402
 from mgsv_cli.index.backend import open_store  # noqa: E402
+from mgsv_cli.index.lance_store import track_key  # noqa: E402
+from mgsv_cli.index.pipeline import IndexProgress  # noqa: E402
 from mgsv_cli.index.ray_engine import AstEmbedder, index_with_ray, list_audio  # noqa: E402
-from mgsv_cli.index.store import IndexProgress  # noqa: E402
 
 pytest.register_assert_rewrite("_library_helpers")
 from _library_helpers import BAD_FILES, TRACKS, run_cli  # noqa: E402
@@ -42,13 +46,13 @@ def local_ray():
     ray.shutdown()
 
 
-def tracks_by_hash(uri: str) -> dict[str, tuple]:
-    """content hash -> (record, tokens float32 [96, D], mask bool [96]) of every stored track."""
-    store = open_store(uri)
-    records = store.tracks()
-    tokens, mask = store.tokens_for([r.track_id for r in records])
-    assert len({r.content_hash for r in records}) == len(records)  # each content once
-    return {r.content_hash: (r, tokens[k], mask[k]) for k, r in enumerate(records)}
+def tracks_by_location(uri: str) -> dict[str, tuple]:
+    """location -> (record, tokens float32 [96, D], mask bool [96]) of every stored track."""
+    with open_store(uri) as store:
+        records = store.tracks()
+        tokens, mask = store.tokens_for([r.track_id for r in records])
+    assert len({r.location for r in records}) == len(records)  # each file once
+    return {r.location: (r, tokens[k], mask[k]) for k, r in enumerate(records)}
 
 
 def suggestions(capsys, video: Path, index) -> list[dict]:
@@ -110,11 +114,12 @@ def test_ray_store_holds_the_tokens_of_the_local_index_and_gives_the_same_sugges
     for name in BAD_FILES:  # reported as they fail (stderr) and listed at the end (stdout)
         assert name in result.err and name in listed
 
-    a, b = tracks_by_hash(str(sqlite)), tracks_by_hash(lance)
+    a, b = tracks_by_location(str(sqlite)), tracks_by_location(lance)
     assert a.keys() == b.keys() and len(b) == len(TRACKS)
-    for digest, (rec_a, tok_a, mask_a) in a.items():
-        rec_b, tok_b, mask_b = b[digest]
-        assert (rec_a.location, rec_a.tags) == (rec_b.location, rec_b.tags)
+    for location, (rec_a, tok_a, mask_a) in a.items():
+        rec_b, tok_b, mask_b = b[location]
+        assert (rec_a.content_hash, rec_a.tags) == (rec_b.content_hash, rec_b.tags)
+        assert rec_b.track_id == track_key(location)
         assert rec_a.duration == pytest.approx(rec_b.duration)
         np.testing.assert_array_equal(mask_a, mask_b)
         # The same windows through the same network; only how windows share a batch differs.
@@ -125,14 +130,21 @@ def test_ray_store_holds_the_tokens_of_the_local_index_and_gives_the_same_sugges
     for x, y in zip(from_lance, from_sqlite):
         assert x["score"] == pytest.approx(y["score"], abs=5e-3)
 
+    # The failures were remembered (failed.lance): unchanged, they are skipped and the rerun is clean.
     again = run_cli(capsys, "index", music_dir, "--engine", "ray", "--store", lance, *TINY)
-    assert again.code == 1 and "0 added" in again.out and f"{len(TRACKS)} unchanged" in again.out
-    assert tracks_by_hash(lance).keys() == a.keys()
+    assert again.code == 0 and "0 added" in again.out and f"{len(TRACKS)} unchanged" in again.out, again.err
+    assert f"{len(BAD_FILES)} file(s) that failed before are unchanged: skipped" in again.out
+    assert tracks_by_location(lance).keys() == a.keys()
+    listed = run_cli(capsys, "index", "--failed", "--store", lance)
+    assert listed.code == 0 and all(name in listed.out for name in BAD_FILES), listed.err
     # The local engine writes the same store layout (`--engine local --store`).
     other = str(tmp_path / "local.lance")
     result = run_cli(capsys, "index", music_dir, "--store", other, *TINY)
     assert result.code == 1 and f"{len(TRACKS)} added" in result.out, result.err
-    assert tracks_by_hash(other).keys() == a.keys()
+    local_tracks = tracks_by_location(other)
+    assert local_tracks.keys() == a.keys()
+    assert {loc: r.track_id for loc, (r, _, _) in local_tracks.items()} == \
+        {loc: r.track_id for loc, (r, _, _) in tracks_by_location(lance).items()}  # ids from the location
 
 
 def test_an_interrupted_run_resumes_and_a_killed_actor_loses_and_duplicates_nothing(local_ray, good_music_dir,
@@ -142,25 +154,30 @@ def test_an_interrupted_run_resumes_and_a_killed_actor_loses_and_duplicates_noth
 
         def __init__(self):
             self.done = 0
+            self.report = None
 
         def advance(self, name, amount=1.0, detail=""):
             self.done += 1
             if self.done == 2:
                 raise KeyboardInterrupt
 
+        def interrupted(self, report):
+            self.report = report
+
     source = "file://" + str(good_music_dir.resolve())  # the object-store path: listed and read through pyarrow
     assert len(list_audio(source)) == len(TRACKS)
     uri = str(tmp_path / "catalog.lance")
     options = dict(encoder_kind="tiny", device="cpu", detect_beats=False, tracks_per_batch=1, commit_every=1)
-    with pytest.raises(KeyboardInterrupt) as caught:
-        index_with_ray(source, uri, progress=StopOnSecond(), **options)
-    kept = caught.value.report.n_tracks
-    assert 1 <= kept < len(TRACKS) and caught.value.report.interrupted
-    assert len(tracks_by_hash(uri)) == kept
+    stopping = StopOnSecond()
+    with pytest.raises(KeyboardInterrupt):
+        index_with_ray(source, uri, progress=stopping, **options)
+    kept = stopping.report.n_tracks  # what was kept is said to the progress, and the interrupt goes on
+    assert 1 <= kept < len(TRACKS) and stopping.report.interrupted
+    assert len(tracks_by_location(uri)) == kept
 
     marker = tmp_path / "killed-once"
-    stored = {r.location for r, _, _ in tracks_by_hash(uri).values()}
-    victim = next(loc for loc in list_audio(source) if loc not in stored)
+    stored = set(tracks_by_location(uri))
+    victim = next(row["location"] for row in list_audio(source) if row["location"] not in stored)
 
     class DyingEmbedder(AstEmbedder):
         """Kills its own process (SIGKILL: no cleanup) the first time it is given the victim."""
@@ -174,10 +191,10 @@ def test_an_interrupted_run_resumes_and_a_killed_actor_loses_and_duplicates_noth
     report = index_with_ray(source, uri, embedder=DyingEmbedder, **options)
     assert marker.exists()  # the actor did die mid-run, and Ray retried its batch on a new one
     assert (report.added, report.unchanged, report.failed) == (len(TRACKS) - kept, kept, [])
-    by_hash = tracks_by_hash(uri)  # each content exactly once
-    assert report.n_tracks == len(by_hash) == len(TRACKS)
-    assert sorted(Path(r.location).name for r, _, _ in by_hash.values()) == sorted(Path(t[0]).name for t in TRACKS)
-    assert all(r.location.startswith("file://") for r, _, _ in by_hash.values())
+    by_location = tracks_by_location(uri)  # each file exactly once
+    assert report.n_tracks == len(by_location) == len(TRACKS)
+    assert sorted(Path(loc).name for loc in by_location) == sorted(Path(t[0]).name for t in TRACKS)
+    assert all(loc.startswith("file://") for loc in by_location)
 
 
 def test_cli_mistakes_are_one_line_errors(capsys, tmp_path, good_music_dir):
@@ -188,7 +205,6 @@ def test_cli_mistakes_are_one_line_errors(capsys, tmp_path, good_music_dir):
         (("--engine", "ray", "--store", lance, "--ray-address", "not-an-address"), "HOST:PORT"),
         (("--engine", "ray", "--store", tmp_path / "index.sqlite"), "Lance track store"),
         (("--engine", "spark", "--store", lance), "expected local or ray"),
-        (("--engine", "ray", "--store", lance, "--prune"), "--prune"),
         (("--ray-address", "auto", "--store", lance), "--engine ray"),
         (("--keys", "int8"), "--keys goes with --store"),
         (("--store", lance, "--keys", "int4"), "--keys 'int4'"),
@@ -203,3 +219,117 @@ def test_cli_mistakes_are_one_line_errors(capsys, tmp_path, good_music_dir):
     assert not (tmp_path / "catalog.lance").exists()  # nothing written by a refused command
     with pytest.raises(UsageError, match="does not exist"):
         index_with_ray(tmp_path / "no-music", lance, encoder_kind="tiny")
+
+
+def nothing_to_embed() -> type:
+    """An AST actor class that fails the run if any file reaches it to be embedded. Made in a function:
+    Ray's workers cannot import this module, so the class must travel by value (cloudpickle)."""
+
+    class NothingToEmbed(AstEmbedder):
+        def __call__(self, batch):
+            statuses = zip(batch.column("location").to_pylist(), batch.column("status").to_pylist())
+            wanted = [location for location, status in statuses if status == "embed"]
+            if wanted:
+                raise RuntimeError(f"asked to embed {wanted}")
+            return super().__call__(batch)
+
+    return NothingToEmbed
+
+
+RAY_TINY = dict(encoder_kind="tiny", device="cpu", detect_beats=False)
+
+
+def test_a_rerun_plans_as_the_local_engine_unchanged_files_unread_touched_changed_and_renamed(
+        local_ray, good_music_dir, tmp_path):
+    from _store_helpers import tiny_made
+
+    from mgsv_cli.retrieval.derived import update_derived
+
+    music = good_music_dir.resolve()
+    uri = str(tmp_path / "catalog.lance")
+    assert index_with_ray(music, uri, **RAY_TINY).added == len(TRACKS)
+    model, fp = tiny_made(music_dim=64), "tiny0"
+    with open_store(uri) as store:
+        assert update_derived(store, model, fp) == len(TRACKS)
+    before = tracks_by_location(uri)
+
+    # Other bytes of the same size under the same mtime: a task that read the file would see new
+    # content and embed it; the plan trusts size and mtime, so nothing is read at all.
+    gamma = music / "sub" / "03-gamma.flac"
+    stat = gamma.stat()
+    data = bytearray(gamma.read_bytes())
+    data[-64:] = bytes(64)
+    gamma.write_bytes(bytes(data))
+    os.utime(gamma, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = index_with_ray(music, uri, embedder=nothing_to_embed(), **RAY_TINY)
+    assert (again.added, again.updated, again.unchanged, again.touched, again.failed) == (0, 0, len(TRACKS), 0, [])
+
+    alpha, beta = music / "01-alpha.wav", music / "02-beta.MP3"
+    from mgsv_cli.media import synth
+
+    synth.synth_track(alpha, seconds=13.0, bpm=140.0, seed=7, title="Alpha v2")  # new content
+    later = stat.st_mtime + 5
+    os.utime(beta, (later, later))  # same bytes, new mtime
+    changed = index_with_ray(music, uri, **RAY_TINY)
+    assert (changed.added, changed.updated, changed.unchanged, changed.touched) == (0, 1, 2, 1)
+    after = tracks_by_location(uri)
+    assert after[str(alpha)][0].track_id == before[str(alpha)][0].track_id == track_key(str(alpha))
+    assert after[str(alpha)][0].content_hash != before[str(alpha)][0].content_hash
+    assert after[str(alpha)][0].title == "Alpha v2"
+    assert after[str(beta)][0] == before[str(beta)][0]  # the record as it was: only its mtime is new
+    with open_store(uri) as store:
+        assert store.file_states()[str(beta)].mtime_ns == beta.stat().st_mtime_ns
+        assert store.derived_missing(fp) == [track_key(str(alpha))]  # only the changed file's rows went stale
+    settled = index_with_ray(music, uri, embedder=nothing_to_embed(), **RAY_TINY)
+    assert (settled.unchanged, settled.touched, settled.updated) == (len(TRACKS), 0, 0)
+
+    # A renamed file is embedded again (no reuse on Ray); the old name is dropped with prune.
+    beta.rename(music / "renamed.mp3")
+    renamed = index_with_ray(music, uri, prune=True, **RAY_TINY)
+    assert (renamed.added, renamed.reused, renamed.pruned, renamed.n_tracks) == (1, 0, 1, len(TRACKS))
+    assert sorted(Path(loc).name for loc in tracks_by_location(uri)) == ["01-alpha.wav", "03-gamma.flac",
+                                                                         "renamed.mp3"]
+    forced = index_with_ray(music, uri, force=True, **RAY_TINY)  # every file again: updates, none added
+    assert (forced.added, forced.updated, forced.unchanged) == (0, len(TRACKS), 0)
+
+
+def test_failed_files_are_remembered_in_the_store_retried_when_asked_and_pruned(capsys, local_ray, music_dir,
+                                                                                tmp_path):
+    music = music_dir.resolve()
+    uri = str(tmp_path / "catalog.lance")
+    first = index_with_ray(music, uri, **RAY_TINY)
+    assert first.added == len(TRACKS) and sorted(Path(p).name for p, _ in first.failed) == sorted(BAD_FILES)
+    with open_store(uri) as store:
+        assert store.dataset_uri("failed") == str(Path(uri) / "failed.lance")
+        failed = {Path(f.path).name: f for f in store.failed_files()}
+    assert sorted(failed) == sorted(BAD_FILES) and failed["empty.ogg"].reason == "empty file (0 bytes)"
+    for name, row in failed.items():
+        stat = (music / name).stat()
+        assert (row.size, row.mtime_ns) == (stat.st_size, stat.st_mtime_ns) and row.reason
+
+    rerun = index_with_ray(music, uri, embedder=nothing_to_embed(), **RAY_TINY)  # unchanged failures: skipped
+    assert (rerun.failed, rerun.skipped_failed, rerun.unchanged) == ([], len(BAD_FILES), len(TRACKS))
+    retried = index_with_ray(music, uri, retry_failed=True, embedder=nothing_to_embed(), **RAY_TINY)
+    assert sorted(Path(p).name for p, _ in retried.failed) == sorted(BAD_FILES) and retried.skipped_failed == 0
+
+    (music / "notes-not-audio.wav").unlink()
+    (music / "01-alpha.wav").unlink()
+    kept = index_with_ray(music, uri, embedder=nothing_to_embed(), **RAY_TINY)
+    assert (kept.missing, kept.pruned, kept.forgotten_failed, kept.n_tracks) == (1, 0, 0, len(TRACKS))
+    listed = run_cli(capsys, "index", "--failed", "--store", uri)
+    assert "notes-not-audio.wav" in listed.out and "gone: `--prune` forgets it" in listed.out
+    pruned = run_cli(capsys, "index", music, "--engine", "ray", "--store", uri, "--prune", *TINY)  # the CLI's way
+    assert pruned.code == 0, pruned.err
+    assert "0 added, 0 updated, 2 unchanged, 1 pruned, 0 failed" in pruned.out
+    assert "1 failed file(s) no longer exist: forgotten" in pruned.out
+    assert len(tracks_by_location(uri)) == len(TRACKS) - 1
+    listed = run_cli(capsys, "index", "--failed", "--store", uri, "--json")
+    assert sorted(Path(f["path"]).name for f in json.loads(listed.out)["failed"]) == ["broken.mp3", "empty.ogg"]
+
+    import shutil
+
+    shutil.copyfile(music / "02-beta.MP3", music / "broken.mp3")  # fixed: real audio now
+    fixed = index_with_ray(music, uri, **RAY_TINY)
+    assert fixed.added == 1 and fixed.failed == [] and fixed.skipped_failed == 1
+    with open_store(uri) as store:
+        assert [Path(f.path).name for f in store.failed_files()] == ["empty.ogg"]  # a file that indexed is forgotten

@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mgsv_cli.media import files
-from mgsv_cli.index import store as library
-from mgsv_cli.media import synth
-from mgsv_cli.media.beats import BeatGrid
 from mgsv_cli.errors import IndexDatabaseError, UsageError
+from mgsv_cli.index.locking import writer_lock
+from mgsv_cli.index.pipeline import index_folder
+from mgsv_cli.index.sqlite_store import SqliteTrackStore
+from mgsv_cli.media import files, synth
+from mgsv_cli.media.beats import BeatGrid
 
 pytest.register_assert_rewrite("_library_helpers")  # its asserts are test asserts too
 
-from _library_helpers import BAD_FILES, TRACKS, db_meta, db_rows, integrity, run_cli
+from _library_helpers import BAD_FILES, TRACKS, db_meta, db_rows, integrity, run_cli  # noqa: E402
 
 # Fixtures shared with test_suggest.py (media generated and tracks indexed once per session).
 pytest_plugins = ["_library_helpers"]
@@ -45,6 +46,19 @@ class CountingEncoders:
         paths = list(paths)
         self.embedded.extend(Path(p).name for p in paths)
         return self._encoders.embed_tracks(paths)
+
+
+def stored_beats(track, index):
+    """The beat grid an index keeps for the file ``track`` (None: no index, not indexed, no grid)."""
+    from mgsv_cli.errors import MgsvError
+
+    try:
+        opened = SqliteTrackStore.open(index)
+    except MgsvError:
+        return None
+    with opened:
+        record = opened.find(track)
+        return opened.beats_for([record.id])[0] if record is not None else None
 
 
 @pytest.fixture
@@ -95,20 +109,20 @@ def test_index_embeds_good_files_and_reports_bad_ones(capsys, music_dir, tmp_pat
         assert row["sample_rate"] == synth.SAMPLE_RATE and row["size"] > 0 and len(row["content_hash"]) == 32
         assert row["encoder_id"] == tiny_encoders.encoder_id and row["indexed_at"]
         grid = BeatGrid.from_json(row["beats"])  # the hook for beat-aligned cuts
-        assert library.stored_beats(row["path"], index) == grid.to_dict()
+        assert stored_beats(row["path"], index) == grid.to_dict()
         assert grid.tempo_bpm == pytest.approx(bpm, rel=0.05) or grid.tempo_bpm == pytest.approx(2 * bpm, rel=0.05) \
             or grid.tempo_bpm == pytest.approx(bpm / 2, rel=0.05)
         assert all(0 <= b <= seconds for b in grid.beats)
     # The stored mask marks the AST windows whose centre lies inside the track.
-    with library.open_index(index) as opened:
+    with SqliteTrackStore.open(index) as opened:
         ids, feats, mask = next(opened.iter_tokens())
         assert feats.shape == (3, 96, tiny_encoders.music_dim)
         for m, (_, seconds, *_) in zip(mask, TRACKS):
             assert int(m.sum()) == int(seconds // 2.5) + 1
         assert np.isfinite(feats).all()
     assert integrity(index) == "ok"
-    assert library.stored_beats(music_dir / "broken.mp3", index) is None  # not indexed
-    assert library.stored_beats(music_dir / "01-alpha.wav", tmp_path / "nowhere.sqlite") is None
+    assert stored_beats(music_dir / "broken.mp3", index) is None  # not indexed
+    assert stored_beats(music_dir / "01-alpha.wav", tmp_path / "nowhere.sqlite") is None
 
 
 def by_name(index: Path) -> dict[str, dict]:
@@ -188,7 +202,7 @@ def test_renamed_file_reuses_its_tokens(capsys, indexed_music, counting):
     assert set(after) == {"renamed.wav", "02-beta.MP3", "03-gamma.flac"}
     for key in ("content_hash", "duration", "title", "artist", "encoder_id", "feats_bytes"):
         assert after["renamed.wav"][key] == before["01-alpha.wav"][key]
-    with library.open_index(index) as opened:
+    with SqliteTrackStore.open(index) as opened:
         ids = {t.path: t.id for t in opened.tracks()}
         moved, _ = opened.tokens_for([ids[str(music / "renamed.wav")]])
         other, _ = opened.tokens_for([ids[str(music / "02-beta.MP3")]])
@@ -201,12 +215,12 @@ def test_other_encoders_are_refused_unless_forced(indexed_music, media_src, tiny
     other = CountingEncoders(tiny_encoders, encoder_id="tiny-other-weights")
 
     with pytest.raises(IndexDatabaseError, match="--force"):
-        library.index_music(music, index, encoders=other, detect_beats=False)
+        index_folder(music, index, encoders=other, detect_beats=False)
     assert len(db_rows(index)) == 3 and other.embedded == []
 
     (music / "sub" / "03-gamma.flac").unlink()
     (music / "02-beta.MP3").unlink()
-    report = library.index_music(music, index, encoders=other, force=True, detect_beats=False)
+    report = index_folder(music, index, encoders=other, force=True, detect_beats=False)
     assert report.ok and (report.added, report.updated) == (1, 1)
     assert sorted(other.embedded) == ["01-alpha.wav", "new.flac"]
     assert {r["encoder_id"] for r in db_rows(index)} == {"tiny-other-weights"}
@@ -332,11 +346,11 @@ def _count_committed(index: Path) -> int:
 
 def test_writer_lock_is_exclusive_and_released(tmp_path):
     index = tmp_path / "index.sqlite"
-    with library.writer_lock(index, timeout=0.2):
+    with writer_lock(index, timeout=0.2):
         with pytest.raises(IndexDatabaseError, match="another `mgsv index`"):
-            with library.writer_lock(index, timeout=0.2):
+            with writer_lock(index, timeout=0.2):
                 pass
-    with library.writer_lock(index, timeout=0.2):  # released on exit
+    with writer_lock(index, timeout=0.2):  # released on exit
         pass
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _workflow_helpers import SR, click_track, nearest_distance, write_wav
-from mgsv_cli.media.beats import BeatGrid, beats_of_file, detect_beats, snap_start
+
 from mgsv_cli.errors import DataError
+from mgsv_cli.media.beats import BeatGrid, beats_of_file, detect_beats, snap_start
 
 
 @pytest.mark.parametrize("bpm", [100.0, 128.0])

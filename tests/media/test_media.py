@@ -15,12 +15,13 @@ from _media_helpers import (
     two_channel_audio,
 )
 
+from mgsv_cli.errors import MediaError
 from mgsv_cli.media import ffmpeg as media
 
 
 def read16k(path, **kwargs):
     return media.read_audio_mono(path, sample_rate=16000, **kwargs)
-from mgsv_cli.errors import MediaError
+
 
 # ---------------------------------------------------------------- probe
 
@@ -355,7 +356,7 @@ _WRAP_UP = """[out#0/mp4 @ 0x56099dd453c0] video:181KiB audio:77KiB subtitle:0Ki
 frame=  125 fps=0.0 q=-1.0 Lsize=       0KiB time=00:00:04.92 bitrate=   0.1kbits/s speed=54.2x elapsed=0:00:00.09
 [aac @ 0x56099ddc1bc0] Qavg: 64525.949
 Conversion failed!
-"""
+"""  # noqa: E501  (ffmpeg's own lines, verbatim)
 _HEADER = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'error-clip.mp4':
   Metadata:
     title           : Error 404 (a clip about a broken website)

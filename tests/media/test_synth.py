@@ -1,14 +1,13 @@
 """Synthesised test and demo media: real files in every format, with the structure they promise."""
 from __future__ import annotations
 
+import _media_checks as mc
 import numpy as np
 import pytest
 
+from mgsv_cli.errors import UsageError
 from mgsv_cli.media import ffmpeg as media
 from mgsv_cli.media import synth
-from mgsv_cli.errors import UsageError
-
-import _media_checks as mc
 
 
 @pytest.mark.parametrize("ext", [".wav", ".mp3", ".flac", ".ogg", ".m4a", ".opus"])

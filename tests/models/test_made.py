@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from mgsv_cli.models.checkpoint import build_untrained, load_model, save_checkpoint
-from mgsv_cli.models.variants import load_config
 from mgsv_cli.errors import CheckpointError
+from mgsv_cli.models.checkpoint import build_untrained, load_model, save_checkpoint
 from mgsv_cli.models.losses import detection_loss, generalized_iou, matching_loss, span_cxw_to_se
 from mgsv_cli.models.made import MaDe, trim_padding
+from mgsv_cli.models.variants import load_config
 
 REFERENCE_PARAMS = {"enhancement": 2.04e6, "matching": 0.33e6, "detection": 8.03e6}
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _library_helpers import run_cli
+
 from mgsv_cli.models.checkpoint import load_model
 from mgsv_cli.models.losses import matching_loss, multi_positive_info_nce, start_window_loss, symmetric_info_nce
 from mgsv_cli.models.made import POINTER_REACH_WINDOWS, MaDe, VideoTokens, known_width, pool_windows
@@ -141,7 +141,8 @@ def test_matching_loss_switch_routes_both_similarities():
     assert torch.allclose(matching_loss(mean_sim, xpool_sim, log_scale, ids, same_track_positives=True), expected)
     # without the switch: the old behaviour (all others negatives, or masked with track ids)
     assert torch.allclose(matching_loss(mean_sim, xpool_sim, log_scale),
-                          symmetric_info_nce(mean_sim, log_scale.exp()) + symmetric_info_nce(xpool_sim, log_scale.exp()))
+                          symmetric_info_nce(mean_sim, log_scale.exp())
+                          + symmetric_info_nce(xpool_sim, log_scale.exp()))
 
 
 # ------------------------------------------------------------------ multi-scale matching
@@ -313,11 +314,11 @@ def test_duration_query_starts_as_the_plain_network_and_then_reads_the_videos_le
 
 
 def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
-    from mgsv_cli.editor.suggest import rank_and_detect
-    from mgsv_cli.index.token_cache import ScoringTokens
+    from mgsv_cli.models.metrics import duration_exact_cut
     from mgsv_cli.research.dataset import load_split
     from mgsv_cli.research.synthetic import make_dataset
     from mgsv_cli.research.train import fill_querybank
+    from mgsv_cli.retrieval.keys import ResidentKeys
 
     root = tmp_path / "data"
     make_dataset(root, n_videos=60, n_tracks=6, seed=1)
@@ -345,16 +346,19 @@ def test_tiny_plus_trains_through_the_cli_loads_and_suggests(tmp_path, capsys):
         windows, window_mask = split.track_inputs(tracks, torch.device("cpu"))
         music = model.encode_music(windows, window_mask, for_search=True)
         assert music.offsets is not None
-        scoring = ScoringTokens.from_full(music.keys, music.pooled, music.mask, music.offsets)
+        scoring = ResidentKeys.from_full(music.keys, music.pooled, music.mask, music.offsets)
         frames, frame_mask = split.video_inputs(split.video_index[:1], torch.device("cpu"))
         video = model.encode_video(frames, frame_mask)
-        durations = torch.from_numpy(split.track_durations)
+        durations = split.track_durations.astype(np.float64)
         video_seconds = float(split.labels.video_duration[0])
-        top, scores, predicted, cuts, _relevance = rank_and_detect(
-            model, video, scoring, lambda positions: split.track_inputs(np.asarray(positions), torch.device("cpu")),
-            durations, video_seconds, top_k=3)
-    assert len(top) == 3 and np.all(np.diff(scores) <= 0)
-    assert np.allclose(cuts[:, 1] - cuts[:, 0], np.minimum(video_seconds, durations[top].numpy()), atol=1e-6)
+        scores, top = torch.topk(scoring.score(model, video), 3)
+        top = top.numpy()
+        windows, window_mask = split.track_inputs(top, torch.device("cpu"))
+        spans = model.detect(video.repeat(3), model.encode_music(windows, window_mask))
+        predicted = model.spans_to_seconds(spans, torch.from_numpy(durations[top]).float()).double().numpy()
+        cuts = np.stack(duration_exact_cut(predicted[:, 0], predicted[:, 1], video_seconds, durations[top]), axis=1)
+    assert len(top) == 3 and np.all(np.diff(scores.numpy()) <= 0)
+    assert np.allclose(cuts[:, 1] - cuts[:, 0], np.minimum(video_seconds, durations[top]), atol=1e-6)
     n_valid = int(frame_mask.sum())
     widths = predicted[:, 1] - predicted[:, 0]
     assert np.all(widths <= n_valid - 0.5 + 1e-3)  # the model's own width: the video's, unless the track clips it
@@ -402,7 +406,8 @@ def test_a_track_close_to_every_querybank_video_loses_more_than_one_close_to_non
         music = model.encode_music(windows, window_mask)
         # A bank of videos that all point at track 0's mean vector: track 0 is their "hub".
         hub = music.pooled[0] / music.pooled[0].norm()
-        model.set_querybank(hub * 10 + 0.1 * torch.randn(64, model.cfg.d_model, generator=torch.Generator().manual_seed(1)))
+        noise = torch.randn(64, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+        model.set_querybank(hub * 10 + 0.1 * noise)
         offsets = model.encode_music(windows, window_mask, for_search=True).offsets
     assert offsets[0] > offsets[1]
 
@@ -412,7 +417,8 @@ def test_set_querybank_keeps_the_first_rows_and_an_empty_bank_changes_nothing():
     frames, frame_mask, windows, window_mask = inputs(3, seed=2)
     with torch.no_grad():
         assert not model.has_score_offsets  # built, not filled: no offsets, the plain scores
-        video, music = model.encode_video(frames, frame_mask), model.encode_music(windows, window_mask, for_search=True)
+        model.encode_video(frames, frame_mask)
+        music = model.encode_music(windows, window_mask, for_search=True)
         assert music.offsets is None
         pooled = torch.randn(9, model.cfg.d_model)
         model.set_querybank(pooled)
@@ -450,3 +456,44 @@ def test_the_querybank_survives_a_checkpoint_and_bf16(tmp_path):
         assert int(half.querybank_rows) == 5  # the count is not a float: casting keeps it
         torch.testing.assert_close(half.encode_music(windows, window_mask, for_search=True).offsets, before,
                                    atol=0.05, rtol=0.05)
+
+
+# ------------------------------------------------------------------ detection's gradient into the enhancers
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.25])
+def test_detect_grad_scale_keeps_the_outputs_and_scales_only_detections_gradient_into_the_enhancers(scale):
+    from mgsv_cli.models.losses import detection_loss
+
+    model = plus_model(seed=3, n_music_scales=1, duration_query=False)  # eval mode: no dropout draws
+    batch = inputs(4, seed=4)
+    target = torch.tensor([[0.2, 0.05], [0.3, 0.1], [0.1, 0.04], [0.25, 0.08]])
+    enhancers = [p for m in (model.video_enhancer, model.music_enhancer) for p in m.parameters()]
+    detector = list(model.detector.parameters())
+
+    def grads(out, which, params):
+        if which == "detection":
+            loss = detection_loss(out["spans"], target) + start_window_loss(out["start_logits"], target, 96)
+        else:
+            loss = matching_loss(out["mean_sim"], out["xpool_sim"], model.logit_scale)
+        found = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(found, params)]
+
+    plain, scaled = model(*batch), model(*batch, detect_grad_scale=scale)
+    assert all(torch.equal(plain[k], scaled[k]) for k in plain)  # the forward pass is untouched
+    for got, want in zip(grads(scaled, "detection", enhancers), grads(plain, "detection", enhancers)):
+        torch.testing.assert_close(got, scale * want, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads(plain, "detection", enhancers))
+    for got, want in zip(grads(scaled, "detection", detector), grads(plain, "detection", detector)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)  # detection's own weights: all of it
+    for got, want in zip(grads(scaled, "matching", enhancers), grads(plain, "matching", enhancers)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)  # matching: untouched
+
+
+def test_detect_grad_scale_outside_0_to_1_is_a_config_error(tmp_path):
+    from mgsv_cli.errors import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[train]\ndetect_grad_scale = 1.5\n')
+    with pytest.raises(ConfigError, match="detect_grad_scale"):
+        load_config(str(bad))

@@ -126,7 +126,8 @@ def test_padding_never_changes_a_pair():
     frames, frame_mask, windows, window_mask = inputs(3, [9, 40, 25], [30, 80, 12])
     with torch.no_grad():
         together = model.detect(model.encode_video(frames, frame_mask), model.encode_music(windows, window_mask))
-        alone = model.detect(model.encode_video(frames[:1], frame_mask[:1]), model.encode_music(windows[:1], window_mask[:1]))
+        alone = model.detect(model.encode_video(frames[:1], frame_mask[:1]),
+                             model.encode_music(windows[:1], window_mask[:1]))
     assert torch.allclose(together[0], alone[0], atol=1e-5)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from _datagen import make_dataset
 
 

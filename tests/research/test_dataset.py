@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _datagen import (
     drop_csv_columns,
     make_dataset,
@@ -18,12 +17,14 @@ from _datagen import (
     set_csv_cell,
     write_feature,
 )
-from mgsv_cli.research import dataset as data
-from mgsv_cli import paths
-from mgsv_cli.research.dataset import feature_path, load_split, read_split_csv
-from mgsv_cli.errors import DataError
 
-REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"  # ../shared beside the checkout
+from mgsv_cli import paths
+from mgsv_cli.errors import DataError
+from mgsv_cli.research import dataset as data
+from mgsv_cli.research.dataset import feature_path, load_split, read_split_csv
+
+# ../shared beside the checkout
+REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"
 
 
 @pytest.fixture
@@ -144,8 +145,10 @@ def test_packed_values_equal_the_pt_files(small):
         np.testing.assert_array_equal(split.video_masks[video], _load(feature_path(small.root, "video_mask", video_id)))
         track = split.track_index[row]
         assert split.track_ids[track] == labels.music_id[row]
-        np.testing.assert_array_equal(split.track_feats[track], _load(feature_path(small.root, "music", labels.music_id[row])))
-        np.testing.assert_array_equal(split.track_masks[track], _load(feature_path(small.root, "music_mask", labels.music_id[row])))
+        np.testing.assert_array_equal(split.track_feats[track],
+                                      _load(feature_path(small.root, "music", labels.music_id[row])))
+        np.testing.assert_array_equal(split.track_masks[track],
+                                      _load(feature_path(small.root, "music_mask", labels.music_id[row])))
         assert split.track_durations[track] == labels.music_total_duration[row]
     assert split.meta["video_fp16_exact"] is True  # fp16-derived values survive float16 storage
 
@@ -284,7 +287,8 @@ def test_batches_shapes_targets_and_order(small):
     np.testing.assert_allclose(first.track_duration.numpy(), labels.music_total_duration[:10], rtol=1e-6)
     np.testing.assert_array_equal(first.track_index.numpy(), split.track_index[:10])
     for i in range(10):
-        np.testing.assert_array_equal(first.frames[i].numpy(), split.video_feats[split.video_index[i]].astype(np.float32))
+        np.testing.assert_array_equal(first.frames[i].numpy(),
+                                      split.video_feats[split.video_index[i]].astype(np.float32))
         np.testing.assert_array_equal(first.windows[i].numpy(), split.track_feats[split.track_index[i]])
 
 

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _datagen import make_dataset
+
+from mgsv_cli.cli import main
 from mgsv_cli.models import metrics
 from mgsv_cli.models.checkpoint import build_untrained, save_checkpoint
-from mgsv_cli.cli import main
 from mgsv_cli.research.dataset import load_split
 from mgsv_cli.research.evaluation import RESULT_KEYS, evaluate, evaluate_model, evaluate_prior
 
-REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"  # ../shared beside the checkout
+# ../shared beside the checkout
+REAL_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "MGSV-EC" / "val_data.csv"
 N_VAL = 40
 
 
@@ -141,6 +142,32 @@ def test_cli_eval_json_and_table(dataset, tiny, tmp_path, capsys):
     assert f"{result['miou']:.3f}" in out
 
 
+def test_cli_eval_writes_plots_that_agree_with_the_numbers(dataset, tiny, tmp_path, capsys):
+    model, variant = tiny
+    run = tmp_path / "run"
+    save_checkpoint(run, model, variant, {"epoch": 1})
+    plots = tmp_path / "plots"
+    code, out, _ = _run_cli(["eval", "--data", dataset.root, "--split", "val", "--checkpoint", run,
+                             "--device", "cpu", "--batch-size", "16", "--plots", plots], capsys)
+    assert code == 0 and f"plots: {plots}" in " ".join(out.split())
+    for name in ("iou_histogram.png", "recall_at_k.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    direct = evaluate_model(model, load_split(dataset.root, "val"), "cpu", batch_size=16)
+    rows = (plots / "per_category.csv").read_text().splitlines()
+    header, everyone = rows[0].split(","), dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert header[:3] == ["category", "n", "miou"] and everyone["category"] == "all"
+    assert int(everyone["n"]) == N_VAL
+    assert float(everyone["miou"]) == pytest.approx(direct["miou"], abs=1e-6)
+    assert float(everyone["r5"]) == pytest.approx(direct["r5"], abs=1e-6)
+    assert float(everyone["mor1"]) == pytest.approx(direct["mor1"], abs=1e-6)
+    # A plots "folder" that is a file: one line, the storage exit code.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = _run_cli(["eval", "--data", dataset.root, "--split", "val", "--checkpoint", run,
+                             "--device", "cpu", "--plots", blocker / "plots"], capsys)
+    assert code == 5 and "Traceback" not in err and len([line for line in err.splitlines() if line.strip()]) == 1
+
+
 def test_prior_matches_a_hand_computation(dataset):
     rows = dataset.rows["test"]
     result = evaluate_prior(dataset.root, "test")
@@ -184,6 +211,7 @@ def test_cli_bad_root_is_one_line_without_traceback(tmp_path):
     (["--split", "val", "--baseline", "median"], 2, "only baseline is 'prior'"),
     (["--split", "dev", "--baseline", "prior"], 2, "expected val or test"),
     (["--split", "val"], 6, "no trained checkpoint found"),
+    (["--split", "val", "--baseline", "prior", "--plots", "p"], 2, "--baseline prior has none"),
 ])
 def test_cli_usage_errors(dataset, capsys, args, code, message):
     got, _, err = _run_cli(["eval", "--data", dataset.root, *args], capsys)

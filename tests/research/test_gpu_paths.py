@@ -16,12 +16,11 @@ import json
 
 import numpy as np
 import pytest
-from _library_helpers import json_close
 import torch
+from _library_helpers import json_close, run
 from safetensors.torch import load_file
 
 from mgsv_cli import device as D
-from _library_helpers import run
 from mgsv_cli.errors import UsageError
 from mgsv_cli.features import encoders as F
 from mgsv_cli.features import recipe as R

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from _datagen import make_dataset
+
 from mgsv_cli.cli import main
 from mgsv_cli.errors import CheckpointError
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _library_helpers import CLIP_SECONDS, run_cli
 from safetensors.torch import load_file
 
-from _library_helpers import CLIP_SECONDS, run_cli
 from mgsv_cli.errors import UsageError
 from mgsv_cli.models.checkpoint import build_untrained, load_model, read_metadata, save_checkpoint
 from mgsv_cli.models.variants import load_config, replace_train
@@ -33,6 +33,14 @@ def test_cli_trains_both_stages_then_evaluates(capsys, dataset, tmp_path):
     assert any(n.startswith("retrieval.") for n in names) and any(n.startswith("localisation.") for n in names)
     stages = json.loads((run / "metrics.json").read_text())["stages"]
     assert set(stages) == {"retrieval", "localisation"}
+    # curves: each stage's tags under its name (each has its own steps), a PNG per stage
+    from mgsv_cli.research.curves import read_scalars
+
+    scalars = read_scalars(run)
+    for stage in ("retrieval", "localisation"):
+        assert (run / f"curves-{stage}.png").read_bytes()[:4] == b"\x89PNG"
+        assert len(scalars[f"{stage}/val/r1"]) == 2 and len(scalars[f"{stage}/val/miou"]) == 2
+        assert {f"{stage}/train/loss", f"{stage}/train/lr"} <= set(scalars)
 
     evaluated = run_cli(capsys, "eval", "--data", dataset.root, "--split", "test", "--checkpoint", run,
                         "--device", "cpu", "--json")

@@ -13,7 +13,13 @@ from mgsv_cli.cli import main
 from mgsv_cli.errors import StorageError, UsageError
 from mgsv_cli.research import synthetic
 from mgsv_cli.research.dataset import (
-    CSV_COLUMNS, FEATURE_DIRS, SPLITS, csv_path, feature_path, load_split, read_split_csv,
+    CSV_COLUMNS,
+    FEATURE_DIRS,
+    SPLITS,
+    csv_path,
+    feature_path,
+    load_split,
+    read_split_csv,
 )
 from mgsv_cli.research.evaluation import evaluate_prior
 
@@ -139,7 +145,8 @@ def test_the_moment_is_findable_from_the_music_content(tmp_path):
             valid = data.track_masks[track].astype(bool)
             window_codes = data.track_feats[track][valid] @ music_decoder.T
             norms = np.linalg.norm(window_codes, axis=1)
-            matches = (window_codes @ code / (norms * np.linalg.norm(code)) > 0.8) & (norms > 0.5 * np.linalg.norm(code))
+            code_norm = np.linalg.norm(code)
+            matches = (window_codes @ code / (norms * code_norm) > 0.8) & (norms > 0.5 * code_norm)
             runs = np.flatnonzero(matches[:-1] & matches[1:])  # a section spans >= 2 windows; noise does not
             start = synthetic.WINDOW_HOP * runs[0] if runs.size else np.inf
             ok = 0.0 <= start - data.labels.music_start[row] < synthetic.WINDOW_HOP
@@ -270,3 +277,59 @@ def test_cli_noise_options_change_the_videos_only(tmp_path, capsys):
     assert changed and all(path.startswith(FEATURE_DIRS["video"] + "/") for path in changed)  # frames only
     code, out, err = run_cli(["data", "synth", tmp_path / "c", *args, "--noise", "-1"], capsys)
     assert code == UsageError.exit_code and "noise" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ regimes (bench_quality, issue 24)
+
+
+def test_per_pair_ids_give_every_train_video_its_own_track(tmp_path):
+    info = synthetic.make_dataset(tmp_path / "root", n_videos=60, n_val=10, n_test=10, seed=2, per_pair_ids=True)
+    train_ids = [r["music_id"] for r in info.rows["train"]]
+    assert len(train_ids) == len(set(train_ids)) == 40 and info.per_pair_ids
+    for split in ("val", "test"):  # as before: one track per video, most of them train tracks
+        ids = info.split_track_ids(split)
+        assert len(ids) == 10 and len(set(ids) & set(train_ids)) >= 7
+
+
+def _code_cosines(root: Path, link_dims: int) -> tuple[float, float]:
+    """Mean |cosine| of each train video's recovered code with its section's code, on the linked
+    dimensions and on the others (the planted projections are known, so least squares recovers it)."""
+    info = synthetic.make_dataset(root, n_videos=80, n_tracks=8, seed=6, noise=0.05, style_noise=0.0,
+                                  link_dims=link_dims, style_scale=0.0)
+    basis = info.projections["video_code"]
+    linked, unlinked = [], []
+    for row in info.rows["train"]:
+        frames = torch.load(feature_path(root, "video", row["video_id"]), weights_only=True).numpy()
+        mask = torch.load(feature_path(root, "video_mask", row["video_id"]), weights_only=True).numpy() > 0
+        code = np.linalg.lstsq(basis, frames[mask].mean(0), rcond=None)[0]
+        track = info.track(row["music_id"])
+        truth = track.section_codes[track.section_starts.index(row["music_start"])]
+        for part, keep in ((linked, slice(0, link_dims)), (unlinked, slice(link_dims, None))):
+            a, b = code[keep], truth[keep]
+            if a.size:
+                part.append(abs(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))))
+    return float(np.mean(linked)), float(np.mean(unlinked)) if unlinked else float("nan")
+
+
+def test_link_dims_cut_the_video_to_music_link_to_those_dimensions(tmp_path):
+    linked, unlinked = _code_cosines(tmp_path / "weak", 4)
+    assert linked > 0.9 and unlinked < 0.5  # the rest are the video's own draw
+    assert _code_cosines(tmp_path / "strong", 16)[0] > 0.9
+
+
+def test_style_scale_weakens_the_style_and_bad_regime_values_are_refused(tmp_path):
+    weak = synthetic.make_dataset(tmp_path / "weak", n_videos=30, n_tracks=3, seed=1, style_scale=0.25)
+    strong = synthetic.make_dataset(tmp_path / "strong", n_videos=30, n_tracks=3, seed=1)
+    def music(info):
+        return torch.load(feature_path(info.root, "music", info.tracks[0].music_id), weights_only=True)
+
+    proj = strong.projections["music_style"]
+
+    def along(info):
+        return float(np.linalg.lstsq(proj, music(info).numpy()[0], rcond=None)[0] @ info.tracks[0].style)
+
+    assert along(weak) < 0.5 * along(strong)
+    for bad in ({"link_dims": 0}, {"link_dims": 17}, {"style_scale": -1.0}):
+        with pytest.raises(UsageError):
+            synthetic.make_dataset(tmp_path / "bad", n_videos=30, n_tracks=3, **bad)
+    assert not (tmp_path / "bad").exists()

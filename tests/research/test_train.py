@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _datagen import make_dataset
 from safetensors.torch import load_file
 
-from _datagen import make_dataset
-from mgsv_cli.models.variants import load_config, replace_train
 from mgsv_cli.errors import UsageError
+from mgsv_cli.models.variants import load_config, replace_train
 from mgsv_cli.research.train import Reporter, learning_rate, selection_score, train
 
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from _serve_helpers import AUTH, PORT, TOKEN, make_client
-
 from _library_helpers import TRACKS, run_cli
+from _serve_helpers import AUTH, PORT, TOKEN, make_client
 
 
 def upload(api, clip: Path, name: str | None = None) -> dict:
@@ -373,21 +371,21 @@ def test_a_symlink_leading_out_of_the_library_is_refused(serve_library, tiny_enc
     """A track whose file is (now) a symlink to elsewhere is never served, even though it is indexed."""
     import shutil
 
-    from mgsv_cli.index import store
+    from mgsv_cli.index.pipeline import import_tokens, index_folder
+    from mgsv_cli.index.records import NewTrack
     from mgsv_cli.serve.engine import Engine
 
     music = tmp_path / "music"
     shutil.copytree(serve_library.music, music)
     index = tmp_path / "index.sqlite"
-    assert store.index_music(music, index, encoders=tiny_encoders, detect_beats=False).ok
+    assert index_folder(music, index, encoders=tiny_encoders, detect_beats=False).ok
     secret = tmp_path / "secret.wav"
     secret.write_bytes(b"RIFF secret")
     link = music / "link.mp3"
     link.symlink_to(secret)
     rng = np.random.default_rng(0)
-    store.import_tokens(index, [store.PrecomputedTrack(str(link), rng.standard_normal((96, tiny_encoders.music_dim)),
-                                                       np.ones(96, np.float32), 30.0)],
-                        encoder_id=tiny_encoders.encoder_id)
+    import_tokens(index, [NewTrack(str(link), "", 30.0, rng.standard_normal((96, tiny_encoders.music_dim)),
+                                   np.ones(96, bool), tiny_encoders.encoder_id)])
     warm = Engine(index_path=index, untrained=True, device="cpu", encoders_obj=tiny_encoders)
     try:
         with make_client(warm, folders) as client:

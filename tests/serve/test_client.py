@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-
 from _library_helpers import json_close, run_cli
 from _serve_helpers import REPO, start_server
 
@@ -109,7 +109,7 @@ def test_other_options_run_in_process(server_home, serve_library, capsys, monkey
     shutil.copy2(serve_library.index, other)
     args = ("suggest", serve_library.clip, "--untrained", "--device", "cpu", "--json")
     assert run_cli(capsys, *args, "--index", other).code == 0
-    assert opened == [other]  # another index: in-process
+    assert [Path(p) for p in opened] == [other]  # another index: in-process
     assert run_cli(capsys, *args, "--index", serve_library.index, "--encoders", "pretrained", "--offline").code != 0
     assert len(opened) == 2  # other encoders: in-process (which says they do not fit the index)
     assert run_cli(capsys, *args, "--index", serve_library.index).code == 0

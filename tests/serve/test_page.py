@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from _serve_helpers import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")

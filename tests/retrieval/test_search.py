@@ -1,5 +1,5 @@
-"""The two-stage search (index/search.py) on both stores: exactness, the rerank's scores,
-incremental derived rows, the first stage against numpy, and Lance's IVF-PQ index."""
+"""The one search path (retrieval/search.py) on both stores: exactness, the rerank's scores,
+derived rows, the first stage against numpy, and Lance's IVF-PQ index."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from mgsv_cli.errors import UsageError
-from mgsv_cli.index import search
-from mgsv_cli.index.backend import NewTrack, open_store, update_derived
+from mgsv_cli.index.backend import open_store
+from mgsv_cli.index.records import NewTrack
+from mgsv_cli.retrieval.derived import update_derived
+from mgsv_cli.retrieval.first_stage import FirstStage
+from mgsv_cli.retrieval.search import Retriever, rerank_ids
 
 N_TRACKS = 40
 MUSIC_DIM = 768
@@ -61,6 +64,12 @@ def direct_scores(model, video, store, ids):
         return model.score_pairs(video, music)[:, 0].numpy()
 
 
+def exhaustive(model, video, store, fp):
+    """Every track scored by the model from its stored derived rows, best first (the rows read per query)."""
+    ids, _ = store.ids_and_durations()
+    return rerank_ids(model, video, store, fp, ids)
+
+
 def banked_made(seed: int = 0):
     """tiny with a made-plus querybank of 16 random video vectors: its scores have per-track offsets."""
     from mgsv_cli.models.made import MaDe
@@ -75,20 +84,22 @@ def banked_made(seed: int = 0):
 def test_a_querybank_models_offsets_live_in_the_derived_rows_and_reach_the_rerank(store):
     model, fp = banked_made(), "banked0"
     assert update_derived(store, model, fp) == N_TRACKS
-    stage = search.FirstStage.build(store, fp)
-    ids = stage.ids.tolist()
+    ids = store.ids_and_durations()[0].tolist()
     rows = store.derived_for(fp, ids)
     tokens, mask = store.tokens_for(ids)
     with torch.inference_mode():
         offsets = model.encode_music(torch.from_numpy(tokens), torch.from_numpy(mask), for_search=True).offsets
     assert rows.offsets.shape == (N_TRACKS,) and offsets.std() > 0.01  # the tracks differ: ranking changes
     np.testing.assert_allclose(rows.offsets, offsets.numpy(), atol=2e-3)  # from fp16 (int8) keys
+    resident = Retriever.open(store, model, fp, rerank=N_TRACKS)  # the offsets also reach keys held in memory
+    assert resident.resident is not None and resident.resident.has_offsets
     for seed in range(2):
         video = video_of(model, seed)
-        full = search.exhaustive(model, video, store, fp, stage)
+        full = exhaustive(model, video, store, fp)
         np.testing.assert_allclose(full.scores, direct_scores(model, video, store, full.track_ids), atol=3e-3)
-        found = search.search(model, video, store, fp, rerank=N_TRACKS, top_k=3, first_stage=stage)
+        found = resident.search(video, top_k=3)
         assert found.top_ids.tolist() == full.track_ids[:3].tolist()
+        np.testing.assert_allclose(found.scores, full.scores[:3], atol=1e-5)  # two code paths: float sums only
     # Beside it, a plain model's rows of the same tracks have none.
     update_derived(store, tiny_made(), "tiny0")
     assert store.derived_for("tiny0", ids[:3]).offsets is None
@@ -97,7 +108,7 @@ def test_a_querybank_models_offsets_live_in_the_derived_rows_and_reach_the_reran
         from mgsv_cli.index import lance_store
 
         meta = store.derived_dataset(fp).schema.metadata
-        assert meta[b"mgsv_store_format"] == b"3" and lance_store._has_offsets(store.derived_dataset(fp))
+        assert meta[b"mgsv_store_format"] == b"4" and lance_store._has_offsets(store.derived_dataset(fp))
         assert not lance_store._has_offsets(store.derived_dataset("tiny0"))
         with pytest.raises(DataError, match="score offsets"):
             store.put_derived(fp, dataclasses.replace(rows, offsets=None))
@@ -117,7 +128,7 @@ def test_a_derived_cache_from_before_score_offsets_still_reads(tmp_path):
     ids = store.pooled_matrix("old")[0].tolist()
     assert store.derived_for("old", ids).offsets is None
     video = video_of(model, 0)
-    np.testing.assert_allclose(search.exhaustive(model, video, store, "old").scores,
+    np.testing.assert_allclose(exhaustive(model, video, store, "old").scores,
                                np.sort(direct_scores(model, video, store, ids))[::-1], atol=2e-3)
     store.close()
 
@@ -126,28 +137,43 @@ def test_rerank_of_the_whole_catalog_is_exhaustive_scoring_exactly(store):
     model = tiny_made()
     fp = "tiny0"
     assert update_derived(store, model, fp) == N_TRACKS
-    stage = search.FirstStage.build(store, fp)
+    stage = FirstStage.build(store, fp)
     assert stage.kind == "exact" and len(stage) == N_TRACKS
+    # A catalog of at most the rerank size is scored whole from keys held in memory; asked for
+    # the exact first stage, the same catalog's candidates are read from the store per query.
+    whole = Retriever.open(store, model, fp, rerank=N_TRACKS)
+    per_query = Retriever.open(store, model, fp, rerank=N_TRACKS, first_stage="exact")
+    assert (whole.first_stage.kind, per_query.first_stage.kind) == ("all", "exact")
+    assert whole.resident is not None and per_query.resident is None
     for seed in range(3):
         video = video_of(model, seed)
-        full = search.exhaustive(model, video, store, fp, stage)
-        found = search.search(model, video, store, fp, rerank=N_TRACKS, top_k=5, first_stage=stage)
-        np.testing.assert_array_equal(found.candidates.track_ids, full.track_ids)
-        # The same rows through the same code: equal up to the last bits MKL's float32 sums may
-        # change with the threads a loaded machine gives them.
-        np.testing.assert_allclose(found.candidates.scores, full.scores, rtol=0, atol=1e-6)
-        assert found.top_ids.tolist() == full.track_ids[:5].tolist()
-        # The derived rows (fp16 keys) score as the model does from the tokens themselves.
+        full = exhaustive(model, video, store, fp)
+        for retriever in (whole, per_query):
+            found = retriever.search(video, top_k=5)
+            np.testing.assert_array_equal(found.candidates.track_ids, full.track_ids)
+            # The same rows; the resident keys are bucketed by their longest track, the per-query
+            # ones by the bucket's edge (padding is exact to drop), and MKL's float32 sums may change
+            # in their last bits with the shapes and the threads a loaded machine gives them.
+            np.testing.assert_allclose(found.candidates.scores, full.scores, rtol=0, atol=1e-5)
+            assert found.top_ids.tolist() == full.track_ids[:5].tolist()
+            assert found.predicted.shape == (5, 2) and (found.predicted[:, 1] <= found.durations + 1e-9).all()
+            assert found.relevance.shape[0] == 5 and np.isclose(found.relevance.max(1), 1.0).all()
+        # The derived rows (float32 keys in SQLite, float16 or int8 in Lance) score as the model does
+        # from the tokens themselves.
         np.testing.assert_allclose(full.scores, direct_scores(model, video, store, full.track_ids), atol=2e-3)
-        assert found.predicted.shape == (5, 2) and (found.predicted[:, 1] <= found.durations + 1e-9).all()
-        assert found.relevance.shape[0] == 5 and np.isclose(found.relevance.max(1), 1.0).all()
+        # Tracks not allowed are never returned, and the others keep their scores.
+        allowed = np.arange(N_TRACKS) % 3 != 0
+        kept = whole.rank(video, allowed)
+        assert set(kept.track_ids.tolist()) == set(whole.ids[allowed].tolist())
+        score_of = dict(zip(full.track_ids.tolist(), full.scores.tolist()))
+        np.testing.assert_allclose(kept.scores, [score_of[i] for i in kept.track_ids.tolist()], atol=1e-5)
 
 
 def test_a_smaller_rerank_keeps_the_first_stage_top_n_with_their_exact_scores(store):
     model = tiny_made()
     fp = "tiny0"
     update_derived(store, model, fp)
-    stage = search.FirstStage.build(store, fp)
+    stage = FirstStage.build(store, fp)
     ids, pooled = store.pooled_matrix(fp)
     video = video_of(model, 5)
     v = video.pooled[0].numpy()
@@ -156,9 +182,14 @@ def test_a_smaller_rerank_keeps_the_first_stage_top_n_with_their_exact_scores(st
     assert set(top_ids.tolist()) == set(np.asarray(ids)[np.argsort(-cos)[:10]].tolist())
     np.testing.assert_allclose(top_cos, np.sort(cos)[::-1][:10], rtol=1e-5)
 
-    full = search.exhaustive(model, video, store, fp, stage)
-    found = search.search(model, video, store, fp, rerank=10, top_k=3, first_stage=stage)
+    full = exhaustive(model, video, store, fp)
+    retriever = Retriever.open(store, model, fp, rerank=10)
+    assert retriever.first_stage.kind == "exact" and retriever.resident is None  # more tracks than the rerank
+    found = retriever.search(video, top_k=3)
     assert set(found.candidates.track_ids.tolist()) == set(top_ids.tolist())
+    np.testing.assert_allclose(found.candidates.first_stage, top_cos[[top_ids.tolist().index(i) for i in
+                                                                      found.candidates.track_ids.tolist()]],
+                               rtol=1e-5)
     score_of = dict(zip(full.track_ids.tolist(), full.scores.tolist()))
     # The model's full score of each candidate (batched with other tracks: float rounding only).
     np.testing.assert_allclose(found.candidates.scores, [score_of[i] for i in found.candidates.track_ids.tolist()],
@@ -170,7 +201,9 @@ def test_a_smaller_rerank_keeps_the_first_stage_top_n_with_their_exact_scores(st
     kept, _ = stage.top(v, 100, allowed)
     assert len(kept) == allowed.sum() and set(kept.tolist()) == set(np.asarray(ids)[allowed].tolist())
     with pytest.raises(UsageError):
-        search.search(model, video, store, fp, rerank=0, first_stage=stage)
+        Retriever.open(store, model, fp, rerank=0)
+    with pytest.raises(UsageError):
+        retriever.search(video, top_k=0)
 
 
 def test_update_derived_encodes_only_new_tracks(store):
@@ -184,15 +217,15 @@ def test_update_derived_encodes_only_new_tracks(store):
         return encode(windows, mask, **options)
 
     model.encode_music = counting
-    assert search.update_derived(store, model, fp, batch_size=16) == N_TRACKS
+    assert update_derived(store, model, fp, batch_size=16) == N_TRACKS
     assert sum(encoded) == N_TRACKS and max(encoded) <= 16
     encoded.clear()
-    assert search.update_derived(store, model, fp) == 0 and encoded == []
+    assert update_derived(store, model, fp) == 0 and encoded == []
     fill(store, range(N_TRACKS, N_TRACKS + 3))
-    assert search.update_derived(store, model, fp) == 3 and encoded == [3]
-    assert len(search.FirstStage.build(store, fp)) == N_TRACKS + 3
+    assert update_derived(store, model, fp) == 3 and encoded == [3]
+    assert len(FirstStage.build(store, fp)) == N_TRACKS + 3
     other = tiny_made(seed=1)  # another checkpoint: its own rows, all of them
-    assert search.update_derived(store, other, "tiny1") == N_TRACKS + 3
+    assert update_derived(store, other, "tiny1") == N_TRACKS + 3
 
 
 def test_ivf_pq_first_stage_finds_the_exact_top_tracks(tmp_path):
@@ -201,13 +234,13 @@ def test_ivf_pq_first_stage_finds_the_exact_top_tracks(tmp_path):
     fill(store, range(300))  # PQ trains 256 centroids per sub-vector
     model = tiny_made()
     update_derived(store, model, "tiny0", batch_size=300)
-    exact = search.FirstStage.build(store, "tiny0", kind="exact")
-    ivf = search.FirstStage.build(store, "tiny0", kind="ivf_pq", nprobes=64, refine_factor=10)
+    exact = FirstStage.build(store, "tiny0", kind="exact")
+    ivf = FirstStage.build(store, "tiny0", kind="ivf_pq", nprobes=64, refine_factor=10)
     assert ivf.kind == "ivf_pq"
     import lance
 
     version = lance.dataset(store._derived_uri("tiny0")).version
-    again = search.FirstStage.build(store, "tiny0", kind="auto", ivf_min_tracks=100)
+    again = FirstStage.build(store, "tiny0", kind="auto", ivf_min_tracks=100)
     assert again.kind == "ivf_pq" and lance.dataset(store._derived_uri("tiny0")).version == version  # index reused
     hits = 0
     for seed in range(5):
@@ -220,14 +253,14 @@ def test_ivf_pq_first_stage_finds_the_exact_top_tracks(tmp_path):
     fill(sqlite, range(3))
     update_derived(sqlite, model, "tiny0")
     with pytest.raises(UsageError, match="Lance"):
-        search.FirstStage.build(sqlite, "tiny0", kind="ivf_pq")
+        FirstStage.build(sqlite, "tiny0", kind="ivf_pq")
 
 
 def test_the_bfloat16_first_stage_keeps_nearly_the_same_candidates(store):
     model = tiny_made()
     update_derived(store, model, "tiny0")
-    exact = search.FirstStage.build(store, "tiny0")
-    half = search.FirstStage.build(store, "tiny0", bf16_min_tracks=1)
+    exact = FirstStage.build(store, "tiny0")
+    half = FirstStage.build(store, "tiny0", bf16_min_tracks=1)
     assert exact.unit is None and half.unit is not None and half.pooled is None
     for seed in range(4):
         video = video_of(model, seed)
@@ -237,10 +270,12 @@ def test_the_bfloat16_first_stage_keeps_nearly_the_same_candidates(store):
         np.testing.assert_allclose(cos_b, cos_a, atol=1e-2)  # bf16 rows and query, float32 sums
         assert len(set(ids_a[:10].tolist()) & set(ids_b[:10].tolist())) >= 8
         # The rerank scores exactly whatever the first stage's precision.
-        full = search.exhaustive(model, video, store, "tiny0", exact)
-        found = search.search(model, video, store, "tiny0", rerank=N_TRACKS, top_k=3, first_stage=half)
+        full = exhaustive(model, video, store, "tiny0")
+        found = Retriever(model, store, "tiny0", half, None, N_TRACKS).search(video, top_k=3)
         np.testing.assert_array_equal(found.candidates.track_ids, full.track_ids)
-        np.testing.assert_allclose(found.candidates.scores, full.scores, rtol=0, atol=1e-6)  # as above
+        # The same rows through the same code (score_ids): MKL's float32 sums may still change in
+        # their last bits with the threads a loaded machine gives them.
+        np.testing.assert_allclose(found.candidates.scores, full.scores, rtol=0, atol=1e-6)
 
 
 def test_a_model_that_scores_with_pooled_vectors_only_is_searched_the_same_way(store):
@@ -250,9 +285,9 @@ def test_a_model_that_scores_with_pooled_vectors_only_is_searched_the_same_way(s
     torch.manual_seed(0)
     model = Real(load_config("real-tiny").model).eval()  # ReAL: relevance = cos(v, h0) alone
     update_derived(store, model, "real0")
-    stage = search.FirstStage.build(store, "real0")
+    stage = FirstStage.build(store, "real0")
     video = video_of(model, 2)
-    found = search.search(model, video, store, "real0", rerank=12, top_k=3, first_stage=stage)
+    found = Retriever.open(store, model, "real0", rerank=12).search(video, top_k=3)
     first_ids, first_cos = stage.top(video.pooled[0].numpy(), 12)
     # The rerank recomputes the same cosine: the first stage's order stands.
     np.testing.assert_allclose(found.candidates.scores, first_cos, atol=1e-5)
