@@ -450,24 +450,63 @@ def _structure_cached(path: str, size: int, mtime_ns: int) -> TrackStructure:
 
 
 def structure_for_track(track, index_path=None) -> tuple[TrackStructure, str]:
-    """The track's structure and where it came from: ``"detected"`` now from the file (kept for
-    this process, keyed by the file's size and mtime). The track stores will hold one per
-    track (``"index"``); until they do, this is the editor's fallback, as
-    ``snapping.grid_for_track`` is for beat grids."""
+    """The track's structure and where it came from: ``"index"`` when the track store at
+    ``index_path`` (either backend; None: mgsv's index) keeps one from index time, else
+    ``"detected"`` now from the file (kept for this process, keyed by the file's size and
+    mtime): the fallback for a track outside the store or a store from before structures,
+    as ``snapping.grid_for_track`` is for beat grids."""
+    path = os.path.abspath(os.fspath(track))
+    stored = _stored_structure(path, index_path)
+    if stored is not None:
+        return stored, "index"
+    return detected_structure(path), "detected"
+
+
+def _stored_structure(track: str, index_path) -> TrackStructure | None:
+    from mgsv_cli.index.backend import open_store
+
+    try:
+        store = open_store(index_path)
+    except MgsvError:
+        return None  # no store, or not one of ours: detecting is the fallback
+    with store:
+        try:
+            record = store.find(track)
+            found = store.structures_for([record.track_id])[0] if record is not None else None
+        except MgsvError:
+            return None
+    return structure_from_store(found)
+
+
+def structure_from_store(found: dict | None) -> TrackStructure | None:
+    """A stored structure dict as a :class:`TrackStructure` (None: none stored, or unreadable)."""
+    if not found:
+        return None
+    try:
+        return TrackStructure.from_dict(found)
+    except (MgsvError, KeyError, TypeError, ValueError):
+        return None
+
+
+def detected_structure(track) -> TrackStructure:
+    """The structure found now from the file (kept for this process by size and mtime)."""
     path = os.path.abspath(os.fspath(track))
     info = os.stat(path)
-    return _structure_cached(path, info.st_size, info.st_mtime_ns), "detected"
+    return _structure_cached(path, info.st_size, info.st_mtime_ns)
 
 
 def fit_entry(entry: Suggestion, mode: str, clip_seconds: float, *, structure: TrackStructure | None = None,
-              index_path=None, join_at: float | None = None) -> Suggestion:
-    """:func:`fit_suggestion`, finding the track's structure when not given (decoding the file)."""
+              index_path=None, join_at: float | None = None, look_in_store: bool = True) -> Suggestion:
+    """:func:`fit_suggestion`, finding the track's structure when not given: the one the store
+    at ``index_path`` keeps (unless ``look_in_store`` is False: the caller has looked), else
+    from the file."""
     check_fit(mode)
     if mode == "cut":
         return fit_suggestion(entry, mode, None, clip_seconds)
     if structure is None:
         try:
-            structure, _ = structure_for_track(entry.track, index_path)
+            structure = structure_for_track(entry.track, index_path)[0] if look_in_store else \
+                detected_structure(entry.track)
         except (MgsvError, OSError) as exc:  # the suggestion stands as a cut, saying why
             reason = f"the track could not be analysed: {first_line(exc)}"
             return dataclasses.replace(entry, edit=_cut(mode, entry.start, clip_seconds, reason))

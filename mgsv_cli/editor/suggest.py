@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mgsv_cli.editor import outputs
-from mgsv_cli.editor.fitting import check_fit, fit_entry
+from mgsv_cli.editor.fitting import check_fit, fit_entry, structure_from_store
 from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
 from mgsv_cli.editor.snapping import check_snap, snap_entry
 from mgsv_cli.editor.tracklist import TrackList
@@ -226,8 +226,9 @@ class Suggester:
             beats = self.store.beats_for([track.id])[0] if snap == "beat" else None
             if beats:  # the grid stored with the track; none: the cut stays
                 entry, _ = snap_entry(entry, grid=BeatGrid.from_dict(beats))
-            if fit != "cut":  # a step on the finished suggestion, like snapping
-                entry = fit_entry(entry, fit, duration)
+            if fit != "cut":  # a step on the finished suggestion, like snapping: on the stored bars
+                structure = structure_from_store(self.store.structures_for([track.id])[0])
+                entry = fit_entry(entry, fit, duration, structure=structure, look_in_store=False)
             suggestions.append(entry)
         return SuggestionResult(
             video=video, duration=duration, suggestions=suggestions, checkpoint=self.model_id,

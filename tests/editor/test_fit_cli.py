@@ -64,11 +64,19 @@ def by_title(data: dict) -> dict:
     return {s["title"]: s for s in data["suggestions"]}
 
 
-def test_suggest_fit_ending_json_table_and_fallback(capsys, library, tmp_path):
+def test_suggest_fit_ending_json_table_and_fallback(capsys, library, tmp_path, monkeypatch):
+    from mgsv_cli.editor import fitting
+
     root, index, clip, _ = library
     plain = json.loads(suggest(capsys, library, clip, "--json").out)
     assert all("edit" not in s for s in plain["suggestions"])  # cut, the default: as before
-    data = json.loads(suggest(capsys, library, clip, "--fit", "ending", "--json").out)
+
+    def no_decoding(track):
+        raise AssertionError(f"decoded {track}: its structure is in the index")
+
+    with monkeypatch.context() as patched:  # the bars come from the index, found there at index time
+        patched.setattr(fitting, "detected_structure", no_decoding)
+        data = json.loads(suggest(capsys, library, clip, "--fit", "ending", "--json").out)
     found = by_title(data)
     for title in ("Ends", "Also Ends"):
         edit = found[title]["edit"]

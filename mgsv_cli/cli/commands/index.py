@@ -24,7 +24,7 @@ def index_command(
     device: Device = None,
     offline: Offline = False,
     weights_dir: WeightsDir = None,
-    beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid (for cuts that start on a beat)"),
+    beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid, bars and sections (for cuts on a beat and --fit)"),
     batch_windows: Optional[int] = typer.Option(None, "--batch-windows", min=1, help="AST windows per forward pass (default: sized to the GPU's free memory; 4 on a CPU); lower it if the GPU runs out of memory"),
     engine: str = typer.Option("local", "--engine", help="local: this process (default); ray: Ray Data (decoding in CPU tasks, AST in an actor pool, one per GPU), for catalogs beyond one machine; needs --store"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="with --engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: a local Ray on this machine"),
@@ -124,7 +124,7 @@ class _IndexBars:
     """Rich progress bars (stderr) for ``index_music``'s stages; failures printed above them."""
 
     LABELS = {"checking": "checking files", "probing": "reading tags", "embedding": "embedding audio",
-              "beats": "finding beats", "indexing": "indexing on Ray (files)"}
+              "beats": "finding beats and bars", "indexing": "indexing on Ray (files)"}
 
     def __init__(self) -> None:
         from rich.progress import (
