@@ -328,14 +328,16 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
              dependencies=[Depends(need_token)])
     def status() -> dict:
         from mgsv_cli import settings
+        from mgsv_cli.editor.editlist import FIT_MODES
         from mgsv_cli.editor.export import FORMATS
         from mgsv_cli.editor.render import MIX_MODES
 
         values = settings.load_settings()
         return {**engine.status(), "mix_modes": list(MIX_MODES), "export_formats": list(FORMATS),
+                "fit_modes": list(FIT_MODES),
                 "video_extensions": sorted(files.VIDEO_EXTENSIONS), "max_upload_bytes": max_upload_bytes,
                 "defaults": {k: getattr(values, k) for k in ("top_k", "mix", "fade_in", "fade_out", "loudness",
-                                                               "snap", "export_format")}}
+                                                               "snap", "export_format", "fit")}}
 
     @app.get("/api/tracks", tags=["library"], summary="The index's tracks (with beat grids on request)",
              dependencies=[Depends(need_token)])
