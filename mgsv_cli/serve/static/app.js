@@ -387,6 +387,7 @@ function describe(row) {
   if (state.starts.has(s.rank) && Math.abs(start - s.start) > 1e-3) parts.push(`moved ${(start - s.start >= 0 ? "+" : "") + (start - s.start).toFixed(2)} s`);
   else if (s.snapped_to) parts.push(`on a ${s.snapped_to}`);
   const edit = editOf(s);
+  if (edit && edit.mode !== "cut") parts[0] = "plays " + edit.spans.map((p) => `${clock(p.start)}–${clock(p.end)}`).join(" + ");
   if (edit) {
     if (edit.reason) parts.push(`cut (${edit.reason})`);
     else if (edit.joins.length) {
