@@ -87,6 +87,10 @@ def test_suggest_fit_ending_json_table_and_fallback(capsys, library, tmp_path, m
     noise = found["Noise"]["edit"]
     assert noise["mode"] == "cut" and "no beat grid" in noise["reason"]
     assert found["Noise"]["start"] == pytest.approx(by_title(plain)["Noise"]["start"], abs=1e-6)
+    monkeypatch.setenv("MGSV_FIT", "ending")  # the settings' default, for suggest without --fit
+    from_settings = json.loads(suggest(capsys, library, clip, "--json").out)
+    assert [s["edit"] for s in from_settings["suggestions"]] == [s["edit"] for s in data["suggestions"]]
+    monkeypatch.delenv("MGSV_FIT")
     table = suggest(capsys, library, clip, "--fit", "ending").out
     assert "fit" in table and "ending, 1 join" in table.replace("ending, no join", "ending, 1 join")
     assert "cut (no beat grid" in table
