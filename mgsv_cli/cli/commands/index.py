@@ -197,6 +197,9 @@ def _print_index_summary(report, encoders: str, target_flag: str = "") -> None:
                   highlight=False, soft_wrap=True)
     if report.reused:
         console.print(f"{report.reused} file(s) had the content of an indexed track: tokens reused", style="dim")
+    filled = report.structures_added - report.added - report.updated
+    if filled > 0:  # an index from before structures: its tracks got theirs without embedding again
+        console.print(f"{filled} stored track(s) got their bars and sections (nothing re-embedded)", style="dim")
     if report.missing:
         console.print(f"{report.missing} indexed file(s) no longer exist: `--prune` drops them", style="yellow")
     if report.skipped_failed:
