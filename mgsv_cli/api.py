@@ -264,7 +264,7 @@ class Suggester(_EditorSuggester):
         return Library(self.store.uri)
 
     def suggest(self, video: PathLike, *, top: int | None = None, snap: str | None = None,
-                include_short: bool = False, remember: bool = True) -> SuggestionResult:
+                include_short: bool = False, remember: bool = True, fit: str | None = None) -> SuggestionResult:
         """The ``top`` tracks for ``video`` (default: the settings' ``top_k``), best first, each with
         the cut to use (exactly as long as the clip, inside the track, in seconds) and the
         relevance along the track: the record ``mgsv suggest --json`` prints.
@@ -272,12 +272,17 @@ class Suggester(_EditorSuggester):
         ``snap="beat"`` starts each cut on the nearest downbeat/beat; ``include_short`` ranks
         tracks shorter than the clip too (marked ``fits=False``). ``remember`` keeps the result
         as the clip's last suggestion, for ``render``/``export`` given the clip's path (and for
-        ``mgsv render CLIP``). Raises ``MediaError`` (no such file, not a readable video) and
-        ``UsageError`` (every track shorter than the clip).
+        ``mgsv render CLIP``). ``fit`` (default: the settings'): ``cut`` (the model's moment, as
+        long as the clip), ``ending`` (starts at the moment, ends on the track's real ending through
+        one join on a bar line) or ``loop`` (whole bars or sections repeated to fill a clip longer
+        than the track); each suggestion then carries its edit list (``edit``: spans and joins), or
+        falls back to ``cut`` and says why. Raises ``MediaError`` (no such file, not a readable
+        video) and ``UsageError`` (every track shorter than the clip, an unknown ``fit``).
         """
-        request = SuggestRequest.build(_settings(), keyword_arg, top=top, snap=snap, include_short=include_short)
+        request = SuggestRequest.build(_settings(), keyword_arg, top=top, snap=snap, include_short=include_short,
+                                       fit=fit)
         return self.suggest_clip(video, request.top, snap=request.snap, include_short=request.include_short,
-                                 remember=remember)
+                                 remember=remember, fit=request.fit)
 
 
 def load_suggester(library: Library | PathLike | None = None, *, checkpoint: PathLike | None = None,
@@ -320,7 +325,8 @@ def _clip_and_record(suggestion: SuggestionResult | PathLike) -> tuple[Path, Sug
 def render(suggestion: SuggestionResult | PathLike, out: PathLike | None = None, *, pick: int | None = None,
            track: PathLike | None = None, start: float | None = None, mix: str | None = None,
            fade_in: float | None = None, fade_out: float | None = None, loudness: float | None = None,
-           snap: str | None = None, force: bool = False, library: Library | PathLike | None = None) -> RenderResult:
+           snap: str | None = None, force: bool = False, library: Library | PathLike | None = None,
+           fit: str | None = None, join: float | None = None) -> RenderResult:
     """Put suggestion ``pick`` (1 = best) under its clip: the music cut to the clip's length, faded,
     loudness-normalised, the video stream copied (what ``mgsv render`` does).
 
@@ -329,21 +335,24 @@ def render(suggestion: SuggestionResult | PathLike, out: PathLike | None = None,
     or a folder (default ``<clip>.mgsv.<ext>`` beside the clip); an existing file needs
     ``force``. ``mix``: ``replace``, ``original`` or ``duck``; ``fade_in``/``fade_out`` in
     seconds; ``loudness`` in LUFS; ``snap="beat"`` moves the start onto the beat (the grid
-    stored in ``library``, else detected). Defaults come from the settings.
+    stored in ``library``, else detected). ``fit``: ``cut``, ``ending`` or ``loop`` (default: as
+    the suggestion was made; with ``track``/``start``, the settings'); ``join``: move the edit's
+    join to the bar line nearest this second of the track. Defaults come from the settings.
 
     Raises ``UsageError``, ``MediaError``, ``OutputExistsError``, ``StorageError``.
     """
     clip, record = _clip_and_record(suggestion)
     request = RenderRequest.build(_settings(), keyword_arg, pick=pick, track=track, start=start, out=out, mix=mix,
                                   fade_in=fade_in, fade_out=fade_out, loudness=loudness, snap=snap,
-                                  index=_store_of(library), force=force)
+                                  index=_store_of(library), force=force, fit=fit, join=join)
     return render_clip(clip, request, record=record)
 
 
 def export(suggestion: SuggestionResult | PathLike, out: PathLike | None = None, *, format: str | None = None,
            pick: int | None = None, frame_rate: float | None = None, snap: str | None = None,
            start: float | None = None, force: bool = False,
-           library: Library | PathLike | None = None) -> ExportedTimeline:
+           library: Library | PathLike | None = None, fit: str | None = None,
+           join: float | None = None) -> ExportedTimeline:
     """Write suggestion ``pick`` (1 = best) as a timeline for editing software, the clip on V1 and
     the music on A1 (what ``mgsv export`` does).
 
@@ -351,13 +360,14 @@ def export(suggestion: SuggestionResult | PathLike, out: PathLike | None = None,
     ``format``: ``fcpxml``, ``fcp7``, ``edl`` or ``otio`` (default: ``out``'s extension, else
     the settings'). ``out``: a file or a folder (default ``<clip>.mgsv.<ext>`` beside the
     clip). ``start`` moves the cut to start there (seconds, same length); ``snap="beat"``
-    onto the beat; ``frame_rate`` overrides the clip's.
+    onto the beat; ``frame_rate`` overrides the clip's. ``fit``/``join`` as for :func:`render`: an
+    edit list is written as clips joined by a crossfade.
 
     Raises ``UsageError``, ``MediaError``, ``OutputExistsError``, ``StorageError``.
     """
     clip, record = _clip_and_record(suggestion)
     request = ExportRequest.build(_settings(), keyword_arg, pick=pick, fmt=format, out=out, frame_rate=frame_rate,
-                                  snap=snap, index=_store_of(library), force=force)
+                                  snap=snap, index=_store_of(library), force=force, fit=fit, join=join)
     exported, written, snapped = export_suggestion(clip, request, start=start, record=record)
     return ExportedTimeline.of(exported, written, snapped, request.fmt, request.pick)
 

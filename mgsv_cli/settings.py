@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mgsv_cli import paths
+from mgsv_cli.editor.editlist import FIT_MODES
 from mgsv_cli.editor.render import MIX_MODES
 from mgsv_cli.editor.snapping import SNAP_MODES as _SNAPS
 from mgsv_cli.errors import ConfigError, OutputExistsError, storage_error
@@ -58,6 +59,7 @@ class Settings:
     loudness: float = -16.0
     snap: str = "off"
     export_format: str = "fcpxml"
+    fit: str = "cut"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,6 +156,8 @@ FIELDS: dict[str, Field] = {
     "snap": Field("off | beat: move the cut's start onto the nearest downbeat or beat", _choice(*SNAP_MODES),
                   "render, export"),
     "export_format": Field("fcpxml | fcp7 | edl | otio", _choice(*EXPORT_FORMATS), "export"),
+    "fit": Field("cut | ending (the track's own ending finishes the clip) | loop (repeats bars to fill it)",
+                 _choice(*FIT_MODES), "suggest; render and export with --track"),
 }
 
 

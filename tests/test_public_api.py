@@ -54,17 +54,20 @@ SIGNATURES = {
                       "first_stage: 'str' = 'auto', status: 'Callable[[str], None] | None' = None, "
                       "loaded_encoders: 'Any' = None) -> 'Suggester'",
     "Suggester.suggest": "(self, video: 'PathLike', *, top: 'int | None' = None, snap: 'str | None' = None, "
-                         "include_short: 'bool' = False, remember: 'bool' = True) -> 'SuggestionResult'",
+                         "include_short: 'bool' = False, remember: 'bool' = True, fit: 'str | None' = None) "
+                         "-> 'SuggestionResult'",
     "Suggester.close": "(self) -> 'None'",
     "render": "(suggestion: 'SuggestionResult | PathLike', out: 'PathLike | None' = None, *, "
               "pick: 'int | None' = None, track: 'PathLike | None' = None, start: 'float | None' = None, "
               "mix: 'str | None' = None, fade_in: 'float | None' = None, fade_out: 'float | None' = None, "
               "loudness: 'float | None' = None, snap: 'str | None' = None, force: 'bool' = False, "
-              "library: 'Library | PathLike | None' = None) -> 'RenderResult'",
+              "library: 'Library | PathLike | None' = None, fit: 'str | None' = None, join: 'float | None' = None) "
+              "-> 'RenderResult'",
     "export": "(suggestion: 'SuggestionResult | PathLike', out: 'PathLike | None' = None, *, "
               "format: 'str | None' = None, pick: 'int | None' = None, frame_rate: 'float | None' = None, "
               "snap: 'str | None' = None, start: 'float | None' = None, force: 'bool' = False, "
-              "library: 'Library | PathLike | None' = None) -> 'ExportedTimeline'",
+              "library: 'Library | PathLike | None' = None, fit: 'str | None' = None, join: 'float | None' = None) "
+              "-> 'ExportedTimeline'",
     "train": "(data: 'PathLike', *, config: 'str | None' = None, out: 'PathLike | None' = None, "
              "epochs: 'int | None' = None, batch_size: 'int | None' = None, lr: 'float | None' = None, "
              "precision: 'str | None' = None, seed: 'int | None' = None, device: 'str | None' = None, "
@@ -90,15 +93,15 @@ FIELDS = {
     "LibraryInfo": ["uri", "backend", "tracks", "with_beats", "failed", "encoders", "encoder_id", "content_version",
                     "damage"],
     "Suggestion": ["rank", "track", "score", "start", "end", "predicted_start", "predicted_end", "track_duration",
-                   "title", "artist", "snapped_to", "fits", "relevance"],
+                   "title", "artist", "snapped_to", "fits", "relevance", "edit"],
     "SuggestionResult": ["video", "duration", "suggestions", "checkpoint", "encoders", "untrained", "timings",
                          "left_out_short", "left_out_missing"],
-    "ExportedTimeline": ["out", "format", "video", "rank", "track", "start", "end", "snapped_to", "warnings"],
+    "ExportedTimeline": ["out", "format", "video", "rank", "track", "start", "end", "snapped_to", "warnings", "edit"],
     "RenderResult": ["out_path", "video", "track", "duration", "start", "end", "requested_start", "mix",
                      "requested_mix", "fade_in", "fade_out", "loudness_target", "loudness", "padded_seconds",
-                     "warnings"],
+                     "warnings", "edit"],
     "IndexReport": ["index_path", "n_scanned", "added", "updated", "unchanged", "touched", "reused", "pruned",
-                    "missing", "beats_added", "n_tracks", "failed", "skipped_failed", "forgotten_failed",
+                    "missing", "beats_added", "structures_added", "n_tracks", "failed", "skipped_failed", "forgotten_failed",
                     "long_tracks", "moved_aside", "interrupted"],
     "LoadedModel": ["model", "variant", "meta"],
 }
@@ -234,8 +237,13 @@ def test_the_cli_and_the_api_give_the_same_work(tmp_path, media_src, tiny_encode
     by_cli = json.loads(cli.out)
     with mgsv.load_suggester(library, untrained=True, device="cpu", loaded_encoders=tiny_encoders) as suggester:
         result = suggester.suggest(clip, top=2)
+        with pytest.raises(mgsv.UsageError, match="fit"):
+            suggester.suggest(clip, fit="stretch")  # refused by the request, named as the keyword
+        looped = suggester.suggest(clip, top=1, fit="loop", remember=False)
     by_api = result.to_json()
     assert by_cli.keys() == {"ok", *by_api}
+    edit = looped.suggestions[0].edit  # fitted, or fallen back to a cut with the reason
+    assert edit is not None and edit.requested == "loop" and (edit.mode != "cut" or edit.reason)
     assert [s["track"] for s in by_cli["suggestions"]] == [s["track"] for s in by_api["suggestions"]]
     for mine, theirs in zip(by_api["suggestions"], by_cli["suggestions"]):
         for key in ("score", "start", "end", "predicted_start", "predicted_end"):

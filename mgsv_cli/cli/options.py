@@ -33,3 +33,8 @@ NoServer = Annotated[bool, typer.Option("--no-server",
 Snap = Annotated[Optional[str], typer.Option(
     "--snap", help="beat: start the music on the nearest downbeat/beat | off (default: settings)")]
 OverwriteOutputs = Annotated[bool, typer.Option("--force", help="overwrite existing outputs (never the inputs)")]
+FIT_HELP = ("cut (the moment, faded out) | ending (the moment, then the track's own ending on the last frame, "
+            "joined on bars) | loop (bars repeat to fill a clip longer than the track)")
+# suggest: the settings' fit when left out; render and export: as the remembered suggestion was made.
+Fit = Annotated[Optional[str], typer.Option("--fit", help=FIT_HELP + " (default: settings)")]
+Refit = Annotated[Optional[str], typer.Option("--fit", help=FIT_HELP + " (default: as suggested)")]

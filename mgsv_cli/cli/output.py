@@ -78,7 +78,7 @@ class IndexBars:
     """Rich progress bars (stderr) for ``index_music``'s stages; failures printed above them."""
 
     LABELS = {"checking": "checking files", "probing": "reading tags", "embedding": "embedding audio",
-              "beats": "finding beats", "indexing": "indexing on Ray (files)"}
+              "beats": "finding beats and bars", "indexing": "indexing on Ray (files)"}
 
     def __init__(self) -> None:
         from rich.progress import (

@@ -113,6 +113,12 @@ class TimelinePlan:
     width: int | None = None
     height: int | None = None
     sources: Mapping[Path, SourceFormat] = field(default_factory=dict)
+    # --fit ending/loop: the music as clips (source start frame, frames) laid end to end on A1,
+    # each join an equal-power crossfade of ``crossfade_frames[k]`` ending at the cut. Empty: one clip,
+    # the cut above.
+    music_clips: tuple[tuple[int, int], ...] = ()
+    crossfade_frames: tuple[int, ...] = ()
+    fit: str | None = None  # the edit list's mode ("ending", "loop") when the music is spliced
 
     def source(self, path: Path) -> SourceFormat | None:
         return self.sources.get(path)
@@ -236,17 +242,44 @@ def plan_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, p
     video_frames = max(1, round(video_seconds * rate))
     cut_start = round(start * rate)
     cut_frames = min(video_frames, max(1, round((end - start) * rate)))
-    if not track_fits(track_seconds, video_seconds):
+    clips, fades = _edit_clips(entry.edit, video_seconds, video_frames, rate)
+    fit = None
+    if clips and entry.edit is not None:
+        cut_start, cut_frames = clips[0]
+        warnings += list(entry.edit.notes)
+        fit = entry.edit.mode
+    elif not track_fits(track_seconds, video_seconds):
         warnings.append(f"{shorter_than_clip(track_seconds, video_seconds)}: the music stops "
                         f"{video_seconds - track_seconds:.2f} s before the video ends")
     video, track = video.resolve(), track.resolve()
     return TimelinePlan(
         name=video.stem, rate=rate, video=video, video_frames=video_frames, track=track,
-        track_frames=max(round(track_seconds * rate), cut_start + cut_frames), cut_start_frame=cut_start,
-        cut_frames=cut_frames, rank=entry.rank, score=entry.score, title=entry.title, artist=entry.artist,
-        warnings=tuple(warnings), width=info.width, height=info.height,
+        track_frames=max([round(track_seconds * rate)] + [a + n for a, n in clips or [(cut_start, cut_frames)]]),
+        cut_start_frame=cut_start, cut_frames=cut_frames, rank=entry.rank, score=entry.score, title=entry.title,
+        artist=entry.artist, warnings=tuple(warnings), width=info.width, height=info.height,
         sources={video: SourceFormat.of(info), track: SourceFormat.of(track_info)},
+        music_clips=tuple(clips), crossfade_frames=tuple(fades), fit=fit,
     )
+
+
+def _edit_clips(edit, video_seconds: float, video_frames: int, rate: float
+                ) -> tuple[list[tuple[int, int]], list[int]]:
+    """A spliced edit list as timeline clips: ``[(source start frame, frames)]`` filling
+    ``video_frames`` exactly, and each join's crossfade in frames (at least one).
+
+    Each cut lands on the frame nearest its time in the output, each clip's source on the
+    frame nearest its in-point; the last clip takes what rounding leaves, so the music
+    still ends with the video (to within half a frame of the track's own end).
+    """
+    if edit is None or not edit.spliced:
+        return [], []
+    edit = edit.shifted_to_length(video_seconds)
+    cuts = [0] + [round(j.at * rate) for j in edit.joins] + [video_frames]
+    clips = [(round(span.start * rate), cuts[k + 1] - cuts[k]) for k, span in enumerate(edit.spans)]
+    if any(frames <= 0 for _, frames in clips):
+        raise UsageError(f"the edit list has a span shorter than a frame at {rate:g} fps: export it with --fit cut")
+    fades = [max(1, round(j.crossfade * rate)) for j in edit.joins]
+    return clips, fades
 
 
 def build_timeline(plan: TimelinePlan, music_first: bool = False, rate: float | None = None):
@@ -276,18 +309,45 @@ def build_timeline(plan: TimelinePlan, music_first: bool = False, rate: float | 
 
     video_clip = otio.schema.Clip(name=plan.video.name, media_reference=reference(plan.video, plan.video_frames),
                                   source_range=span(0, plan.video_frames))
-    music_clip = otio.schema.Clip(name=plan.track.name, media_reference=reference(plan.track, plan.track_frames),
-                                  source_range=span(plan.cut_start_frame, plan.cut_frames))
-    music_clip.metadata["mgsv"] = {
-        "rank": plan.rank, "score": plan.score, "title": plan.title, "artist": plan.artist,
-        "start_seconds": plan.cut_start_frame / plan.rate,
-    }
+    music = []
+    for k, (start, frames) in enumerate(plan.music_clips or [(plan.cut_start_frame, plan.cut_frames)]):
+        if k:
+            music.append(_crossfade(plan.crossfade_frames[k - 1], rate))
+        music_clip = otio.schema.Clip(name=plan.track.name, media_reference=reference(plan.track, plan.track_frames),
+                                      source_range=span(start, frames))
+        music_clip.metadata["mgsv"] = {
+            "rank": plan.rank, "score": plan.score, "title": plan.title, "artist": plan.artist,
+            "start_seconds": start / plan.rate, **({"fit": plan.fit, "part": k + 1} if plan.fit else {}),
+        }
+        music.append(music_clip)
     video_track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video, children=[video_clip])
-    music_track = otio.schema.Track(name="A1", kind=otio.schema.TrackKind.Audio, children=[music_clip])
+    music_track = otio.schema.Track(name="A1", kind=otio.schema.TrackKind.Audio, children=music)
     timeline = otio.schema.Timeline(name=plan.name, global_start_time=opentime.RationalTime(0, rate))
     timeline.metadata["mgsv"] = {"rate": plan.rate, "width": plan.width, "height": plan.height}
     timeline.tracks.extend([music_track, video_track] if music_first else [video_track, music_track])
     return timeline
+
+
+# FCP 7's equal-power audio crossfade: what editors call a constant-power crossfade.
+FCP7_CROSSFADE = {"name": "Cross Fade (+3dB)", "effectid": "KGAudioTransCrossFade3dB", "effecttype": "transition",
+                  "mediatype": "audio", "effectcategory": "audio"}
+
+
+def _crossfade(frames: int, rate: float):
+    """An OTIO transition of ``frames`` ending at the cut (all of it over the outgoing clip's
+    end and the incoming clip's handle before its in-point), as an equal-power crossfade."""
+    import opentimelineio as otio
+    from opentimelineio import opentime
+
+    transition = otio.schema.Transition(name=FCP7_CROSSFADE["name"],
+                                        transition_type=otio.schema.TransitionTypes.SMPTE_Dissolve,
+                                        in_offset=opentime.RationalTime(frames, rate),
+                                        out_offset=opentime.RationalTime(0, rate))
+    # The FCP 7 writer reads these: "end" alignment (it would say "end-black", a fade to black,
+    # for a transition with no out offset) and an audio effect instead of its video dissolve.
+    transition.metadata["fcp_xml"] = {"alignment": "end", "effect": dict(FCP7_CROSSFADE)}
+    transition.metadata["mgsv"] = {"kind": "equal-power crossfade", "frames": frames}
+    return transition
 
 
 def export_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, fmt: str,
@@ -325,7 +385,7 @@ def write_timeline(suggestion: SuggestionResult, video_path: str | os.PathLike, 
     except (otio.exceptions.OTIOError, ValueError) as exc:
         raise MediaError(f"cannot write {fmt} for {plan.video.name}: {exc}") from None
     if fmt == "fcpxml":
-        text = _fcpxml_times_on_frames(_fcpxml_with_formats(text, plan), plan.rate)
+        text = _fcpxml_times_on_frames(_fcpxml_with_transitions(_fcpxml_with_formats(text, plan), plan), plan.rate)
     elif fmt == "fcp7":
         text = _fcp7_with_formats(text, plan)
     paths.atomic_write_text(out, text, overwrite=force)  # makes a missing folder; OS errors: StorageError
@@ -472,6 +532,52 @@ def _fcpxml_with_formats(text: str, plan: TimelinePlan) -> str:
     return _xml_text(root, '<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE fcpxml>\n\n')
 
 
+def _fcpxml_with_transitions(text: str, plan: TimelinePlan) -> str:
+    """The FCPXML with the music's clips in a storyline of their own, joined by crossfades.
+
+    The adapter writes no transitions: it connects each music clip to the video clip
+    (``lane="-1"``). A transition in FCPXML lives in a storyline, so the music clips move
+    into a secondary storyline (``<spine lane="-1">``, offsets kept) with a
+    ``<transition>`` between each two, ending at the cut, carrying Final Cut's audio
+    crossfade (``FFAudioTransition``).
+    """
+    import xml.etree.ElementTree as ElementTree
+
+    if len(plan.music_clips) < 2:
+        return text
+    root = _parse_xml(text)
+    resources = root.find("resources")
+    host = root.find(".//sequence/spine/clip")
+    if resources is None or host is None:
+        return text
+    music = [child for child in host if child.tag in ("clip", "asset-clip") and child.get("lane") == "-1"]
+    if len(music) != len(plan.music_clips):
+        return text
+    effect_id = f"r{len(resources) + 1}"
+    while root.find(f".//*[@id='{effect_id}']") is not None:
+        effect_id = f"r{int(effect_id[1:]) + 1}"
+    ElementTree.SubElement(resources, "effect",
+                           {"id": effect_id, "name": "Audio Crossfade", "uid": "FFAudioTransition"})
+    storyline = ElementTree.Element("spine", {"lane": "-1", "offset": host.get("start", "0s")})
+    exact = _exact_rate(plan.rate)
+    for k, clip in enumerate(music):
+        host.remove(clip)
+        clip.attrib.pop("lane", None)
+        if k:
+            cut = Fraction(clip.get("offset", "0s").rstrip("s") or 0)
+            length = Fraction(plan.crossfade_frames[k - 1]) / exact
+            transition = ElementTree.SubElement(storyline, "transition", {
+                "name": "Cross Dissolve", "offset": _seconds_text(cut - length), "duration": _seconds_text(length)})
+            ElementTree.SubElement(transition, "filter-audio", {"ref": effect_id, "name": "Audio Crossfade"})
+        storyline.append(clip)
+    host.append(storyline)
+    return _xml_text(root, '<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE fcpxml>\n\n')
+
+
+def _seconds_text(value: Fraction) -> str:
+    return f"{value.numerator}/{value.denominator}s" if value else "0s"
+
+
 def _set_size(element, width: int | None, height: int | None) -> None:
     for name, value in (("width", width), ("height", height)):
         if value:
@@ -571,6 +677,13 @@ def export_suggestion(video_path: str | os.PathLike, request, *, start: float | 
     snap_info = None
     if request.snap == "beat":
         record, snap_info = snap_suggestion(record, request.pick, index_path=request.index)
+    fit, join = getattr(request, "fit", None), getattr(request, "join", None)
+    if fit is not None or join is not None or (start is not None or snap_info is not None) and \
+            record.pick(request.pick).edit is not None:
+        from mgsv_cli.editor.fitting import refit_suggestion
+
+        # The edit list is made again for the moved start, the mode asked for, or the join moved.
+        record = refit_suggestion(record, request.pick, fit, index_path=request.index, join_at=join)
     exported = write_timeline(record, video_path, request.fmt, request.out if out is None else out,
                               pick=request.pick, frame_rate=request.frame_rate,
                               force=request.force if force is None else force)
@@ -590,6 +703,7 @@ class ExportedTimeline:
     end: float
     snapped_to: str | None = None  # "downbeat" | "beat" when --snap beat moved the start
     warnings: tuple[str, ...] = ()
+    edit: dict | None = None  # the edit list (spans and joins) when the music was fitted (--fit ending|loop)
 
     @classmethod
     def of(cls, exported: ExportResult, record: SuggestionResult, snap, fmt: str, pick: int) -> "ExportedTimeline":
@@ -597,9 +711,10 @@ class ExportedTimeline:
         entry = record.pick(pick)
         return cls(out=exported.out.absolute(), format=fmt, video=record.video, rank=pick, track=entry.track,
                    start=entry.start, end=entry.end, snapped_to=snap.snapped_to if snap else None,
-                   warnings=tuple(exported.warnings))
+                   warnings=tuple(exported.warnings), edit=entry.edit.to_dict() if entry.edit is not None else None)
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "format": self.format, "video": self.video, "rank": self.rank,
                 "track": self.track, "start": round(self.start, 6), "end": round(self.end, 6),
-                "snapped_to": self.snapped_to, "warnings": list(self.warnings)}
+                "snapped_to": self.snapped_to, "warnings": list(self.warnings),
+                **({"edit": self.edit} if self.edit is not None else {})}

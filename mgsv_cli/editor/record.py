@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_cli import paths
+from mgsv_cli.editor.editlist import EditList
 from mgsv_cli.errors import MediaError, UsageError, first_line, os_error_cause
 
 # A track this much shorter than the clip still "fits": durations come from different
@@ -70,6 +71,12 @@ class Suggestion:
     fits: bool = True  # False: the track is shorter than the clip (ranked only with --include-short)
     # The matching attention over the track's 2.5 s windows (max 1): why this track, why here.
     relevance: list[float] | None = None
+    # --fit ending/loop: the spans of the track that play and their joins (None: the cut, start-end).
+    edit: EditList | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.edit, dict):  # dataclasses.asdict's form (the server's exact answers)
+            object.__setattr__(self, "edit", EditList(**self.edit))
 
     @property
     def name(self) -> str:
@@ -96,6 +103,7 @@ class Suggestion:
                 title=data.get("title"), artist=data.get("artist"), snapped_to=data.get("snapped_to"),
                 fits=track_fits(track_duration, clip_seconds) if fits is None else bool(fits),
                 relevance=[float(v) for v in data["relevance"]] if data.get("relevance") is not None else None,
+                edit=EditList.from_dict(data["edit"]) if data.get("edit") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"not a suggestion record: {first_line(exc)}") from None
@@ -115,6 +123,7 @@ class Suggestion:
             **({"snapped_to": self.snapped_to} if self.snapped_to else {}),
             "fits": self.fits,
             **({"relevance": self.relevance} if self.relevance is not None else {}),
+            **({"edit": self.edit.to_dict()} if self.edit is not None else {}),
         }
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from mgsv_cli.editor import outputs
+from mgsv_cli.editor.editlist import EditList
 from mgsv_cli.editor.record import FIT_TOLERANCE, shorter_than_clip, track_fits
 from mgsv_cli.errors import MediaError, MgsvError, OutputExistsError, StorageError, UsageError, storage_error
 from mgsv_cli.media import ffmpeg as media
@@ -131,6 +132,7 @@ class RenderResult:
     loudness: float | None  # integrated loudness of the mixed audio (LUFS), None if silent
     padded_seconds: float = 0.0  # silence after the music when the track is shorter than the video
     warnings: list[str] = field(default_factory=list)
+    edit: dict | None = None  # --fit ending/loop: the edit list mixed (``EditList.to_dict()``)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -312,10 +314,69 @@ class _Plan:
     fade_out: float
     mix: str
     loudness: float
+    edit: EditList | None = None  # spliced music (--fit ending/loop) instead of the cut
+
+
+def edit_input_args(edit: EditList, track: Path) -> list[str]:
+    """The track input an edit list reads: from its earliest sample (a crossfade's handle
+    included) to its last, so that ``edit_chain``'s sample counts start at :func:`edit_origin`."""
+    origin, last = edit_origin(edit), max(s.end for s in edit.spans)
+    return ["-ss", f"{origin:.6f}", "-t", f"{last - origin + 0.05:.6f}", "-i", str(track)]
+
+
+def edit_origin(edit: EditList) -> float:
+    handles = [edit.spans[k + 1].start - j.crossfade for k, j in enumerate(edit.joins)]
+    return max(0.0, min([edit.spans[0].start, *handles]))
+
+
+def edit_chain(edit: EditList, source: str, duration: float, fade_in: float, label: str = "fit") -> str:
+    """Filters splicing ``edit``'s spans from input ``source`` (read by :func:`edit_input_args`)
+    into exactly ``duration`` s of music, faded in (and out where the edit says), at 48 kHz.
+
+    Each span is cut by sample counts (``atrim``'s ``start_sample``/``end_sample``, so nothing
+    drifts with rounding); each join is ``acrossfade`` with quarter-sine curves (equal power:
+    sin^2 + cos^2 = 1) over the incoming span's handle, so the spans' lengths add up and the
+    last span ends on the clip's last sample. The graph's last chain has no output label.
+    """
+    rate, origin = AUDIO_RATE, edit_origin(edit)
+    total = round(duration * rate)
+    fades = [round(j.crossfade * rate) for j in edit.joins]
+    ends = [round((s.end - origin) * rate) for s in edit.spans]
+    starts = [round((s.start - origin) * rate) for s in edit.spans]
+    # The first span gives or takes the rounding's samples: the joins and the ending stay put.
+    starts[0] = ends[0] - (total - sum(e - b for b, e in zip(starts[1:], ends[1:])))
+    if starts[0] < 0 or starts[0] >= ends[0]:
+        raise UsageError(f"the edit list lasts {edit.seconds:.3f} s, not the clip's {duration:.3f} s")
+    n = len(edit.spans)
+    head = (f"[{source}]aresample={rate},aformat=sample_fmts=fltp:channel_layouts=stereo,asetpts=PTS-STARTPTS"
+            + (f",asplit={n}" + "".join(f"[{label}s{k}]" for k in range(n)) if n > 1 else f"[{label}s0]"))
+    parts = [head]
+    for k in range(n):
+        begin = starts[k] - (fades[k - 1] if k else 0)
+        parts.append(f"[{label}s{k}]atrim=start_sample={begin}:end_sample={ends[k]},asetpts=PTS-STARTPTS[{label}p{k}]")
+    current = f"{label}p0"
+    for k, samples in enumerate(fades, start=1):
+        joined = f"{label}j{k}"
+        if samples > 0:
+            parts.append(f"[{current}][{label}p{k}]acrossfade=ns={samples}:o=1:c1=qsin:c2=qsin[{joined}]")
+        else:
+            parts.append(f"[{current}][{label}p{k}]concat=n=2:v=0:a=1[{joined}]")
+        current = joined
+    tail = [f"[{current}]anull"]
+    if fade_in > 0:
+        tail.append(f"afade=t=in:st=0:d={fade_in:.6f}")
+    if edit.fade_out > 0:
+        tail.append(f"afade=t=out:st={max(0.0, duration - edit.fade_out):.6f}:d={edit.fade_out:.6f}")
+    tail += [f"apad=whole_dur={duration:.6f}", f"atrim=end_sample={total}"]
+    return ";".join(parts) + ";" + ",".join(tail)
 
 
 def _music_chain(plan: _Plan, source: str, gain_db: float | None) -> str:
     """Filters turning the trimmed track input into exactly ``duration`` s of faded music."""
+    if plan.edit is not None:
+        label = "fit" + source.replace(":", "")
+        chain = edit_chain(plan.edit, source, plan.duration, plan.fade_in, label=label)
+        return chain + (f",volume={gain_db:.3f}dB" if gain_db is not None else "")
     fade_out_start = max(0.0, plan.cut.seconds - plan.fade_out)
     parts = [f"[{source}]aresample={AUDIO_RATE}", "aformat=sample_fmts=fltp:channel_layouts=stereo",
              "asetpts=PTS-STARTPTS", f"atrim=duration={plan.cut.seconds:.6f}"]
@@ -398,6 +459,8 @@ def _limited_gain(plan: _Plan, graph: str, measured: Loudness) -> float:
 
 
 def _inputs(plan: _Plan) -> list[str]:
+    if plan.edit is not None:
+        return ["-i", str(plan.video), *edit_input_args(plan.edit, plan.track)]
     return ["-i", str(plan.video), "-ss", f"{plan.cut.start:.6f}", "-t", f"{plan.cut.seconds + 0.05:.6f}",
             "-i", str(plan.track)]
 
@@ -420,7 +483,7 @@ def _measure(plan: _Plan, graphs: list[str], what: str) -> list[Loudness]:
 
 def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out: str | os.PathLike | None = None,
            mix: str = "replace", fade_in: float = 0.5, fade_out: float = 1.0, loudness: float = -16.0,
-           force: bool = False) -> RenderResult:
+           force: bool = False, edit: EditList | None = None) -> RenderResult:
     """Write ``video`` with ``track`` from ``start`` (s) as its music; returns what was written.
 
     ``mix``: ``replace`` drops the video's audio, ``original`` mixes both at equal loudness,
@@ -428,12 +491,16 @@ def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out
     falls back to ``replace`` (noted in ``warnings``). ``out`` defaults to
     ``<stem>.mgsv.<ext>`` beside the video; an existing output needs ``force``; the
     input is never overwritten. Raises UsageError, MediaError or OutputExistsError.
+
+    ``edit``: a spliced edit list (``--fit ending``/``loop``) plays instead of the cut from
+    ``start``: its spans with their crossfades, the fade-in, and no fade-out but the edit's
+    own (the track's ending finishes it); loudness, ducking and the video are as for a cut.
     """
     video, track = outputs.check_video_input(video), Path(track).expanduser()
     check_mix(mix)
     check_loudness(loudness)
     out_path = _check_output(video, track, Path(out).expanduser() if out is not None else None, force)
-    plan, warnings = _plan(video, track, start, mix, fade_in, fade_out, loudness)
+    plan, warnings = _plan(video, track, start, mix, fade_in, fade_out, loudness, edit)
     tmp = _reserve_temporary(out_path)  # an unwritable folder fails now, not after the passes
     try:
         plan, music_gain, voice_gain, measured = _first_passes(plan, warnings)
@@ -453,7 +520,17 @@ def render(video: str | os.PathLike, track: str | os.PathLike, start: float, out
         fade_in=plan.fade_in, fade_out=plan.fade_out, loudness_target=loudness,
         loudness=None if achieved.silent else achieved.integrated,
         padded_seconds=plan.cut.padded, warnings=warnings,
+        edit=plan.edit.to_dict() if plan.edit is not None else None,
     )
+
+
+def _spliced(plan: _Plan, edit: EditList) -> _Plan:
+    """``plan`` playing ``edit`` (made for the suggestion's clip length) over the video's
+    measured length: the first span absorbs the difference (a frame at most)."""
+    edit = edit.shifted_to_length(plan.duration)
+    fade_in, _, _ = fit_fades(plan.fade_in, 0.0, edit.spans[0].seconds)
+    cut = Cut(edit.start, plan.duration, 0.0)
+    return dataclasses.replace(plan, edit=edit, cut=cut, fade_in=fade_in, fade_out=edit.fade_out)
 
 
 def _check_output(video: Path, track: Path, out: Path | None, force: bool) -> Path:
@@ -493,8 +570,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _plan(video: Path, track: Path, start: float, mix: str, fade_in: float, fade_out: float,
-          loudness: float) -> tuple[_Plan, list[str]]:
-    """Probe both inputs and settle the cut, fades and mix; returns the plan and its warnings."""
+          loudness: float, edit: EditList | None = None) -> tuple[_Plan, list[str]]:
+    """Probe both inputs and settle the cut, fades and mix; returns the plan and its warnings.
+
+    A spliced ``edit`` replaces the cut (see :func:`_spliced`)."""
     from mgsv_cli.media import ffmpeg as media
 
     video_info = media.probe(video)
@@ -508,13 +587,18 @@ def _plan(video: Path, track: Path, start: float, mix: str, fade_in: float, fade
         raise MediaError(f"{track}: has no audio stream")
     if not track_info.duration or track_info.duration <= 0:
         raise MediaError(f"{track}: its length cannot be read")
-    cut = fit_cut(float(start), duration, float(track_info.duration))
-    fade_in, fade_out, fade_notes = fit_fades(fade_in, fade_out, cut.seconds)
-    warnings = [*cut.warnings, *fade_notes]
+    if edit is not None and edit.spliced:
+        plan, warnings = _spliced(_Plan(video, track, duration, Cut(edit.start, duration, 0.0), fade_in, 0.0, mix,
+                                        loudness), edit), list(edit.notes)
+    else:
+        cut = fit_cut(float(start), duration, float(track_info.duration))
+        fade_in, fade_out, fade_notes = fit_fades(fade_in, fade_out, cut.seconds)
+        warnings = [*cut.warnings, *fade_notes]
+        plan = _Plan(video, track, duration, cut, fade_in, fade_out, mix, loudness)
     if mix != "replace" and not video_info.has_audio:
         warnings.append(f"the video has no audio track: --mix {mix} made as replace")
-        mix = "replace"
-    return _Plan(video, track, duration, cut, fade_in, fade_out, mix, loudness), warnings
+        plan = dataclasses.replace(plan, mix="replace")
+    return plan, warnings
 
 
 def _first_passes(plan: _Plan, warnings: list[str]) -> tuple[_Plan, float | None, float | None, Loudness]:
@@ -754,19 +838,67 @@ def resolve_moment(video: str | os.PathLike, pick: int = 1, track: str | os.Path
     return Path(track), moved.start
 
 
+def resolve_music(video: str | os.PathLike, pick: int = 1, track: str | os.PathLike | None = None,
+                  start: float | None = None, snap: str | None = None, index_path: str | os.PathLike | None = None,
+                  fit: str | None = None, join_at: float | None = None,
+                  record=None) -> tuple[Path, float, EditList | None]:
+    """:func:`resolve_moment` with the music's edit list: ``(track, start, edit or None)``.
+
+    ``fit``: ``cut``, ``ending`` or ``loop``; None plays what the remembered suggestion holds
+    (its edit list, made by ``mgsv suggest --fit``), and with ``track``/``start`` a cut. The
+    edit is made again when the mode differs, the start was snapped now, or ``join_at`` moves
+    its join to another bar line. ``record``: the suggestion to pick from (default: the one
+    remembered for ``video``).
+    """
+    from mgsv_cli.editor import fitting
+    from mgsv_cli.editor.snapping import check_snap, snap_cut
+
+    fitting.check_fit(fit)
+    if track is None:
+        from mgsv_cli.editor.record import load_last_suggestion, track_gone
+        from mgsv_cli.editor.snapping import snap_entry
+
+        outputs.check_video_input(video)
+        check_snap(snap)
+        if record is None:
+            record = load_last_suggestion(video,
+                                          hint=f"run `mgsv suggest {video}` first, or give --track and --start")
+        entry = record.pick(pick)
+        if not os.path.isfile(entry.track):
+            raise track_gone(entry.track, video)
+        if snap is not None:
+            entry, _ = snap_entry(entry, index_path=index_path)
+        mode = fit or (entry.edit.requested if entry.edit is not None else "cut")
+        if mode == "cut":
+            return Path(entry.track), entry.start, None
+        if snap is not None or join_at is not None or entry.edit is None or entry.edit.requested != mode:
+            entry = fitting.fit_entry(entry, mode, record.duration, index_path=index_path, join_at=join_at)
+        return Path(entry.track), entry.start, entry.edit
+    mode = fit or "cut"
+    moment = resolve_moment(video, pick, track, start, snap, index_path)
+    if mode == "cut":
+        return *moment, None
+    video_seconds = video_stream_seconds(Path(video)) or media.probe(video).duration
+    structure, _ = fitting.structure_for_track(moment[0], index_path)
+    moved = snap is not None and snap_cut(str(track), float(start or 0.0), video_seconds, media.probe(track).duration,
+                                          index_path=index_path).snapped_to is not None
+    edit = fitting.plan_edit(mode, structure, moment[1], video_seconds, pinned=moved, join_at=join_at)
+    return moment[0], edit.start, edit
+
+
 def render_clip(video: str | os.PathLike, request, record=None) -> RenderResult:
     """One clip as ``request`` (``editor.requests.RenderRequest``) asks: its track and start, else
     suggestion ``request.pick`` of ``record`` (default: the one remembered for the clip), mixed
     down by :func:`render`. What ``mgsv render CLIP``, ``mgsv serve``, the Python API and
     ``mgsv mcp`` all run; raises the render's errors."""
-    moment = resolve_moment(video, request.pick, request.track, request.start, request.snap, request.index,
-                            record=record)
-    return render(video, *moment, **request.mixdown())
+    music, begin, edit = resolve_music(video, request.pick, request.track, request.start, request.snap,
+                                       request.index, request.fit, join_at=request.join, record=record)
+    return render(video, music, begin, edit=edit, **request.mixdown())
 
 
 def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pick: int = 1,
                 track: str | os.PathLike | None = None, start: float | None = None,
-                snap: str | None = None, index_path: str | os.PathLike | None = None,
+                snap: str | None = None, index_path: str | os.PathLike | None = None, fit: str | None = None,
                 **options) -> Iterator[tuple[Path, RenderResult | None, MgsvError | None]]:
     """Render each video, yielding ``(video, result, None)`` or ``(video, None, error)``; errors never stop the batch.
 
@@ -786,11 +918,11 @@ def render_many(videos: Iterable[Path], out: str | os.PathLike | None = None, pi
     written: set[Path] = set()
     for video in videos:
         try:
-            moment = resolve_moment(video, pick, track, start, snap, index_path)
+            track_path, begin, edit = resolve_music(video, pick, track, start, snap, index_path, fit)
             target = (folder or video.parent) / default_output_path(video).name
             if target.resolve() in written:
                 raise OutputExistsError(f"{target} was already written by this batch (two videos share a name)")
-            result = render(video, *moment, out=target, **options)
+            result = render(video, track_path, begin, out=target, edit=edit, **options)
             written.add(result.out_path.resolve())
             yield video, result, None
         except MgsvError as exc:
@@ -825,7 +957,7 @@ def render_videos(videos, request) -> Iterator[RenderOutcome]:
     options = {k: v for k, v in request.mixdown().items() if k != "out"}
     for video, result, error in render_many(found, out=request.out, pick=request.pick, track=request.track,
                                             start=request.start, snap=request.snap, index_path=request.index,
-                                            **options):
+                                            fit=request.fit, **options):
         if error is None:
             yield RenderOutcome(str(video), result)
         else:

@@ -49,6 +49,20 @@ def check_pick(pick: int | None, names: Names = cli_flag) -> int | None:
     return pick
 
 
+def check_fit(fit: str, names: Names = cli_flag) -> str:
+    from mgsv_cli.editor.editlist import FIT_MODES
+
+    if fit not in FIT_MODES:
+        raise UsageError(f"{names('fit')} {fit!r}: expected one of {', '.join(FIT_MODES)}")
+    return fit
+
+
+def check_join(join, names: Names = cli_flag) -> float | None:
+    if join is not None and not (math.isfinite(join) and join >= 0):
+        raise UsageError(f"{names('join')} {join}: seconds into the track, 0 or more")
+    return None if join is None else float(join)
+
+
 def _path(value) -> Path | None:
     return None if value is None else Path(value).expanduser()
 
@@ -72,11 +86,12 @@ class SuggestRequest:
     weights_dir: Optional[Path] = None
     rerank: Optional[int] = None
     first_stage: str = "auto"
+    fit: str = "cut"
 
     @classmethod
     def build(cls, defaults: Any, names: Names = cli_flag, *, top=None, snap=None, include_short: bool = False,
               index=None, checkpoint=None, untrained: bool = False, encoders=None, device=None, offline: bool = False,
-              weights_dir=None, rerank=None, first_stage: str = "auto") -> "SuggestRequest":
+              weights_dir=None, rerank=None, first_stage: str = "auto", fit=None) -> "SuggestRequest":
         from mgsv_cli.editor.snapping import normalize_snap
         from mgsv_cli.features.recipe import ENCODER_IDS
         from mgsv_cli.retrieval.first_stage import first_stage_kinds
@@ -100,7 +115,8 @@ class SuggestRequest:
                    device=defaults.device if device is None else device,
                    offline=bool(offline or defaults.offline),
                    weights_dir=_path(defaults.weights_dir if weights_dir is None else weights_dir),
-                   rerank=None if rerank is None else int(rerank), first_stage=first_stage)
+                   rerank=None if rerank is None else int(rerank), first_stage=first_stage,
+                   fit=check_fit(getattr(defaults, "fit", "cut") if fit is None else fit, names))
 
     def open_options(self) -> dict[str, Any]:
         """The keyword arguments of ``Suggester.open`` this request means."""
@@ -124,11 +140,14 @@ class RenderRequest:
     snap: Optional[str] = None
     index: Optional[str] = None
     force: bool = False
+    # None: as the remembered suggestion was made (its edit list); with track/start, the settings' fit.
+    fit: Optional[str] = None
+    join: Optional[float] = None  # move the (first) join to the bar line nearest this time in the track
 
     @classmethod
     def build(cls, defaults: Any, names: Names = cli_flag, *, pick=None, track=None, start=None, out=None, mix=None,
-              fade_in=None, fade_out=None, loudness=None, snap=None, index=None, force: bool = False
-              ) -> "RenderRequest":
+              fade_in=None, fade_out=None, loudness=None, snap=None, index=None, force: bool = False, fit=None,
+              join=None) -> "RenderRequest":
         from mgsv_cli.editor.render import check_fade, check_loudness, check_mix
         from mgsv_cli.editor.snapping import normalize_snap
 
@@ -148,7 +167,8 @@ class RenderRequest:
                    fade_out=check_fade("fade_out", defaults.fade_out if fade_out is None else fade_out, names),
                    loudness=check_loudness(defaults.loudness if loudness is None else loudness, names),
                    snap=normalize_snap(defaults.snap if snap is None else snap, names),
-                   index=str(index) if index is not None else None, force=bool(force))
+                   index=str(index) if index is not None else None, force=bool(force),
+                   fit=_fit_or_default(defaults, fit, track is not None, names), join=check_join(join, names))
 
     def mixdown(self) -> dict[str, Any]:
         """The keyword arguments of ``render.render`` this request means."""
@@ -167,10 +187,12 @@ class ExportRequest:
     snap: Optional[str] = None
     index: Optional[str] = None
     force: bool = False
+    fit: Optional[str] = None  # None: as the remembered suggestion was made
+    join: Optional[float] = None
 
     @classmethod
     def build(cls, defaults: Any, names: Names = cli_flag, *, pick=None, fmt=None, out=None, frame_rate=None,
-              snap=None, index=None, force: bool = False) -> "ExportRequest":
+              snap=None, index=None, force: bool = False, fit=None, join=None) -> "ExportRequest":
         from mgsv_cli.editor import export as writers
         from mgsv_cli.editor.snapping import normalize_snap
 
@@ -182,4 +204,13 @@ class ExportRequest:
         index = defaults.index if index is None else index
         return cls(pick=pick or 1, fmt=fmt, out=out, frame_rate=writers.check_frame_rate(frame_rate, names),
                    snap=normalize_snap(defaults.snap if snap is None else snap, names),
-                   index=str(index) if index is not None else None, force=bool(force))
+                   index=str(index) if index is not None else None, force=bool(force),
+                   fit=None if fit is None else check_fit(fit, names), join=check_join(join, names))
+
+
+def _fit_or_default(defaults: Any, fit, given_track: bool, names: Names) -> str | None:
+    """A render's fit: the one asked for; else, music given by track and start has no
+    suggestion to follow and takes the settings' (a remembered suggestion keeps its own: None)."""
+    if fit is not None:
+        return check_fit(fit, names)
+    return check_fit(getattr(defaults, "fit", "cut"), names) if given_track else None

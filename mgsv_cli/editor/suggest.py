@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mgsv_cli.editor import outputs
+from mgsv_cli.editor.fitting import check_fit, fit_entry, structure_from_store
 from mgsv_cli.editor.record import Suggestion, SuggestionResult, remember_suggestion
 from mgsv_cli.editor.snapping import check_snap, snap_entry
 from mgsv_cli.editor.tracklist import TrackList
@@ -153,7 +154,7 @@ class Suggester:
         self.close()
 
     def suggest_video(self, video_path: str | os.PathLike, top_k: int = 5, snap: str | None = None,
-                      include_short: bool = False) -> SuggestionResult:
+                      include_short: bool = False, fit: str = "cut") -> SuggestionResult:
         """Embed one video and rank the store for it; raises ``MediaError`` on an unreadable file.
 
         ``snap="beat"`` moves each cut's start onto the nearest downbeat/beat stored with the track.
@@ -165,19 +166,20 @@ class Suggester:
         t_embed = time.perf_counter() - t0
         result = self.suggest_features(video.feats, video.mask, float(video.duration), top_k,
                                        video=str(Path(video_path).resolve()), snap=snap,
-                                       include_short=include_short, track_exists=os.path.exists)
+                                       include_short=include_short, track_exists=os.path.exists, fit=fit)
         result.timings["embed_video"] = t_embed
         return result
 
     def suggest_clip(self, video_path: str | os.PathLike, top_k: int = 5, snap: str | None = None,
-                     include_short: bool = False, remember: bool = True) -> SuggestionResult:
+                     include_short: bool = False, remember: bool = True, fit: str = "cut") -> SuggestionResult:
         """One clip as every front end asks for it (``mgsv suggest CLIP``, ``mgsv serve``, the
         Python API, ``mgsv mcp``): the argument checked first ("no such file", "a folder"), a
         decoder's error on an odd file as a ``MediaError`` naming it, and the result remembered
-        for render and export unless ``remember`` is False."""
+        for render and export unless ``remember`` is False. ``fit``: ``cut`` | ``ending`` |
+        ``loop`` (each suggestion's edit list, ``editor.fitting``)."""
         path = outputs.check_video_input(video_path).resolve()
         try:
-            result = self.suggest_video(path, top_k, snap=snap, include_short=include_short)
+            result = self.suggest_video(path, top_k, snap=snap, include_short=include_short, fit=fit)
         except MediaError:
             # Not a readable video: said in the words of the check the batch path makes before
             # loading (one probe, on this failure only), whichever front end asked.
@@ -191,7 +193,7 @@ class Suggester:
 
     def suggest_features(self, frames, frame_mask, duration: float, top_k: int = 5, video: str = "",
                          snap: str | None = None, include_short: bool = False,
-                         track_exists: Callable[[str], bool] | None = None) -> SuggestionResult:
+                         track_exists: Callable[[str], bool] | None = None, fit: str = "cut") -> SuggestionResult:
         """The encoder-free part: frames [F, video_dim] + mask [F] of one video -> result.
 
         Only tracks at least as long as the clip are ranked (a shorter one would end before
@@ -212,6 +214,7 @@ class Suggester:
         if top_k < 1:
             raise UsageError("--top must be at least 1")
         check_snap(snap)
+        check_fit(fit)
         fits = self.tracks.fits(duration)  # bool [N], by position
         positions = self._ranked_positions
         allowed = positions >= 0
@@ -244,6 +247,9 @@ class Suggester:
             beats = self.store.beats_for([track.id])[0] if snap == "beat" else None
             if beats:  # the grid stored with the track; none: the cut stays
                 entry, _ = snap_entry(entry, grid=BeatGrid.from_dict(beats))
+            if fit != "cut":  # a step on the finished suggestion, like snapping: on the stored bars
+                structure = structure_from_store(self.store.structures_for([track.id])[0])
+                entry = fit_entry(entry, fit, duration, structure=structure, look_in_store=False)
             suggestions.append(entry)
         return SuggestionResult(
             video=video, duration=duration, suggestions=suggestions, checkpoint=self.model_id,
@@ -447,7 +453,7 @@ def probe_named_videos(named: Iterable[str | os.PathLike], found: list[Path]
 
 
 def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, remember: bool = True,
-                 snap: str | None = None, include_short: bool = False,
+                 snap: str | None = None, include_short: bool = False, fit: str = "cut",
                  ) -> Iterator[tuple[Path, SuggestionResult | None, str | None]]:
     """Yield ``(video, result, None)`` or ``(video, None, reason)`` per video; a bad file never stops the batch."""
     videos = list(videos)
@@ -455,7 +461,7 @@ def suggest_many(suggester: Suggester, videos: Iterable[Path], top_k: int = 5, r
         if position + 1 < len(videos):
             suggester.prefetcher.start(videos[position + 1])  # decodes while this one goes through CLIP
         try:
-            result = suggester.suggest_video(video, top_k, snap=snap, include_short=include_short)
+            result = suggester.suggest_video(video, top_k, snap=snap, include_short=include_short, fit=fit)
             if remember:  # render and export need it: a failure to store it fails the video
                 remember_suggestion(result)
         except MgsvError as exc:
@@ -503,9 +509,10 @@ def suggest_videos(videos: Sequence[str | os.PathLike], request, *, status: Stat
     with suggester:
         if outputs.single_clip(videos):  # its error (and exit code) is the command's
             result = suggester.suggest_clip(found[0], request.top, snap=request.snap,
-                                            include_short=request.include_short, remember=remember)
+                                            include_short=request.include_short, remember=remember, fit=request.fit)
             yield Outcome(str(found[0]), result)
             return
         for video, batch_result, error in suggest_many(suggester, found, top_k=request.top, remember=remember,
-                                                       snap=request.snap, include_short=request.include_short):
+                                                       snap=request.snap, include_short=request.include_short,
+                                                       fit=request.fit):
             yield Outcome(str(video), batch_result, error, 0 if error is None else 1)

@@ -140,12 +140,16 @@ def _tracks_schema(key_encoding: str = "float16"):
         pa.field("size", pa.int64()),  # the file's, when it was read (null: tokens made elsewhere)
         pa.field("mtime_ns", pa.int64()),
         pa.field("content_key", pa.int64()),  # track_key(content_hash): what derived rows are current for
+        pa.field("structure", pa.string()),  # track-structure JSON (bars, sections, ending) or null
     ], metadata={_FORMAT_KEY: str(TRACKS_FORMAT).encode(), _KIND_KEY: b"tracks",
                  _KEY_ENCODING_KEY: key_encoding.encode()})
 
 
-# What a tracks dataset of format 1 gains on its first write: its ids were content keys.
-_TRACKS_MIGRATION = {"size": "CAST(NULL AS BIGINT)", "mtime_ns": "CAST(NULL AS BIGINT)", "content_key": "id"}
+# What a tracks dataset of an older format gains on its first write: format 1's ids were content
+# keys. ``structure`` is additive within format 2 (older mgsv reads such a store as it is): a
+# store made before it gains the column, null until the index run fills it in.
+_TRACKS_MIGRATION = {"size": "CAST(NULL AS BIGINT)", "mtime_ns": "CAST(NULL AS BIGINT)", "content_key": "id",
+                     "structure": "CAST(NULL AS STRING)"}
 
 
 def _failed_schema():
@@ -477,6 +481,22 @@ class LanceTrackStore(TrackStore):
             values = ds.take(positions, columns=["beats"]).column(0).to_pylist()
         return [json.loads(v) if v else None for v in values]
 
+    def structures_for(self, ids: Sequence[int]) -> list[dict | None]:
+        ds = self._tracks()
+        if not self._has(ds, "structure"):  # a store from before structures: none yet
+            return [None] * len(ids)
+        positions = self._positions(ds, ids)
+        with self._lance_errors("read"):
+            values = ds.take(positions, columns=["structure"]).column(0).to_pylist()
+        return [json.loads(v) if v else None for v in values]
+
+    def structure_count(self) -> int:
+        ds = self._tracks()
+        if not self._has(ds, "structure"):
+            return 0
+        with self._lance_errors("read"):
+            return int(ds.count_rows(filter="structure IS NOT NULL"))
+
     def beat_count(self) -> int:
         with self._lance_errors("read"):
             return int(self._tracks().count_rows(filter="beats IS NOT NULL"))
@@ -555,9 +575,9 @@ class LanceTrackStore(TrackStore):
         yield
 
     def _migrate(self) -> None:
-        """Give a tracks dataset of format 1 the columns of format 2 (one commit)."""
+        """Give a tracks dataset of an older format the columns of this one (one commit)."""
         ds = self._dataset(self._tracks_uri)
-        if _format(ds) >= TRACKS_FORMAT:
+        if _format(ds) >= TRACKS_FORMAT and all(self._has(ds, k) for k in _TRACKS_MIGRATION):
             return
         with self._commit():
             ds = self._dataset(self._tracks_uri)
@@ -666,6 +686,26 @@ class LanceTrackStore(TrackStore):
         with self._lance_errors("read"):
             table = ds.to_table(columns=["id", "location"], filter="beats IS NULL")
         return sorted(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+
+    def tracks_without_structure(self) -> list[tuple[int, str]]:
+        ds = self._tracks()
+        with self._lance_errors("read"):
+            if not self._has(ds, "structure"):
+                table = ds.to_table(columns=["id", "location"])
+            else:
+                table = ds.to_table(columns=["id", "location"], filter="structure IS NULL")
+        return sorted(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+
+    def set_structures(self, items: Sequence[tuple[int, dict | None]]) -> None:
+        import pyarrow as pa
+
+        if not items:
+            return
+        table = pa.table({"id": pa.array([int(i) for i, _ in items], pa.int64()),
+                          "structure": pa.array([json.dumps(v) if v is not None else None for _, v in items],
+                                                pa.string())})
+        with self._commit():
+            self._dataset(self._tracks_uri).merge_insert("id").when_matched_update_all().execute(table)
 
     def set_beats(self, items: Sequence[tuple[int, dict | None]]) -> None:
         import pyarrow as pa
@@ -1074,6 +1114,7 @@ def _tracks_table(tracks: list[NewTrack], key_encoding: str = "float16"):
         columns["size"].append(track.size)
         columns["mtime_ns"].append(track.mtime_ns)
         columns["content_key"].append(track_key(track.content_hash))
+        columns["structure"].append(json.dumps(track.structure) if track.structure is not None else None)
     return pa.Table.from_pydict(columns, schema=_tracks_schema(key_encoding))
 
 

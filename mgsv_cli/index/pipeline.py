@@ -54,9 +54,10 @@ from mgsv_cli.index.plan import (
     IndexProgress,
     IndexReport,
     audio_seconds,
-    beat_grid,
+    beats_and_structure,
     check_encoder_kind,
     check_local_file,
+    fill_missing_analysis,
     new_track,
     probe_audio,
     signature,
@@ -169,7 +170,7 @@ class _Run:
             self.embed(jobs)
         self.prune_or_count_missing(prune, self.store.file_states())
         if self.detect_beats:
-            self.fill_missing_beats()
+            self.fill_missing_analysis()
         self.report.n_tracks = len(self.store)
 
     # -- plan ----------------------------------------------------------------------------
@@ -250,9 +251,10 @@ class _Run:
                 self.fail(location, (job.state.size, job.state.mtime_ns), error)
                 self.progress.advance("embedding", audio_seconds(info), location)
                 continue
-            beats = beat_grid(Path(location)) if self.detect_beats else None
-            pending.append((job, new_track(job, info, feats, mask, duration, encoders.encoder_id, beats)))
+            beats, structure = beats_and_structure(Path(location)) if self.detect_beats else (None, None)
+            pending.append((job, new_track(job, info, feats, mask, duration, encoders.encoder_id, beats, structure)))
             self.report.beats_added += beats is not None
+            self.report.structures_added += structure is not None
             self.report.long_tracks += float(duration) > recipe.MAX_MUSIC_SECONDS
             if len(pending) >= self.store.commit_size:
                 self.write(pending)
@@ -296,22 +298,8 @@ class _Run:
         self.store.remove(vanished)
         self.report.pruned = len(vanished)
 
-    def fill_missing_beats(self) -> None:
-        """Give tracks stored without a beat grid theirs (no re-embedding)."""
-        pending = [(track_id, location) for track_id, location in self.store.tracks_without_beats()
-                   if os.path.exists(location)]
-        if not pending:
-            return
-        self.progress.stage("beats", len(pending))
-        found = []
-        for track_id, location in pending:
-            self.progress.advance("beats", 1, location)
-            beats = beat_grid(Path(location))
-            if beats is not None:
-                found.append((track_id, beats))
-        self.store.set_beats(found)
-        self.report.beats_added += len(found)
-
+    def fill_missing_analysis(self) -> None:
+        fill_missing_analysis(self.store, self.progress, self.report)
 
 def unpack_track_result(result, locations: Sequence[str], position: int):
     """(location, feats, mask, duration, error) from one item of ``Encoders.embed_tracks``: an

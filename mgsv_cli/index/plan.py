@@ -35,6 +35,7 @@ class IndexReport:
     pruned: int = 0
     missing: int = 0  # stored files that vanished and were kept (no prune)
     beats_added: int = 0
+    structures_added: int = 0
     n_tracks: int = 0  # tracks in the store after the run
     failed: list[tuple[str, str]] = field(default_factory=list)  # failed in this run (new or retried)
     skipped_failed: int = 0  # files that failed before, unchanged since: not tried again
@@ -196,13 +197,38 @@ def beat_grid(path: Path) -> dict | None:
         return None
 
 
+def beats_and_structure(path: Path, grid: dict | None = None) -> tuple[dict | None, dict | None]:
+    """The track's beat grid and structure (``media.structure.TrackStructure.to_dict()``: bars,
+    sections, the ending) from one decode; ``grid``: the beat grid already stored for it (its
+    bars are then the stored grid's downbeats, so snapping and fitting agree). Either is None
+    when it cannot be found: like beats, structure is a refinement, never a reason to fail a track."""
+    from mgsv_cli.media.beats import ANALYSIS_SAMPLE_RATE, BeatGrid
+    from mgsv_cli.media.ffmpeg import read_audio_mono
+    from mgsv_cli.media.structure import analyse_signal
+
+    try:
+        audio = read_audio_mono(path, sample_rate=ANALYSIS_SAMPLE_RATE)
+    except MgsvError:
+        return grid, None
+    try:
+        stored = BeatGrid.from_dict(grid) if grid is not None else None
+    except (MgsvError, KeyError, TypeError, ValueError):
+        stored = None
+    try:
+        found, structure = analyse_signal(audio, ANALYSIS_SAMPLE_RATE, stored)
+    except (MgsvError, ValueError, FloatingPointError):
+        return grid, None
+    return (grid if grid is not None else found.to_dict()), structure.to_dict()
+
+
 def new_track(checked: Checked, info, feats, mask, duration: float, encoder_id: str,
-              beats: dict | None) -> NewTrack:
+              beats: dict | None, structure: dict | None = None) -> NewTrack:
     """The :class:`NewTrack` of an embedded file."""
     assert checked.state is not None
     return NewTrack(checked.location, checked.state.content_hash, float(duration), feats, mask, encoder_id,
                     clean_tags(getattr(info, "tags", None)), beats, checked.state.size, checked.state.mtime_ns,
-                    _int_or_none(getattr(info, "sample_rate", None)), _int_or_none(getattr(info, "channels", None)))
+                    _int_or_none(getattr(info, "sample_rate", None)), _int_or_none(getattr(info, "channels", None)),
+                    structure)
 
 
 def _int_or_none(value) -> int | None:
@@ -221,3 +247,33 @@ def check_encoder_kind(store: TrackStore, kind: str) -> None:
             f"{store.uri} holds tracks embedded with {built} encoders ('{stored}'), not {kind} ones; "
             f"re-run with --encoders {built}, or with --force to rebuild it with {kind} encoders, "
             "or use --index for a separate index")
+
+
+def fill_missing_analysis(store, progress: IndexProgress, report: IndexReport) -> None:
+    """Give tracks stored without a beat grid or a structure theirs (no re-embedding; one
+    decode each): an index from before structures gains them on its next run. A track
+    with a grid keeps it, its structure's bars are that grid's downbeats."""
+    no_beats = dict(store.tracks_without_beats())
+    no_structure = dict(store.tracks_without_structure())
+    pending = sorted((track_id, location) for track_id, location in {**no_beats, **no_structure}.items()
+                     if "://" not in location and os.path.exists(location))  # local files
+    if not pending:
+        return
+    progress.stage("beats", len(pending))
+    grids = dict(zip([i for i, _ in pending], store.beats_for([i for i, _ in pending])))
+    beats_found: list[tuple[int, dict | None]] = []
+    structures_found: list[tuple[int, dict | None]] = []
+    for position, (track_id, location) in enumerate(pending):
+        progress.advance("beats", 1, location)
+        beats, structure = beats_and_structure(Path(location), grids.get(track_id))
+        if track_id in no_beats and beats is not None:
+            beats_found.append((track_id, beats))
+        if track_id in no_structure and structure is not None:
+            structures_found.append((track_id, structure))
+        if len(beats_found) + len(structures_found) >= 64 or position == len(pending) - 1:
+            store.set_beats(beats_found)  # in batches: an interrupted run keeps what it found
+            store.set_structures(structures_found)
+            report.beats_added += len(beats_found)
+            report.structures_added += len(structures_found)
+            beats_found, structures_found = [], []
+

@@ -65,8 +65,9 @@ from mgsv_cli.index.plan import (
     UNCHANGED,
     IndexProgress,
     IndexReport,
-    beat_grid,
+    beats_and_structure,
     check_file,
+    fill_missing_analysis,
     probe_audio,
 )
 from mgsv_cli.index.records import FileState, NewTrack
@@ -97,7 +98,8 @@ def _row_schema():
         ("location", pa.string()), ("content_hash", pa.string()), ("status", pa.string()),
         ("size", pa.int64()), ("mtime_ns", pa.int64()), ("forget", pa.bool_()), ("replacing", pa.bool_()),
         ("error", pa.string()), ("error_type", pa.string()), ("duration", pa.float64()), ("tags", pa.string()),
-        ("beats", pa.string()), ("frames", pa.large_binary()), ("tokens", pa.large_binary()),
+        ("beats", pa.string()), ("structure", pa.string()), ("frames", pa.large_binary()),
+        ("tokens", pa.large_binary()),
         ("dim", pa.int32()), ("mask", pa.binary()), ("encoder_id", pa.string()),
     ])
 
@@ -261,9 +263,10 @@ def _embed_work(location: str, path: Path, detect_beats: bool) -> dict:
         return {"status": FAILED, "error": first_line(exc).replace(str(path), location)}
     except (OSError, ValueError) as exc:
         return {"status": FAILED, "error": f"{location}: {first_line(exc)}"}
-    beats = beat_grid(path) if detect_beats else None
+    beats, structure = beats_and_structure(path) if detect_beats else (None, None)
     return {"status": NEW, "duration": float(spectrogram.duration), "tags": json.dumps(clean_tags(info.tags)),
             "beats": json.dumps(beats) if beats is not None else None,
+            "structure": json.dumps(structure) if structure is not None else None,
             "frames": spectrogram.frames.astype("float32").tobytes()}
 
 
@@ -471,6 +474,8 @@ def index_with_ray(source, store_uri: str, *, encoder_kind: str = "pretrained", 
                     detect_beats, ray_address, num_cpus, actors, tracks_per_batch, commit_every, force,
                     retry_failed or force)
             _prune_or_count_missing(store, {row["location"] for row in listing}, prune, report)
+            if detect_beats:  # local tracks stored before their structure: theirs, without re-embedding
+                fill_missing_analysis(store, progress, report)
         except KeyboardInterrupt:
             report.interrupted = True
             with contextlib.suppress(MgsvError, OSError):
@@ -782,10 +787,12 @@ def _consume(dataset, store, progress: IndexProgress, report: IndexReport, n_fil
                 mask = np.frombuffer(row["mask"], dtype=bool)
                 tokens = np.frombuffer(row["tokens"], dtype=np.float16).reshape(mask.shape[0], row["dim"])
                 beats = json.loads(row["beats"]) if row["beats"] else None
+                structure = json.loads(row["structure"]) if row.get("structure") else None
                 pending.append(NewTrack(location, row["content_hash"], float(row["duration"]), tokens, mask,
                                         row.get("encoder_id") or store.encoder_id, json.loads(row["tags"] or "{}"),
-                                        beats, row.get("size"), row.get("mtime_ns")))
+                                        beats, row.get("size"), row.get("mtime_ns"), structure=structure))
                 report.beats_added += beats is not None
+                report.structures_added += structure is not None
                 report.long_tracks += float(row["duration"]) > MAX_MUSIC_SECONDS
             progress.advance(STAGE, 1, location)
             if len(pending) >= commit_every:

@@ -102,6 +102,7 @@ class NewTrack:
     mtime_ns: int | None = None
     sample_rate: int | None = None
     channels: int | None = None
+    structure: dict | None = None  # ``media.structure.TrackStructure.to_dict()``: bars, sections, ending
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ Design choices (the store's own are in ``sqlite_store.py``):
   and the cause; SQLite's transactions guarantee the existing index is untouched. A WAL
   index on a read-only file system cannot be opened the usual way (SQLite needs its
   ``-shm``), so readers then open it ``immutable`` (nothing can write there).
+* **Structure** (bars, sections: ``media.structure``) is a nullable ``tracks.structure``
+  JSON column added the same way (``ALTER TABLE ... ADD COLUMN`` on a writer's open);
+  readers of an index without it see no structure, and the next index run fills it in.
 * **Cache key.** Every change to the stored tokens bumps ``generation`` in the meta table;
   with the index's random ``index_uuid`` it tells caches derived from the tokens, track by
   track (``token_stamp``), what is stale.
@@ -73,7 +76,8 @@ CREATE TABLE IF NOT EXISTS tracks (
     mask         BLOB NOT NULL,
     beats        TEXT,
     indexed_at   TEXT NOT NULL,
-    token_stamp  INTEGER NOT NULL
+    token_stamp  INTEGER NOT NULL,
+    structure    TEXT
 );
 CREATE INDEX IF NOT EXISTS tracks_by_hash ON tracks(content_hash);
 CREATE TABLE IF NOT EXISTS failed (
@@ -89,7 +93,7 @@ FAILED_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS failed"):].strip(
 
 TRACK_COLUMNS = (
     "path, size, mtime_ns, content_hash, duration, sample_rate, channels, title, artist, album, "
-    "encoder_id, n_windows, feat_dim, feats, mask, beats, indexed_at, token_stamp"
+    "encoder_id, n_windows, feat_dim, feats, mask, beats, structure, indexed_at, token_stamp"
 )
 # An upsert keyed by path keeps the row's id: a re-embedded file stays the same track.
 UPSERT_UPDATES = ", ".join(f"{c.strip()}=excluded.{c.strip()}" for c in TRACK_COLUMNS.split(",")[1:])
@@ -306,6 +310,7 @@ def open_for_writing(path: Path) -> tuple[sqlite3.Connection, dict[str, str]]:
             meta = read_meta(conn, path)
         else:
             conn.execute(FAILED_TABLE)
+            add_structure_column(conn)
     except sqlite3.Error as exc:
         conn.close()
         raise db_error(exc, path, "write the music index") from None
@@ -313,6 +318,17 @@ def open_for_writing(path: Path) -> tuple[sqlite3.Connection, dict[str, str]]:
         conn.close()
         raise
     return conn, meta
+
+
+def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})").fetchall())
+
+
+def add_structure_column(conn: sqlite3.Connection) -> None:
+    """An index written before tracks had a structure (bars, sections) gains the column on its
+    next write, like the ``failed`` table: additive, schema_version stays 1."""
+    if not has_column(conn, "tracks", "structure"):
+        conn.execute("ALTER TABLE tracks ADD COLUMN structure TEXT")
 
 
 def damage_of(index: Path) -> str | None:

@@ -229,6 +229,23 @@ class SqliteTrackStore(TrackStore):
         _require(found, ids, self.uri)
         return [json.loads(found[int(i)]) if found[int(i)] else None for i in ids]
 
+    def _has_structure_column(self) -> bool:
+        try:
+            return db.has_column(self._conn, "tracks", "structure")
+        except sqlite3.Error as exc:
+            raise db.db_error(exc, self.path, "read the music index") from None
+
+    def structures_for(self, ids: Sequence[int]) -> list[dict | None]:
+        if not self._has_structure_column():  # an index from before structures: none yet
+            return [None] * len(ids)
+        found = dict(self._in("SELECT id, structure FROM tracks WHERE id IN", [int(i) for i in ids]))
+        return [json.loads(found[int(i)]) if found.get(int(i)) else None for i in ids]
+
+    def structure_count(self) -> int:
+        if not self._has_structure_column():
+            return 0
+        return int(self._rows("SELECT count(*) FROM tracks WHERE structure IS NOT NULL")[0][0])
+
     def beat_count(self) -> int:
         return int(self._rows("SELECT count(*) FROM tracks WHERE beats IS NOT NULL")[0][0])
 
@@ -331,7 +348,7 @@ class SqliteTrackStore(TrackStore):
             with db.transaction(conn, bump_generation=True) as stamp:
                 for track in todo:
                     conn.execute(
-                        f"INSERT INTO tracks({db.TRACK_COLUMNS}) VALUES ({', '.join('?' * 18)}) "
+                        f"INSERT INTO tracks({db.TRACK_COLUMNS}) VALUES ({', '.join('?' * 19)}) "
                         f"ON CONFLICT(path) DO UPDATE SET {db.UPSERT_UPDATES}", (*_row(track), stamp))
                     self._forget(conn, [str(track.location)])
         return len(todo)
@@ -360,7 +377,7 @@ class SqliteTrackStore(TrackStore):
                     conn.execute(
                         f"""INSERT INTO tracks({db.TRACK_COLUMNS})
                             SELECT ?, ?, ?, content_hash, duration, sample_rate, channels, title, artist, album,
-                                   encoder_id, n_windows, feat_dim, feats, mask, beats, ?, ?
+                                   encoder_id, n_windows, feat_dim, feats, mask, beats, structure, ?, ?
                             FROM tracks WHERE id = ?
                             ON CONFLICT(path) DO UPDATE SET {db.UPSERT_UPDATES}""",
                         (location, state.size, state.mtime_ns, db.now(), stamp, source[0][0]))
@@ -403,6 +420,20 @@ class SqliteTrackStore(TrackStore):
         with self._writer() as (conn, _):
             return [(int(r[0]), r[1]) for r in self._wrows(conn, "SELECT id, path FROM tracks WHERE beats IS NULL "
                                                                  "ORDER BY id")]
+
+    def tracks_without_structure(self) -> list[tuple[int, str]]:
+        with self._writer() as (conn, _):
+            return [(int(r[0]), r[1]) for r in self._wrows(
+                conn, "SELECT id, path FROM tracks WHERE structure IS NULL ORDER BY id")]
+
+    def set_structures(self, items: Sequence[tuple[int, dict | None]]) -> None:
+        if not items:
+            return
+        with self._writer() as (conn, _):
+            with db.transaction(conn, bump_generation=False):
+                conn.executemany("UPDATE tracks SET structure = ? WHERE id = ?",
+                                 [(json.dumps(found) if found is not None else None, int(track_id))
+                                  for track_id, found in items])
 
     def set_beats(self, items: Sequence[tuple[int, dict | None]]) -> None:
         if not items:
@@ -564,5 +595,6 @@ def _row(track: NewTrack) -> tuple:
             track.mtime_ns if track.mtime_ns is not None else 0, track.content_hash, float(track.duration),
             track.sample_rate, track.channels, tags.get("title"), tags.get("artist"), tags.get("album"),
             str(track.encoder_id), int(feats.shape[0]), int(feats.shape[1]), feats.tobytes(), mask.tobytes(),
-            json.dumps(track.beats) if track.beats is not None else None, db.now())
+            json.dumps(track.beats) if track.beats is not None else None,
+            json.dumps(track.structure) if track.structure is not None else None, db.now())
 

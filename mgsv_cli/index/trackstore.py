@@ -1,12 +1,12 @@
 """The track store interface: what every backend offers (both implement it directly).
 
 A store holds, per track: a stable integer id, the location (path or URI), the content
-hash, the duration, tags, the frozen AST tokens [S, D] with their window mask [S], and
-the beat grid; per file it took, its size, mtime and content hash (:class:`FileState`),
-and the files it could not take (:class:`FailedFile`). Beside them it keeps **derived
-data per checkpoint** (keyed by a model fingerprint): each track's pooled vector h0(M)
-[d], X-Pool keys [S_i, d] and score offset, written by ``retrieval.derived`` and read by
-the search. The store itself knows nothing of the networks: it keeps arrays. Writes go
+hash, the duration, tags, the frozen AST tokens [S, D] with their window mask [S], the
+beat grid and the structure (bars, sections, the ending); per file it took, its size, mtime
+and content hash (:class:`FileState`), and the files it could not take (:class:`FailedFile`).
+Beside them it keeps **derived data per checkpoint** (keyed by a model fingerprint): each
+track's pooled vector h0(M) [d], X-Pool keys [S_i, d] and score offset, written by
+``retrieval.derived`` and read by the search. The store itself knows nothing of the networks: it keeps arrays. Writes go
 through :meth:`TrackStore.writing` (the writer lock of the store, for one indexing run);
 the indexing pipeline (``pipeline.py``) is written once against this interface.
 """
@@ -77,6 +77,16 @@ class TrackStore(ABC):
         """How many tracks have a beat grid."""
 
     @abstractmethod
+    def structures_for(self, ids: Sequence[int]) -> list[dict | None]:
+        """The structures (``media.structure.TrackStructure.to_dict()``: bars, sections, the
+        ending) of ``ids`` in the order asked; None for a track stored without one (a store
+        from before structures, until its next index run)."""
+
+    @abstractmethod
+    def structure_count(self) -> int:
+        """How many tracks have a structure."""
+
+    @abstractmethod
     def failed_files(self) -> list[FailedFile]:
         """The files the store could not take, by path."""
 
@@ -139,6 +149,14 @@ class TrackStore(ABC):
     @abstractmethod
     def set_beats(self, items: Sequence[tuple[int, dict | None]]) -> None:
         """Store each ``(track id, beat grid)``."""
+
+    @abstractmethod
+    def tracks_without_structure(self) -> list[tuple[int, str]]:
+        """(id, location) of the tracks with no structure yet."""
+
+    @abstractmethod
+    def set_structures(self, items: Sequence[tuple[int, dict | None]]) -> None:
+        """Store each ``(track id, structure)``."""
 
     def compact(self) -> int:
         """Tidy the store after a run of many commits; returns how many datasets it tidied

@@ -8,6 +8,7 @@ Everything is deterministic for a given seed.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from mgsv_cli.errors import MediaError, UsageError
@@ -28,6 +29,8 @@ _PROGRESSIONS = {
 }
 # 8-bar sections after an intro, so tracks have a structure a detector can find.
 _BODY_SECTIONS = ["verse", "chorus", "verse", "bridge", "chorus"]
+# A song with an ending rings out at least this many bars after its final downbeat.
+ENDING_RING_BARS = 1.25
 _ENERGY = {"intro": 0.4, "verse": 0.7, "chorus": 1.0, "bridge": 0.6, "outro": 0.35}
 _AUDIO_CODECS = {
     ".wav": ["-c:a", "pcm_s16le"],
@@ -223,13 +226,83 @@ def _render_bar(buf, rng, bar_t: float, beat: float, section: str, chord: list[i
                                                        0.002, 10.0, 1.0), pan=0.5 if s % 2 else -0.5)
 
 
-def music_samples(seconds: float, bpm: float = 120.0, key: str | None = None, seed: int = 0):
+@dataclass(frozen=True)
+class SongPlan:
+    """Where a :func:`music_samples` song's structure lies (seconds): the ground truth for tests
+    and ``bench/bench_fit.py``.
+
+    ``bars``: every bar line (downbeat) that carries music, the final hit's included;
+    ``sections``: the first bar line of each section; ``last_downbeat``: the final hit of a
+    song with an ``ending`` (else the last bar line); ``end``: where the sound stops.
+    """
+
+    bpm: float
+    bars: list[float]
+    sections: list[float]
+    section_names: list[str]
+    last_downbeat: float
+    end: float
+    ending: bool
+
+    @property
+    def beats(self) -> list[float]:
+        beat = 60.0 / self.bpm
+        return [bar + k * beat for bar in self.bars[:-1] for k in range(4)] + [self.bars[-1]]
+
+
+def song_plan(seconds: float, bpm: float = 120.0, ending: bool = False) -> SongPlan:
+    """The structure of ``music_samples(seconds, bpm, ending=ending)`` (any key and seed)."""
+    if seconds <= 0 or bpm <= 0:
+        raise UsageError("seconds and bpm must be positive")
+    bar = 240.0 / bpm
+    if ending:
+        # The final hit falls on the last bar line that leaves ENDING_RING_BARS of ring-out.
+        n_music = max(1, int((seconds - ENDING_RING_BARS * bar) / bar + 1e-9))
+        n_bars = n_music + 1
+        end = seconds
+    else:
+        n_bars = int(-(-seconds // bar))
+        n_music = n_bars
+        end = seconds
+    bars = [k * bar for k in range(n_bars)]
+    names = [_section_of(k, n_music) for k in range(n_music)]
+    names += names[-1:] * (n_bars - n_music)  # the final hit ends the last section
+    # Consecutive sections always differ in name (intro, verse, chorus, verse, bridge, chorus, ...).
+    starts = [k for k in range(n_bars) if k == 0 or names[k] != names[k - 1]]
+    sections, section_names = [bars[k] for k in starts], [names[k] for k in starts]
+    return SongPlan(bpm=bpm, bars=bars, sections=sections, section_names=section_names,
+                    last_downbeat=bars[-1], end=end, ending=ending)
+
+
+def _final_hit(buf, rng, t: float, beat: float, chord: list[int], timbre: dict, seconds: float) -> None:
+    """The song's last downbeat: kick, crash and the tonic chord, ringing out to ``seconds``.
+
+    The decay is set so the chord is about 40 dB down at the end of the file, as a held
+    last chord of a recording fades into the room.
+    """
+    import numpy as np
+
+    ring = max(0.05, seconds - t)
+    decay = np.log(100.0) / ring  # -40 dB at the end
+    _add(buf, t, 1.0 * _kick(1.0))
+    _add(buf, t, 0.5 * _noise_hit(rng, min(ring, 1.5), 4.0, 0.6), pan=0.2)
+    for i, note in enumerate(chord + [chord[0] - 12]):
+        tone = _tone(_midi_hz(note), ring, timbre["pad_harmonics"], 0.005, decay, timbre["pad_tilt"])
+        _add(buf, t, 0.16 * tone, pan=(i - 1.5) * 0.3)
+    _add(buf, t, 0.4 * _tone(_midi_hz(chord[0] - 24), ring, 6, 0.005, decay * 1.5, 1.3), pan=-0.2)
+
+
+def music_samples(seconds: float, bpm: float = 120.0, key: str | None = None, seed: int = 0,
+                  ending: bool = False):
     """Stereo float32 samples ``[n, 2]`` at 44.1 kHz of a structured synthetic song.
 
     4/4 bars at ``bpm``: kick/hat/snare with accented downbeats, a bass line and chord
     pads following a seeded progression (another one in bridges), an arpeggio in bridges
     and choruses; 8-bar sections (intro, verse, chorus, verse, bridge, chorus, ..., outro)
-    change instrumentation, energy and brightness.
+    change instrumentation, energy and brightness. ``ending``: the song stops as a
+    recording does, on a final downbeat (kick, crash, the tonic chord) that rings out for
+    at least ``ENDING_RING_BARS`` bars to the end of the file; otherwise it is cut off at
+    ``seconds``. :func:`song_plan` says where its bars and sections are.
     """
     import numpy as np
 
@@ -249,6 +322,9 @@ def music_samples(seconds: float, bpm: float = 120.0, key: str | None = None, se
     }
     beat = 60.0 / bpm
     n_bars = int(np.ceil(seconds / (4 * beat)))
+    if ending:
+        plan = song_plan(seconds, bpm, ending=True)
+        n_bars = len(plan.bars) - 1  # the last bar line is the final hit's
     buf = np.zeros((int(round(seconds * SAMPLE_RATE)), 2), dtype=np.float64)
     for bar in range(n_bars):
         section = _section_of(bar, n_bars)
@@ -257,6 +333,10 @@ def music_samples(seconds: float, bpm: float = 120.0, key: str | None = None, se
         octave = 4 if section != "bridge" else 3
         _render_bar(buf, rng, bar * 4 * beat, beat, section, _chord_notes(root_pc, degree, minor, octave),
                     timbres[section])
+    if ending:
+        degree, minor = progression[0]
+        _final_hit(buf, rng, n_bars * 4 * beat, beat, _chord_notes(root_pc, degree, minor, 4), timbres["outro"],
+                   seconds)
     _tone.cache_clear()  # the cache only pays off within one song; free its memory
     peak = float(np.max(np.abs(buf))) or 1.0
     out = np.tanh(1.2 * buf / peak) / np.tanh(1.2) * 0.89
@@ -269,12 +349,13 @@ def music_samples(seconds: float, bpm: float = 120.0, key: str | None = None, se
 
 
 def synth_track(path: str | Path, seconds: float = 30.0, bpm: float = 120.0, key: str | None = None,
-                seed: int = 0, title: str | None = None, artist: str | None = None) -> Path:
+                seed: int = 0, title: str | None = None, artist: str | None = None, ending: bool = False) -> Path:
     """Write a synthetic song of ``seconds`` to ``path`` (codec from the extension); returns the path.
 
-    ``key`` like ``"A"`` or ``"F#m"`` (None: chosen by ``seed``); ``title``/``artist`` are tags.
+    ``key`` like ``"A"`` or ``"F#m"`` (None: chosen by ``seed``); ``title``/``artist`` are tags;
+    ``ending``: it ends on a final chord that rings out (see :func:`music_samples`).
     """
-    samples = music_samples(seconds, bpm=bpm, key=key, seed=seed)
+    samples = music_samples(seconds, bpm=bpm, key=key, seed=seed, ending=ending)
     return write_audio(path, samples, SAMPLE_RATE, title=title, artist=artist)
 
 

@@ -213,6 +213,8 @@ class SuggestBody(BaseModel):
     top: Optional[int] = Field(None, ge=1, le=1000, description="how many tracks (default: the settings' top_k)")
     snap: Optional[Literal["beat", "off"]] = Field(None, description="beat: start each cut on a downbeat/beat")
     include_short: bool = Field(False, description="rank tracks shorter than the clip too")
+    fit: Optional[Literal["cut", "ending", "loop"]] = Field(
+        None, description="fit the music to the clip (default: settings)")
     remember: bool = Field(True, description="remember it for render/export, as `mgsv suggest` does")
     options: Optional[CommandOptions] = Field(None, description="a CLI command's options (409 when they differ)")
     exact: bool = Field(False, description="also return the unrounded numbers")
@@ -232,6 +234,8 @@ class RenderBody(BaseModel):
     fade_out: Optional[float] = None
     loudness: Optional[float] = None
     snap: Optional[Literal["beat", "off"]] = None
+    fit: Optional[Literal["cut", "ending", "loop"]] = Field(None, description="default: as suggested")
+    join: Optional[float] = Field(None, ge=0, description="move the edit's join to the bar line nearest this time (s)")
     index: Optional[str] = Field(None, description="index holding the tracks' beats (default: the server's)")
     force: bool = False
 
@@ -247,6 +251,8 @@ class ExportBody(BaseModel):
     frame_rate: Optional[float] = Field(None, gt=0)
     index: Optional[str] = None
     start: Optional[float] = Field(None, ge=0, description="move the cut to start here (same length)")
+    fit: Optional[Literal["cut", "ending", "loop"]] = Field(None, description="default: as suggested")
+    join: Optional[float] = Field(None, ge=0, description="move the edit's join to the bar line nearest this time (s)")
     download: bool = Field(False, description="answer with the timeline file itself")
 
 
@@ -340,14 +346,16 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
              dependencies=[Depends(need_token)])
     def status() -> dict:
         from mgsv_cli import settings
+        from mgsv_cli.editor.editlist import FIT_MODES
         from mgsv_cli.editor.export import FORMATS
         from mgsv_cli.editor.render import MIX_MODES
 
         values = settings.load_settings()
         return {**engine.status(), "mix_modes": list(MIX_MODES), "export_formats": list(FORMATS),
+                "fit_modes": list(FIT_MODES),
                 "video_extensions": sorted(files.VIDEO_EXTENSIONS), "max_upload_bytes": max_upload_bytes,
                 "defaults": {k: getattr(values, k) for k in ("top_k", "mix", "fade_in", "fade_out", "loudness",
-                                                               "snap", "export_format")}}
+                                                               "snap", "export_format", "fit")}}
 
     @app.get("/api/tracks", tags=["library"], summary="The index's tracks (with beat grids on request)",
              dependencies=[Depends(need_token)])
@@ -420,8 +428,9 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
         if body.options is None and not Path(body.video).is_absolute():
             raise errors.UsageError(f"video {body.video!r}: give an absolute path (or upload the clip)")
         asked = body.options.model_dump() if body.options is not None else None
+        fit = body.fit or settings.default("fit")
         result = await run_in_threadpool(engine.suggest, body.video, top, snap, body.remember, asked,
-                                         body.include_short)
+                                         body.include_short, fit)
         if body.exact:
             return {"result": result.to_json(), "exact": exact_suggestions(result)}
         return result.to_json()
@@ -449,7 +458,7 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
                     raise
                 saved = await checked_upload(writer.finish())
                 fields = {k: v for k, v in form.items()
-                          if k in ("top", "snap", "include_short") and isinstance(v, str) and v}
+                          if k in ("top", "snap", "include_short", "fit") and isinstance(v, str) and v}
                 return SuggestBody.model_validate({"video": str(saved), **fields})
             return SuggestBody.model_validate(json.loads(await request.body() or b"null"))
         except json.JSONDecodeError as exc:
@@ -495,7 +504,8 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
                                       track=absolute(body.track, "track"), start=body.start,
                                       out=absolute(body.out, "out"), mix=body.mix, fade_in=body.fade_in,
                                       fade_out=body.fade_out, loudness=body.loudness, snap=body.snap,
-                                      index=absolute(body.index, "index") or engine.index_path, force=body.force)
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force,
+                                      fit=body.fit, join=body.join)
         if request.out is None and (target := page_output(video, rendering.default_output_path(video).name)):
             # The page's renders go to the server's outputs, replaced on re-render, its tracks the index's.
             track = None if request.track is None else Path(engine.track(str(request.track)).path)
@@ -515,7 +525,8 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
         video, out = absolute_path(body.video, "video"), absolute(body.out, "out")
         request = ExportRequest.build(settings.load_settings(), json_field, pick=body.pick, fmt=body.format, out=out,
                                       frame_rate=body.frame_rate, snap=body.snap,
-                                      index=absolute(body.index, "index") or engine.index_path, force=body.force)
+                                      index=absolute(body.index, "index") or engine.index_path, force=body.force,
+                                      fit=body.fit, join=body.join)
         fmt, force = request.fmt, request.force
         if out is None:
             target = page_output(video, writers.default_output_path(video, fmt).name)
@@ -547,27 +558,66 @@ def create_app(engine: Engine, *, token: str, port: int, bind_host: str = "127.0
                 track: Optional[str] = Query(None, description="an indexed track (path or id) instead of a rank"),
                 start: Optional[float] = Query(None, ge=0, description="seconds into the track (default: the cut's)"),
                 mix: Optional[str] = Query(None, description="replace | original | duck (default: settings)"),
-                format: Literal["wav", "m4a"] = Query("wav")) -> FileResponse:
+                format: Literal["wav", "m4a"] = Query("wav"),
+                fit: Optional[Literal["cut", "ending", "loop"]] = Query(
+                    None, description="cut | ending | loop (default: as suggested; with track, the settings')"),
+                join: Optional[float] = Query(
+                    None, ge=0, description="move the join to the bar line nearest this time (s)"),
+                ) -> FileResponse:
         from mgsv_cli import settings
+        from mgsv_cli.editor import fitting
         from mgsv_cli.editor.record import load_last_suggestion
         from mgsv_cli.serve.preview import make_preview
 
         clip = files.contained(video, [folders.uploads, folders.outputs])
         if (rank is None) == (track is None):
             raise errors.UsageError("give either rank or track")
+        edit = None
         if rank is not None:
-            entry = load_last_suggestion(clip).pick(rank)
+            record = load_last_suggestion(clip)
+            entry = record.pick(rank)
             chosen = engine.track(entry.track)
-            start = entry.start if start is None else start
+            moved = start is not None and abs(start - entry.start) > 1e-6
+            if start is not None and moved:
+                entry = dataclasses.replace(entry, start=float(start), end=float(start) + record.duration,
+                                            snapped_to=None)
+            mode = fit or (entry.edit.requested if entry.edit is not None else "cut")
+            if mode != "cut" and (moved or fit is not None or join is not None or entry.edit is None):
+                entry = fitting.fit_entry(entry, mode, record.duration, index_path=engine.index_path, join_at=join)
+            edit = entry.edit if mode != "cut" else None
+            start = entry.start
         else:
             assert track is not None  # either rank or track, checked above
             chosen = engine.track(track)
             start = 0.0 if start is None else start
+            mode = fit or settings.default("fit")
+            if mode != "cut":
+                from mgsv_cli.editor import render as rendering
+
+                seconds = rendering.video_stream_seconds(clip) or 0.0
+                structure, _ = fitting.structure_for_track(chosen.path, engine.index_path)
+                edit = fitting.plan_edit(mode, structure, float(start), seconds, join_at=join)
+                start = edit.start
         made = make_preview(clip, Path(chosen.path), float(start), mix=mix or settings.default("mix"),
                             fade_in=settings.default("fade_in"), fade_out=settings.default("fade_out"),
-                            loudness=settings.default("loudness"), fmt=format, cache=folders.previews)
-        return FileResponse(made.path, media_type=made.media_type, headers={
-            "x-mgsv-start": f"{made.start:.6f}", "x-mgsv-mix": made.mix, "cache-control": "private, max-age=3600"})
+                            loudness=settings.default("loudness"), fmt=format, cache=folders.previews, edit=edit)
+        headers = {"x-mgsv-start": f"{made.start:.6f}", "x-mgsv-mix": made.mix,
+                   "cache-control": "private, max-age=3600"}
+        if edit is not None:  # what the page draws on the strip: the spans and joins heard
+            headers["x-mgsv-edit"] = json.dumps(edit.to_dict(), separators=(",", ":"))
+        return FileResponse(made.path, media_type=made.media_type, headers=headers)
+
+    @app.get("/api/structure", tags=["clips"], dependencies=[Depends(need_token)],
+             summary="A track's bars, sections and ending (what --fit joins on), for the page's strip")
+    def structure(track: str = Query(..., description="an indexed track (path or id)")) -> dict:
+        from mgsv_cli.editor import fitting
+
+        chosen = engine.track(track)
+        found, source = fitting.structure_for_track(chosen.path, engine.index_path)
+        data = found.to_dict()
+        for key in ("chroma", "timbre", "loudness"):  # the page needs the grid, not the features
+            data.pop(key)
+        return {"track": chosen.path, "source": source, "last_downbeat": found.last_downbeat, **data}
 
     # -------------------------------------------------------- files
 

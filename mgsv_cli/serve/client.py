@@ -176,7 +176,7 @@ def _absolute(value) -> str | None:
 
 def try_suggest(video: str | os.PathLike, *, top: int, snap: str | None, include_short: bool = False, index=None,
                 checkpoint=None, untrained: bool = False, encoders: str | None = None, device: str | None = None,
-                weights_dir=None, failed=None):
+                weights_dir=None, failed=None, fit: str = "cut"):
     """``mgsv suggest VIDEO`` by the running server: the ``SuggestionResult`` (remembered, as the
     command remembers it), or None to run in-process. The options are the command's effective
     ones; ``failed(error)`` is called before a library error the server met is raised."""
@@ -186,7 +186,7 @@ def try_suggest(video: str | os.PathLike, *, top: int, snap: str | None, include
                "encoders": encoders, "device": device, "weights_dir": _absolute(weights_dir),
                "data_dir": str(paths.data_dir())}
     body = {"video": _absolute(video), "top": top, "snap": snap, "include_short": bool(include_short),
-            "remember": True, "exact": True, "options": options}
+            "remember": True, "exact": True, "options": options, "fit": fit}
     try:
         data = _served("/api/suggest", body)
     except errors.MgsvError as exc:
@@ -202,7 +202,7 @@ def try_suggest(video: str | os.PathLike, *, top: int, snap: str | None, include
 
 def try_render(video: str | os.PathLike, *, pick: int | None = None, track=None, start: float | None = None,
                out=None, mix: str, fade_in: float, fade_out: float, loudness: float, snap: str | None = None,
-               index=None, force: bool = False):
+               index=None, force: bool = False, fit: str | None = None):
     """``mgsv render VIDEO`` (one video) by the running server: the ``RenderResult``, or None."""
     if running_server() is None:
         return None
@@ -213,7 +213,7 @@ def try_render(video: str | os.PathLike, *, pick: int | None = None, track=None,
         body = {
             "video": paths_.send(video), "pick": pick, "track": paths_.send(track), "start": start,
             "out": paths_.send(out), "mix": mix, "fade_in": fade_in, "fade_out": fade_out, "loudness": loudness,
-            "snap": snap or "off", "index": paths_.send(index), "force": force,
+            "snap": snap or "off", "index": paths_.send(index), "force": force, "fit": fit,
         }
         data = _served("/api/render", body, paths_.text) if paths_.usable else None
         if data is None:
@@ -236,7 +236,7 @@ class ServedExport:
 
 
 def try_export(video: str | os.PathLike, *, pick: int, fmt: str, out=None, force: bool = False,
-               snap: str | None = None, frame_rate: float | None = None, index=None):
+               snap: str | None = None, frame_rate: float | None = None, index=None, fit: str | None = None):
     """``mgsv export VIDEO`` by the running server: ``(exported, record, snap)`` as the command
     computes them (``record`` with the cut moved when snapped, ``snap`` None unless snapped),
     or None."""
@@ -247,7 +247,7 @@ def try_export(video: str | os.PathLike, *, pick: int, fmt: str, out=None, force
     paths_ = _Paths()
     try:
         body = {"video": paths_.send(video), "pick": pick, "format": fmt, "out": paths_.send(out), "force": force,
-                "snap": snap or "off", "frame_rate": frame_rate, "index": paths_.send(index)}
+                "snap": snap or "off", "frame_rate": frame_rate, "index": paths_.send(index), "fit": fit}
         data = _served("/api/export", body, paths_.text) if paths_.usable else None
         if data is None:
             return None

@@ -257,15 +257,16 @@ class Engine:
     # ------------------------------------------------------------ suggest
 
     def suggest(self, video: str | os.PathLike, top_k: int = 5, snap: str | None = None, remember: bool = True,
-                asked: dict[str, Any] | None = None, include_short: bool = False) -> SuggestionResult:
+                asked: dict[str, Any] | None = None, include_short: bool = False, fit: str = "cut") -> SuggestionResult:
         """What ``mgsv suggest VIDEO`` gives (and remembers), from the warm models.
 
         ``asked``: the command's options; raises :class:`OptionsDiffer` when they do not
         match the server's (then the command runs in its own process).
         """
-        return self._run(self._suggest, video, top_k, snap, remember, asked, include_short)
+        return self._run(self._suggest, video, top_k, snap, remember, asked, include_short, fit)
 
-    def _suggest(self, video, top_k: int, snap: str | None, remember: bool, asked, include_short: bool):
+    def _suggest(self, video, top_k: int, snap: str | None, remember: bool, asked, include_short: bool,
+                 fit: str = "cut"):
         if asked is not None:
             try:
                 self._refresh()
@@ -277,7 +278,7 @@ class Engine:
         else:
             self._refresh()
         return self.suggester.suggest_clip(Path(video).expanduser(), top_k, snap=snap, include_short=include_short,
-                                           remember=remember)
+                                           remember=remember, fit=fit)
 
 
 class _Cached:

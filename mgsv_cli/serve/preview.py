@@ -49,8 +49,12 @@ def _stamp(path: Path) -> list:
 
 
 def make_preview(video: Path, track: Path, start: float, *, mix: str, fade_in: float, fade_out: float,
-                 loudness: float, fmt: str, cache: Path) -> Preview:
-    """The preview file of ``track`` from ``start`` under ``video`` (made now, or from the cache)."""
+                 loudness: float, fmt: str, cache: Path, edit=None) -> Preview:
+    """The preview file of ``track`` from ``start`` under ``video`` (made now, or from the cache).
+
+    ``edit``: a spliced edit list (``--fit ending``/``loop``) plays instead of the cut, its
+    music made by render's own filters (``render.edit_chain``), sample for sample.
+    """
     if mix not in rendering.MIX_MODES:
         raise UsageError(f"mix {mix!r}: expected one of {', '.join(rendering.MIX_MODES)}")
     if fmt not in PREVIEW_FORMATS:
@@ -58,8 +62,10 @@ def make_preview(video: Path, track: Path, start: float, *, mix: str, fade_in: f
     if not (-70.0 <= loudness <= -5.0):
         raise UsageError(f"loudness {loudness} LUFS: expected a value from -70 to -5")
     extension, media_type, codec = PREVIEW_FORMATS[fmt]
+    spliced = edit is not None and edit.spliced
     key = json.dumps([PREVIEW_VERSION, _stamp(video), _stamp(track), round(float(start), 3), mix,
-                      round(fade_in, 3), round(fade_out, 3), round(loudness, 2), fmt])
+                      round(fade_in, 3), round(fade_out, 3), round(loudness, 2), fmt]
+                     + ([edit.to_dict()] if spliced else []))
     name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
     target = cache / f"{name}{extension}"
     meta_file = cache / f"{name}.json"
@@ -80,8 +86,13 @@ def make_preview(video: Path, track: Path, start: float, *, mix: str, fade_in: f
     track_info = media.probe(track)
     if not track_info.has_audio or not track_info.duration:
         raise MediaError(f"{track}: has no audio stream")
-    cut = rendering.fit_cut(float(start), duration, float(track_info.duration))
-    fade_in, fade_out, _ = rendering.fit_fades(fade_in, fade_out, cut.seconds)
+    if spliced:
+        edit = edit.shifted_to_length(duration)
+        cut = rendering.Cut(edit.start, duration, 0.0)
+        fade_in, fade_out, _ = rendering.fit_fades(fade_in, 0.0, edit.spans[0].seconds)
+    else:
+        cut = rendering.fit_cut(float(start), duration, float(track_info.duration))
+        fade_in, fade_out, _ = rendering.fit_fades(fade_in, fade_out, cut.seconds)
     made_mix = mix if video_info.has_audio else "replace"
 
     rate = rendering.AUDIO_RATE
@@ -96,6 +107,9 @@ def make_preview(video: Path, track: Path, start: float, *, mix: str, fade_in: f
     music = ",".join([f"[{music_input}]" + fit[0], *fit[1:], f"atrim=duration={cut.seconds:.6f}", *fades, *pad])
     voice = ",".join([f"[{voice_input}]" + fit[0], *fit[1:], *pad]) if voice_input else None
     track_args = ["-ss", f"{cut.start:.6f}", "-t", f"{cut.seconds + 0.05:.6f}", "-i", str(track)]
+    if spliced:  # render's own splice: the same samples render lays under the clip
+        music = rendering.edit_chain(edit, music_input, duration, fade_in)
+        track_args = rendering.edit_input_args(edit, track)
     inputs = track_args if voice is None else ["-i", str(video), *track_args]
 
     # Pass 1 (audio only, fast): the loudness of the music and of the clip's sound.

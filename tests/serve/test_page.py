@@ -1,7 +1,8 @@
 """The page in a real browser (headless Chromium through Playwright) against a real `mgsv serve`:
 choose a clip, see the ranked tracks and their strips, play a cut in sync, use the keys, render
-and download, export a timeline. Skipped where Playwright or Chromium is missing. Leaves one
-screenshot per run in test-artifacts/serve-page.png."""
+and download, export a timeline; with a fit, the sections and the join on the strip, the join
+moved. Skipped where Playwright or Chromium is missing. Leaves screenshots in test-artifacts/
+(serve-page.png, serve-page-fit.png)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +14,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SCREENSHOT = REPO / "test-artifacts" / "serve-page.png"
+FIT_SCREENSHOT = REPO / "test-artifacts" / "serve-page-fit.png"
 WAIT_MS = 90_000  # a busy 2-core machine renders slowly
 
 STRIPS_DRAWN = """() => {
@@ -121,6 +123,47 @@ def test_the_page_suggests_plays_renders_and_exports(browser, live_server, serve
         if not SCREENSHOT.exists():  # a failure still leaves a picture of where it stopped
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.close()
+
+
+def test_the_page_shows_sections_and_the_join_and_moves_it(browser, live_server, serve_library):
+    """fit ending: the strip shows the sections and the spans heard; the join moves to another bar line."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.set_default_timeout(WAIT_MS)
+    try:
+        page.goto(live_server.url)
+        page.wait_for_function("() => document.querySelector('#server').textContent.includes('3 tracks')")
+        page.select_option("#fit", "ending")
+        page.set_input_files("#file", str(serve_library.clip))
+        page.wait_for_function("() => document.querySelector('#message').textContent.startsWith('3 tracks for')")
+        page.wait_for_function(STRIPS_DRAWN)
+        beta = page.locator(".track", has_text="Beta")
+        beta.click()
+        why = beta.locator(".why")
+        page.wait_for_function("(el) => el.textContent.includes('ending')", arg=why.element_handle())
+        assert "sections" in why.inner_text()  # from /api/structure: the index's sections
+        # The cut to the track's start: the server plans the edit from there, with a join to the ending.
+        box = beta.locator("canvas").bounding_box()
+        beta.locator("canvas").click(position={"x": 2, "y": box["height"] / 2})
+        page.wait_for_function("(el) => /join \\d/.test(el.textContent)", arg=why.element_handle())
+        assert beta.locator("button.join").first.is_visible()
+        before = why.inner_text()
+        page.keyboard.press("]")
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('join moved') || "
+                               "document.querySelector('#message').textContent.includes('cannot join there')")
+        if "cannot join there" in page.locator("#message").inner_text():
+            page.keyboard.press("[")
+            page.wait_for_function("() => document.querySelector('#message').textContent.includes('join moved')")
+        page.wait_for_function("(before) => document.querySelector('.track.selected .why').textContent !== before",
+                               arg=before)
+        assert "/api/preview?" in page.eval_on_selector("#audio", "a => a.getAttribute('src')")
+        assert "join=" in page.eval_on_selector("#audio", "a => a.getAttribute('src')")
+        assert problems == []
+    finally:
+        FIT_SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(FIT_SCREENSHOT), full_page=True)
         page.close()
 
 

@@ -24,7 +24,7 @@ def index_command(
     device: Device = None,
     offline: Offline = False,
     weights_dir: WeightsDir = None,
-    beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid (for cuts that start on a beat)"),
+    beats: bool = typer.Option(True, "--beats/--no-beats", help="find each track's beat grid, bars and sections (for cuts on a beat and --fit)"),
     batch_windows: Optional[int] = typer.Option(None, "--batch-windows", min=1, help="AST windows per forward pass (default: sized to the GPU's free memory; 4 on a CPU); lower it if the GPU runs out of memory"),
     engine: str = typer.Option("local", "--engine", help="local: this process (default); ray: Ray Data (decoding in CPU tasks, AST in an actor pool, one per GPU), for catalogs beyond one machine; needs --store"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="with --engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: a local Ray on this machine"),
@@ -113,6 +113,9 @@ def _print_index_summary(report, encoders: str, target_flag: str = "") -> None:
                   highlight=False, soft_wrap=True)
     if report.reused:
         console.print(f"{report.reused} file(s) had the content of an indexed track: tokens reused", style="dim")
+    filled = report.structures_added - report.added - report.updated
+    if filled > 0:  # an index from before structures: its tracks got theirs without embedding again
+        console.print(f"{filled} stored track(s) got their bars and sections (nothing re-embedded)", style="dim")
     if report.missing:
         console.print(f"{report.missing} indexed file(s) no longer exist: `--prune` drops them", style="yellow")
     if report.skipped_failed:

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from mgsv_cli.cli.app import app
-from mgsv_cli.cli.options import NoServer, OverwriteOutputs, Snap, Store
+from mgsv_cli.cli.options import NoServer, OverwriteOutputs, Refit, Snap, Store
 from mgsv_cli.cli.output import console, err_console, settings
 
 
@@ -23,6 +23,7 @@ def render_command(
     fade_out: Optional[float] = typer.Option(None, "--fade-out", help="seconds of fade-out, ending with the video (default 1.0)"),
     loudness: Optional[float] = typer.Option(None, "--loudness", help="target integrated loudness, LUFS, EBU R128 (default -16)"),
     snap: Snap = None,
+    fit: Refit = None,
     index: Store = None,
     force: OverwriteOutputs = False,
     as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout"),
@@ -30,7 +31,7 @@ def render_command(
 ) -> None:
     """Put the suggested music moment under each video: cut to length, faded, loudness-normalised; video copied.
 
-    Defaults for --mix, --fade-in, --fade-out, --loudness and --snap come from `mgsv config` when set there.
+    Defaults for --mix, --fade-in, --fade-out, --loudness, --snap (and --fit with --track) come from `mgsv config` when set there.
     """
     from mgsv_cli.api import RenderRequest, render_videos
     from mgsv_cli.editor.outputs import single_clip
@@ -38,7 +39,7 @@ def render_command(
 
     request = RenderRequest.build(settings(), cli_flag, pick=pick, track=track, start=start, out=out, mix=mix,
                                   fade_in=fade_in, fade_out=fade_out, loudness=loudness, snap=snap, index=index,
-                                  force=force)
+                                  force=force, fit=fit)
     single = single_clip(videos)
     if single and not no_server:
         from mgsv_cli.serve import client as serve_client
@@ -46,7 +47,7 @@ def render_command(
         if (served := serve_client.try_render(videos[0], pick=pick, track=request.track, start=request.start,
                                               out=request.out, snap=request.snap, index=request.index,
                                               mix=request.mix, fade_in=request.fade_in, fade_out=request.fade_out,
-                                              loudness=request.loudness, force=force)) is not None:
+                                              loudness=request.loudness, force=force, fit=request.fit)) is not None:
             _print_render(served, as_json)  # a running `mgsv serve` did it
             return
     n_done = n_failed = 0
@@ -80,6 +81,11 @@ def _print_render(result, as_json: bool) -> None:
         f"♪ {escape(result.track.name)} {result.start:.2f}–{result.end:.2f} s, {result.mix}, {loud}",
         highlight=False,
     )
+    if result.edit is not None:
+        joins = result.edit["joins"]
+        console.print(f"  ♪ {result.edit['mode']}: " + ", ".join(
+            f"join at {j['at']:.2f} s ({j['out']:.2f} → {j['into']:.2f} s in the track)" for j in joins)
+            + ("; " if joins else "") + "the track's ending finishes the clip", highlight=False)
     for warning in result.warnings:
         console.print(f"  [yellow]![/] {escape(warning)}", highlight=False)
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from mgsv_cli.cli.app import app
-from mgsv_cli.cli.options import Checkpoint, Device, NoServer, Offline, Store, StoreEncoders, Untrained, WeightsDir
+from mgsv_cli.cli.options import Checkpoint, Device, Fit, NoServer, Offline, Store, StoreEncoders, Untrained, WeightsDir
 from mgsv_cli.cli.output import console, err_console, mmss, settings
 from mgsv_cli.errors import MgsvError
 
@@ -20,6 +20,7 @@ def suggest_command(
     top: Optional[int] = typer.Option(None, "--top", "-k", min=1, help="how many tracks to suggest (moments are found for these); default 5"),
     snap: Optional[str] = typer.Option(None, "--snap", help="beat: start each cut on the nearest downbeat/beat (beats found at index time)"),
     include_short: bool = typer.Option(False, "--include-short", help="rank tracks shorter than the clip too (marked; render fills the rest with silence)"),
+    fit: Fit = None,
     explain: bool = typer.Option(False, "--explain", help="draw each track's relevance per 2.5 s window, with the cut in \\[brackets]"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per video on stdout (\"ok\": false for a video that failed)"),
     untrained: Untrained = False,
@@ -36,7 +37,7 @@ def suggest_command(
     A library of up to 1,000 tracks is scored whole; a larger one, or a Lance store, is searched in
     two stages: the pooled track vectors pick --rerank candidates, which the full model rescores.
 
-    Defaults for --index, --top, --snap, --device, --weights-dir and --offline come from `mgsv config` when set there.
+    Defaults for --index, --top, --snap, --fit, --device, --weights-dir and --offline come from `mgsv config` when set there.
     """
     from rich.markup import escape
 
@@ -48,11 +49,13 @@ def suggest_command(
 
     request = SuggestRequest.build(settings(), cli_flag, top=top, snap=snap, include_short=include_short, index=index,
                                    checkpoint=checkpoint, untrained=untrained, encoders=encoders, device=device,
-                                   offline=offline, weights_dir=weights_dir, rerank=rerank, first_stage=first_stage)
+                                   offline=offline, weights_dir=weights_dir, rerank=rerank, first_stage=first_stage,
+                                   fit=fit)
     # Search options the server does not take run here; so does anything but one clip.
     served_here = no_server or rerank is not None or first_stage != "auto" or not single_clip(videos)
     if not served_here and (served := serve_client.try_suggest(
-            videos[0], top=request.top, snap=request.snap, include_short=include_short, index=request.index,
+            videos[0], top=request.top, snap=request.snap, include_short=include_short, fit=request.fit,
+            index=request.index,
             checkpoint=checkpoint, untrained=untrained, encoders=encoders, device=request.device,
             weights_dir=request.weights_dir,
             failed=lambda exc: _print_suggest_failure(str(videos[0]), first_line(exc), as_json))) is not None:
@@ -137,7 +140,8 @@ def _suggestion_rows(result) -> list[dict[str, str]]:
         cut = f"{mmss(s.start)}–{mmss(s.end)}" + ("" if s.fits else " short")
         rows.append({"#": str(s.rank), "track": s.name, "score": f"{s.score:.3f}", "cut": cut,
                      "start s": f"{s.start:.2f}", "file": Path(s.track).name,
-                     "predicted": f"{mmss(s.predicted_start)}–{mmss(s.predicted_end)}"})
+                     "predicted": f"{mmss(s.predicted_start)}–{mmss(s.predicted_end)}",
+                     "fit": s.edit.summary() if s.edit is not None else ""})
     return rows
 
 
@@ -153,6 +157,8 @@ def _print_suggestions(result, as_json: bool, explain: bool = False) -> None:
         return
     rows = _suggestion_rows(result)
     fixed = ["#", "score", "cut", "start s"]
+    if any(r["fit"] for r in rows):  # --fit ending/loop: what was made, or why it fell back
+        fixed.append("fit")
     optional = ["predicted", "file"]  # added while the name keeps its room
     if not any(r["file"] != r["track"] for r in rows):
         optional.remove("file")  # untagged tracks: the name is the file's
@@ -175,7 +181,7 @@ def _print_suggestions(result, as_json: bool, explain: bool = False) -> None:
             shown.append(column)
     name_width = max(5, min(longest, room_for_name(shown)))
     table = Table(title=f"{escape(Path(result.video).name)} ({result.duration:.1f} s)", title_justify="left")
-    order = ["#", "track", "score", "cut", "start s", "predicted", "file"]
+    order = ["#", "track", "score", "cut", "start s", "fit", "predicted", "file"]
     columns = [c for c in order if c == "track" or c in shown]
     for column in columns:
         table.add_column(column, justify="right" if column in ("#", "score", "start s") else "left", no_wrap=True,

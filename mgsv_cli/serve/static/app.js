@@ -1,10 +1,13 @@
 // mgsv serve: the page. Plain JavaScript, no build step.
 // Drop a clip -> upload -> ranked tracks; play the clip with a cut mixed in (the server's
-// preview audio, kept in sync with the muted <video>); each track's strip shows why.
+// preview audio, kept in sync with the muted <video>); each track's strip shows why, the
+// track's sections, and with a fit (ending/loop) the spans heard and the join, which the
+// editor can move to another bar line.
 "use strict";
 
 const WINDOW_STEP = 2.5; // seconds between the model's music windows (features/recipe.py)
 const DRIFT = 0.12; // seconds of audio/video drift corrected while playing
+const JOIN_LEAD = 0.02; // a join's cut lies this long before its bar line (editor/fitting.py)
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const video = $("#video");
@@ -17,6 +20,9 @@ const state = {
   result: null, // SuggestionResult.to_json()
   tracks: new Map(), // track path -> {beats: {beats, downbeats, tempo_bpm}, ...}
   starts: new Map(), // rank -> the cut's start (s), after nudges
+  structures: new Map(), // track path -> {bars, sections, end, last_downbeat, ...} (/api/structure)
+  edits: new Map(), // rank -> the edit list heard (after the start or the join moved)
+  joins: new Map(), // rank -> the bar line (s) the editor moved the first join to
   selected: 0,
   mix: "replace",
   playing: false,
@@ -122,6 +128,8 @@ async function boot() {
   $("#file").accept = s.video_extensions.join(",");
   for (const mode of s.mix_modes) $("#mix").append(new Option(mode, mode));
   for (const fmt of s.export_formats) $("#format").append(new Option(fmt, fmt));
+  for (const mode of s.fit_modes || ["cut"]) $("#fit").append(new Option(mode, mode));
+  $("#fit").value = s.defaults.fit || "cut";
   state.mix = s.defaults.mix;
   $("#mix").value = state.mix;
   $("#format").value = s.defaults.export_format;
@@ -226,7 +234,8 @@ async function handleFile(file) {
     });
     say(`ranking ${state.status.index.tracks} tracks for ${upload.name}…`);
     const result = await api("/api/suggest", {
-      json: { video: upload.video, top: Number($("#top").value), snap: $("#snap").checked ? "beat" : null },
+      json: { video: upload.video, top: Number($("#top").value), snap: $("#snap").checked ? "beat" : null,
+              fit: $("#fit").value },
     });
     state.upload = upload;
     await show(result);
@@ -254,6 +263,8 @@ function showDropIfEmpty() {
 async function show(result) {
   state.result = result;
   state.starts.clear();
+  state.edits.clear();
+  state.joins.clear();
   state.selected = 0;
   state.videoOk = true;
   video.hidden = false;
@@ -261,6 +272,15 @@ async function show(result) {
   const query = result.suggestions.map((s) => "path=" + encodeURIComponent(s.track)).join("&");
   const info = await api("/api/tracks?beats=true&" + query);
   state.tracks = new Map(info.tracks.map((t) => [t.path, t]));
+  state.structures = new Map();
+  const paths = [...new Set(result.suggestions.map((s) => s.track))];
+  await Promise.all(paths.map(async (path) => {
+    try {
+      state.structures.set(path, await api("/api/structure?track=" + encodeURIComponent(path)));
+    } catch (error) {
+      // no sections on the strip for this track; everything else works
+    }
+  }));
   $("#notes").textContent = (result.notes || []).join(" · ");
   video.src = withToken(state.upload.url);
   audio.removeAttribute("src");
@@ -304,10 +324,28 @@ function buildRows() {
     later.className = "button nudge";
     later.textContent = "beat ▶";
     later.title = "cut one beat later (→)";
-    foot.append(earlier, why, later);
+    const joinEarlier = document.createElement("button");
+    joinEarlier.className = "button nudge join";
+    joinEarlier.textContent = "◀ join";
+    joinEarlier.title = "move the join one bar line earlier ([)";
+    const joinLater = document.createElement("button");
+    joinLater.className = "button nudge join";
+    joinLater.textContent = "join ▶";
+    joinLater.title = "move the join one bar line later (])";
+    foot.append(earlier, why, joinEarlier, joinLater, later);
     item.append(head, canvas, foot);
     list.append(item);
-    const row = { item, canvas, why, index };
+    const row = { item, canvas, why, index, joinButtons: [joinEarlier, joinLater] };
+    joinEarlier.addEventListener("click", (event) => {
+      event.stopPropagation();
+      select(index);
+      moveJoin(-1);
+    });
+    joinLater.addEventListener("click", (event) => {
+      event.stopPropagation();
+      select(index);
+      moveJoin(1);
+    });
     item.addEventListener("click", () => select(index));
     earlier.addEventListener("click", (event) => {
       event.stopPropagation();
@@ -348,7 +386,19 @@ function describe(row) {
   if (track && track.tempo_bpm) parts.push(`${track.tempo_bpm.toFixed(0)} BPM`);
   if (state.starts.has(s.rank) && Math.abs(start - s.start) > 1e-3) parts.push(`moved ${(start - s.start >= 0 ? "+" : "") + (start - s.start).toFixed(2)} s`);
   else if (s.snapped_to) parts.push(`on a ${s.snapped_to}`);
+  const edit = editOf(s);
+  if (edit && edit.mode !== "cut") parts[0] = "plays " + edit.spans.map((p) => `${clock(p.start)}–${clock(p.end)}`).join(" + ");
+  if (edit) {
+    if (edit.reason) parts.push(`cut (${edit.reason})`);
+    else if (edit.joins.length) {
+      parts.push(`${edit.mode}: ` + edit.joins.map((j) => `join ${clock(j.out)} → ${clock(j.into)}`).join(", "));
+    } else parts.push(`${edit.mode}, no join`);
+  }
+  const structure = state.structures.get(s.track);
+  if (structure && structure.sections && structure.sections.length) parts.push(`${structure.sections.length} sections`);
   row.why.textContent = parts.join(" · ");
+  const joinable = Boolean(edit && edit.joins.length && structure && structure.bars && structure.bars.length);
+  row.joinButtons.forEach((button) => { button.hidden = !joinable; });
 }
 
 function heat(value) {
@@ -398,6 +448,19 @@ function draw(row) {
     g.fillRect(0, top + barHeight * 0.55, width, barHeight * 0.45);
   }
 
+  // sections: alternate shades along the bottom, a line at each start
+  const structure = state.structures.get(s.track);
+  if (structure && structure.sections && structure.sections.length) {
+    const starts = structure.sections;
+    starts.forEach((begin, i) => {
+      const finish = i + 1 < starts.length ? starts[i + 1] : duration;
+      g.fillStyle = i % 2 ? "rgba(200, 160, 255, 0.22)" : "rgba(200, 160, 255, 0.08)";
+      g.fillRect(x(begin), height - 4, Math.max(1, x(finish) - x(begin)), 4);
+      g.fillStyle = "rgba(200, 160, 255, 0.7)";
+      g.fillRect(x(begin), top, 1, height - top);
+    });
+  }
+
   // beats along the top (downbeats taller)
   const track = state.tracks.get(s.track);
   const grid = track && track.beats;
@@ -418,16 +481,33 @@ function draw(row) {
   g.setLineDash([]);
   const start = startOf(s);
   const end = start + (s.end - s.start);
-  g.fillStyle = "rgba(79, 195, 247, 0.28)";
-  g.fillRect(x(start), 0, Math.max(2, x(end) - x(start)), height);
-  g.fillStyle = "#4fc3f7";
-  g.fillRect(x(start) - 1, 0, 2, height);
-  g.fillRect(x(end) - 1, 0, 2, height);
+  const edit = editOf(s);
+  const spans = edit && edit.mode !== "cut" ? edit.spans : [{ start, end }];
+  for (const span of spans) {  // what is heard: the cut, or each span of an edit
+    g.fillStyle = "rgba(79, 195, 247, 0.28)";
+    g.fillRect(x(span.start), 0, Math.max(2, x(span.end) - x(span.start)), height);
+    g.fillStyle = "#4fc3f7";
+    g.fillRect(x(span.start) - 1, 0, 2, height);
+    g.fillRect(x(span.end) - 1, 0, 2, height);
+  }
+  if (edit && edit.mode !== "cut") {  // each join: where the music leaves (out) and resumes (into)
+    g.fillStyle = "#ff5fd2";
+    for (const j of edit.joins) {
+      g.fillRect(x(j.out) - 1.5, 0, 3, height);
+      g.fillRect(x(j.into) - 1.5, 0, 3, height);
+      g.beginPath();
+      g.moveTo(x(j.out), 3);
+      g.lineTo(x(j.into), 3);
+      g.strokeStyle = "#ff5fd2";
+      g.lineWidth = 1.5;
+      g.stroke();
+    }
+  }
 
-  // where playback is
+  // where playback is (in the track: through the spans of an edit)
   if (row.index === state.selected && (state.playing || masterTime() > 0)) {
     g.fillStyle = "#ffffff";
-    g.fillRect(x(start + masterTime()) - 0.5, 0, 1.5, height);
+    g.fillRect(x(trackTime(spans, masterTime())) - 0.5, 0, 1.5, height);
   }
 }
 
@@ -446,12 +526,34 @@ function select(index) {
   cue();
 }
 
+function editOf(s) {
+  // the edit list heard for this suggestion: as suggested, or as the last preview made it
+  return state.edits.get(s.rank) || s.edit || null;
+}
+
+function fitted(s) {
+  return Boolean(s.edit && s.edit.requested && s.edit.requested !== "cut");
+}
+
+function trackTime(spans, t) {
+  // where in the track the clip's second ``t`` is heard
+  let left = t;
+  for (const span of spans) {
+    const length = span.end - span.start;
+    if (left <= length) return span.start + left;
+    left -= length;
+  }
+  const last = spans[spans.length - 1];
+  return last.end;
+}
+
 // ------------------------------------------------------------------ moving the cut
 
 function moveCut(s, start) {
   const length = s.end - s.start;
   const latest = Math.max(0, durationOf(s) - length);
   state.starts.set(s.rank, clamp(start, 0, latest));
+  state.joins.delete(s.rank); // a new start: the server plans the edit again
   const row = state.rows[state.result.suggestions.indexOf(s)];
   describe(row);
   draw(row);
@@ -481,9 +583,63 @@ function nudge(direction) {
   moveCut(s, next);
 }
 
+async function moveJoin(direction) {
+  // The first join to the previous/next bar line of the track; the server plans the edit with
+  // the join there (or says why it cannot), and the preview plays it.
+  const s = suggestion();
+  const edit = s && editOf(s);
+  const structure = s && state.structures.get(s.track);
+  if (!edit || !edit.joins.length || !structure || !structure.bars) {
+    say("no join to move: suggest with fit ending or loop", "");
+    return;
+  }
+  const current = state.joins.has(s.rank) ? state.joins.get(s.rank) : edit.joins[0].out + JOIN_LEAD;
+  const bars = structure.bars;
+  const next = direction > 0
+    ? bars.find((b) => b > current + 1e-3)
+    : [...bars].reverse().find((b) => b < current - 1e-3);
+  if (next === undefined) {
+    say(direction > 0 ? "no later bar line" : "no earlier bar line", "");
+    return;
+  }
+  const previous = state.joins.get(s.rank);
+  state.joins.set(s.rank, next);
+  const url = previewUrl(s);
+  try {
+    const reply = await fetch(url);
+    if (!reply.ok) {
+      let message = `HTTP ${reply.status}`;
+      try {
+        message = (await reply.json()).error || message;
+      } catch (error) {
+        // not JSON: keep the status
+      }
+      throw new Error(message);
+    }
+    const made = reply.headers.get("x-mgsv-edit");
+    if (made) state.edits.set(s.rank, JSON.parse(made));
+    say(`join moved to the bar line at ${clock(next)}`, "ok");
+  } catch (error) {
+    if (previous === undefined) state.joins.delete(s.rank);
+    else state.joins.set(s.rank, previous);
+    say("cannot join there: " + error.message, "bad");
+    return;
+  }
+  const row = state.rows[state.selected];
+  describe(row);
+  draw(row);
+  cue();
+}
+
 // ------------------------------------------------------------------ playing
 
 function previewUrl(s) {
+  if (fitted(s)) {  // the remembered suggestion, fitted again where the start or the join moved
+    const params = new URLSearchParams({ video: state.upload.video, rank: s.rank, start: startOf(s).toFixed(3),
+                                         mix: state.mix });
+    if (state.joins.has(s.rank)) params.set("join", state.joins.get(s.rank).toFixed(3));
+    return withToken("/api/preview?" + params.toString());
+  }
   const params = new URLSearchParams({
     video: state.upload.video,
     track: s.track,
@@ -502,13 +658,31 @@ function cue() {
   const url = previewUrl(s);
   if (audio.dataset.src === url) return;
   clearTimeout(previewTimer);
-  const load = () => {
+  const load = async () => {
     audio.dataset.src = url;
+    if (fitted(s)) await learnEdit(s, url); // made once: the audio below gets the server's cached file
+    if (audio.dataset.src !== url) return; // another cue came meanwhile
     audio.src = url;
     audio.load();
   };
   if (state.playing) previewTimer = setTimeout(load, 120); // a burst of nudges loads only the last
   else load();
+}
+
+async function learnEdit(s, url) {
+  // the edit list the preview plays (the start moved: the server planned it again), for the strip
+  try {
+    const reply = await fetch(url);
+    const made = reply.ok && reply.headers.get("x-mgsv-edit");
+    if (made && audio.dataset.src === url) {
+      state.edits.set(s.rank, JSON.parse(made));
+      const row = state.rows[state.result.suggestions.indexOf(s)];
+      describe(row);
+      draw(row);
+    }
+  } catch (error) {
+    // the audio element reports a failed preview itself
+  }
 }
 
 function previewError() {
@@ -582,9 +756,13 @@ async function renderVideo() {
   busy(true);
   say(`rendering ${state.upload.name} with ${trackName(s)} (${state.mix})…`);
   try {
-    const reply = await api("/api/render", {
-      json: { video: state.upload.video, track: s.track, start: startOf(s), mix: state.mix, snap: "off" },
-    });
+    const body = { video: state.upload.video, track: s.track, start: startOf(s), mix: state.mix, snap: "off" };
+    if (fitted(s)) {
+      const moved = Math.abs(startOf(s) - s.start) > 1e-3;
+      Object.assign(body, moved ? { fit: s.edit.requested } : { track: null, start: null, pick: s.rank });
+      if (state.joins.has(s.rank)) body.join = state.joins.get(s.rank);
+    }
+    const reply = await api("/api/render", { json: body });
     const r = reply.result;
     const loud = r.loudness === null ? "silent" : `${r.loudness.toFixed(1)} LUFS`;
     say(`rendered ${r.out_path.split(/[\\/]/).pop()}: ${r.mix}, ${loud}` + (r.warnings.length ? " — " + r.warnings.join("; ") : ""), "ok");
@@ -604,7 +782,8 @@ async function exportTimeline() {
   say(`writing the ${fmt} timeline…`);
   try {
     const reply = await api("/api/export", {
-      json: { video: state.upload.video, pick: s.rank, start: startOf(s), format: fmt, snap: "off" },
+      json: { video: state.upload.video, pick: s.rank, start: startOf(s), format: fmt, snap: "off",
+              ...(fitted(s) && state.joins.has(s.rank) ? { join: state.joins.get(s.rank) } : {}) },
     });
     say(`timeline ${reply.out.split(/[\\/]/).pop()} (${fmt})`, "ok");
     if (reply.download_url) download(reply.download_url);
@@ -628,6 +807,8 @@ function onKey(event) {
     ArrowDown: () => select(state.selected + 1),
     ArrowLeft: () => nudge(-1),
     ArrowRight: () => nudge(1),
+    "[": () => moveJoin(-1),
+    "]": () => moveJoin(1),
   };
   const action = actions[event.key];
   if (!action) return;
