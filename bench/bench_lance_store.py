@@ -51,6 +51,7 @@ def build(root: str, n: int, dim: int, key_windows: int, chunk: int = 100_000) -
             pa.array(np.full(k, 768, np.int32)),
             _binary(k, 768 * 2), pa.array([b"\x01"] * k, pa.binary()), pa.nulls(k, pa.string()),
             pa.array(np.full(k, 1 << 20, np.int64)), pa.array(np.full(k, 10 ** 18, np.int64)), content_keys,
+            pa.nulls(k, pa.string()),  # structure
         ], schema=ls._tracks_schema())
         lance.write_dataset(tokens, ls._join(root, ls.TRACKS_NAME), mode="create" if start == 0 else "append")
         pooled = np.random.default_rng(start).standard_normal((k, dim)).astype(np.float32)

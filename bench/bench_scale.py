@@ -310,6 +310,7 @@ def build_store(root: str, n: int, dim: int, chunk: int, seed: int = 0, compress
             pa.array(np.full(k, 768, np.int32)), _binary_rows(b"", np.zeros(k), 0),
             pa.array([b""] * k, pa.binary()), pa.nulls(k, pa.string()),
             pa.array(np.full(k, 5 << 20, np.int64)), pa.array(np.full(k, 10 ** 18, np.int64)), content_keys,
+            pa.nulls(k, pa.string()),  # structure
         ], schema=ls._tracks_schema(key_encoding))
         lance.write_dataset(tracks, tracks_uri, mode="create" if begin == 0 else "append")
         total = int(counts.sum())

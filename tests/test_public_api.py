@@ -101,8 +101,8 @@ FIELDS = {
                      "requested_mix", "fade_in", "fade_out", "loudness_target", "loudness", "padded_seconds",
                      "warnings", "edit"],
     "IndexReport": ["index_path", "n_scanned", "added", "updated", "unchanged", "touched", "reused", "pruned",
-                    "missing", "beats_added", "structures_added", "n_tracks", "failed", "skipped_failed", "forgotten_failed",
-                    "long_tracks", "moved_aside", "interrupted"],
+                    "missing", "beats_added", "structures_added", "n_tracks", "failed", "skipped_failed",
+                    "forgotten_failed", "long_tracks", "moved_aside", "interrupted"],
     "LoadedModel": ["model", "variant", "meta"],
 }
 

@@ -463,19 +463,9 @@ def structure_for_track(track, index_path=None) -> tuple[TrackStructure, str]:
 
 
 def _stored_structure(track: str, index_path) -> TrackStructure | None:
-    from mgsv_cli.index.backend import open_store
+    from mgsv_cli.editor.snapping import stored_for_track
 
-    try:
-        store = open_store(index_path)
-    except MgsvError:
-        return None  # no store, or not one of ours: detecting is the fallback
-    with store:
-        try:
-            record = store.find(track)
-            found = store.structures_for([record.track_id])[0] if record is not None else None
-        except MgsvError:
-            return None
-    return structure_from_store(found)
+    return structure_from_store(stored_for_track(track, index_path, lambda store, ids: store.structures_for(ids)))
 
 
 def structure_from_store(found: dict | None) -> TrackStructure | None:

@@ -63,6 +63,14 @@ def grid_for_track(track, index_path=None) -> tuple[BeatGrid, str]:
 
 def _stored_grid(track: str, index_path) -> BeatGrid | None:
     """The grid the store at ``index_path`` (either backend; None: mgsv's index) keeps for ``track``."""
+    beats = stored_for_track(track, index_path, lambda store, ids: store.beats_for(ids))
+    return BeatGrid.from_dict(beats) if beats else None
+
+
+def stored_for_track(track: str, index_path, read):
+    """What the store at ``index_path`` keeps for the file ``track``: ``read(store, [track_id])[0]``,
+    or None when there is no store, the track is not in it, or the store cannot say (the
+    callers then analyse the file: beat grids here, structures in ``fitting``)."""
     from mgsv_cli.index.backend import open_store
 
     try:
@@ -72,10 +80,9 @@ def _stored_grid(track: str, index_path) -> BeatGrid | None:
     with store:
         try:
             record = store.find(track)
-            beats = store.beats_for([record.track_id])[0] if record is not None else None
+            return read(store, [record.track_id])[0] if record is not None else None
         except MgsvError:
             return None
-    return BeatGrid.from_dict(beats) if beats else None
 
 
 def snap_cut(track, start: float, length: float, track_seconds: float, *, grid: BeatGrid | None = None,
