@@ -48,6 +48,11 @@ INSTRUCTIONS = (
 )
 
 Snap = Literal["off", "beat"]
+Fit = Literal["cut", "ending", "loop"]
+FIT_HELP = ("how the music fits the clip: cut (the moment, as long as the clip, faded out; the usual default); "
+            "ending (starts at the moment and ends on the track's own ending at the clip's last frame, through "
+            "one crossfaded join on a bar line); loop (repeats whole bars or sections to fill a clip longer "
+            "than the track). Tracks without a clear beat fall back to cut and say why.")
 Mix = Literal["replace", "original", "duck"]
 Format = Literal["fcpxml", "fcp7", "edl", "otio"]
 
@@ -161,8 +166,10 @@ def build_server(workspace: Workspace):
         "the cut to use, start and end in seconds into the track (exactly as long as the clip, inside the "
         "track), the model's own moment (predicted_start, predicted_end), relevance (the match of each 2.5 s "
         "window of the track's first 240 s, 0 to 1), fits (false: the track is shorter than the clip) and why "
-        "(one sentence). The result is remembered for render_video and export_timeline (pick = its rank). The "
-        "first call loads the models (seconds to a minute); later ones reuse them."))
+        "(one sentence). With fit ending or loop each suggestion also has an edit: the spans of the track that "
+        "play (seconds) and the joins between them, or the reason it fell back to a plain cut. The result is "
+        "remembered for render_video and export_timeline (pick = its rank). The first call loads the models "
+        "(seconds to a minute); later ones reuse them."))
     @one_line_errors
     def suggest_music(
         video: Annotated[str, Field(description="absolute path of the video clip (mp4 mov mkv webm avi m4v)")],
@@ -171,8 +178,9 @@ def build_server(workspace: Workspace):
                                                "where the model put it")] = "off",
         include_short: Annotated[bool, Field(description="also rank tracks shorter than the clip (silence "
                                                           "would fill the rest)")] = False,
+        fit: Annotated[Optional[Fit], Field(description=FIT_HELP)] = None,
     ) -> dict[str, Any]:
-        return workspace.suggest(video, top=top, snap=snap, include_short=include_short)
+        return workspace.suggest(video, top=top, snap=snap, include_short=include_short, fit=fit)
 
     @server.tool(name="render_video", title="Put the music under the clip", annotations=writing, description=(
         "Write the clip with music: suggestion `pick` of the last suggest_music for this clip (1 = best), or a "
@@ -200,9 +208,10 @@ def build_server(workspace: Workspace):
         snap: Annotated[Optional[Snap], Field(description="beat: move the start onto the nearest "
                                                            "downbeat/beat")] = None,
         force: Annotated[bool, Field(description="replace an existing output file")] = False,
+        fit: Annotated[Optional[Fit], Field(description=FIT_HELP + " Default: as suggest_music made it")] = None,
     ) -> dict[str, Any]:
         return workspace.render(video, pick=pick, track=track, start=start, out=out, mix=mix, fade_in=fade_in,
-                                fade_out=fade_out, loudness=loudness, snap=snap, force=force)
+                                fade_out=fade_out, loudness=loudness, snap=snap, force=force, fit=fit)
 
     @server.tool(name="export_timeline", title="Export a timeline", annotations=writing, description=(
         "Write the suggestion `pick` of the last suggest_music for this clip as a timeline for an editing "
@@ -222,9 +231,10 @@ def build_server(workspace: Workspace):
         frame_rate: Annotated[Optional[float], Field(gt=0, description="timeline frame rate (default: the "
                                                                         "clip's)")] = None,
         force: Annotated[bool, Field(description="replace an existing output file")] = False,
+        fit: Annotated[Optional[Fit], Field(description=FIT_HELP + " Default: as suggest_music made it")] = None,
     ) -> dict[str, Any]:
         return workspace.export(video, format=format, pick=pick, out=out, snap=snap, start=start,
-                                frame_rate=frame_rate, force=force)
+                                frame_rate=frame_rate, force=force, fit=fit)
 
     return server
 

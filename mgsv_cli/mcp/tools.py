@@ -217,13 +217,16 @@ class Workspace:
         }
 
     def suggest(self, video: str, *, top: int = 5, snap: str | None = None,
-                include_short: bool = False) -> dict[str, Any]:
+                include_short: bool = False, fit: str | None = None) -> dict[str, Any]:
+        from mgsv_cli import settings
         from mgsv_cli.editor.explain import why
+        from mgsv_cli.editor.requests import check_fit, keyword_arg
         from mgsv_cli.editor.snapping import normalize_snap
 
         clip = self.video(video)
         snap = normalize_snap(snap, lambda name: name)
-        result = self.engine().suggest(clip, top, snap, True, None, include_short)
+        fit = check_fit(getattr(settings.load_settings(), "fit", "cut") if fit is None else fit, keyword_arg)
+        result = self.engine().suggest(clip, top, snap, True, None, include_short, fit)
         data = result.to_json()
         for entry, shown in zip(result.suggestions, data["suggestions"]):
             shown["why"] = why(entry)
@@ -232,7 +235,7 @@ class Workspace:
     def render(self, video: str, *, pick: int | None = None, track: str | None = None, start: float | None = None,
                out: str | None = None, mix: str | None = None, fade_in: float | None = None,
                fade_out: float | None = None, loudness: float | None = None, snap: str | None = None,
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, fit: str | None = None) -> dict[str, Any]:
         from mgsv_cli import api
         from mgsv_cli.editor.render import default_output_path
 
@@ -245,11 +248,11 @@ class Workspace:
             chosen = self._remembered(clip, pick)
         return api.render(chosen, target, pick=pick, track=track, start=start, mix=mix, fade_in=fade_in,
                           fade_out=fade_out, loudness=loudness, snap=snap, force=force,
-                          library=self.library).to_dict()
+                          library=self.library, fit=fit).to_dict()
 
     def export(self, video: str, *, format: str | None = None, pick: int | None = None, out: str | None = None,
                snap: str | None = None, start: float | None = None, frame_rate: float | None = None,
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, fit: str | None = None) -> dict[str, Any]:
         from mgsv_cli import api, settings
         from mgsv_cli.editor.export import default_output_path
         from mgsv_cli.editor.requests import keyword_arg
@@ -260,7 +263,7 @@ class Workspace:
         target = self.output(out, default_output_path(clip, fmt).name)
         record = self._remembered(clip, pick)
         return api.export(record, target, format=fmt, pick=pick, snap=snap, start=start, frame_rate=frame_rate,
-                          force=force, library=self.library).to_json()
+                          force=force, library=self.library, fit=fit).to_json()
 
     def _remembered(self, clip: Path, pick: int | None):
         """The suggestion remembered for ``clip``, its pick checked to be a track of the library."""

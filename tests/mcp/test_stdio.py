@@ -33,6 +33,7 @@ def test_the_tools_and_their_schemas(layout):
     assert "absolute path" in suggest["properties"]["video"]["description"]
     assert suggest["properties"]["top"]["minimum"] == 1
     assert suggest["properties"]["snap"]["enum"] == ["off", "beat"]
+    assert {e for o in suggest["properties"]["fit"]["anyOf"] for e in o.get("enum", [])} == {"cut", "ending", "loop"}
     assert "seconds" in tools["suggest_music"].description
     render = tools["render_video"].input_schema["properties"]
     assert {e for o in render["mix"]["anyOf"] for e in o.get("enum", [])} == {"replace", "original", "duck"}
@@ -66,6 +67,7 @@ def test_index_suggest_render_export(layout, allowed_media):
             steps["loaded"] = await ok(client, "library_info")
             steps["render"] = await ok(client, "render_video", {"video": clip, "pick": 2, "mix": "duck"})
             steps["export"] = await ok(client, "export_timeline", {"video": clip, "format": "otio"})
+            steps["fitted"] = await ok(client, "suggest_music", {"video": clip, "top": 2, "fit": "ending"})
         return steps
 
     steps = run(go)
@@ -90,6 +92,9 @@ def test_index_suggest_render_export(layout, allowed_media):
         assert 0 <= entry["start"] and entry["end"] <= entry["track_duration"] + 1e-6
         assert entry["relevance"] and "score" in entry["why"] and "cut is" in entry["why"]
     assert [e["track"] for e in steps["again"]["suggestions"]] == [e["track"] for e in result["suggestions"]]
+    assert [e["track"] for e in steps["fitted"]["suggestions"]] == [e["track"] for e in result["suggestions"]]
+    for entry in steps["fitted"]["suggestions"]:  # fitted, or fallen back to a cut saying why
+        assert entry["edit"]["requested"] == "ending" and (entry["edit"]["mode"] != "cut" or entry["edit"]["reason"])
     assert steps["loaded"]["model"]["loaded"] is True and steps["loaded"]["model"]["encoders"] == "tiny"
 
     render = steps["render"]
