@@ -26,7 +26,6 @@ annotations (``Annotated[..., Field(...)]``) to build their schemas, in this mod
 import functools
 import logging
 import os
-import sys
 from typing import Annotated, Any, Callable, Literal, Optional
 
 from pydantic import Field
@@ -240,13 +239,10 @@ def build_server(workspace: Workspace):
 
 
 def _quiet_logging() -> None:
-    """Our log lines on stderr, one per line; the SDK's own at warnings only."""
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s mgsv mcp %(levelname)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    """Our log lines on stderr, one per line (stdout carries the protocol on stdio)."""
+    from mgsv_cli.serve.server import log_to_stderr
+
+    log_to_stderr(log, "mgsv mcp")
 
 
 def run_stdio(workspace: Workspace) -> None:

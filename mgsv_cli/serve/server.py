@@ -121,7 +121,7 @@ def run_server(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, index_path
                          "stop it first (its commands use it: nothing to start)")
     sock = bind_socket(host, port)
     actual_port = sock.getsockname()[1]
-    _log_to_stderr()
+    log_to_stderr(logging.getLogger("mgsv.serve"), "mgsv serve")
     try:
         from mgsv_cli.serve.app import create_app
         from mgsv_cli.serve.engine import Engine
@@ -159,11 +159,12 @@ def run_server(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, index_path
         sock.close()
 
 
-def _log_to_stderr() -> None:
-    logger = logging.getLogger("mgsv.serve")
+def log_to_stderr(logger: logging.Logger, label: str) -> None:
+    """``logger``'s lines on stderr, one per line as ``TIME LABEL LEVEL: message``, INFO and up, not
+    passed to the root logger (``mgsv serve``'s and ``mgsv mcp``'s logs)."""
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s mgsv serve %(levelname)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {label} %(levelname)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
